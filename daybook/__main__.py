@@ -1,0 +1,5 @@
+"""Allow `python -m daybook`."""
+
+from daybook.cli import main_entry
+
+main_entry()
