@@ -1,0 +1,85 @@
+"""Settings: file < environment < flags, ports derived from the publish port, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daybook.config import load_settings
+from daybook.errors import ConfigError
+
+
+def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path)})
+    assert settings.store == f"file://{tmp_path}/store"
+    assert settings.registry == f"file://{tmp_path}/mappings.json"
+    assert settings.install_dir == tmp_path / "install"
+    assert (settings.port, settings.results_port, settings.control_port, settings.http_port) == (
+        4505,
+        4506,
+        4507,
+        4508,
+    )
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "daybook.toml"
+    config.write_text(
+        'store = "s3://from-file"\nregistry = "consul://file:8500"\nmaster = "m1"\n'
+        "control_port = 9999\n"
+    )
+    settings = load_settings(
+        config_path=str(config),
+        env={
+            "DAYBOOK_DATA_DIR": str(tmp_path),
+            "DAYBOOK_STORE": "s3://from-env",
+            "DAYBOOK_PORT": "6000",
+        },
+        overrides={"store": "s3://from-flag", "master": None},
+    )
+    assert settings.store == "s3://from-flag"
+    assert settings.registry == "consul://file:8500"
+    assert settings.master == "m1"
+    # The publish port moves results and HTTP along, but a port set in the file stays.
+    assert (settings.port, settings.results_port, settings.control_port, settings.http_port) == (
+        6000,
+        6001,
+        9999,
+        6003,
+    )
+
+
+def test_config_found_through_daybook_config(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('hostname = "web-1"\n')
+    settings = load_settings(env={"DAYBOOK_CONFIG": str(config), "DAYBOOK_DATA_DIR": str(tmp_path)})
+    assert settings.hostname == "web-1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("store = ", "not valid TOML"),
+        ('colour = "blue"\n', "unknown setting"),
+        ('port = "many"\n', "invalid value 'many' for port"),
+        ("port = 70000\n", "invalid value 70000 for port"),
+        ('hostname = "bad_host!"\n', "invalid host name"),
+        ("auto_accept = 3\n", "invalid value 3 for auto_accept"),
+    ],
+)
+def test_bad_config_files_give_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "daybook.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config_path=str(config), env={"DAYBOOK_DATA_DIR": str(tmp_path)})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(config_path=str(tmp_path / "nope.toml"), env={})
+
+
+def test_auto_accept_from_env(tmp_path: Path) -> None:
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_AUTO_ACCEPT": "1"}
+    assert load_settings(env=env).auto_accept is True
