@@ -1,0 +1,120 @@
+"""Pytest fixtures for S3: a moto server speaking real HTTP on loopback, its env, and buckets."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.server import ThreadedMotoServer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+TEST_ACCESS_KEY = "testing"
+TEST_SECRET_KEY = "testing"
+TEST_REGION = "us-east-1"
+
+# Variables that would let a developer's own AWS setup leak into the tests.
+_AWS_VARS_TO_CLEAR = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on 127.0.0.1; yields its endpoint URL, e.g. `http://127.0.0.1:41237`."""
+    # werkzeug logs every request at INFO, burying the lines that matter in failure output.
+    werkzeug_log = logging.getLogger("werkzeug")
+    saved_level = werkzeug_log.level
+    werkzeug_log.setLevel(logging.WARNING)
+    # Port 0: the OS picks a free port as werkzeug binds, and start() returns only once the
+    # socket is bound, so the port read back is live and nobody can race us for it.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        werkzeug_log.setLevel(saved_level)
+
+
+@pytest.fixture
+def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Point the AWS chain at the moto server with test credentials; returns the endpoint."""
+    for name in _AWS_VARS_TO_CLEAR:
+        monkeypatch.delenv(name, raising=False)
+    missing = tmp_path / "no-aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+    monkeypatch.setenv("BOTO_CONFIG", str(missing))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", TEST_REGION)
+    # A proxy from the developer's environment must not sit between us and loopback.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return moto_server
+
+
+@pytest.fixture
+def s3_client(moto_server: str) -> Iterator[S3Client]:
+    """A client for setting up and inspecting buckets, configured explicitly, not from env."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name=TEST_REGION,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_client: S3Client) -> Iterator[str]:
+    """A fresh, uniquely named bucket on the moto server; emptied and deleted afterwards."""
+    name = f"daybook-test-{uuid.uuid4().hex[:16]}"
+    s3_client.create_bucket(Bucket=name)
+    yield name
+    _delete_bucket(s3_client, name)
+
+
+def _delete_bucket(client: S3Client, name: str) -> None:
+    try:
+        uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+        for upload in uploads:
+            client.abort_multipart_upload(
+                Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys: list[ObjectIdentifierTypeDef] = [
+                {"Key": obj["Key"]} for obj in page.get("Contents", [])
+            ]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=name)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
