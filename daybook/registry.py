@@ -1,0 +1,84 @@
+"""The Registry protocol: where host patterns map to services, and `open_registry(url)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from daybook.errors import ConfigError
+from daybook.mappings import MappingTable
+
+DEFAULT_KEY_PREFIX = "daybook/hosts/"
+
+# Given the services a pattern has now (empty if it is not mapped), return the services it
+# should have; an empty result removes the pattern.
+ServicesUpdate = Callable[[tuple[str, ...]], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole mapping table at one point, with the backend's change index."""
+
+    mappings: MappingTable
+    # Opaque, increases on change (Consul's X-Consul-Index; a generation for the file).
+    index: int
+
+
+class Registry(Protocol):
+    """A mappings registry. Implementations: `ConsulRegistry` and `FileRegistry`."""
+
+    @property
+    def url(self) -> str: ...
+
+    def read(self) -> Snapshot:
+        """The current table. Invalid patterns and service names are skipped with a warning."""
+        ...
+
+    def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:
+        """Apply `change` to one pattern atomically (check-and-set, retried on conflict).
+
+        `pattern` must already be validated. Returns the services the pattern has afterwards.
+        """
+        ...
+
+    def watch(self, index: int, timeout_s: float) -> Snapshot:
+        """Block until the table's index moves past `index`, or `timeout_s` passes.
+
+        Returns the current snapshot either way; callers compare data, not just indexes.
+        `index` 0 answers at once.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry:
+    """Open a registry by URL: `consul://HOST:PORT[/KEY_PREFIX]` or `file:///PATH`.
+
+    `consul://` with no host uses CONSUL_HTTP_ADDR (then 127.0.0.1:8500), as Consul's own
+    tools do. A key prefix in the URL wins over `key_prefix`.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme in ("consul", "consul+https"):
+        from daybook.consul_registry import ConsulRegistry
+
+        prefix = parsed.path.lstrip("/") or key_prefix
+        if not prefix.endswith("/"):
+            prefix += "/"
+        return ConsulRegistry(
+            address=parsed.netloc or None,
+            key_prefix=prefix,
+            https=parsed.scheme == "consul+https",
+        )
+    if parsed.scheme == "file":
+        from daybook.file_registry import FileRegistry
+
+        if parsed.netloc not in ("", "localhost") or not parsed.path:
+            raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")
+        return FileRegistry(Path(parsed.path))
+    raise ConfigError(
+        f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
+    )
