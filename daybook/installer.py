@@ -1,0 +1,276 @@
+"""Installs versions atomically into `<install_dir>/<service>/<version>/`, under a host lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daybook.errors import DaybookError, LockError
+from daybook.naming import AssetRef, is_valid_version, version_sort_key
+from daybook.store import AssetInfo, AssetStream, Store
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".daybook.lock"
+# Staging directories start with a dot, which no version can, so a half-extracted tree is
+# never mistaken for an installed version, and a dead process's leftovers are recognisable.
+STAGING_PREFIX = ".partial-"
+
+# Wraps a store stream, e.g. to draw a progress bar; given the asset and its size.
+StreamWrapper = Callable[[AssetRef, AssetStream], AssetStream]
+
+
+@dataclass(frozen=True)
+class ServiceResult:
+    """What one run did for one service. `error` is set when its versions could not be listed."""
+
+    installed: tuple[str, ...] = ()
+    present: tuple[str, ...] = ()
+    failed: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "installed": list(self.installed),
+            "present": list(self.present),
+            "failed": dict(self.failed),
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """Per-service results of one sync of a host's services."""
+
+    services: Mapping[str, ServiceResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.services.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: result.to_json() for name, result in self.services.items()}
+
+
+def sorted_versions(versions: Sequence[str]) -> list[str]:
+    return sorted(versions, key=lambda v: (version_sort_key(v), v))
+
+
+class InstallLock:
+    """An exclusive flock on the install dir; the kernel drops it if the holder dies."""
+
+    def __init__(self, install_dir: Path, *, timeout_s: float = 600.0) -> None:
+        self._path = install_dir / LOCK_NAME
+        self._timeout_s = timeout_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> InstallLock:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self._timeout_s
+        delay_s = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockError(
+                        f"another daybook process holds {self._path} (waited {self._timeout_s:g} s)"
+                    ) from None
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 0.5)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+class Installer:
+    """Installs every missing version of a set of services from a store.
+
+    One bad version never stops the others: each failure is recorded with its reason.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        install_dir: Path,
+        *,
+        max_parallel: int = 2,
+        wrap_stream: StreamWrapper | None = None,
+        lock_timeout_s: float = 600.0,
+    ) -> None:
+        self._store = store
+        self.install_dir = install_dir
+        self._max_parallel = max(1, max_parallel)
+        self._wrap_stream = wrap_stream
+        self._lock_timeout_s = lock_timeout_s
+
+    def installed_versions(self, service: str) -> list[str]:
+        """Versions fully installed for `service` (staging directories never count)."""
+        try:
+            entries = list(os.scandir(self.install_dir / service))
+        except FileNotFoundError:
+            return []
+        return sorted_versions(
+            [
+                e.name
+                for e in entries
+                if is_valid_version(e.name) and e.is_dir(follow_symlinks=False)
+            ]
+        )
+
+    def installed(self, services: Sequence[str]) -> dict[str, list[str]]:
+        return {service: self.installed_versions(service) for service in services}
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with InstallLock(self.install_dir, timeout_s=self._lock_timeout_s):
+            self._remove_stale_staging()
+            yield
+
+    def sync(self, services: Sequence[str], *, dry_run: bool = False) -> SyncOutcome:
+        """List each service's versions in the store and install the missing ones.
+
+        With `dry_run`, `installed` lists what would be installed and nothing is written.
+        """
+        available: dict[str, list[AssetInfo] | DaybookError] = {}
+        for service in services:
+            try:
+                available[service] = self._store.list_assets(service)
+            except DaybookError as exc:
+                available[service] = exc
+        if dry_run:
+            return self._plan_only(available)
+        with self.locked():
+            return self._install_all(available)
+
+    def _plan_only(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> SyncOutcome:
+        results: dict[str, ServiceResult] = {}
+        for service, assets in available.items():
+            if isinstance(assets, DaybookError):
+                results[service] = ServiceResult(error=str(assets))
+                continue
+            present = set(self.installed_versions(service))
+            versions = [a.version for a in assets]
+            results[service] = ServiceResult(
+                installed=tuple(v for v in versions if v not in present),
+                present=tuple(v for v in versions if v in present),
+            )
+        return SyncOutcome(results)
+
+    def _install_all(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> SyncOutcome:
+        missing: list[AssetRef] = []
+        present: dict[str, list[str]] = {}
+        for service, assets in available.items():
+            if isinstance(assets, DaybookError):
+                continue
+            have = set(self.installed_versions(service))
+            present[service] = [a.version for a in assets if a.version in have]
+            missing.extend(a.ref for a in assets if a.version not in have)
+
+        failures: dict[AssetRef, str] = {}
+        if missing:
+            with ThreadPoolExecutor(self._max_parallel, thread_name_prefix="install") as pool:
+                for ref, reason in zip(missing, pool.map(self._install_one, missing), strict=True):
+                    if reason is not None:
+                        failures[ref] = reason
+
+        results: dict[str, ServiceResult] = {}
+        for service, assets in available.items():
+            if isinstance(assets, DaybookError):
+                results[service] = ServiceResult(error=str(assets))
+                continue
+            refs = [ref for ref in missing if ref.service == service]
+            results[service] = ServiceResult(
+                installed=tuple(r.version for r in refs if r not in failures),
+                present=tuple(present[service]),
+                failed={r.version: failures[r] for r in refs if r in failures},
+            )
+        return SyncOutcome(results)
+
+    def _install_one(self, ref: AssetRef) -> str | None:
+        """Install one version; return None on success or the reason it failed."""
+        try:
+            self.install(ref)
+        except DaybookError as exc:
+            log.warning("failed to install %s: %s", ref, exc)
+            return str(exc)
+        except OSError as exc:
+            log.warning("failed to install %s: %s", ref, exc)
+            return describe_os_error(exc, self.install_dir)
+        return None
+
+    def install(self, ref: AssetRef) -> None:
+        """Extract one version beside its final place, then rename it in: all or nothing.
+
+        The caller holds the install lock.
+        """
+        from daybook.extract import safe_extract  # the inflate libraries load only when needed
+
+        service_dir = self.install_dir / ref.service
+        final = service_dir / ref.version
+        if final.is_dir():
+            return
+        service_dir.mkdir(parents=True, exist_ok=True)
+        staging = service_dir / f"{STAGING_PREFIX}{ref.version}-{uuid.uuid4().hex[:12]}"
+        staging.mkdir(mode=0o755)
+        try:
+            stream = self._store.open(ref)
+            try:
+                wrapped = self._wrap_stream(ref, stream) if self._wrap_stream else stream
+                safe_extract(wrapped, staging, expected_sha256=stream.sha256)
+            finally:
+                stream.close()
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("installed %s into %s", ref, final)
+
+    def _remove_stale_staging(self) -> None:
+        """Drop staging trees left by a process that died mid-extraction (we hold the lock)."""
+        try:
+            service_dirs = [e for e in os.scandir(self.install_dir) if e.is_dir()]
+        except FileNotFoundError:
+            return
+        for service_dir in service_dirs:
+            for entry in os.scandir(service_dir.path):
+                if entry.name.startswith(STAGING_PREFIX):
+                    log.info("removing stale partial install %s", entry.path)
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def describe_os_error(exc: OSError, install_dir: Path) -> str:
+    """One line for a file-system failure, naming the disk when it is full."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {install_dir}"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded on {install_dir}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied writing under {install_dir}"
+    return f"{exc.strerror or exc} ({exc.filename or install_dir})"
