@@ -83,3 +83,10 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_auto_accept_from_env(tmp_path: Path) -> None:
     env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_AUTO_ACCEPT": "1"}
     assert load_settings(env=env).auto_accept is True
+
+
+def test_the_example_config_lists_valid_settings() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "daybook.example.toml"
+    settings = load_settings(config_path=str(example), env={})
+    assert settings.store == "s3://my-assets-bucket/daybook"
+    assert settings.control_port == 4507

@@ -1,0 +1,281 @@
+"""The `daybook` command as users and scripts see it: output, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from archives import make_asset
+
+from daybook.cli import main
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAYBOOK_HOSTNAME", "web-prod-1")
+    monkeypatch.delenv("DAYBOOK_CONFIG", raising=False)
+
+    def invoke(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def build(tmp_path: Path) -> Path:
+    directory = tmp_path / "build"
+    directory.mkdir()
+    return directory
+
+
+def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
+    assert result.code == code, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("daybook: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in result.err
+
+
+# -- map ---------------------------------------------------------------------------------------
+
+
+def test_map_set_add_remove_list(run: Run) -> None:
+    assert run("map", "set", "web-*", "a", "b", "a").code == 0
+    assert run("map", "add", "web-*", "c", "a").code == 0
+    assert run("map", "add", "db-*", "d").code == 0
+    assert run("map", "list", "--json").json() == {"db-*": ["d"], "web-*": ["a", "b", "c"]}
+    assert run("map", "remove", "web-*", "b").code == 0
+    assert run("map", "list", "--json").json()["web-*"] == ["a", "c"]
+    # Removing the last services removes the pattern, with exit 0.
+    assert run("map", "remove", "web-*", "a", "c").code == 0
+    assert run("map", "list", "--json").json() == {"db-*": ["d"]}
+    assert run("map", "remove", "db-*").code == 0
+    assert run("map", "list", "--json").json() == {}
+
+
+def test_map_patterns_are_stored_lower_case(run: Run) -> None:
+    assert run("map", "set", "WEB-*", "a").code == 0
+    assert run("map", "list", "--json").json() == {"web-*": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["map", "set", "web-?", "a"], "invalid host pattern 'web-?'"),
+        (["map", "set", "web/*", "a"], "invalid host pattern"),
+        (["map", "add", "web-*", "bad-name"], "invalid service name 'bad-name'"),
+        (["map", "resolve", "bad host"], "invalid host name"),
+        (["assets", "bad.name"], "invalid service name"),
+        (["pull", "--host", "../etc"], "invalid host name"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(run: Run, argv: list[str], fragment: str) -> None:
+    assert_one_line_error(run(*argv), 2, fragment)
+    assert run("map", "list", "--json").json() == {}
+
+
+def test_map_resolve_and_explain(run: Run) -> None:
+    run("map", "set", "*", "base")
+    run("map", "set", "web-*", "web")
+    run("map", "set", "web-prod-*", "prod", "extra")
+    assert run("map", "resolve", "web-prod-1", "--json").json() == {
+        "host": "web-prod-1",
+        "pattern": "web-prod-*",
+        "services": ["prod", "extra"],
+    }
+    explained = run("map", "resolve", "WEB-prod-1", "--explain", "--json").json()
+    assert [c["pattern"] for c in explained["candidates"]] == ["web-prod-*", "web-*", "*"]
+    human = run("map", "resolve", "web-prod-1", "--explain")
+    assert "wins" in human.out
+    assert "web-prod-*" in human.out.splitlines()[0]
+    assert run("map", "resolve", "x", "--json").json()["pattern"] == "*"
+    run("map", "remove", "*")
+    assert run("map", "resolve", "db-1", "--json").json() == {
+        "host": "db-1",
+        "pattern": None,
+        "services": [],
+    }
+
+
+# -- push and assets ---------------------------------------------------------------------------
+
+
+def test_push_then_list(run: Run, build: Path) -> None:
+    files = [make_asset(build, "api", v) for v in ("1.10", "1.9")]
+    files.append(make_asset(build, "api_v2", "1"))
+    result = run("push", *map(str, files), "--json")
+    assert result.code == 0, result.err
+    assert {row["status"] for row in result.json()} == {"uploaded"}
+    listing = run("assets", "--json").json()
+    assert [(a["name"], a["version"]) for a in listing] == [
+        ("api", "1.9"),
+        ("api", "1.10"),
+        ("api_v2", "1"),
+    ]
+    assert all(a["size"] > 0 for a in listing)
+    assert [a["version"] for a in run("assets", "api", "--json").json()] == ["1.9", "1.10"]
+
+
+def test_push_is_idempotent_and_never_overwrites_without_force(run: Run, build: Path) -> None:
+    path = make_asset(build, "api", "1")
+    assert run("push", str(path)).code == 0
+    assert run("push", str(path), "--json").json()[0]["status"] == "unchanged"
+    changed = make_asset(build, "api", "1", {"other": b"content"})
+    refused = run("push", str(changed), "--json")
+    assert refused.code == 1
+    assert "--force" in refused.json()[0]["error"]
+    assert run("push", str(changed), "--force", "--json").json()[0]["status"] == "uploaded"
+
+
+def test_push_with_explicit_name_and_version(run: Run, build: Path) -> None:
+    path = make_asset(build, "api", "1")
+    renamed = path.rename(build / "whatever.tgz")
+    assert run("push", str(renamed), "--name", "svc", "--version", "2.0").code == 0
+    assert [(a["name"], a["version"]) for a in run("assets", "--json").json()] == [("svc", "2.0")]
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "fragment"),
+    [
+        ("api.tar.gz", None, "not an asset name"),
+        ("api-..tar.gz", None, "not an asset name"),
+        ("api-1.tar.gz", b"not gzip at all", "api-1.tar.gz"),
+    ],
+)
+def test_push_refuses_bad_files_and_uploads_nothing(
+    run: Run, build: Path, filename: str, content: bytes | None, fragment: str
+) -> None:
+    good = make_asset(build, "good", "1")
+    bad = build / filename
+    if content is None:
+        bad.write_bytes(make_asset(build, "tmp", "1").read_bytes())
+    else:
+        bad.write_bytes(content)
+    assert_one_line_error(run("push", str(good), str(bad)), 2, fragment)
+    assert run("assets", "--json").json() == []
+
+
+def test_push_refuses_an_unsafe_archive(run: Run, build: Path) -> None:
+    import io
+    import tarfile
+
+    path = build / "evil-1.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        info = tarfile.TarInfo("../../escape")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    assert_one_line_error(run("push", str(path)), 2, "evil-1.tar.gz")
+
+
+def test_push_missing_file(run: Run) -> None:
+    assert_one_line_error(run("push", "/nonexistent/a-1.tar.gz"), 2, "no such file")
+
+
+# -- pull --------------------------------------------------------------------------------------
+
+
+def test_pull_installs_then_skips(run: Run, build: Path, tmp_path: Path) -> None:
+    files = [make_asset(build, s, v) for s, v in [("api", "1"), ("api", "2"), ("web", "1")]]
+    run("push", *map(str, files))
+    run("map", "set", "web-prod-*", "api", "web", "nothing_yet")
+    run("map", "set", "web-*", "other")
+    first = run("pull", "--json")
+    assert first.code == 0, first.err
+    assert first.json() == {
+        "host": "web-prod-1",
+        "pattern": "web-prod-*",
+        "ok": True,
+        "services": {
+            "api": {"installed": ["1", "2"], "present": [], "failed": {}},
+            "web": {"installed": ["1"], "present": [], "failed": {}},
+            "nothing_yet": {"installed": [], "present": [], "failed": {}},
+        },
+    }
+    install = tmp_path / "data" / "install"
+    assert (install / "api" / "2" / "conf" / "app.toml").read_text() == 'version = "2"\n'
+    second = run("pull", "--json").json()
+    assert second["services"]["api"] == {"installed": [], "present": ["1", "2"], "failed": {}}
+
+
+def test_pull_dry_run_and_other_host(run: Run, build: Path, tmp_path: Path) -> None:
+    run("push", str(make_asset(build, "db", "5")))
+    run("map", "set", "db-*", "db")
+    result = run("pull", "--host", "db-7", "--dry-run", "--json").json()
+    assert result["services"]["db"]["installed"] == ["5"]
+    assert not (tmp_path / "data" / "install" / "db").exists()
+    other_dir = tmp_path / "elsewhere"
+    assert run("pull", "--host", "db-7", "--install-dir", str(other_dir)).code == 0
+    assert (other_dir / "db" / "5").is_dir()
+
+
+def test_pull_with_no_matching_pattern(run: Run) -> None:
+    result = run("pull", "--json")
+    assert result.code == 0
+    assert result.json() == {"host": "web-prod-1", "pattern": None, "ok": True, "services": {}}
+
+
+def test_pull_reports_a_tampered_version_and_installs_the_rest(
+    run: Run, build: Path, tmp_path: Path
+) -> None:
+    run("push", *[str(make_asset(build, "api", v)) for v in ("1", "2")])
+    run("map", "set", "web-*", "api")
+    stored = tmp_path / "data" / "store" / "api-1.tar.gz"
+    data = bytearray(stored.read_bytes())
+    data[-12] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    result = run("pull", "--json")
+    assert result.code == 1
+    document = result.json()
+    assert document["ok"] is False
+    assert document["services"]["api"]["installed"] == ["2"]
+    assert set(document["services"]["api"]["failed"]) == {"1"}
+    assert not (tmp_path / "data" / "install" / "api" / "1").exists()
+
+
+# -- unreachable backends and bad configuration ------------------------------------------------
+
+
+def test_unreachable_consul_is_one_line(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Port 9 (discard) on loopback: nothing listens there on these machines.
+    monkeypatch.setenv("DAYBOOK_REGISTRY", "consul://127.0.0.1:9")
+    assert_one_line_error(run("map", "list"), 1, "127.0.0.1:9")
+
+
+def test_unknown_store_scheme(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAYBOOK_STORE", "ftp://x")
+    assert_one_line_error(run("assets"), 2, "unsupported store URL")
+
+
+def test_unreadable_config(run: Run, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[[[")
+    assert_one_line_error(run("--config", str(config), "map", "list"), 2, "not valid TOML")
+
+
+def test_config_flag_after_the_subcommand(run: Run, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'registry = "file://{tmp_path}/other.json"\n')
+    run("map", "set", "--config", str(config), "x-*", "a")
+    assert (tmp_path / "other.json").exists()
