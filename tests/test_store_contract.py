@@ -236,6 +236,10 @@ def test_existing_version_is_refused_even_when_the_precheck_misses_it(
 
 
 def test_concurrent_pushes_of_one_version_have_one_winner(case: StoreCase, tmp_path: Path) -> None:
+    if case.is_s3:
+        # Real S3 makes If-None-Match atomic; moto checks then writes, so a race there tests
+        # moto. The S3 refusal itself is covered deterministically by the faked-HEAD tests.
+        pytest.skip("moto's conditional write is not atomic")
     ref = AssetRef("web", "1.0")
     sources = [make_file(tmp_path, f"push {n}".encode() * 1000, name=f"p{n}") for n in range(4)]
     start = threading.Barrier(len(sources))
