@@ -279,3 +279,66 @@ def test_config_flag_after_the_subcommand(run: Run, tmp_path: Path) -> None:
     config.write_text(f'registry = "file://{tmp_path}/other.json"\n')
     run("map", "set", "--config", str(config), "x-*", "a")
     assert (tmp_path / "other.json").exists()
+
+
+# -- every backend pairing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_kind", ["file", "s3"])
+@pytest.mark.parametrize("registry_kind", ["file", "consul"])
+def test_push_map_pull_on_every_backend(
+    run: Run,
+    build: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    store_kind: str,
+    registry_kind: str,
+) -> None:
+    if store_kind == "s3":
+        request.getfixturevalue("s3_env")
+        bucket = request.getfixturevalue("s3_bucket")
+        monkeypatch.setenv("DAYBOOK_STORE", f"s3://{bucket}/assets")
+    if registry_kind == "consul":
+        server = request.getfixturevalue("consul_server")
+        monkeypatch.setenv("DAYBOOK_REGISTRY", f"consul://{server.address}")
+
+    files = [
+        make_asset(build, s, v) for s, v in [("svc_1", "1.0"), ("svc_1", "1.1"), ("svc_10", "9")]
+    ]
+    assert run("push", *map(str, files)).code == 0
+    assert run("push", str(files[0])).code == 0  # identical: a no-op
+    assert [a["version"] for a in run("assets", "svc_1", "--json").json()] == ["1.0", "1.1"]
+    assert run("map", "set", "web-prod-*", "svc_1").code == 0
+    assert run("map", "set", "web-*", "svc_10").code == 0
+    assert run("map", "resolve", "web-prod-1", "--json").json()["services"] == ["svc_1"]
+
+    first = run("pull", "--json")
+    assert first.code == 0, first.err
+    assert first.json()["services"] == {
+        "svc_1": {"installed": ["1.0", "1.1"], "present": [], "failed": {}}
+    }
+    assert run("pull", "--json").json()["services"]["svc_1"]["present"] == ["1.0", "1.1"]
+    install = tmp_path / "data" / "install"
+    assert sorted(p.name for p in (install / "svc_1").iterdir()) == ["1.0", "1.1"]
+    assert not (install / "svc_10").exists()
+
+
+def test_missing_aws_credentials_is_one_line_exit_2(
+    run: Run, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request.getfixturevalue("s3_env")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("DAYBOOK_STORE", "s3://some-bucket")
+    assert_one_line_error(run("assets"), 2, "credentials")
+
+
+def test_unreachable_s3_is_one_line_exit_1(
+    run: Run, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request.getfixturevalue("s3_env")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("DAYBOOK_STORE", "s3://some-bucket")
+    assert_one_line_error(run("assets"), 1, "cannot reach S3")
