@@ -12,7 +12,7 @@ import pytest
 from archives import make_asset
 
 from daybook.errors import LockError
-from daybook.installer import STAGING_PREFIX, InstallLock, Installer
+from daybook.installer import STAGING_PREFIX, Installer, InstallLock
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
 from daybook.store import AssetStream
