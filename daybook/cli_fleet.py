@@ -1,0 +1,207 @@
+"""The fleet commands: `master`, `minion`, `sync` and `status`.
+
+Heavy imports (zmq, the master and minion packages) happen inside the handlers, so the
+other commands and `--help` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from daybook.config import Settings
+from daybook.errors import InputError
+from daybook.patterns import check_pattern
+
+DEFAULT_SYNC_TIMEOUT_S = 30.0
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
+    master = subparsers.add_parser(
+        "master",
+        parents=parents,
+        help="run the master in the foreground",
+        description="Watch the mappings and the store, publish sync events to the minions, "
+        "collect their results. Stops cleanly on SIGTERM or SIGINT. With port 0 the master "
+        "picks free ports and writes them to <data dir>/master.json.",
+    )
+    master.set_defaults(handler=cmd_master)
+
+    minion = subparsers.add_parser(
+        "minion",
+        parents=parents,
+        help="run a minion in the foreground",
+        description="Follow the master's sync events, install this host's missing versions "
+        "and report back. Stops cleanly on SIGTERM or SIGINT.",
+    )
+    minion.set_defaults(handler=cmd_minion)
+
+    sync = subparsers.add_parser(
+        "sync",
+        parents=parents,
+        help="ask the master for a fleet-wide sync now",
+        description="Ask the master to sync every live minion (or those matching --target). "
+        "With --wait, wait for every expected minion's result; exit 0 only if all answered "
+        "ok. Without --wait, exit 0 once the master has started the sync. When the control "
+        "port is 0, the master's endpoint is read from <data dir>/master.json.",
+    )
+    sync.add_argument("--target", metavar="GLOB", help="only hosts matching this pattern")
+    sync.add_argument("--wait", action="store_true", help="wait for every expected result")
+    sync.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_SYNC_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long --wait waits (default {DEFAULT_SYNC_TIMEOUT_S:g})",
+    )
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(handler=cmd_sync)
+
+    status = subparsers.add_parser(
+        "status",
+        parents=parents,
+        help="the fleet as the master sees it",
+        description="Every host the master knows: up or down (from heartbeats), last seen, "
+        "last sync result, installed versions.",
+    )
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+
+def cmd_master(args: argparse.Namespace, settings: Settings) -> int:
+    from master.process import run_master
+
+    return run_master(settings)
+
+
+def cmd_minion(args: argparse.Namespace, settings: Settings) -> int:
+    from minion.process import run_minion
+
+    return run_minion(settings)
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.control import ControlClient, control_endpoint, sync_json
+
+    target = check_pattern(args.target) if args.target else None
+    timeout_s: float = args.timeout
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    started = time.monotonic()
+    with ControlClient(control_endpoint(settings)) as client:
+        summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
+    document = sync_json(summary)
+    if args.json:
+        _emit_json(document)
+    else:
+        _print_sync(document, waited=args.wait, elapsed_s=time.monotonic() - started)
+    if not args.wait:
+        return 0
+    return 0 if document["ok"] else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.control import ControlClient, control_endpoint
+
+    with ControlClient(control_endpoint(settings)) as client:
+        document = client.status()
+    if args.json:
+        _emit_json(document)
+    else:
+        _print_status(document)
+    return 0
+
+
+# -- human output --------------------------------------------------------------------------------
+
+
+def _emit_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> None:
+    expected: list[str] = document["expected"]
+    results: dict[str, Any] = document["results"]
+    missing: list[str] = document["missing"]
+    head = f"sync {document['sync_id']} to {document['target']}"
+    if not expected:
+        print(f"{head}: no live minion matches; nothing to wait for")
+        return
+    if not waited:
+        print(f"{head} started; expecting {len(expected)} host(s): {', '.join(expected)}")
+        return
+    failed = [host for host, result in results.items() if not result["ok"]]
+    print(
+        f"{head}: {len(results)}/{len(expected)} answered, {len(failed)} failed, "
+        f"{len(missing)} missing ({elapsed_s:.2f} s)"
+    )
+    rows = [
+        (host, "ok" if result["ok"] else "FAILED", _describe_services(result))
+        for host, result in results.items()
+    ]
+    rows += [(host, "MISSING", "no answer") for host in missing]
+    _print_table(("HOST", "RESULT", "SERVICES"), rows)
+
+
+def _describe_services(result: dict[str, Any]) -> str:
+    if result.get("error"):
+        return f"error: {result['error']}"
+    if result["pattern"] is None:
+        return "no pattern matches"
+    parts = []
+    for name, service in result["services"].items():
+        bits = []
+        if service["installed"]:
+            bits.append(f"installed {', '.join(service['installed'])}")
+        if service["present"]:
+            bits.append(f"present {', '.join(service['present'])}")
+        for version, reason in service["failed"].items():
+            bits.append(f"FAILED {version}: {reason}")
+        if service.get("error"):
+            bits.append(f"FAILED: {service['error']}")
+        parts.append(f"{name}: {'; '.join(bits) or 'no versions'}")
+    return " | ".join(parts) or "no services"
+
+
+def _print_status(document: dict[str, Any]) -> None:
+    hosts: dict[str, Any] = document["hosts"]
+    if not hosts:
+        print("no minion has reported to the master yet")
+        return
+    rows = []
+    for host, entry in hosts.items():
+        last = entry["last_sync"]
+        if last is None:
+            last_text = "never"
+        else:
+            outcome = "ok" if last["ok"] else "FAILED"
+            last_text = f"{outcome} {last['sync_id'][:8]} {last['finished_at'] or ''}"
+        installed = "; ".join(
+            f"{name} {', '.join(versions) or '-'}" for name, versions in entry["installed"].items()
+        )
+        rows.append(
+            (
+                host,
+                "up" if entry["up"] else "DOWN",
+                f"{entry['last_seen_ago_s']:.0f}s ago",
+                last_text,
+                installed or "-",
+            )
+        )
+    _print_table(("HOST", "STATE", "SEEN", "LAST SYNC", "INSTALLED"), rows)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, str(row[-1])]))

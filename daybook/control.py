@@ -1,0 +1,259 @@
+"""The operator client: asks the master for a sync or the fleet's status, and renders the
+answers as the CLI contract's JSON.
+
+Every request goes out on a fresh DEALER socket and waits a bounded time, so a dead or
+unreachable master gives a one-line `FleetError`, never a hang. Waiting for a sync is a
+series of long polls: the master answers the moment the last expected host reports, and a
+master restarted in the meantime is simply asked again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from daybook.config import Settings
+from daybook.errors import FleetError, WireError
+from daybook.wire import (
+    MAX_FRAME_BYTES,
+    OP_STATUS,
+    OP_SYNC,
+    OP_SYNC_RESULT,
+    ControlReply,
+    ControlRequest,
+    FleetStatus,
+    HostStatus,
+    Report,
+    SyncSummary,
+    decode_as,
+)
+
+# How long the master may take to answer a request that does not wait for minions.
+ANSWER_TIMEOUT_S = 5.0
+# One long poll waits at most this long, so a restarted master is noticed and asked again.
+WAIT_CHUNK_S = 5.0
+# The master writes the endpoints it bound here, in its data dir (ports may be ephemeral).
+ENDPOINTS_FILE = "master.json"
+
+
+class MasterUnreachable(FleetError):
+    """No answer from the master within the time allowed."""
+
+
+def control_endpoint(settings: Settings) -> str:
+    """Where to reach the master's control socket.
+
+    With `control_port = 0` (ephemeral ports, as in tests) the port comes from the
+    `master.json` that a master running on the same data dir wrote when it started.
+    """
+    if settings.control_port:
+        return settings.endpoint(settings.control_port)
+    path = settings.data_dir / ENDPOINTS_FILE
+    port = read_master_ports(path).get("control")
+    if not port:
+        raise FleetError(f"{path} names no control port")
+    return settings.endpoint(port)
+
+
+def read_master_ports(path: Path) -> dict[str, int]:
+    """The ports a running master bound, from its `master.json`."""
+    try:
+        document: Any = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FleetError(
+            f"the control port is 0 (ephemeral) and {path} does not exist: start the master "
+            "with this data dir, or set the ports"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise FleetError(f"cannot read the master's endpoints from {path}: {exc}") from None
+    ports = document.get("ports") if isinstance(document, dict) else None
+    if not isinstance(ports, dict):
+        raise FleetError(f"{path} holds no ports")
+    return {
+        str(role): port
+        for role, port in ports.items()
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+    }
+
+
+class ControlClient:
+    """Talks to one master's control socket. Close it (or use `with`) when done."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float = ANSWER_TIMEOUT_S,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._owns_context = context is None
+        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        self._monotonic = monotonic
+
+    def close(self) -> None:
+        if self._owns_context:
+            self._context.term()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- typed API ------------------------------------------------------------------------------
+
+    def request(self, request: ControlRequest) -> ControlReply:
+        """Send one request; wait its `wait_s` plus the answer timeout for the reply."""
+        patience_s = request.wait_s + self.timeout_s
+        socket = self._context.socket(zmq.DEALER)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            socket.connect(self.endpoint)
+            socket.send_multipart(request.encode())
+            deadline = self._monotonic() + patience_s
+            while (remaining_s := deadline - self._monotonic()) > 0:
+                if not socket.poll(max(1, int(remaining_s * 1000)), zmq.POLLIN):
+                    break
+                try:
+                    reply = decode_as(
+                        ControlReply, socket.recv_multipart(), max_bytes=MAX_FRAME_BYTES
+                    )
+                except WireError:
+                    continue  # not an answer we can read; keep waiting for one
+                if reply.request_id == request.request_id:
+                    return reply
+        finally:
+            socket.close()
+        raise MasterUnreachable(
+            f"cannot reach the master at {self.endpoint}: no answer within {patience_s:g} s"
+        )
+
+    def _answer(self, request: ControlRequest) -> ControlReply:
+        reply = self.request(request)
+        if reply.error is not None:
+            raise FleetError(f"the master refused the request: {reply.error}")
+        return reply
+
+    def start_sync(self, target: str | None, wait_s: float = 0.0) -> SyncSummary:
+        reply = self._answer(
+            ControlRequest(_new_id(), OP_SYNC, target=target, wait_s=min(wait_s, WAIT_CHUNK_S))
+        )
+        return _expect_sync(reply, self.endpoint)
+
+    def sync_result(self, sync_id: str, wait_s: float = 0.0) -> SyncSummary:
+        reply = self._answer(
+            ControlRequest(_new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s)
+        )
+        return _expect_sync(reply, self.endpoint)
+
+    def run_sync(self, target: str | None, *, wait: bool, timeout_s: float) -> SyncSummary:
+        """Start a sync; with `wait`, return when every expected host answered or at timeout."""
+        deadline = self._monotonic() + timeout_s
+        summary = self.start_sync(target, wait_s=timeout_s if wait else 0.0)
+        while wait and not summary.complete:
+            remaining_s = deadline - self._monotonic()
+            if remaining_s <= 0:
+                break
+            try:
+                summary = self.sync_result(summary.sync_id, min(remaining_s, WAIT_CHUNK_S))
+            except MasterUnreachable:
+                # The master may be restarting; it keeps the sync. Ask again until the end.
+                if self._monotonic() >= deadline:
+                    raise
+        return summary
+
+    def fleet_status(self) -> FleetStatus:
+        reply = self._answer(ControlRequest(_new_id(), OP_STATUS))
+        if reply.status is None:
+            raise FleetError(f"the master at {self.endpoint} sent no status")
+        return reply.status
+
+    # -- the contract's JSON --------------------------------------------------------------------
+
+    def sync(self, target: str | None, wait: bool, timeout_s: float) -> dict[str, Any]:
+        return sync_json(self.run_sync(target, wait=wait, timeout_s=timeout_s))
+
+    def status(self) -> dict[str, Any]:
+        return status_json(self.fleet_status())
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _expect_sync(reply: ControlReply, endpoint: str) -> SyncSummary:
+    if reply.sync is None:
+        raise FleetError(f"the master at {endpoint} sent no sync summary")
+    return reply.sync
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "ok": report.ok,
+        "pattern": report.pattern,
+        "services": {name: result.to_json() for name, result in report.services.items()},
+        "installed": {name: list(versions) for name, versions in report.installed.items()},
+        "finished_at": iso_time(report.finished_at),
+        "duration_s": round(report.duration_s, 4),
+    }
+    if report.error is not None:
+        document["error"] = report.error
+    return document
+
+
+def sync_json(summary: SyncSummary) -> dict[str, Any]:
+    """`{"sync_id", "expected", "results": {host: {"ok", "services"}}, "missing", ...}`"""
+    return {
+        "sync_id": summary.sync_id,
+        "target": summary.target,
+        "origin": summary.origin,
+        "issued_at": iso_time(summary.issued_at),
+        "expected": list(summary.expected),
+        "results": {host: report_json(report) for host, report in summary.results.items()},
+        "missing": list(summary.missing),
+        "complete": summary.complete,
+        "ok": summary.ok,
+    }
+
+
+def host_json(status: HostStatus, now: float) -> dict[str, Any]:
+    report = status.last_report
+    last_sync: dict[str, Any] | None = None
+    if report is not None:
+        last_sync = {"sync_id": report.sync_id, **report_json(report)}
+        del last_sync["installed"]
+    return {
+        "up": status.up,
+        "last_seen": iso_time(status.last_seen),
+        "last_seen_ago_s": round(max(0.0, now - status.last_seen), 3),
+        "started_at": iso_time(status.started_at),
+        "last_sync": last_sync,
+        "installed": (
+            {name: list(versions) for name, versions in report.installed.items()} if report else {}
+        ),
+    }
+
+
+def status_json(status: FleetStatus) -> dict[str, Any]:
+    """`{"hosts": {host: {"up", "last_seen", "last_sync": {...}, "installed"}}}`"""
+    return {
+        "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
+        "epoch": status.epoch,
+    }

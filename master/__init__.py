@@ -1,0 +1,1 @@
+"""The Daybook master: watches mappings and assets, publishes sync events, collects results."""

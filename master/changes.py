@@ -1,0 +1,37 @@
+"""What the watcher threads hand to the master loop through its mailbox."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from daybook.mappings import MappingTable
+
+
+@dataclass(frozen=True)
+class MappingsChanged:
+    """The registry's mapping table, as read; sent only when it differs from the last one."""
+
+    mappings: MappingTable
+
+
+@dataclass(frozen=True)
+class DigestsChanged:
+    """Per service, the digest of the versions the store holds; sent only on change."""
+
+    digests: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A watcher asked to refresh has read its source once more (changes came first)."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Nothing to do but look at the stop flag (posted by the signal handler)."""
+
+
+Change = MappingsChanged | DigestsChanged | Fresh | Wake

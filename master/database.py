@@ -1,0 +1,304 @@
+"""The results database: syncs, expected hosts, reports and host state in SQLite.
+
+One writer (the master loop) in WAL mode, so readers (the HTTP API, a shell with sqlite3)
+never block it. Reports are stored as their wire payload and decoded through the wire
+module on the way out, so what comes back from disk is validated like what came off the
+network. Writes are batched: the loop commits once per batch of messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from daybook.errors import FleetError, WireError
+from daybook.wire import EncodedState, Report, is_valid_digest
+from master.fleet import HostRecord, SyncRecord
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS syncs (
+    sync_id    TEXT PRIMARY KEY,
+    target     TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    issued_at  REAL NOT NULL,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS syncs_issued ON syncs (issued_at);
+CREATE INDEX IF NOT EXISTS syncs_request ON syncs (request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS expected (
+    sync_id TEXT NOT NULL,
+    host    TEXT NOT NULL,
+    PRIMARY KEY (sync_id, host)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reports (
+    report_id   TEXT PRIMARY KEY,
+    sync_id     TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    ok          INTEGER NOT NULL,
+    finished_at REAL NOT NULL,
+    received_at REAL NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_sync ON reports (sync_id, host);
+CREATE TABLE IF NOT EXISTS hosts (
+    host           TEXT PRIMARY KEY,
+    last_seen      REAL NOT NULL,
+    boot_id        TEXT,
+    started_at     REAL,
+    last_report_id TEXT
+);
+"""
+
+
+class ResultsDatabase:
+    """Durable history for the master. Used from the master loop's thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # WAL with NORMAL is durable across a process crash (the master being killed);
+            # only an OS crash can lose the last commits.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN")
+            self._check_schema_version()
+        except (OSError, sqlite3.Error) as exc:
+            raise FleetError(f"cannot open the results database {path}: {exc}") from None
+
+    def _check_schema_version(self) -> None:
+        stored = self._meta("schema")
+        if stored is None:
+            self._set_meta("schema", str(SCHEMA_VERSION).encode())
+        elif int(stored) != SCHEMA_VERSION:
+            raise FleetError(
+                f"{self.path} has schema version {int(stored)}; this master knows {SCHEMA_VERSION}"
+            )
+
+    def commit(self) -> None:
+        """End the current batch and start the next one."""
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("could not commit the results database on close: %s", exc)
+        self._db.close()
+
+    # -- meta: the epoch and the last desired state ----------------------------------------------
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _set_meta(self, key: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def next_epoch(self) -> int:
+        """A new epoch for this master run: after every earlier one, and committed at once."""
+        previous = self._meta("epoch")
+        epoch = max(int(previous or 0) + 1, int(time.time() * 1000))
+        self._set_meta("epoch", str(epoch).encode())
+        self.commit()
+        return epoch
+
+    def save_state(self, state: EncodedState, sync_id: str) -> None:
+        """Remember the desired state, so a restart can serve it before the watchers answer."""
+        self._set_meta("state", state.blob)
+        self._set_meta("state_digest", state.digest.encode())
+        self._set_meta("state_sync_id", sync_id.encode())
+
+    def load_state(self) -> tuple[EncodedState, str] | None:
+        blob = self._meta("state")
+        digest = self._meta("state_digest")
+        sync_id = self._meta("state_sync_id")
+        if blob is None or digest is None or sync_id is None:
+            return None
+        state = EncodedState(blob, digest.decode())
+        if not is_valid_digest(state.digest):
+            return None
+        try:
+            state.decode()
+        except WireError as exc:
+            log.warning("ignoring the stored desired state in %s: %s", self.path, exc)
+            return None
+        return state, sync_id.decode()
+
+    # -- syncs and reports ----------------------------------------------------------------------
+
+    def add_sync(self, record: SyncRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO syncs (sync_id, target, origin, issued_at, request_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (record.sync_id, record.target, record.origin, record.issued_at, record.request_id),
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO expected (sync_id, host) VALUES (?, ?)",
+            [(record.sync_id, host) for host in record.expected],
+        )
+
+    def add_report(self, report: Report, received_at: float, payload: bytes | None = None) -> bool:
+        """Store a report; False if this report id was stored before (a resent duplicate).
+
+        `payload` is the report's wire payload when it came off the wire already validated,
+        which saves encoding it again.
+        """
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO reports "
+            "(report_id, sync_id, host, ok, finished_at, received_at, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                report.report_id,
+                report.sync_id,
+                report.host,
+                int(report.ok),
+                report.finished_at,
+                received_at,
+                payload if payload is not None else report.encode()[1],
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def load_sync(self, sync_id: str) -> SyncRecord | None:
+        row = self._db.execute(
+            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE sync_id = ?",
+            (sync_id,),
+        ).fetchone()
+        return None if row is None else self._sync_from_row(row)
+
+    def sync_for_request(self, request_id: str) -> SyncRecord | None:
+        row = self._db.execute(
+            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else self._sync_from_row(row)
+
+    def recent_syncs(self, limit: int) -> list[SyncRecord]:
+        """The latest `limit` syncs with their results, oldest first."""
+        rows = self._db.execute(
+            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
+            "ORDER BY issued_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [self._sync_from_row(row) for row in reversed(rows)]
+
+    def _sync_from_row(self, row: tuple[str, str, str, float, str | None]) -> SyncRecord:
+        sync_id, target, origin, issued_at, request_id = row
+        expected = tuple(
+            host
+            for (host,) in self._db.execute(
+                "SELECT host FROM expected WHERE sync_id = ? ORDER BY host", (sync_id,)
+            )
+        )
+        record = SyncRecord(
+            sync_id=sync_id,
+            target=target,
+            origin=origin,
+            issued_at=issued_at,
+            expected=expected,
+            request_id=request_id,
+        )
+        for (payload,) in self._db.execute(
+            "SELECT payload FROM reports WHERE sync_id = ? ORDER BY finished_at", (sync_id,)
+        ):
+            report = self._decode_report(payload)
+            if report is not None:
+                record.add(report)
+        return record
+
+    def _decode_report(self, payload: bytes) -> Report | None:
+        try:
+            return Report.decode(bytes(payload))
+        except WireError as exc:
+            log.warning("skipping an unreadable report in %s: %s", self.path, exc)
+            return None
+
+    # -- hosts ----------------------------------------------------------------------------------
+
+    def save_hosts(self, records: list[HostRecord]) -> None:
+        self._db.executemany(
+            "INSERT INTO hosts (host, last_seen, boot_id, started_at, last_report_id) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET "
+            "last_seen = excluded.last_seen, boot_id = excluded.boot_id, "
+            "started_at = excluded.started_at, last_report_id = excluded.last_report_id",
+            [
+                (
+                    r.host,
+                    r.last_seen,
+                    r.boot_id,
+                    r.started_at,
+                    r.last_report.report_id if r.last_report else None,
+                )
+                for r in records
+            ],
+        )
+
+    def load_hosts(self) -> list[HostRecord]:
+        rows = self._db.execute(
+            "SELECT h.host, h.last_seen, h.boot_id, h.started_at, r.payload "
+            "FROM hosts h LEFT JOIN reports r ON r.report_id = h.last_report_id "
+            "ORDER BY h.host"
+        ).fetchall()
+        return [
+            HostRecord(
+                host=host,
+                last_seen=last_seen,
+                boot_id=boot_id,
+                started_at=started_at,
+                last_report=None if payload is None else self._decode_report(payload),
+            )
+            for host, last_seen, boot_id, started_at, payload in rows
+        ]
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def prune(self, keep_syncs: int) -> int:
+        """Forget all but the latest `keep_syncs` syncs and their reports; return how many went.
+
+        A report still named as some host's latest is kept, so `status` never loses it.
+        """
+        cutoff = self._db.execute(
+            "SELECT issued_at FROM syncs ORDER BY issued_at DESC LIMIT 1 OFFSET ?",
+            (keep_syncs,),
+        ).fetchone()
+        if cutoff is None:
+            return 0
+        self._db.execute(
+            "DELETE FROM expected WHERE sync_id IN "
+            "(SELECT sync_id FROM syncs WHERE issued_at <= ?)",
+            cutoff,
+        )
+        self._db.execute(
+            "DELETE FROM reports WHERE sync_id IN "
+            "(SELECT sync_id FROM syncs WHERE issued_at <= ?) "
+            "AND report_id NOT IN "
+            "(SELECT last_report_id FROM hosts WHERE last_report_id IS NOT NULL)",
+            cutoff,
+        )
+        removed = self._db.execute("DELETE FROM syncs WHERE issued_at <= ?", cutoff).rowcount
+        return removed
+
+    def counts(self) -> dict[str, int]:
+        return {
+            table: self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("syncs", "reports", "hosts")
+        }

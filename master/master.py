@@ -1,0 +1,501 @@
+"""The master loop: one thread owns the sockets and turns changes, reports and operator
+requests into sync events, database records and answers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import zmq
+
+from daybook.mailbox import Mailbox
+from daybook.mappings import MappingTable
+from daybook.stopping import StopFlag
+from daybook.wire import (
+    OP_STATUS,
+    OP_SYNC,
+    OP_SYNC_RESULT,
+    ControlReply,
+    ControlRequest,
+    DesiredState,
+    EncodedState,
+    Heartbeat,
+    Report,
+    SyncEvent,
+)
+from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
+from master.collector import Collector
+from master.control_server import ControlServer, Route
+from master.database import ResultsDatabase
+from master.fleet import Fleet, SyncBook, SyncRecord, Waiter
+from master.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+ALL_HOSTS = "*"
+
+
+@dataclass(frozen=True)
+class MasterTuning:
+    """Timing knobs of the loop; the settings provide the first, the rest rarely change."""
+
+    republish_interval_s: float = 30.0
+    # Changes arriving this close together make one sync.
+    coalesce_s: float = 0.05
+    # At start, wait this long for both watchers before publishing a state built from one.
+    startup_grace_s: float = 3.0
+    # A minion that shows up behind gets a republish this soon, but never more often.
+    catch_up_delay_s: float = 0.05
+    min_republish_gap_s: float = 0.5
+    # Unfinished syncs younger than this are republished, at most this many at once.
+    unfinished_window_s: float = 600.0
+    max_republished_syncs: int = 8
+    batch_limit: int = 5000
+    host_flush_interval_s: float = 1.0
+    keep_syncs: int = 10_000
+    prune_interval_s: float = 3600.0
+    # An operator sync first has the polling watchers read their sources once more, so
+    # `map set ...; sync` syncs the new mapping; but it waits for them no longer than this.
+    refresh_timeout_s: float = 2.0
+
+
+class Master:
+    """Publishes the desired state, records results, and answers operators.
+
+    Everything runs on the thread that calls `run`; watcher threads reach it only through
+    the mailbox, so no socket and no database handle is ever shared.
+    """
+
+    def __init__(
+        self,
+        *,
+        epoch: int,
+        publisher: Publisher,
+        collector: Collector,
+        control: ControlServer,
+        database: ResultsDatabase,
+        fleet: Fleet,
+        mailbox: Mailbox[Change],
+        tuning: MasterTuning,
+        refreshers: Mapping[str, Callable[[], None]] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.epoch = epoch
+        self._publisher = publisher
+        self._collector = collector
+        self._control = control
+        self._db = database
+        self._fleet = fleet
+        self._syncs = SyncBook()
+        self._mailbox = mailbox
+        self._tuning = tuning
+        self._clock = clock
+        self._monotonic = monotonic
+        self._seq = 0
+
+        self._mappings: MappingTable | None = None
+        self._digests: Mapping[str, str] | None = None
+        self._fresh: set[str] = set()
+        self._state: EncodedState | None = None
+        self._state_sync: SyncRecord | None = None
+        # Watchers that can be asked to read again, by source name; operator syncs wait
+        # in the queue while a refresh round is under way.
+        self._refreshers = dict(refreshers or {})
+        self._awaiting_fresh: set[str] = set()
+        self._refresh_deadline: float | None = None
+        self._operator_queue: list[tuple[Route, ControlRequest]] = []
+
+        started = monotonic()
+        self._started = started
+        self._rebuild_due: float | None = None
+        self._catch_up_due: float | None = None
+        self._last_republish = -math.inf
+        self._next_republish = started + tuning.republish_interval_s
+        self._host_flush_due = started + tuning.host_flush_interval_s
+        self._prune_due = started
+        self.counters: dict[str, int] = {
+            "reports": 0,
+            "duplicate_reports": 0,
+            "heartbeats": 0,
+            "syncs": 0,
+            "operator_requests": 0,
+        }
+
+    # -- start and stop -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Load the recent syncs and the last desired state, and serve that state at once."""
+        for record in self._db.recent_syncs(limit=64):
+            self._syncs.add(record)
+        stored = self._db.load_state()
+        if stored is None:
+            return
+        state, sync_id = stored
+        decoded = state.decode()
+        self._mappings, self._digests = decoded.mappings, decoded.digests
+        self._state = state
+        found = self._syncs.get(sync_id) or self._db.load_sync(sync_id)
+        if found is None:  # pruned away; keep its id so minions do not report it again
+            found = SyncRecord(sync_id, ALL_HOSTS, "auto", self._clock(), ())
+            self._db.add_sync(found)
+            self._db.commit()
+        self._syncs.add(found)
+        self._state_sync = found
+        log.info("serving the stored desired state (sync %s) until the watchers answer", sync_id)
+        self._republish(self._monotonic())
+
+    def run(self, stop: StopFlag) -> None:
+        poller = zmq.Poller()
+        poller.register(self._collector.socket, zmq.POLLIN)
+        poller.register(self._control.socket, zmq.POLLIN)
+        poller.register(self._mailbox.fileno(), zmq.POLLIN)
+        while not stop.is_set():
+            ready = dict(poller.poll(self._timeout_ms()))
+            if self._mailbox.fileno() in ready:
+                for change in self._mailbox.drain():
+                    self._on_change(change)
+            if self._collector.socket in ready:
+                self._collect()
+            if self._control.socket in ready:
+                self._serve_operators()
+            self._run_timers()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Record what has already arrived and answer everyone waiting, then stop."""
+        for route, request in self._operator_queue:
+            self._control.reply(
+                route, ControlReply(request.request_id, error="the master is stopping")
+            )
+        self._operator_queue = []
+        self._collect()
+        self._db.save_hosts(self._fleet.take_dirty())
+        self._db.commit()
+        for waiter in self._syncs.release_all():
+            self._answer_waiter(waiter)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _timeout_ms(self) -> int:
+        dues = [
+            self._next_republish,
+            self._host_flush_due,
+            self._prune_due,
+            self._rebuild_due,
+            self._catch_up_due,
+            self._refresh_deadline,
+            self._syncs.next_deadline(),
+        ]
+        nearest = min(due for due in dues if due is not None)
+        return max(0, math.ceil((nearest - self._monotonic()) * 1000))
+
+    def _run_timers(self) -> None:
+        mono = self._monotonic()
+        if self._refresh_deadline is not None and mono >= self._refresh_deadline:
+            log.warning(
+                "no fresh read of %s within %g s; syncing with the last known state",
+                " and ".join(sorted(self._awaiting_fresh)),
+                self._tuning.refresh_timeout_s,
+            )
+            self._awaiting_fresh.clear()
+            self._start_operator_syncs()
+        if self._rebuild_due is not None and mono >= self._rebuild_due:
+            self._rebuild_due = None
+            self._rebuild()
+        if mono >= self._next_republish:
+            self._republish(mono)
+        elif self._catch_up_due is not None and mono >= self._catch_up_due:
+            self._catch_up(mono)
+        if self._syncs.next_deadline() is not None:
+            for waiter in self._syncs.release(mono):
+                self._answer_waiter(waiter)
+        if mono >= self._host_flush_due:
+            self._host_flush_due = mono + self._tuning.host_flush_interval_s
+            dirty = self._fleet.take_dirty()
+            if dirty:
+                self._db.save_hosts(dirty)
+                self._db.commit()
+        if mono >= self._prune_due:
+            self._prune_due = mono + self._tuning.prune_interval_s
+            removed = self._db.prune(self._tuning.keep_syncs)
+            self._db.commit()
+            if removed:
+                log.info("pruned %d old sync(s) from the results database", removed)
+
+    # -- desired state and events ---------------------------------------------------------------
+
+    def _on_change(self, change: Change) -> None:
+        if isinstance(change, MappingsChanged):
+            self._mappings = change.mappings
+            self._fresh.add("mappings")
+        elif isinstance(change, DigestsChanged):
+            self._digests = change.digests
+            self._fresh.add("digests")
+        elif isinstance(change, Fresh):
+            self._awaiting_fresh.discard(change.source)
+            if not self._awaiting_fresh and self._operator_queue:
+                self._start_operator_syncs()
+            return
+        else:
+            return
+        due = self._monotonic() + self._tuning.coalesce_s
+        if len(self._fresh) < 2:
+            # One watcher has answered and the other not yet: give it a moment rather than
+            # publish a state that mixes fresh and stale halves.
+            due = max(due, self._started + self._tuning.startup_grace_s)
+        self._rebuild_due = due if self._rebuild_due is None else min(self._rebuild_due, due)
+
+    def _rebuild(self) -> None:
+        if self._mappings is None or self._digests is None:
+            return
+        state = DesiredState(self._mappings, self._digests).encode()
+        if self._state is not None and state.digest == self._state.digest:
+            return
+        origin = "startup" if self._state_sync is None else "auto"
+        self._state = state
+        record = self._new_sync(ALL_HOSTS, origin, request_id=None)
+        self._db.save_state(state, record.sync_id)
+        self._db.commit()
+        self._state_sync = record
+        log.info(
+            "desired state changed (%d pattern(s), %d service(s)): sync %s to %d host(s)",
+            len(self._mappings),
+            len(self._digests),
+            record.sync_id,
+            len(record.expected),
+        )
+        self._publish(record)
+
+    def _new_sync(self, target: str, origin: str, request_id: str | None) -> SyncRecord:
+        now = self._clock()
+        record = SyncRecord(
+            sync_id=uuid.uuid4().hex,
+            target=target,
+            origin=origin,
+            issued_at=now,
+            expected=self._fleet.expected_for(target, now),
+            request_id=request_id,
+        )
+        self._db.add_sync(record)
+        self._syncs.add(record)
+        self.counters["syncs"] += 1
+        return record
+
+    def _publish(self, record: SyncRecord) -> None:
+        assert self._state is not None
+        self._seq += 1
+        self._publisher.publish(
+            SyncEvent(
+                epoch=self.epoch,
+                seq=self._seq,
+                sync_id=record.sync_id,
+                target=record.target,
+                state=self._state,
+                issued_at=record.issued_at,
+            )
+        )
+
+    def _republish(self, mono: float) -> None:
+        """Send the current state again, with every recent sync still missing answers.
+
+        PUB drops events for minions that were not connected at that moment; this is how
+        they catch up. The state's own sync goes last, so it is what a minion sees newest.
+        """
+        self._catch_up_due = None
+        self._last_republish = mono
+        self._next_republish = mono + self._tuning.republish_interval_s
+        if self._state is None or self._state_sync is None:
+            return
+        now = self._clock()
+        unfinished = self._syncs.unfinished(
+            now,
+            self._tuning.unfinished_window_s,
+            self._tuning.max_republished_syncs,
+            lambda host: self._fleet.is_up(host, now),
+        )
+        for record in unfinished:
+            if record is not self._state_sync:
+                self._publish(record)
+        self._publish(self._state_sync)
+
+    def _catch_up(self, mono: float) -> None:
+        """Send the current state alone, for minions that just showed up behind.
+
+        Minions starting together share one catch-up; unfinished syncs wait for the next
+        periodic republish, which keeps a fleet start-up from multiplying the traffic.
+        """
+        self._catch_up_due = None
+        self._last_republish = mono
+        if self._state_sync is not None:
+            self._publish(self._state_sync)
+
+    def _catch_up_soon(self) -> None:
+        mono = self._monotonic()
+        due = max(
+            mono + self._tuning.catch_up_delay_s,
+            self._last_republish + self._tuning.min_republish_gap_s,
+        )
+        if self._catch_up_due is None or due < self._catch_up_due:
+            self._catch_up_due = due
+
+    # -- reports and heartbeats -----------------------------------------------------------------
+
+    def _collect(self) -> None:
+        messages = self._collector.receive_batch(self._tuning.batch_limit)
+        if not messages:
+            return
+        now = self._clock()
+        for message, payload in messages:
+            if isinstance(message, Report):
+                self._on_report(message, now, payload)
+            else:
+                self._on_heartbeat(message, now)
+        # Commit before answering anyone: an answer never reports what a crash could lose.
+        self._db.commit()
+        for waiter in self._syncs.release(self._monotonic()):
+            self._answer_waiter(waiter)
+
+    def _on_report(self, report: Report, now: float, payload: bytes) -> None:
+        if not self._db.add_report(report, received_at=now, payload=payload):
+            self.counters["duplicate_reports"] += 1
+            return
+        self.counters["reports"] += 1
+        self._fleet.reported(report, now)
+        self._syncs.record(report)
+        log.debug("report from %s for sync %s: ok=%s", report.host, report.sync_id, report.ok)
+
+    def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
+        self.counters["heartbeats"] += 1
+        if self._fleet.heard(heartbeat, now):
+            log.info("minion %s is up (boot %s)", heartbeat.host, heartbeat.boot_id)
+        state = self._state
+        behind = state is not None and (
+            heartbeat.epoch != self.epoch or heartbeat.state_digest != state.digest
+        )
+        if behind and not heartbeat.busy:
+            self._catch_up_soon()
+
+    # -- operators ------------------------------------------------------------------------------
+
+    def _serve_operators(self) -> None:
+        for route, request in self._control.receive_batch(self._tuning.batch_limit):
+            self.counters["operator_requests"] += 1
+            try:
+                self._handle(route, request)
+            except Exception as exc:  # one bad request must not stop the master
+                log.exception("operator request %s failed", request.op)
+                self._control.reply(
+                    route, ControlReply(request.request_id, error=f"internal error: {exc}")
+                )
+
+    def _handle(self, route: Route, request: ControlRequest) -> None:
+        if request.op == OP_STATUS:
+            status = self._fleet.status(self.epoch, self._clock())
+            self._control.reply(route, ControlReply(request.request_id, status=status))
+            return
+        if request.op == OP_SYNC:
+            record = self._find_request(request.request_id)
+            if record is not None:  # a retry of a request that already started its sync
+                self._answer_or_wait(route, request, record)
+                return
+            self._queue_operator_sync(route, request)
+            return
+        if request.op == OP_SYNC_RESULT:
+            assert request.sync_id is not None
+            record = self._syncs.get(request.sync_id) or self._db.load_sync(request.sync_id)
+            if record is None:
+                self._control.reply(
+                    route,
+                    ControlReply(request.request_id, error=f"unknown sync id {request.sync_id}"),
+                )
+                return
+            self._syncs.add(record)
+            self._answer_or_wait(route, request, record)
+            return
+        self._control.reply(
+            route, ControlReply(request.request_id, error=f"operation {request.op} is refused")
+        )
+
+    def _queue_operator_sync(self, route: Route, request: ControlRequest) -> None:
+        """Start a refresh round (unless one is under way) and sync once it is over."""
+        queued = [r for r in self._operator_queue if r[1].request_id != request.request_id]
+        self._operator_queue = [*queued, (route, request)]  # a retry takes the newest route
+        if not self._awaiting_fresh:
+            self._awaiting_fresh = set(self._refreshers)
+            self._refresh_deadline = self._monotonic() + self._tuning.refresh_timeout_s
+            for refresh in self._refreshers.values():
+                refresh()
+        if not self._awaiting_fresh:
+            self._start_operator_syncs()
+
+    def _start_operator_syncs(self) -> None:
+        self._refresh_deadline = None
+        if self._rebuild_due is not None:  # what the refresh found goes out first
+            self._rebuild_due = None
+            self._rebuild()
+        queue, self._operator_queue = self._operator_queue, []
+        for route, request in queue:
+            if self._state is None:
+                self._control.reply(
+                    route,
+                    ControlReply(
+                        request.request_id,
+                        error="the master has not read the mappings and the store yet; "
+                        "try again in a moment",
+                    ),
+                )
+                continue
+            record = self._new_sync(request.target or ALL_HOSTS, "operator", request.request_id)
+            self._db.commit()
+            log.info(
+                "operator sync %s to %s: expecting %d host(s)",
+                record.sync_id,
+                record.target,
+                len(record.expected),
+            )
+            self._publish(record)
+            self._answer_or_wait(route, request, record)
+
+    def _find_request(self, request_id: str) -> SyncRecord | None:
+        """A retried operator request finds the sync its first attempt started."""
+        record = self._syncs.by_request(request_id)
+        if record is None:
+            record = self._db.sync_for_request(request_id)
+            if record is not None:
+                self._syncs.add(record)
+        return record
+
+    def _answer_or_wait(self, route: Route, request: ControlRequest, record: SyncRecord) -> None:
+        if request.wait_s > 0 and not record.complete:
+            deadline = self._monotonic() + request.wait_s
+            self._syncs.wait(Waiter(record.sync_id, request.request_id, route, deadline))
+            return
+        self._control.reply(route, ControlReply(request.request_id, sync=record.summary()))
+
+    def _answer_waiter(self, waiter: Waiter) -> None:
+        record = self._syncs.get(waiter.sync_id) or self._db.load_sync(waiter.sync_id)
+        if record is None:
+            reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
+        else:
+            reply = ControlReply(waiter.request_id, sync=record.summary())
+        self._control.reply(waiter.route, reply)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            **{name: float(value) for name, value in self.counters.items()},
+            "events_published": float(self._publisher.published),
+            "event_bytes_published": float(self._publisher.bytes_sent),
+            "malformed_minion_frames": float(self._collector.malformed),
+            "malformed_operator_frames": float(self._control.malformed),
+            "hosts_known": float(len(self._fleet)),
+            "hosts_up": float(len(self._fleet.live_hosts(self._clock()))),
+            "epoch": float(self.epoch),
+            "seq": float(self._seq),
+        }

@@ -1,0 +1,87 @@
+"""The store watcher: a thread that lists the store on an interval and reports what changed."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from daybook.errors import DaybookError
+from daybook.store import AssetInfo, Store
+from daybook.wire import versions_digest
+from master.changes import Change, DigestsChanged, Fresh
+from master.pacing import Pacer, backoff_s
+
+log = logging.getLogger(__name__)
+
+
+def digests_of(assets: Iterable[AssetInfo]) -> dict[str, str]:
+    """Per service, the digest of the versions the store lists."""
+    versions: defaultdict[str, list[str]] = defaultdict(list)
+    for asset in assets:
+        versions[asset.service].append(asset.version)
+    return {service: versions_digest(found) for service, found in sorted(versions.items())}
+
+
+class StoreWatcher:
+    """Lists the store every `interval_s` and posts `DigestsChanged` when a digest differs.
+
+    `refresh()` asks for a listing now; `Fresh("store")` follows once it is done.
+    """
+
+    SOURCE = "store"
+
+    def __init__(
+        self,
+        store: Store,
+        post: Callable[[Change], None],
+        *,
+        interval_s: float,
+    ) -> None:
+        self._store = store
+        self._post = post
+        self._interval_s = interval_s
+        self._pacer = Pacer()
+        self._rng = random.Random()
+        self.last: dict[str, str] | None = None
+        self.failures = 0
+
+    def refresh(self) -> None:
+        self._pacer.refresh()
+
+    def stop(self) -> None:
+        self._pacer.stop()
+
+    def run(self) -> None:
+        while not self._pacer.stopped:
+            refresh = self._pacer.take_refresh()
+            try:
+                digests = digests_of(self._store.list_assets())
+            except Exception as exc:  # a watcher thread must outlive any backend failure
+                self._failed(exc)
+                if refresh:  # as fresh as it gets: the last known versions stand
+                    self._post(Fresh(self.SOURCE))
+                self._pacer.pause(max(self._interval_s, backoff_s(self.failures, self._rng)))
+                continue
+            if self.failures:
+                log.warning("the store %s is readable again", self._store.url)
+                self.failures = 0
+            if digests != self.last:
+                self.last = digests
+                self._post(DigestsChanged(digests))
+            if refresh:
+                self._post(Fresh(self.SOURCE))
+            self._pacer.pause(self._interval_s)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log.warning(
+                "cannot list the store %s: %s; keeping the last known versions and retrying",
+                self._store.url,
+                exc,
+                exc_info=not isinstance(exc, DaybookError | OSError),
+            )
+        else:
+            log.debug("store %s still failing: %s", self._store.url, exc)

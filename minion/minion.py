@@ -1,0 +1,170 @@
+"""One minion's socket side: takes events in, hands work to its sync runner, sends reports
+and heartbeats out. Driven by a `Driver` loop, alone (a minion process) or with many
+others (the swarm)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import zmq
+
+from daybook.mailbox import Mailbox
+from daybook.patterns import HostPattern
+from daybook.wire import TOPIC_REPORT, Heartbeat, Report, SyncEvent
+from minion.memory import MinionMemory
+from minion.reporter import Reporter
+from minion.subscriber import EventSubscriber
+from minion.sync import Job, Syncer, SyncRunner, start_daemon_thread
+
+log = logging.getLogger(__name__)
+
+# A callback for the socket thread, posted by a worker thread.
+Callback = Callable[[], None]
+
+EVENT_BATCH = 64
+CLAIMED_MAX = 1024
+
+
+class Minion:
+    """Everything here runs on the driver's thread, which owns this minion's sockets."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        subscriber: EventSubscriber,
+        reporter: Reporter,
+        syncer: Syncer,
+        memory: MinionMemory,
+        mailbox: Mailbox[Callback],
+        heartbeat_interval_s: float,
+        boot_id: str,
+        spawn: Callable[[Callback], None] = start_daemon_thread,
+        persist: Callable[[Callback], None] = lambda save: save(),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.subscriber = subscriber
+        self.reporter = reporter
+        self._syncer = syncer
+        self._memory = memory
+        self._mailbox = mailbox
+        # Runs the memory's file write: inline after each sync in a minion process, on a
+        # shared background thread in the swarm.
+        self._persist = persist
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self.boot_id = boot_id
+        self._clock = clock
+        self.started_at = clock()
+        self.runner = SyncRunner(self._work, spawn)
+        self._targets: dict[str, bool] = {}
+        # Sync ids already handed to the runner for a report, so a republished event is
+        # applied again (idempotently) but reported only once.
+        self._claimed: OrderedDict[str, None] = OrderedDict.fromkeys(memory.reported())
+        # The last event seen, for gap and restart detection; and the last one applied.
+        self._epoch: int | None = None
+        self._seq = 0
+        self._applied: SyncEvent | None = None
+        self.next_heartbeat = monotonic()
+        self.gaps = 0
+        self.master_restarts = 0
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        return self.subscriber.socket
+
+    # -- events in ------------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        for event in self.subscriber.receive_batch(EVENT_BATCH):
+            self._accept(event)
+
+    def _accept(self, event: SyncEvent) -> None:
+        if self._epoch != event.epoch:
+            if self._epoch is not None:
+                self.master_restarts += 1
+                log.info("the master restarted (epoch %d -> %d)", self._epoch, event.epoch)
+            # The master may have died holding reports it had not recorded: send the latest
+            # again (it keeps the first copy of each). Also after our own restart.
+            self._resend_outbox()
+        elif event.seq <= self._seq:
+            return  # already seen
+        elif event.seq != self._seq + 1:
+            self.gaps += 1
+            log.info(
+                "missed %d event(s) from the master; the latest is authoritative",
+                event.seq - self._seq - 1,
+            )
+        self._epoch, self._seq = event.epoch, event.seq
+        if not self._targets_me(event.target):
+            return
+        report = event.sync_id not in self._claimed
+        if report:
+            self._claimed[event.sync_id] = None
+            while len(self._claimed) > CLAIMED_MAX:
+                self._claimed.popitem(last=False)
+        self.runner.submit(event, report)
+
+    def _targets_me(self, target: str) -> bool:
+        verdict = self._targets.get(target)
+        if verdict is None:
+            if len(self._targets) > 64:
+                self._targets.clear()
+            verdict = self._targets[target] = HostPattern(target).matches(self.host)
+        return verdict
+
+    def _resend_outbox(self) -> None:
+        for payload in self._memory.outbox():
+            self.reporter.send_frames([TOPIC_REPORT, payload])
+
+    # -- work (on the sync thread) and its results (back on this thread) ----------------------
+
+    def _work(self, job: Job) -> None:
+        synced = self._syncer.run(job)
+        self._mailbox.post(functools.partial(self._finished, job.event, synced.reports))
+        # The reports are on their way; now remember them (and the applied digests), in
+        # memory at once so the next sync plans with them, on disk when `persist` runs.
+        self._syncer.remember(synced)
+        self._persist(self._memory.save)
+
+    def _finished(self, event: SyncEvent, reports: list[Report]) -> None:
+        # A report also tells the master this minion is alive and which state it applied.
+        self._applied = event
+        for report in reports:
+            self.reporter.send(report)
+
+    # -- heartbeats -----------------------------------------------------------------------------
+
+    def tick(self, monotonic_now: float) -> None:
+        if monotonic_now >= self.next_heartbeat:
+            self.next_heartbeat = monotonic_now + self._heartbeat_interval_s
+            self.reporter.send(self.heartbeat())
+
+    def heartbeat(self) -> Heartbeat:
+        applied = self._applied
+        return Heartbeat(
+            host=self.host,
+            boot_id=self.boot_id,
+            started_at=self.started_at,
+            sent_at=self._clock(),
+            epoch=applied.epoch if applied else 0,
+            seq=applied.seq if applied else 0,
+            state_digest=applied.state.digest if applied else None,
+            busy=self.runner.busy,
+        )
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop taking work and wait up to `timeout_s` for the sync in progress."""
+        self.runner.cancel()
+        finished = self.runner.wait_idle(timeout_s)
+        if not finished:
+            log.warning("a sync is still running after %.0f s; stopping anyway", timeout_s)
+        self._memory.save()
+        return finished

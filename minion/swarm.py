@@ -1,0 +1,152 @@
+"""The swarm: many real minions in one process, for benchmarks and load tests.
+
+Each minion has its own host name, data dir, install dir and sockets, and runs the same code
+as a minion process; they share one zmq Context, one poller loop, one store client, one
+decoded-state cache and a small pool of sync threads.
+
+    python -m minion.swarm --count 1000 [--prefix swarm]
+
+takes its other settings (master, ports, store, data dir) from the usual config file and
+DAYBOOK_* variables; minion N is `<prefix>-NNNN` with its files under
+`<data dir>/swarm/<host>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from daybook.config import Settings, load_settings
+from daybook.errors import DaybookError
+from daybook.mailbox import Mailbox
+from daybook.patterns import check_host
+from daybook.stopping import StopFlag, stop_on_signals
+from daybook.store import open_store
+from minion.desired import DesiredStateCache
+from minion.driver import Driver
+from minion.minion import Callback, Minion
+from minion.process import MinionSpec, check_master_ports, close_minion, connect_minion
+
+log = logging.getLogger(__name__)
+
+# Two sockets per minion, plus ZeroMQ's own descriptors per socket.
+FDS_PER_MINION = 6
+
+
+def swarm_specs(settings: Settings, count: int, prefix: str) -> list[MinionSpec]:
+    specs = []
+    for index in range(count):
+        host = check_host(f"{prefix}-{index:04d}")
+        data_dir = settings.data_dir / "swarm" / host
+        specs.append(MinionSpec(host, data_dir, data_dir / "install"))
+    return specs
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def run_swarm(
+    settings: Settings,
+    count: int,
+    *,
+    prefix: str = "swarm",
+    workers: int = 8,
+    stop: StopFlag | None = None,
+    ready: Callable[[Sequence[Minion]], None] | None = None,
+) -> int:
+    """Run `count` minions until `stop` is set or a signal arrives."""
+    check_master_ports(settings)
+    stop = stop or StopFlag()
+    _raise_fd_limit(count * FDS_PER_MINION + 256)
+    store = open_store(settings.store)
+    mailbox: Mailbox[Callback] = Mailbox()
+    cache = DesiredStateCache()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="swarm-sync")
+    # One thread writes every minion's memory file, off the path of their answers.
+    saver = ThreadPoolExecutor(1, thread_name_prefix="swarm-save")
+
+    def spawn(target: Callback) -> None:
+        pool.submit(target)
+
+    def persist(save: Callback) -> None:
+        saver.submit(save)
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    context.set(zmq.MAX_SOCKETS, count * 2 + 64)
+    minions: list[Minion] = []
+    try:
+        for spec in swarm_specs(settings, count, prefix):
+            spec.data_dir.mkdir(parents=True, exist_ok=True)
+            minions.append(
+                connect_minion(
+                    context,
+                    settings,
+                    spec,
+                    store=store,
+                    mailbox=mailbox,
+                    cache=cache,
+                    stop=stop,
+                    spawn=spawn,
+                    persist=persist,
+                )
+            )
+        driver = Driver(minions, mailbox)
+        stop.on_set(lambda: mailbox.post(lambda: None))
+        restore = stop_on_signals(stop)
+        log.info("swarm of %d minions following %s", count, settings.endpoint(settings.port))
+        if ready is not None:
+            ready(minions)
+        try:
+            driver.run(stop)
+        finally:
+            restore()
+        for minion in minions:
+            minion.runner.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        saver.shutdown(wait=True)
+        for minion in minions:
+            minion.stop(timeout_s=0)
+        driver.run_callbacks()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        saver.shutdown(wait=False, cancel_futures=True)
+        for minion in minions:
+            close_minion(minion)
+        context.term()
+        mailbox.close()
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minion.swarm", description=__doc__)
+    parser.add_argument("--count", type=int, required=True, help="how many minions")
+    parser.add_argument("--prefix", default="swarm", help="host name prefix (default swarm)")
+    parser.add_argument("--workers", type=int, default=8, help="sync threads (default 8)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.verbose == 0 else logging.INFO,
+        format="swarm: %(levelname)s: %(message)s",
+    )
+    if args.count < 1 or args.workers < 1:
+        parser.error("--count and --workers must be at least 1")
+    try:
+        return run_swarm(load_settings(), args.count, prefix=args.prefix, workers=args.workers)
+    except DaybookError as exc:
+        print(f"swarm: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

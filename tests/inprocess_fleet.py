@@ -1,0 +1,158 @@
+"""An in-process fleet for tests: the real master on a thread, and scripted minions that
+speak the wire protocol from the test's own sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from daybook.config import Settings
+from daybook.control import ControlClient
+from daybook.installer import ServiceResult
+from daybook.stopping import StopFlag
+from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as
+from master.process import run_master
+
+DEADLINE_S = 10.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        pause.wait(0.01)
+
+
+def fleet_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "master",
+        store=f"file://{tmp_path / 'store'}",
+        registry=f"file://{tmp_path / 'mappings.json'}",
+        install_dir=tmp_path / "install",
+        hostname="master",
+        bind="127.0.0.1",
+        port=0,
+        results_port=0,
+        control_port=0,
+        http_port=0,
+        store_poll_interval_s=0.1,
+        registry_poll_interval_s=0.1,
+        republish_interval_s=0.5,
+        heartbeat_interval_s=0.2,
+        down_after_s=2.0,
+        splay_s=0.0,
+    )
+
+
+class RunningMaster:
+    """`run_master` on a thread, stopped through its stop flag as a signal would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = StopFlag()
+        self.endpoints: dict[str, str] = {}
+        self._ready = threading.Event()
+        self.exit_code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self._ready.wait(DEADLINE_S), "the master did not start"
+
+    def _run(self) -> None:
+        def ready(endpoints: dict[str, str]) -> None:
+            self.endpoints = endpoints
+            self._ready.set()
+
+        self.exit_code = run_master(self.settings, ready=ready, stop=self.stop)
+
+    def port(self, role: str) -> int:
+        return int(self.endpoints[role].rsplit(":", 1)[1])
+
+    def client(self, timeout_s: float = 5.0) -> ControlClient:
+        return ControlClient(self.endpoints["control"], timeout_s)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE_S)
+        assert not self.thread.is_alive()
+        assert self.exit_code == 0
+
+
+class ScriptedMinion:
+    """A minion reduced to its protocol: receive events, send heartbeats and reports."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, host: str):
+        self.host = host
+        self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+        self.sub.connect(master.endpoints["publish"])
+        self.push = context.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(master.endpoints["results"])
+
+    def heartbeat(self, **changes: object) -> None:
+        fields: dict[str, object] = {
+            "host": self.host,
+            "boot_id": f"boot-{self.host}",
+            "started_at": time.time(),
+            "sent_at": time.time(),
+        }
+        fields.update(changes)
+        self.push.send_multipart(Heartbeat(**fields).encode())  # type: ignore[arg-type]
+
+    def next_event(self, timeout_s: float = DEADLINE_S) -> SyncEvent:
+        if not self.sub.poll(int(timeout_s * 1000)):
+            raise AssertionError(f"{self.host} got no event within {timeout_s} s")
+        return decode_as(SyncEvent, self.sub.recv_multipart(), max_bytes=1 << 24)
+
+    def event_for(self, sync_id: str, timeout_s: float = DEADLINE_S) -> SyncEvent:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            event = self.next_event(max(0.01, deadline - time.monotonic()))
+            if event.sync_id == sync_id:
+                return event
+
+    def report(self, event: SyncEvent, *, ok: bool = True, report_id: str | None = None) -> Report:
+        result = ServiceResult(present=("1",)) if ok else ServiceResult(failed={"1": "broken"})
+        message = Report(
+            report_id=report_id or f"{self.host}-{event.sync_id}-{event.seq}",
+            host=self.host,
+            sync_id=event.sync_id,
+            epoch=event.epoch,
+            seq=event.seq,
+            state_digest=event.state.digest,
+            pattern="web-*",
+            services={"web": result},
+            installed={"web": ("1",)},
+            started_at=time.time(),
+            finished_at=time.time(),
+        )
+        self.push.send_multipart(message.encode())
+        return message
+
+    def close(self) -> None:
+        self.sub.close()
+        self.push.close()
+
+
+def live_minions(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, *hosts: str
+) -> list[ScriptedMinion]:
+    """Minions that the master counts as up and that receive its events."""
+    minions = [ScriptedMinion(context, master, host) for host in hosts]
+    for minion in minions:
+        minion.heartbeat()
+        minion.next_event()  # subscribed: the master's catch-up republish arrived
+    with master.client() as client:
+        wait_for(lambda: set(hosts) <= _up(client), "minions up")
+    return minions
+
+
+def _up(client: ControlClient) -> set[str]:
+    return {host for host, entry in client.fleet_status().hosts.items() if entry.up}

@@ -1,0 +1,205 @@
+"""The fleet commands as users and scripts see them: `sync` and `status`, their JSON, their
+human tables, their exit codes and their one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from archives import make_asset
+from inprocess_fleet import RunningMaster, fleet_settings, live_minions
+
+from daybook.cli import main
+from daybook.local_store import LocalStore
+from daybook.naming import AssetRef
+from daybook.patterns import HostPattern
+from daybook.registry import open_registry
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    for name in ("DAYBOOK_CONFIG", "DAYBOOK_PORT", "DAYBOOK_CONTROL_PORT", "DAYBOOK_MASTER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "master"))
+    monkeypatch.setenv("DAYBOOK_PORT", "0")  # the control port comes from master.json
+
+    def invoke(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def test_a_bad_target_is_bad_input(run: Run) -> None:
+    result = run("sync", "--target", "web-[1-3]")
+    assert result.code == 2
+    assert result.err.startswith("daybook: invalid host pattern")
+    assert len(result.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan"])
+def test_a_bad_timeout_is_bad_input(run: Run, timeout: str) -> None:
+    result = run("sync", "--wait", "--timeout", timeout)
+    assert result.code == 2
+    assert "--timeout" in result.err
+
+
+@pytest.mark.parametrize("command", ["sync", "status"])
+def test_no_running_master_is_one_clear_line(run: Run, command: str) -> None:
+    result = run(command)
+    assert result.code == 1
+    assert result.err.startswith("daybook: the control port is 0")
+    assert "master.json" in result.err
+    assert len(result.err.splitlines()) == 1
+
+
+class Responder:
+    """Scripted minions answering every event on their own thread until stopped."""
+
+    def __init__(self, master: RunningMaster, hosts: tuple[str, ...]) -> None:
+        self._master = master
+        self._hosts = hosts
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10.0)
+
+    def _run(self) -> None:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        minions = live_minions(context, self._master, *self._hosts)
+        self._ready.set()
+        poller = zmq.Poller()
+        for minion in minions:
+            poller.register(minion.sub, zmq.POLLIN)
+        by_socket = {minion.sub: minion for minion in minions}
+        answered: set[tuple[str, str]] = set()
+        while not self._stop.is_set():
+            for socket, _ in poller.poll(50):
+                minion = by_socket[socket]
+                event = minion.next_event()
+                # As a real minion: only events targeting it, one report per sync.
+                if HostPattern(event.target).matches(minion.host) and (
+                    (minion.host, event.sync_id) not in answered
+                ):
+                    answered.add((minion.host, event.sync_id))
+                    minion.report(event, ok=minion.host != "web-bad")
+        for minion in minions:
+            minion.close()
+        context.term()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[RunningMaster]:
+    path = make_asset(tmp_path, "web", "1")
+    LocalStore(tmp_path / "store").upload(
+        path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
+    master = RunningMaster(fleet_settings(tmp_path))
+    yield master
+    master.shutdown()
+
+
+def test_sync_wait_json_status_and_tables(run: Run, fleet: RunningMaster) -> None:
+    responder = Responder(fleet, ("web-1", "web-2"))
+    try:
+        result = run("sync", "--wait", "--json")
+        assert result.code == 0, result.err
+        document = result.json()
+        assert set(document) >= {"sync_id", "expected", "results", "missing"}
+        assert document["expected"] == ["web-1", "web-2"]
+        assert document["missing"] == []
+        assert document["results"]["web-1"] == {
+            **document["results"]["web-1"],
+            "ok": True,
+            "services": {"web": {"installed": [], "present": ["1"], "failed": {}}},
+        }
+
+        table = run("sync", "--wait", "--target", "web-2")
+        assert table.code == 0
+        assert "web-2" in table.out
+        assert "web-1" not in table.out
+        assert "present 1" in table.out
+
+        started = run("sync")
+        assert started.code == 0
+        assert "started; expecting 2 host(s)" in started.out
+
+        nobody = run("sync", "--wait", "--target", "db-*", "--json")
+        assert nobody.code == 0
+        assert nobody.json()["expected"] == []
+
+        status = run("status", "--json")
+        assert status.code == 0
+        hosts = status.json()["hosts"]
+        assert set(hosts) == {"web-1", "web-2"}
+        assert hosts["web-1"]["up"] is True
+        assert hosts["web-1"]["last_sync"]["ok"] is True
+        assert hosts["web-1"]["installed"] == {"web": ["1"]}
+        assert isinstance(hosts["web-1"]["last_seen"], str)
+
+        human = run("status")
+        assert human.out.splitlines()[0].split() == [
+            "HOST",
+            "STATE",
+            "SEEN",
+            "LAST",
+            "SYNC",
+            "INSTALLED",
+        ]
+        assert "web-2" in human.out
+    finally:
+        responder.close()
+
+
+def test_a_failed_or_missing_minion_makes_sync_exit_1(run: Run, fleet: RunningMaster) -> None:
+    responder = Responder(fleet, ("web-bad",))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    (silent,) = live_minions(context, fleet, "web-silent")
+    try:
+        result = run("sync", "--wait", "--timeout", "0.5", "--json")
+        assert result.code == 1
+        document = result.json()
+        assert document["missing"] == ["web-silent"]
+        assert document["results"]["web-bad"]["ok"] is False
+        table = run("sync", "--wait", "--timeout", "0.5")
+        assert table.code == 1
+        assert "MISSING" in table.out
+        assert "FAILED 1: broken" in table.out
+    finally:
+        silent.close()
+        context.term()
+        responder.close()
+
+
+def test_a_minion_without_the_masters_ports_is_a_config_error(run: Run) -> None:
+    result = run("minion")  # DAYBOOK_PORT=0 from the fixture
+    assert result.code == 2
+    assert "needs the master's real ports" in result.err

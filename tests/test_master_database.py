@@ -1,0 +1,131 @@
+"""The results database: what a master writes survives a restart, duplicates are ignored."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from messages import report
+
+from daybook.errors import FleetError
+from daybook.wire import DesiredState, versions_digest
+from master.database import ResultsDatabase
+from master.fleet import HostRecord, SyncRecord
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "master.db"
+
+
+def test_epochs_increase_across_restarts(db_path: Path) -> None:
+    first = ResultsDatabase(db_path)
+    epoch = first.next_epoch()
+    first.close()
+    second = ResultsDatabase(db_path)
+    assert second.next_epoch() > epoch
+    second.close()
+
+
+def test_syncs_reports_and_hosts_survive_a_restart(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    db.add_sync(SyncRecord("s1", "web-*", "operator", 5.0, ("web-1", "web-2"), request_id="q1"))
+    assert db.add_report(report("web-1", "s1", finished_at=6.0), received_at=6.5)
+    db.save_hosts([HostRecord("web-1", 6.5, "boot", 1.0, report("web-1", "s1", finished_at=6.0))])
+    db.commit()
+    db.close()
+
+    db = ResultsDatabase(db_path)
+    record = db.load_sync("s1")
+    assert record is not None
+    assert record.expected == ("web-1", "web-2")
+    assert record.target == "web-*"
+    assert list(record.results) == ["web-1"]
+    assert record.request_id == "q1"
+    assert db.sync_for_request("q1") is not None
+    assert db.sync_for_request("nope") is None
+    assert db.load_sync("unknown") is None
+    (host,) = db.load_hosts()
+    assert host.host == "web-1"
+    assert host.boot_id == "boot"
+    assert host.last_report == report("web-1", "s1", finished_at=6.0)
+    db.close()
+
+
+def test_uncommitted_work_is_lost_but_committed_work_is_not(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    db.add_sync(SyncRecord("kept", "*", "auto", 1.0, ()))
+    db.commit()
+    db.add_sync(SyncRecord("lost", "*", "auto", 2.0, ()))
+    # A crash: the connection goes away without a commit.
+    db._db.close()
+    db = ResultsDatabase(db_path)
+    assert db.load_sync("kept") is not None
+    assert db.load_sync("lost") is None
+    db.close()
+
+
+def test_a_report_sent_twice_is_recorded_once(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    assert db.add_report(report("web-1"), received_at=1.0)
+    assert not db.add_report(report("web-1"), received_at=2.0)
+    assert db.counts()["reports"] == 1
+    db.close()
+
+
+def test_a_report_for_an_unknown_sync_is_still_recorded(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    assert db.add_report(report("web-1", "from-before-a-wipe"), received_at=1.0)
+    db.close()
+
+
+def test_the_desired_state_is_kept(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    assert db.load_state() is None
+    state = DesiredState({"web-*": ("web",)}, {"web": versions_digest(["1"])}).encode()
+    db.save_state(state, "s9")
+    db.commit()
+    db.close()
+    db = ResultsDatabase(db_path)
+    assert db.load_state() == (state, "s9")
+    db.close()
+
+
+def test_recent_syncs_come_oldest_first(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    for index in range(5):
+        db.add_sync(SyncRecord(f"s{index}", "*", "auto", float(index), ()))
+    assert [r.sync_id for r in db.recent_syncs(3)] == ["s2", "s3", "s4"]
+    db.close()
+
+
+def test_prune_keeps_the_latest_syncs_and_every_hosts_last_report(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    for index in range(5):
+        db.add_sync(SyncRecord(f"s{index}", "*", "auto", float(index), ("a", "b")))
+        db.add_report(report("a", f"s{index}", finished_at=float(index)), received_at=1.0)
+    db.add_report(report("b", "s0", finished_at=1.5), received_at=1.0)
+    db.save_hosts([HostRecord("b", 1.0, last_report=report("b", "s0", finished_at=1.5))])
+    assert db.prune(keep_syncs=2) == 3
+    assert [r.sync_id for r in db.recent_syncs(10)] == ["s3", "s4"]
+    (host,) = db.load_hosts()
+    assert host.last_report is not None
+    assert db.counts() == {"syncs": 2, "reports": 3, "hosts": 1}
+    assert db.prune(keep_syncs=2) == 0
+    db.close()
+
+
+def test_a_newer_schema_is_refused(db_path: Path) -> None:
+    ResultsDatabase(db_path).close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (b"99",))
+    with pytest.raises(FleetError, match="schema version 99"):
+        ResultsDatabase(db_path)
+
+
+def test_an_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(FleetError, match="cannot open the results database"):
+        ResultsDatabase(blocker / "master.db")

@@ -1,0 +1,143 @@
+"""The master's bookkeeping: liveness, expected hosts, sync completion and waiting operators."""
+
+from __future__ import annotations
+
+from messages import heartbeat, report
+
+from master.fleet import Fleet, SyncBook, SyncRecord, Waiter
+
+
+def test_hosts_are_up_while_heartbeats_keep_coming() -> None:
+    fleet = Fleet(down_after_s=15)
+    assert fleet.heard(heartbeat("web-1"), now=100.0)
+    assert not fleet.heard(heartbeat("web-1"), now=105.0)
+    assert fleet.heard(heartbeat("web-1", boot_id="boot2"), now=106.0)  # a restart
+    assert fleet.is_up("web-1", 121.0)
+    assert not fleet.is_up("web-1", 121.5)
+    assert not fleet.is_up("unknown", 100.0)
+
+
+def test_expected_hosts_are_the_live_ones_matching_the_target() -> None:
+    fleet = Fleet(down_after_s=10)
+    fleet.heard(heartbeat("web-1"), now=100.0)
+    fleet.heard(heartbeat("web-2"), now=95.0)
+    fleet.heard(heartbeat("db-1"), now=100.0)
+    fleet.heard(heartbeat("web-3"), now=50.0)  # down by now
+    assert fleet.expected_for("*", now=104.0) == ("db-1", "web-1", "web-2")
+    assert fleet.expected_for("web-*", now=104.0) == ("web-1", "web-2")
+    assert fleet.expected_for("WEB-1", now=104.0) == ("web-1",)
+    assert fleet.expected_for("web-*", now=106.0) == ("web-1",)
+    assert fleet.expected_for("mail-*", now=100.0) == ()
+
+
+def test_a_resent_older_report_does_not_replace_the_latest() -> None:
+    fleet = Fleet(down_after_s=10)
+    assert fleet.reported(report("web-1", "s2", finished_at=20.0), now=30.0)
+    assert not fleet.reported(report("web-1", "s1", finished_at=10.0), now=31.0)
+    record = fleet.get("web-1")
+    assert record is not None
+    assert record.last_report is not None
+    assert record.last_report.sync_id == "s2"
+    assert record.last_seen == 31.0
+
+
+def test_dirty_hosts_are_handed_out_once() -> None:
+    fleet = Fleet(down_after_s=10)
+    fleet.heard(heartbeat("b"), now=1.0)
+    fleet.reported(report("a"), now=2.0)
+    assert [r.host for r in fleet.take_dirty()] == ["a", "b"]
+    assert fleet.take_dirty() == []
+
+
+def test_status_lists_every_host_with_its_last_report() -> None:
+    fleet = Fleet(down_after_s=10)
+    fleet.heard(heartbeat("web-1"), now=100.0)
+    fleet.reported(report("web-1"), now=100.0)
+    fleet.heard(heartbeat("web-2"), now=80.0)
+    status = fleet.status(epoch=7, now=105.0)
+    assert status.epoch == 7
+    assert status.hosts["web-1"].up
+    assert status.hosts["web-1"].last_report == report("web-1")
+    assert not status.hosts["web-2"].up
+    assert status.hosts["web-2"].last_report is None
+
+
+def test_a_sync_is_complete_when_every_expected_host_reported() -> None:
+    record = SyncRecord("s1", "*", "operator", 1.0, ("a", "b"))
+    assert not record.complete
+    record.add(report("a"))
+    record.add(report("c"))  # not expected: kept, but does not complete anything
+    assert not record.complete
+    record.add(report("b", ok=False))
+    assert record.complete
+    summary = record.summary()
+    assert summary.missing == ()
+    assert not summary.ok
+    assert list(summary.results) == ["a", "b", "c"]
+    assert SyncRecord("s2", "*", "auto", 1.0, ()).complete
+
+
+def test_a_later_report_replaces_an_earlier_one_for_the_same_sync() -> None:
+    record = SyncRecord("s1", "*", "operator", 1.0, ("a",))
+    record.add(report("a", finished_at=10.0, ok=False))
+    assert record.add(report("a", finished_at=20.0, ok=True))
+    assert not record.add(report("a", finished_at=15.0, ok=False))
+    assert record.summary().ok
+
+
+def test_waiters_are_released_on_completion_or_deadline() -> None:
+    book = SyncBook()
+    book.add(SyncRecord("s1", "*", "operator", 1.0, ("a",)))
+    book.add(SyncRecord("s2", "*", "operator", 1.0, ("b",)))
+    book.wait(Waiter("s1", "q1", (b"id1",), deadline=50.0))
+    book.wait(Waiter("s2", "q2", (b"id2",), deadline=60.0))
+    assert book.next_deadline() == 50.0
+    assert book.release(10.0) == []
+    book.record(report("a", "s1"))
+    assert [w.request_id for w in book.release(10.0)] == ["q1"]
+    assert book.release(59.0) == []
+    assert [w.request_id for w in book.release(60.0)] == ["q2"]
+    assert book.next_deadline() is None
+
+
+def test_reports_for_syncs_not_held_are_left_to_the_database() -> None:
+    book = SyncBook()
+    assert book.record(report("a", "unknown")) is None
+
+
+def test_the_book_forgets_old_syncs_but_not_while_someone_waits() -> None:
+    book = SyncBook(capacity=2)
+    book.add(SyncRecord("s1", "*", "operator", 1.0, ("a",)))
+    book.wait(Waiter("s1", "q1", (b"id",), deadline=99.0))
+    book.add(SyncRecord("s2", "*", "operator", 2.0, ("a",)))
+    book.add(SyncRecord("s3", "*", "operator", 3.0, ("a",)))
+    assert book.get("s1") is not None
+    book.release_all()
+    book.add(SyncRecord("s4", "*", "operator", 4.0, ("a",)))
+    assert book.get("s1") is None
+    assert [r.sync_id for r in book] == ["s3", "s4"]
+
+
+def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
+    book = SyncBook()
+    for index in range(5):
+        book.add(SyncRecord(f"s{index}", "*", "operator", 100.0 + index, ("a",)))
+    book.add(SyncRecord("old", "*", "operator", 1.0, ("a",)))
+    book.add(SyncRecord("done", "*", "operator", 104.0, ()))
+    book.record(report("a", "s4"))
+
+    def up(host: str) -> bool:
+        return True
+
+    recent = book.unfinished(now=110.0, window_s=60.0, limit=3, is_up=up)
+    assert [r.sync_id for r in recent] == ["s1", "s2", "s3"]
+    assert book.unfinished(now=110.0, window_s=60.0, limit=0, is_up=up) == []
+    # Waiting only on hosts that are down: a republish would reach nobody.
+    assert book.unfinished(now=110.0, window_s=60.0, limit=3, is_up=lambda h: False) == []
+
+
+def test_a_retried_request_finds_its_sync() -> None:
+    book = SyncBook()
+    book.add(SyncRecord("s1", "*", "operator", 1.0, (), request_id="q1"))
+    assert book.by_request("q1") is not None
+    assert book.by_request("q2") is None

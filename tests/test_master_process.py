@@ -1,0 +1,299 @@
+"""The real master (composition root, loop, sockets, database) on 127.0.0.1, driven by
+scripted minions speaking the wire protocol and by the operator client."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import zmq
+from archives import make_asset
+from inprocess_fleet import (
+    DEADLINE_S,
+    RunningMaster,
+    ScriptedMinion,
+    fleet_settings,
+    live_minions,
+    wait_for,
+)
+
+from daybook.config import Settings
+from daybook.control import ControlClient, MasterUnreachable, control_endpoint, sync_json
+from daybook.errors import FleetError
+from daybook.local_store import LocalStore
+from daybook.naming import AssetRef
+from daybook.registry import open_registry
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    store = LocalStore(tmp_path / "store")
+    path = make_asset(tmp_path, "web", "1")
+    store.upload(path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
+    return fleet_settings(tmp_path)
+
+
+@pytest.fixture
+def master(settings: Settings) -> Iterator[RunningMaster]:
+    running = RunningMaster(settings)
+    yield running
+    if running.thread.is_alive():
+        running.shutdown()
+
+
+def test_the_master_writes_its_endpoints_and_removes_them_on_stop(master: RunningMaster) -> None:
+    settings = replace(master.settings, master="127.0.0.1")
+    assert control_endpoint(settings) == master.endpoints["control"]
+    assert (settings.data_dir / "master.json").exists()
+    master.shutdown()
+    assert not (settings.data_dir / "master.json").exists()
+    with pytest.raises(FleetError, match="does not exist"):
+        control_endpoint(settings)
+
+
+def test_sync_wait_returns_as_soon_as_the_last_expected_host_answers(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    web1, web2 = live_minions(context, master, "web-1", "web-2")
+    outcome: dict[str, object] = {}
+
+    def operator() -> None:
+        with master.client() as client:
+            started = time.monotonic()
+            outcome["summary"] = client.run_sync("web-*", wait=True, timeout_s=30.0)
+            outcome["elapsed_s"] = time.monotonic() - started
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    event = web1.next_event()
+    while event.target != "web-*":
+        event = web1.next_event()
+    web1.report(event)
+    web2.report(web2.event_for(event.sync_id), ok=False)
+    thread.join(DEADLINE_S)
+    summary = outcome["summary"]
+    document = sync_json(summary)  # type: ignore[arg-type]
+    assert document["sync_id"] == event.sync_id
+    assert document["expected"] == ["web-1", "web-2"]
+    assert document["missing"] == []
+    assert document["results"]["web-1"]["ok"] is True
+    assert document["results"]["web-1"]["services"] == {
+        "web": {"installed": [], "present": ["1"], "failed": {}}
+    }
+    assert document["results"]["web-2"]["ok"] is False
+    assert not document["ok"]
+    assert outcome["elapsed_s"] < 3.0  # answered on the report, not on a timeout
+    for minion in (web1, web2):
+        minion.close()
+
+
+def test_a_sync_times_out_listing_the_missing_hosts(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        summary = client.run_sync(None, wait=True, timeout_s=0.3)
+    assert summary.expected == ("web-1",)
+    assert summary.missing == ("web-1",)
+    assert not summary.ok
+    web1.close()
+
+
+def test_sync_without_wait_returns_the_expected_hosts_at_once(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        summary = client.run_sync("db-*", wait=False, timeout_s=5.0)
+        assert summary.expected == ()
+        summary = client.run_sync(None, wait=False, timeout_s=5.0)
+        assert summary.expected == ("web-1",)
+        assert summary.results == {}
+        web1.report(web1.event_for(summary.sync_id))
+        wait_for(lambda: client.sync_result(summary.sync_id).complete, "the report recorded")
+    web1.close()
+
+
+def test_duplicate_reports_are_recorded_once_and_status_shows_the_fleet(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        summary = client.run_sync(None, wait=False, timeout_s=5.0)
+        event = web1.event_for(summary.sync_id)
+        web1.report(event, report_id="same")
+        web1.report(event, report_id="same")
+        wait_for(lambda: client.sync_result(summary.sync_id).complete, "the report")
+        status = client.status()
+    host = status["hosts"]["web-1"]
+    assert host["up"] is True
+    assert host["last_sync"]["sync_id"] == summary.sync_id
+    assert host["last_sync"]["ok"] is True
+    assert host["installed"] == {"web": ["1"]}
+    web1.close()
+
+
+def test_malformed_frames_are_dropped_and_the_master_keeps_serving(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    hostile_push = context.socket(zmq.PUSH)
+    hostile_push.setsockopt(zmq.LINGER, 0)
+    hostile_push.connect(master.endpoints["results"])
+    hostile_dealer = context.socket(zmq.DEALER)
+    hostile_dealer.setsockopt(zmq.LINGER, 0)
+    hostile_dealer.connect(master.endpoints["control"])
+    garbage = [
+        [b"report", b"\xc1"],
+        [b"heartbeat"],
+        [b"nonsense", b"x"],
+        [b"control.request", b"\x80"],  # a request on the minion socket
+        [b"report", b"x" * (2 << 20)],  # over the size cap: ZeroMQ drops the peer
+    ]
+    for frames in garbage:
+        hostile_push.send_multipart(frames)
+        hostile_dealer.send_multipart(frames)
+    hostile_dealer.send_multipart([b"control.request"] * 3)
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        summary = client.run_sync(None, wait=False, timeout_s=5.0)
+        web1.report(web1.event_for(summary.sync_id))
+        wait_for(lambda: client.sync_result(summary.sync_id).complete, "a real report")
+    hostile_push.close()
+    hostile_dealer.close()
+    web1.close()
+
+
+def test_a_minion_that_shows_up_late_catches_up_without_help(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    with master.client() as client:
+        wait_for(lambda: _has_state(client), "the first desired state")
+    late = ScriptedMinion(context, master, "web-9")
+    # Republished on the interval even before it says hello...
+    first = late.next_event()
+    assert first.target == "*"
+    # ...and at once when a heartbeat shows it behind.
+    late.heartbeat(state_digest=None)
+    assert late.next_event(timeout_s=2.0).state == first.state
+    late.close()
+
+
+def _has_state(client: ControlClient) -> bool:
+    try:
+        client.run_sync("nobody-*", wait=False, timeout_s=1.0)
+    except FleetError:
+        return False
+    return True
+
+
+def test_a_mapping_change_publishes_an_event_with_no_operator(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, tmp_path: Path
+) -> None:
+    (web1,) = live_minions(context, master, "web-1")
+    before = web1.next_event().state.digest
+    open_registry(f"file://{tmp_path / 'mappings.json'}").update("db-*", lambda _: ("db",))
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        event = web1.next_event()
+        if event.state.digest != before:
+            assert "db-*" in event.state.decode().mappings
+            break
+    else:
+        raise AssertionError("no event for the mapping change")
+    web1.close()
+
+
+def test_a_restarted_master_keeps_syncs_and_records_late_reports(
+    context: zmq.Context[zmq.Socket[bytes]], settings: Settings
+) -> None:
+    first = RunningMaster(settings)
+    (web1,) = live_minions(context, first, "web-1")
+    with first.client() as client:
+        summary = client.run_sync(None, wait=False, timeout_s=5.0)
+    event = web1.event_for(summary.sync_id)
+    web1.close()
+    first.shutdown()
+
+    # The same ports, as a systemd restart would give.
+    fixed = replace(
+        settings,
+        port=first.port("publish"),
+        results_port=first.port("results"),
+        control_port=first.port("control"),
+    )
+    second = RunningMaster(fixed)
+    try:
+        minion = ScriptedMinion(context, second, "web-1")
+        minion.report(event)  # produced while the master was down
+        with second.client() as client:
+            wait_for(lambda: client.sync_result(summary.sync_id).complete, "the late report")
+            result = client.sync_result(summary.sync_id)
+            assert result.expected == ("web-1",)
+            assert result.results["web-1"].ok
+            assert client.fleet_status().epoch > event.epoch
+        # The new epoch's first events still carry the stored state and its sync.
+        assert minion.next_event().state == event.state
+        minion.close()
+    finally:
+        second.shutdown()
+
+
+def test_an_unknown_sync_id_is_refused(master: RunningMaster) -> None:
+    with master.client() as client, pytest.raises(FleetError, match="unknown sync id"):
+        client.sync_result("f" * 32)
+
+
+def test_an_unreachable_master_is_one_clear_error(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    silent = context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.bind("tcp://127.0.0.1:*")
+    endpoint = silent.getsockopt_string(zmq.LAST_ENDPOINT)
+    started = time.monotonic()
+    with (
+        ControlClient(endpoint, timeout_s=0.3) as client,
+        pytest.raises(MasterUnreachable, match=f"cannot reach the master at {endpoint}"),
+    ):
+        client.status()
+    assert time.monotonic() - started < 2.0
+    silent.close()
+
+
+def test_an_operator_sync_reads_the_registry_and_store_again_first(
+    context: zmq.Context[zmq.Socket[bytes]], settings: Settings, tmp_path: Path
+) -> None:
+    # Pollers so slow that only the refresh can see the changes below in time.
+    master = RunningMaster(
+        replace(settings, store_poll_interval_s=60.0, registry_poll_interval_s=60.0)
+    )
+    try:
+        (web1,) = live_minions(context, master, "web-1")
+        open_registry(f"file://{tmp_path / 'mappings.json'}").update("db-*", lambda _: ("db",))
+        path = make_asset(tmp_path, "db", "3")
+        LocalStore(tmp_path / "store").upload(
+            path, AssetRef("db", "3"), sha256=hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        started = time.monotonic()
+        with master.client() as client:
+            summary = client.run_sync(None, wait=False, timeout_s=5.0)
+        assert time.monotonic() - started < 1.5  # the refresh, not its 2 s timeout
+        state = web1.event_for(summary.sync_id).state.decode()
+        assert state.mappings["db-*"] == ("db",)
+        assert "db" in state.digests
+        web1.close()
+    finally:
+        master.shutdown()

@@ -1,0 +1,163 @@
+"""A minion's socket side: targets, sequence gaps, master restarts, reporting once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import zmq
+from messages import report
+
+from daybook.mailbox import Mailbox
+from daybook.wire import (
+    DesiredState,
+    Heartbeat,
+    Report,
+    SyncEvent,
+    decode_frames,
+)
+from minion.memory import MinionMemory
+from minion.minion import Callback, Minion
+from minion.reporter import Reporter
+from minion.subscriber import EventSubscriber
+from minion.sync import Job, Synced
+
+STATE = DesiredState({"web-*": ("web",)}, {}).encode()
+
+
+class FakeSocket:
+    """Stands in for a zmq socket: frames to receive, and frames sent."""
+
+    def __init__(self) -> None:
+        self.inbox: list[list[bytes]] = []
+        self.sent: list[list[bytes]] = []
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        if not self.inbox:
+            raise zmq.Again
+        return self.inbox.pop(0)
+
+    def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
+        self.sent.append(list(frames))
+
+
+class FakeSyncer:
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def run(self, job: Job) -> Synced:
+        self.jobs.append(Job(job.event, list(job.report_for)))
+        return Synced([report("web-1", sync_id) for sync_id in job.report_for], {})
+
+    def remember(self, synced: Synced) -> None:
+        pass
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, host: str = "web-1") -> None:
+        self.sub = FakeSocket()
+        self.push = FakeSocket()
+        self.syncer = FakeSyncer()
+        self.mailbox: Mailbox[Callback] = Mailbox()
+        self.memory = MinionMemory(tmp_path, tmp_path / "install")
+        self.minion = Minion(
+            host=host,
+            subscriber=EventSubscriber(self.sub),  # type: ignore[arg-type]
+            reporter=Reporter(self.push),  # type: ignore[arg-type]
+            syncer=self.syncer,  # type: ignore[arg-type]
+            memory=self.memory,
+            mailbox=self.mailbox,
+            heartbeat_interval_s=5.0,
+            boot_id="boot",
+            spawn=lambda target: target(),  # run each sync inline
+            monotonic=lambda: 100.0,
+        )
+
+    def deliver(self, *events: SyncEvent | list[bytes]) -> None:
+        for event in events:
+            self.sub.inbox.append(event if isinstance(event, list) else event.encode())
+        self.minion.on_readable()
+        for callback in self.mailbox.drain():
+            callback()
+
+    def sent(self) -> list[Report | Heartbeat]:
+        messages = [decode_frames(frames) for frames in self.push.sent]
+        return [m for m in messages if isinstance(m, Report | Heartbeat)]
+
+    def reported(self) -> list[str]:
+        return [m.sync_id for m in self.sent() if isinstance(m, Report)]
+
+
+def event(seq: int, sync_id: str = "s1", target: str = "*", epoch: int = 7) -> SyncEvent:
+    return SyncEvent(
+        epoch=epoch, seq=seq, sync_id=sync_id, target=target, state=STATE, issued_at=1.0
+    )
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_an_event_is_applied_and_reported(harness: Harness) -> None:
+    harness.deliver(event(1))
+    assert [job.report_for for job in harness.syncer.jobs] == [["s1"]]
+    assert harness.reported() == ["s1"]
+
+
+def test_a_republished_event_is_applied_again_but_reported_once(harness: Harness) -> None:
+    harness.deliver(event(1), event(2), event(3, "s2"))
+    assert [job.report_for for job in harness.syncer.jobs] == [["s1"], [], ["s2"]]
+    assert harness.reported() == ["s1", "s2"]
+
+
+def test_events_for_other_hosts_are_ignored(harness: Harness) -> None:
+    harness.deliver(event(1, target="db-*"), event(2, "s2", target="WEB-*"))
+    assert [job.event.sync_id for job in harness.syncer.jobs] == ["s2"]
+
+
+def test_gaps_are_counted_and_old_events_dropped(harness: Harness) -> None:
+    harness.deliver(event(1), event(4, "s2"), event(3, "s3"), event(4, "s2"))
+    assert harness.minion.gaps == 1
+    assert [job.event.seq for job in harness.syncer.jobs] == [1, 4]
+
+
+def test_a_master_restart_resends_the_latest_reports(harness: Harness) -> None:
+    harness.memory.record({}, [report("web-1", "old", finished_at=5.0)])
+    harness.deliver(event(1))  # first event since our start: resend
+    harness.deliver(event(2))
+    harness.deliver(event(1, epoch=8))  # the master restarted: resend again
+    assert harness.minion.master_restarts == 1
+    assert harness.reported() == ["old", "s1", "old"]
+
+
+def test_reported_sync_ids_survive_a_restart(tmp_path: Path) -> None:
+    first = Harness(tmp_path)
+    first.memory.record({}, [report("web-1", "s1")])
+    first.memory.save()
+    second = Harness(tmp_path)
+    second.deliver(event(1))
+    assert [job.report_for for job in second.syncer.jobs] == [[]]
+
+
+def test_malformed_events_are_counted_and_dropped(harness: Harness) -> None:
+    harness.deliver([b"sync", b"garbage"], [b"sync"], event(1))
+    assert harness.minion.subscriber.malformed == 2
+    assert harness.reported() == ["s1"]
+
+
+def test_heartbeats_say_what_was_applied(harness: Harness) -> None:
+    harness.minion.tick(100.0)
+    (first,) = harness.sent()
+    assert isinstance(first, Heartbeat)
+    assert first.state_digest is None
+    assert first.epoch == 0
+    harness.deliver(event(5))
+    harness.minion.tick(105.0)
+    last = harness.sent()[-1]
+    assert isinstance(last, Heartbeat)
+    assert (last.epoch, last.seq, last.state_digest) == (7, 5, STATE.digest)
+    assert not last.busy
+    harness.minion.tick(106.0)  # not due yet
+    assert isinstance(harness.sent()[-1], Heartbeat)
+    assert len(harness.sent()) == 3

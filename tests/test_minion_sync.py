@@ -1,0 +1,345 @@
+"""The minion's sync loop: planning by digest, applying through the installer, coalescing,
+and what it remembers across restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from archives import make_asset
+
+from daybook.installer import Installer
+from daybook.local_store import LocalStore
+from daybook.naming import AssetRef
+from daybook.patterns import PatternTable
+from daybook.store import AssetInfo, AssetStream
+from daybook.wire import (
+    EMPTY_DIGEST,
+    DesiredState,
+    EncodedState,
+    SyncEvent,
+    versions_digest,
+)
+from minion.desired import DesiredStateCache
+from minion.memory import AppliedService, MinionMemory
+from minion.sync import Applier, Cancelled, Job, Syncer, SyncRunner, plan
+
+WAIT_S = 10.0
+
+
+class CountingStore:
+    """A LocalStore that counts every request, as S3 would bill them."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def list_assets(self, service: str | None = None) -> list[AssetInfo]:
+        self.requests += 1
+        return self.inner.list_assets(service)
+
+    def open(self, ref: AssetRef) -> AssetStream:
+        self.requests += 1
+        return self.inner.open(ref)
+
+    def stat(self, ref: AssetRef) -> AssetInfo | None:
+        self.requests += 1
+        return self.inner.stat(ref)
+
+    def close(self) -> None:
+        pass
+
+
+def push(store: LocalStore, tmp_path: Path, service: str, version: str) -> None:
+    path = make_asset(tmp_path, service, version)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    store.upload(path, AssetRef(service, version), sha256=sha256)
+
+
+def desired_for(store: LocalStore, mappings: dict[str, tuple[str, ...]]) -> DesiredState:
+    versions: dict[str, list[str]] = {}
+    for info in store.list_assets():
+        versions.setdefault(info.service, []).append(info.version)
+    return DesiredState(mappings, {s: versions_digest(v) for s, v in versions.items()})
+
+
+class Fixture:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.local = LocalStore(tmp_path / "store")
+        self.store = CountingStore(self.local)
+        self.install_dir = tmp_path / "install"
+        self.memory = MinionMemory(tmp_path / "data", self.install_dir)
+        self.splays = 0
+        self.splay_result = True
+        self.applier = Applier(Installer(self.store, self.install_dir), self.memory, self.splay)
+
+    def splay(self) -> bool:
+        self.splays += 1
+        return self.splay_result
+
+    def apply(self, mappings: dict[str, tuple[str, ...]], host: str = "web-1") -> Any:
+        desired = desired_for(self.local, mappings)
+        outcome = self.applier.apply(desired, PatternTable(desired.mappings).resolve(host))
+        self.memory.record(dict(outcome.applied), [])
+        self.memory.save()
+        return outcome
+
+
+@pytest.fixture
+def fx(tmp_path: Path) -> Fixture:
+    return Fixture(tmp_path)
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+def test_plan_skips_services_whose_digest_and_files_match() -> None:
+    desired = DesiredState({}, {"web": versions_digest(["1", "2"]), "api": versions_digest(["3"])})
+    memory = {
+        "web": AppliedService(versions_digest(["1", "2"]), ("1", "2")),
+        "api": AppliedService(versions_digest(["2"]), ("2",)),
+        "gone": AppliedService(EMPTY_DIGEST, ()),
+    }
+    installed = {"web": ["1", "2", "0.9"], "api": ["2"], "gone": [], "new": []}
+    steps = plan(["web", "api", "new", "gone"], desired, memory.get, installed)
+    assert steps.unchanged == {"web": ("1", "2"), "gone": ()}
+    assert steps.changed == ("api", "new")
+
+
+def test_plan_pulls_again_when_an_installed_version_was_removed() -> None:
+    desired = DesiredState({}, {"web": versions_digest(["1", "2"])})
+    memory = {"web": AppliedService(versions_digest(["1", "2"]), ("1", "2"))}
+    steps = plan(["web"], desired, memory.get, {"web": ["1"]})
+    assert steps.changed == ("web",)
+
+
+# -- applier ----------------------------------------------------------------------------------
+
+
+def test_a_noop_sync_makes_no_store_request_and_no_splay(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    push(fx.local, fx.tmp_path, "web", "2")
+    first = fx.apply({"web-*": ("web",)})
+    assert first.services["web"].installed == ("1", "2")
+    assert first.pulled
+    assert fx.splays == 1
+    before = fx.store.requests
+
+    again = fx.apply({"web-*": ("web",)})
+    assert fx.store.requests == before
+    assert fx.splays == 1
+    assert not again.pulled
+    assert again.services["web"].present == ("1", "2")
+    assert again.services["web"].installed == ()
+    assert again.installed == {"web": ("1", "2")}
+    assert not again.eventful
+
+
+def test_only_the_changed_service_is_pulled(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    push(fx.local, fx.tmp_path, "api", "1")
+    fx.apply({"*": ("web", "api")})
+    push(fx.local, fx.tmp_path, "api", "2")
+    before = fx.store.requests
+    outcome = fx.apply({"*": ("web", "api")})
+    assert outcome.services["api"].installed == ("2",)
+    assert outcome.services["web"].present == ("1",)
+    # One listing of api and one download; nothing for web.
+    assert fx.store.requests - before == 2
+    assert outcome.eventful
+
+
+def test_a_removed_install_is_restored(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    fx.apply({"*": ("web",)})
+    push(fx.local, fx.tmp_path, "web", "10")
+    push(fx.local, fx.tmp_path, "web", "9")
+    assert fx.apply({"*": ("web",)}).services["web"].present == ("1",)
+    # Versions are remembered, and answered, in version order.
+    assert fx.apply({"*": ("web",)}).services["web"].present == ("1", "9", "10")
+    shutil.rmtree(fx.install_dir / "web" / "1")
+    outcome = fx.apply({"*": ("web",)})
+    assert outcome.services["web"].installed == ("1",)
+
+
+def test_a_failed_version_is_retried_next_time(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    (fx.local.root / "web-1.tar.gz").write_bytes(b"not a tarball")
+    failed = fx.apply({"*": ("web",)})
+    assert "1" in failed.services["web"].failed
+    assert fx.memory.applied("web") is None
+    before = fx.store.requests
+    fx.apply({"*": ("web",)})
+    assert fx.store.requests > before
+
+
+def test_a_host_no_pattern_matches_has_nothing_to_do(fx: Fixture) -> None:
+    outcome = fx.apply({"db-*": ("db",)}, host="web-1")
+    assert outcome.pattern is None
+    assert outcome.services == {}
+    assert fx.store.requests == 0
+
+
+def test_stopping_during_the_splay_cancels_before_any_download(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    fx.splay_result = False
+    with pytest.raises(Cancelled):
+        fx.apply({"*": ("web",)})
+    assert not (fx.install_dir / "web" / "1").exists()
+
+
+# -- syncer -----------------------------------------------------------------------------------
+
+
+def event_for(state: EncodedState, sync_id: str = "s1", seq: int = 1) -> SyncEvent:
+    return SyncEvent(epoch=1, seq=seq, sync_id=sync_id, target="*", state=state, issued_at=1.0)
+
+
+def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    state = desired_for(fx.local, {"web-*": ("web",)}).encode()
+    syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
+    synced = syncer.run(Job(event_for(state, "s2"), ["s1", "s2"]))
+    reports = synced.reports
+    assert not (fx.tmp_path / "data" / "minion-state.json").exists()  # nothing written yet
+    syncer.remember(synced)
+    fx.memory.save()
+    assert [r.sync_id for r in reports] == ["s1", "s2"]
+    assert len({r.report_id for r in reports}) == 2
+    assert all(r.ok and r.pattern == "web-*" for r in reports)
+    assert reports[0].services["web"].installed == ("1",)
+    assert reports[0].state_digest == state.digest
+    restarted = MinionMemory(fx.tmp_path / "data", fx.install_dir)
+    assert restarted.reported() == ["s1", "s2"]
+    assert len(restarted.outbox()) == 2
+    assert restarted.applied("web") is not None
+
+    # A republish of a reported sync changes nothing: no report.
+    assert syncer.run(Job(event_for(state, "s2", seq=2), [])).reports == []
+
+
+def test_work_done_for_an_already_reported_sync_is_reported(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    state = desired_for(fx.local, {"web-*": ("web",)}).encode()
+    syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
+    reports = syncer.run(Job(event_for(state, "s1"), [])).reports
+    assert [r.sync_id for r in reports] == ["s1"]
+
+
+def test_a_state_that_cannot_be_decoded_gives_an_error_report(fx: Fixture) -> None:
+    bad = EncodedState(b"garbage", EMPTY_DIGEST)
+    syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
+    (report,) = syncer.run(Job(event_for(bad), ["s1"])).reports
+    assert not report.ok
+    assert report.error is not None
+    assert "zlib" in report.error
+
+
+def test_the_state_cache_decodes_each_state_once() -> None:
+    cache = DesiredStateCache(max_entries=2)
+    states = [DesiredState({"h": (f"s{i}",)}, {}).encode() for i in range(3)]
+    first = cache.get(states[0])
+    assert cache.get(states[0]) is first
+    cache.get(states[1])
+    cache.get(states[2])
+    assert cache.get(states[0]) is not first  # evicted, decoded again
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def test_memory_forgets_digests_taken_for_another_install_dir(tmp_path: Path) -> None:
+    memory = MinionMemory(tmp_path, tmp_path / "a")
+    memory.record({"web": AppliedService(EMPTY_DIGEST, ())}, [])
+    memory.save()
+    assert MinionMemory(tmp_path, tmp_path / "a").applied("web") is not None
+    assert MinionMemory(tmp_path, tmp_path / "b").applied("web") is None
+
+
+def test_memory_survives_corrupt_files(tmp_path: Path) -> None:
+    state = tmp_path / "minion-state.json"
+    state.write_text("{not json")
+    memory = MinionMemory(tmp_path, tmp_path / "install")
+    assert memory.outbox() == []
+    assert memory.reported() == []
+    state.write_text('{"format": 1, "outbox": ["!!", 5, ""], "reported": ["ok", "no way"]}')
+    memory = MinionMemory(tmp_path, tmp_path / "install")
+    assert memory.outbox() == []
+    assert memory.reported() == ["ok"]
+
+
+def test_the_outbox_keeps_only_the_latest_reports(tmp_path: Path) -> None:
+    from messages import report
+
+    memory = MinionMemory(tmp_path, tmp_path / "install", keep_reports=3, keep_reported=4)
+    memory.record({}, [report("web-1", f"s{i}", finished_at=10.0 + i) for i in range(6)])
+    assert len(memory.outbox()) == 3
+    assert memory.reported() == ["s2", "s3", "s4", "s5"]
+
+
+# -- runner -----------------------------------------------------------------------------------
+
+
+def test_events_arriving_during_a_sync_coalesce_into_one_run_of_the_newest() -> None:
+    state = DesiredState({}, {}).encode()
+    started = threading.Event()
+    release = threading.Event()
+    jobs: list[Job] = []
+    done = threading.Event()
+
+    def work(job: Job) -> None:
+        jobs.append(Job(job.event, list(job.report_for)))
+        if len(jobs) == 1:
+            started.set()
+            assert release.wait(WAIT_S)
+        else:
+            done.set()
+
+    runner = SyncRunner(work)
+    runner.submit(event_for(state, "s1", seq=1), report=True)
+    assert started.wait(WAIT_S)
+    assert runner.busy
+    runner.submit(event_for(state, "s2", seq=2), report=True)
+    runner.submit(event_for(state, "s1", seq=3), report=False)
+    runner.submit(event_for(state, "s3", seq=4), report=True)
+    release.set()
+    assert done.wait(WAIT_S)
+    assert runner.wait_idle(WAIT_S)
+    assert len(jobs) == 2
+    assert jobs[0].report_for == ["s1"]
+    assert jobs[1].event.seq == 4
+    assert jobs[1].report_for == ["s2", "s3"]
+    assert not runner.busy
+
+
+def test_a_cancelled_runner_takes_no_more_work() -> None:
+    ran: list[Job] = []
+    runner = SyncRunner(ran.append, spawn=lambda target: target())
+    runner.cancel()
+    runner.submit(event_for(DesiredState({}, {}).encode()), report=True)
+    assert ran == []
+    assert runner.wait_idle(0.0)
+
+
+def test_a_crashing_job_does_not_kill_the_runner() -> None:
+    calls: list[int] = []
+
+    def work(job: Job) -> None:
+        calls.append(job.event.seq)
+        if job.event.seq == 1:
+            raise RuntimeError("bug")
+
+    runner = SyncRunner(work, spawn=lambda target: target())
+    state = DesiredState({}, {}).encode()
+    runner.submit(event_for(state, seq=1), report=True)
+    runner.submit(event_for(state, seq=2), report=True)
+    assert calls == [1, 2]
