@@ -39,7 +39,7 @@ class Settings:
     http_bind: str = "127.0.0.1"
     auto_accept: bool = False
     # Master: how often to list the store and to republish the desired state.
-    store_poll_interval_s: float = 10.0
+    store_poll_interval_s: float = 2.0
     republish_interval_s: float = 30.0
     registry_poll_interval_s: float = 2.0
     # Minion: heartbeats, the random delay before downloads, and parallel downloads.
