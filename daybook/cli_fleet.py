@@ -1,4 +1,4 @@
-"""The fleet commands: `master`, `minion`, `sync` and `status`.
+"""The fleet commands: `master`, `minion`, `sync`, `status` and `keys`.
 
 Heavy imports (zmq, the master and minion packages) happen inside the handlers, so the
 other commands and `--help` start fast.
@@ -12,11 +12,14 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daybook.config import Settings
-from daybook.errors import InputError
+from daybook.errors import FleetError, InputError
 from daybook.patterns import check_pattern
+
+if TYPE_CHECKING:
+    from daybook.control import ControlClient
 
 DEFAULT_SYNC_TIMEOUT_S = 30.0
 
@@ -75,6 +78,41 @@ def register(
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
 
+    keys = subparsers.add_parser(
+        "keys",
+        parents=parents,
+        help="manage minion and operator keys",
+        description="List the keys the master knows, and accept, reject or delete them, as "
+        "salt-key does; these talk to the master through its local socket, so run them on the "
+        "master's host as its user. `keys fingerprint` shows this node's own keys.",
+    )
+    keys_sub = keys.add_subparsers(title="keys commands", metavar="ACTION", required=True)
+    listing = keys_sub.add_parser("list", parents=parents, help="every key, by standing")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_keys_list)
+    for action, text in (
+        ("accept", "accept a pending (or rejected) key: the minion may sync from now on"),
+        ("reject", "reject a key: the minion gets nothing, and is cut off if it was accepted"),
+        ("delete", "forget a key: the minion is cut off, and is pending again when it returns"),
+    ):
+        change = keys_sub.add_parser(action, parents=parents, help=text)
+        change.add_argument(
+            "selector", metavar="HOST_OR_FINGERPRINT", help="a host name or SHA256:... fingerprint"
+        )
+        change.add_argument("--json", action="store_true")
+        change.set_defaults(handler=cmd_keys_change, action=action)
+    mine = keys_sub.add_parser(
+        "fingerprint",
+        parents=parents,
+        help="this node's key fingerprints (the minion key is created if missing)",
+        description="Show this node's minion key (created now if it does not exist yet, as "
+        "the minion would on first start), and the master's key if this data dir holds it or "
+        "has pinned it. Compare the minion's with `daybook keys list` on the master before "
+        "accepting it.",
+    )
+    mine.add_argument("--json", action="store_true")
+    mine.set_defaults(handler=cmd_keys_fingerprint)
+
 
 def cmd_master(args: argparse.Namespace, settings: Settings) -> int:
     from master.process import run_master
@@ -89,14 +127,14 @@ def cmd_minion(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import ControlClient, control_endpoint, sync_json
+    from daybook.control import operator_client, sync_json
 
     target = check_pattern(args.target) if args.target else None
     timeout_s: float = args.timeout
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
     started = time.monotonic()
-    with ControlClient(control_endpoint(settings)) as client:
+    with operator_client(settings) as client:
         summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
     document = sync_json(summary)
     if args.json:
@@ -109,14 +147,87 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import ControlClient, control_endpoint
+    from daybook.control import operator_client
 
-    with ControlClient(control_endpoint(settings)) as client:
+    with operator_client(settings) as client:
         document = client.status()
     if args.json:
         _emit_json(document)
     else:
         _print_status(document)
+    return 0
+
+
+def _local_client(settings: Settings) -> ControlClient:
+    from daybook.control import ControlClient, local_endpoint, local_socket_path
+
+    endpoint = local_endpoint(settings)
+    if endpoint is None:
+        raise FleetError(
+            f"no master's local socket at {local_socket_path(settings.data_dir)}: run this on "
+            "the master's host, as the master's user, with the master's data dir"
+        )
+    return ControlClient(endpoint)
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.control import keys_json
+
+    with _local_client(settings) as client:
+        document = keys_json(client.keys())
+    if args.json:
+        _emit_json(document)
+        return 0
+    rows = [
+        (state.upper(), key["host"] or "-", key["role"], key["fingerprint"], key["address"] or "-")
+        for state in ("accepted", "pending", "rejected")
+        for key in document[state]
+    ]
+    if not rows:
+        print("the master knows no keys yet")
+        return 0
+    _print_table(("STATE", "HOST", "ROLE", "FINGERPRINT", "ADDRESS"), rows)
+    return 0
+
+
+def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.control import key_json
+    from daybook.wire import OP_KEYS_ACCEPT, OP_KEYS_DELETE, OP_KEYS_REJECT, is_valid_selector
+
+    selector: str = args.selector
+    if not is_valid_selector(selector):
+        raise InputError(f"{selector!r} is neither a host name nor a SHA256:... key fingerprint")
+    op = {"accept": OP_KEYS_ACCEPT, "reject": OP_KEYS_REJECT, "delete": OP_KEYS_DELETE}
+    with _local_client(settings) as client:
+        key = client.change_key(op[args.action], selector)
+    if args.json:
+        _emit_json({**key_json(key), "action": args.action})
+        return 0
+    done = {"accept": "accepted", "reject": "rejected", "delete": "deleted"}[args.action]
+    print(f"{done} the {key.role} key {key.fingerprint} of {key.host or 'an unnamed host'}")
+    return 0
+
+
+def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.keys import MINION_KEY, fingerprint, keys_dir, load_or_create_keypair
+    from daybook.transport import known_master_key
+
+    minion, created = load_or_create_keypair(keys_dir(settings.data_dir), MINION_KEY)
+    known = known_master_key(settings)
+    document: dict[str, Any] = {
+        "host": settings.hostname,
+        "minion": {"fingerprint": minion.fingerprint, "public_key": minion.public},
+        "master": None
+        if known is None
+        else {"fingerprint": fingerprint(known[0]), "public_key": known[0], "source": known[1]},
+    }
+    if args.json:
+        _emit_json(document)
+        return 0
+    note = " (created now)" if created else ""
+    print(f"minion key of {settings.hostname}: {minion.fingerprint}{note}")
+    if known is not None:
+        print(f"master key: {fingerprint(known[0])} (public key {known[0]}, from {known[1]})")
     return 0
 
 

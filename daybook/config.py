@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
 from daybook.patterns import check_host
@@ -34,10 +36,17 @@ class Settings:
     results_port: int = DEFAULT_PORT + 1
     control_port: int = DEFAULT_PORT + 2
     http_port: int = DEFAULT_PORT + 3
+    # The master serves its public key here, in plaintext, for minions' first contact.
+    key_port: int = DEFAULT_PORT + 4
     # The master binds its ZeroMQ sockets here; the HTTP API stays on loopback by default.
     bind: str = "0.0.0.0"
     http_bind: str = "127.0.0.1"
     auto_accept: bool = False
+    # The master's public key (Z85), pinned by minions and operators; else learnt on first
+    # contact through the key port and pinned in the data dir.
+    master_key: str | None = None
+    # Benchmarks only: no encryption and no key authentication between master and minions.
+    insecure_transport: bool = False
     # Master: how often to list the store and to republish the desired state.
     store_poll_interval_s: float = 2.0
     republish_interval_s: float = 30.0
@@ -67,10 +76,13 @@ _ENV_NAMES: dict[str, str] = {
     "control_port": "DAYBOOK_CONTROL_PORT",
     "http_port": "DAYBOOK_HTTP_PORT",
     "auto_accept": "DAYBOOK_AUTO_ACCEPT",
+    "key_port": "DAYBOOK_KEY_PORT",
+    "master_key": "DAYBOOK_MASTER_KEY",
+    "insecure_transport": "DAYBOOK_INSECURE_TRANSPORT",
 }
 _FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in fields(Settings)}
 # Ports the publish port shifts when only it is set (by env or flag).
-_DERIVED_PORTS = {"results_port": 1, "control_port": 2, "http_port": 3}
+_DERIVED_PORTS = {"results_port": 1, "control_port": 2, "http_port": 3, "key_port": 4}
 
 
 def default_data_dir() -> Path:
@@ -105,7 +117,32 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(_FIELD_TYPES))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    _check_config_permissions(path)
     return data
+
+
+def _check_config_permissions(path: Path) -> None:
+    """Refuse a config file that other users may change: whoever edits it chooses the store,
+    the registry and the master key this node trusts, and so what code it runs."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o002:
+        raise ConfigError(
+            f"config file {path} is writable by every user (mode {mode:o}); anyone could "
+            f"point this node at their own store or master: run `chmod o-w {path}`"
+        )
+
+
+def _check_no_credentials(name: str, url: str) -> None:
+    """Credentials never go in URLs: they would be logged with them and sit in config files."""
+    if urlsplit(url).password is not None:
+        hint = "CONSUL_HTTP_TOKEN" if name == "registry" else "the AWS credential chain"
+        raise ConfigError(
+            f"{name}: the URL carries a password; put credentials in {hint} instead, "
+            "never in the URL"
+        )
 
 
 def _coerce(name: str, value: object, source: str) -> object:
@@ -183,4 +220,20 @@ def load_settings(
         values["hostname"] = check_host(hostname)
     except Exception as exc:
         raise ConfigError(f"hostname: {exc}") from None
+    for name in ("store", "registry"):
+        url = values[name]
+        assert isinstance(url, str)
+        _check_no_credentials(name, url)
+    master_key = values.get("master_key")
+    if master_key == "":
+        values["master_key"] = None
+    elif isinstance(master_key, str):
+        from daybook.keys import is_public_key
+
+        if not is_public_key(master_key.strip()):
+            raise ConfigError(
+                "master_key: not a CURVE public key (40 characters of Z85, as printed by "
+                "`daybook keys fingerprint` on the master)"
+            )
+        values["master_key"] = master_key.strip()
     return Settings(**values)  # type: ignore[arg-type]

@@ -138,9 +138,18 @@ def _token_from_file(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        return Path(path).read_text().strip() or None
+        token = Path(path).read_text().strip() or None
+        mode = Path(path).stat().st_mode
     except OSError as exc:
         raise ConfigError(f"cannot read CONSUL_HTTP_TOKEN_FILE {path}: {exc.strerror}") from None
+    if mode & 0o004:
+        log.warning(
+            "CONSUL_HTTP_TOKEN_FILE %s is readable by every user, and it holds a secret: "
+            "run `chmod o-r %s`",
+            path,
+            path,
+        )
+    return token
 
 
 class ConsulRegistry:

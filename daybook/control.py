@@ -5,6 +5,10 @@ Every request goes out on a fresh DEALER socket and waits a bounded time, so a d
 unreachable master gives a one-line `FleetError`, never a hang. Waiting for a sync is a
 series of long polls: the master answers the moment the last expected host reports, and a
 master restarted in the meantime is simply asked again.
+
+Operators reach the master through its local socket (`<data dir>/run/control.sock`, in a
+directory only the master's user may enter) when they share its data dir, and otherwise over
+CURVE with this node's operator key, which the master must have accepted.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from typing import Any
 import zmq
 
 from daybook.config import Settings
-from daybook.errors import FleetError, WireError
+from daybook.errors import FleetError, InputError, WireError
+from daybook.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
+from daybook.transport import ClientCredentials, secure_client, trusted_master_key
 from daybook.wire import (
+    KEY_STATES,
     MAX_FRAME_BYTES,
+    OP_HELLO,
+    OP_KEYS_LIST,
     OP_STATUS,
     OP_SYNC,
     OP_SYNC_RESULT,
@@ -30,6 +39,8 @@ from daybook.wire import (
     ControlRequest,
     FleetStatus,
     HostStatus,
+    KeyInfo,
+    KeyListing,
     Report,
     SyncSummary,
     decode_as,
@@ -41,10 +52,48 @@ ANSWER_TIMEOUT_S = 5.0
 WAIT_CHUNK_S = 5.0
 # The master writes the endpoints it bound here, in its data dir (ports may be ephemeral).
 ENDPOINTS_FILE = "master.json"
+# The master's local operator socket, under its data dir.
+LOCAL_SOCKET = Path("run") / "control.sock"
 
 
 class MasterUnreachable(FleetError):
     """No answer from the master within the time allowed."""
+
+
+def local_socket_path(data_dir: Path) -> Path:
+    return data_dir / LOCAL_SOCKET
+
+
+def local_endpoint(settings: Settings) -> str | None:
+    """The master's local socket, if a master runs on this data dir and we may enter it."""
+    path = local_socket_path(settings.data_dir)
+    try:
+        return f"ipc://{path}" if path.is_socket() else None
+    except OSError:  # the run dir belongs to another user: not our master
+        return None
+
+
+def operator_client(settings: Settings, timeout_s: float = ANSWER_TIMEOUT_S) -> ControlClient:
+    """A client for operator commands: the local socket when there is one, else CURVE with
+    this node's operator key (created on first use) to the control port."""
+    local = local_endpoint(settings)
+    if local is not None:
+        return ControlClient(local, timeout_s)
+    endpoint = control_endpoint(settings)
+    if settings.insecure_transport:
+        return ControlClient(endpoint, timeout_s, host=settings.hostname)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        server_key = trusted_master_key(settings, context)
+    finally:
+        context.term()
+    keypair, _ = load_or_create_keypair(keys_dir(settings.data_dir), OPERATOR_KEY)
+    return ControlClient(
+        endpoint,
+        timeout_s,
+        credentials=ClientCredentials(keypair, server_key),
+        host=settings.hostname,
+    )
 
 
 def control_endpoint(settings: Settings) -> str:
@@ -93,9 +142,15 @@ class ControlClient:
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        credentials: ClientCredentials | None = None,
+        host: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        # CURVE for a TCP endpoint (None: plaintext, for the local socket); and the host
+        # name sent with each request, under which the master lists an unknown key.
+        self._credentials = credentials
+        self.host = host
         self._owns_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._monotonic = monotonic
@@ -119,6 +174,7 @@ class ControlClient:
         try:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+            secure_client(socket, self._credentials)
             socket.connect(self.endpoint)
             socket.send_multipart(request.encode())
             deadline = self._monotonic() + patience_s
@@ -142,20 +198,49 @@ class ControlClient:
     def _answer(self, request: ControlRequest) -> ControlReply:
         reply = self.request(request)
         if reply.error is not None:
-            raise FleetError(f"the master refused the request: {reply.error}")
+            kind = InputError if reply.invalid else FleetError
+            raise kind(f"the master refused the request: {reply.error}")
         return reply
 
     def start_sync(self, target: str | None, wait_s: float = 0.0) -> SyncSummary:
         reply = self._answer(
-            ControlRequest(_new_id(), OP_SYNC, target=target, wait_s=min(wait_s, WAIT_CHUNK_S))
+            ControlRequest(
+                _new_id(),
+                OP_SYNC,
+                target=target,
+                wait_s=min(wait_s, WAIT_CHUNK_S),
+                host=self.host,
+            )
         )
         return _expect_sync(reply, self.endpoint)
 
     def sync_result(self, sync_id: str, wait_s: float = 0.0) -> SyncSummary:
         reply = self._answer(
-            ControlRequest(_new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s)
+            ControlRequest(
+                _new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s, host=self.host
+            )
         )
         return _expect_sync(reply, self.endpoint)
+
+    def hello(self, host: str, role: str) -> KeyInfo:
+        """Tell the master who this key belongs to; the answer is the key's standing."""
+        reply = self._answer(ControlRequest(_new_id(), OP_HELLO, host=host, role=role))
+        if reply.key is None:
+            raise FleetError(f"the master at {self.endpoint} sent no key standing")
+        return reply.key
+
+    def keys(self) -> KeyListing:
+        reply = self._answer(ControlRequest(_new_id(), OP_KEYS_LIST))
+        if reply.keys is None:
+            raise FleetError(f"the master at {self.endpoint} sent no keys")
+        return reply.keys
+
+    def change_key(self, op: str, selector: str) -> KeyInfo:
+        """`keys.accept`, `keys.reject` or `keys.delete` the key `selector` names."""
+        reply = self._answer(ControlRequest(_new_id(), op, selector=selector))
+        if reply.key is None:
+            raise FleetError(f"the master at {self.endpoint} sent no key")
+        return reply.key
 
     def run_sync(self, target: str | None, *, wait: bool, timeout_s: float) -> SyncSummary:
         """Start a sync; with `wait`, return when every expected host answered or at timeout."""
@@ -174,7 +259,7 @@ class ControlClient:
         return summary
 
     def fleet_status(self) -> FleetStatus:
-        reply = self._answer(ControlRequest(_new_id(), OP_STATUS))
+        reply = self._answer(ControlRequest(_new_id(), OP_STATUS, host=self.host))
         if reply.status is None:
             raise FleetError(f"the master at {self.endpoint} sent no status")
         return reply.status
@@ -257,3 +342,21 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
         "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
         "epoch": status.epoch,
     }
+
+
+def key_json(key: KeyInfo) -> dict[str, Any]:
+    return {
+        "host": key.host,
+        "fingerprint": key.fingerprint,
+        "role": key.role,
+        "state": key.state,
+        "address": key.address,
+        "first_seen": iso_time(key.first_seen),
+        "last_seen": iso_time(key.last_seen),
+        "public_key": key.public_key,
+    }
+
+
+def keys_json(listing: KeyListing) -> dict[str, Any]:
+    """`{"accepted": [{"host", "fingerprint", ...}], "pending": [...], "rejected": [...]}`"""
+    return {state: [key_json(key) for key in getattr(listing, state)] for state in KEY_STATES}

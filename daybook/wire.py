@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import msgpack
 
 from daybook.errors import WireError
 from daybook.installer import ServiceResult
+from daybook.keys import is_fingerprint, is_public_key
 from daybook.mappings import MappingTable
 from daybook.naming import is_valid_service, is_valid_version
 from daybook.patterns import is_valid_host, is_valid_pattern
@@ -48,8 +50,22 @@ _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 OP_SYNC = "sync"
 OP_SYNC_RESULT = "sync_result"
 OP_STATUS = "status"
-# Operators may ask for these and nothing else.
-CONTROL_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS})
+# Any authenticated peer may say who it is; the answer is its key's standing.
+OP_HELLO = "hello"
+OP_KEYS_LIST = "keys.list"
+OP_KEYS_ACCEPT = "keys.accept"
+OP_KEYS_REJECT = "keys.reject"
+OP_KEYS_DELETE = "keys.delete"
+# What an operator may ask for: accepted operator keys and the master's local socket.
+OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS})
+# Key management: the master's local socket only, as salt-key runs on the master.
+KEY_OPS = frozenset({OP_KEYS_LIST, OP_KEYS_ACCEPT, OP_KEYS_REJECT, OP_KEYS_DELETE})
+# The control socket serves these and nothing else.
+CONTROL_OPS = OPERATOR_OPS | KEY_OPS | {OP_HELLO}
+
+KEY_ROLES = ("minion", "operator")
+KEY_STATES = ("accepted", "pending", "rejected")
+MAX_ADDRESS_LEN = 256
 
 SYNC_ORIGINS = frozenset({"operator", "auto", "startup"})
 
@@ -195,6 +211,12 @@ class _Fields:
     def nested(self, key: str) -> _Fields:
         return _Fields(self._raw(key), f"{self.what}.{key}")
 
+    def items(self, key: str) -> list[Any]:
+        value = self._raw(key)
+        if not isinstance(value, list):
+            raise self._fail(key, f"is not a list ({type(value).__name__})")
+        return value
+
 
 def _text(
     value: object,
@@ -214,13 +236,15 @@ def _text(
 def _texts(
     value: object, check: Callable[[str], bool], fail: Callable[[str], WireError]
 ) -> tuple[str, ...]:
+    """A list of names (versions, services). Interned: the same few names come back in
+    every report of every host, and the master holds thousands of reports at once."""
     if type(value) is list and all(
         type(item) is str and len(item) <= MAX_TEXT_LEN and check(item) for item in value
     ):
-        return tuple(value)
+        return tuple(map(sys.intern, value))
     if not isinstance(value, list):
         raise fail(f"is not a list ({type(value).__name__})")
-    return tuple(_text(item, check, MAX_TEXT_LEN, fail) for item in value)
+    return tuple(sys.intern(_text(item, check, MAX_TEXT_LEN, fail)) for item in value)
 
 
 def _versions(value: Any, context: str) -> tuple[str, ...]:
@@ -535,6 +559,11 @@ class ControlRequest(_Message):
     target: str | None = None
     sync_id: str | None = None
     wait_s: float = 0.0
+    # `hello`: the host name the sender claims, and whether it is a minion or an operator.
+    host: str | None = None
+    role: str | None = None
+    # `keys.accept|reject|delete`: a host name or a key fingerprint.
+    selector: str | None = None
 
     def to_fields(self) -> dict[str, Any]:
         return {
@@ -543,6 +572,9 @@ class ControlRequest(_Message):
             "target": self.target,
             "sync_id": self.sync_id,
             "wait_s": self.wait_s,
+            "host": self.host,
+            "role": self.role,
+            "selector": self.selector,
         }
 
     @classmethod
@@ -556,10 +588,94 @@ class ControlRequest(_Message):
             target=fields.opt_text("target", is_valid_pattern),
             sync_id=fields.opt_text("sync_id", is_valid_id),
             wait_s=fields.number("wait_s", maximum=MAX_WAIT_S),
+            host=fields.opt_text("host", is_valid_host),
+            role=fields.opt_text("role", _is_role),
+            selector=fields.opt_text("selector", is_valid_selector),
         )
         if op == OP_SYNC_RESULT and request.sync_id is None:
             raise WireError("control request: sync_result needs a sync_id")
+        if op == OP_HELLO and (request.host is None or request.role is None):
+            raise WireError("control request: hello needs a host and a role")
+        if op in KEY_OPS and op != OP_KEYS_LIST and request.selector is None:
+            raise WireError(f"control request: {op} needs a host name or a fingerprint")
         return request
+
+
+def _is_role(text: str) -> bool:
+    return text in KEY_ROLES
+
+
+def is_valid_selector(text: str) -> bool:
+    """What `daybook keys accept|reject|delete` takes: a host name or a key fingerprint."""
+    return is_fingerprint(text) or is_valid_host(text)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key the master knows: whose it is (as claimed or bound), its standing, and where
+    it was last seen from. `host` is None until the key names one."""
+
+    public_key: str
+    fingerprint: str
+    role: str
+    state: str
+    host: str | None
+    address: str | None
+    first_seen: float
+    last_seen: float
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "public_key": self.public_key,
+            "fingerprint": self.fingerprint,
+            "role": self.role,
+            "state": self.state,
+            "host": self.host,
+            "address": self.address,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: _Fields) -> KeyInfo:
+        state = fields.text("state", max_len=16)
+        if state not in KEY_STATES:
+            raise WireError(f"{fields.what}: unknown key state {state!r}")
+        return cls(
+            public_key=fields.text("public_key", is_public_key, max_len=40),
+            fingerprint=fields.text("fingerprint", is_fingerprint, max_len=64),
+            role=fields.text("role", _is_role, max_len=16),
+            state=state,
+            host=fields.opt_text("host", is_valid_host),
+            address=fields.opt_text("address", max_len=MAX_ADDRESS_LEN),
+            first_seen=fields.number("first_seen"),
+            last_seen=fields.number("last_seen"),
+        )
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    """Every key the master knows, by standing."""
+
+    accepted: tuple[KeyInfo, ...] = ()
+    pending: tuple[KeyInfo, ...] = ()
+    rejected: tuple[KeyInfo, ...] = ()
+
+    def to_fields(self) -> dict[str, Any]:
+        return {state: [key.to_fields() for key in getattr(self, state)] for state in KEY_STATES}
+
+    @classmethod
+    def from_fields(cls, fields: _Fields) -> KeyListing:
+        def keys(state: str) -> tuple[KeyInfo, ...]:
+            found = tuple(
+                KeyInfo.from_fields(_Fields(item, f"{fields.what}.{state}"))
+                for item in fields.items(state)
+            )
+            if any(key.state != state for key in found):
+                raise WireError(f"{fields.what}.{state}: a key in another state")
+            return found
+
+        return cls(accepted=keys("accepted"), pending=keys("pending"), rejected=keys("rejected"))
 
 
 @dataclass(frozen=True)
@@ -680,7 +796,11 @@ class FleetStatus:
 
 @dataclass(frozen=True)
 class ControlReply(_Message):
-    """The master's answer: an error, or the sync summary or fleet status asked for."""
+    """The master's answer: an error, or the sync summary, fleet status or keys asked for.
+
+    `key` is the sender's own key for `hello`, the key changed for `keys.*`; `invalid` marks
+    an error caused by the request's input (an unknown or ambiguous key), nothing changed.
+    """
 
     TOPIC: ClassVar[bytes] = TOPIC_REPLY
     WHAT: ClassVar[str] = "control reply"
@@ -689,6 +809,9 @@ class ControlReply(_Message):
     error: str | None = None
     sync: SyncSummary | None = None
     status: FleetStatus | None = None
+    keys: KeyListing | None = None
+    key: KeyInfo | None = None
+    invalid: bool = False
 
     def to_fields(self) -> dict[str, Any]:
         return {
@@ -696,6 +819,9 @@ class ControlReply(_Message):
             "error": self.error,
             "sync": self.sync.to_fields() if self.sync else None,
             "status": self.status.to_fields() if self.status else None,
+            "keys": self.keys.to_fields() if self.keys else None,
+            "key": self.key.to_fields() if self.key else None,
+            "invalid": self.invalid,
         }
 
     @classmethod
@@ -707,6 +833,9 @@ class ControlReply(_Message):
             status=(
                 FleetStatus.from_fields(fields.nested("status")) if fields.has("status") else None
             ),
+            keys=KeyListing.from_fields(fields.nested("keys")) if fields.has("keys") else None,
+            key=KeyInfo.from_fields(fields.nested("key")) if fields.has("key") else None,
+            invalid=fields.boolean("invalid") if fields.has("invalid") else False,
         )
 
 

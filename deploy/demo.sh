@@ -50,8 +50,9 @@ pids+=($!)
 wait_for "the master" 15 test -s "$root/master/master.json"
 port() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ports"][sys.argv[2]])' \
   "$root/master/master.json" "$1"; }
+# Minions learn the master's public key from its key port on first contact, and pin it.
 export DAYBOOK_PORT="$(port publish)" DAYBOOK_RESULTS_PORT="$(port results)" \
-  DAYBOOK_CONTROL_PORT="$(port control)"
+  DAYBOOK_CONTROL_PORT="$(port control)" DAYBOOK_KEY_PORT="$(port key)"
 echo "master up: publish $DAYBOOK_PORT, results $DAYBOOK_RESULTS_PORT, control $DAYBOOK_CONTROL_PORT"
 
 for host in "${hosts[@]}"; do
@@ -59,7 +60,8 @@ for host in "${hosts[@]}"; do
     daybook minion >"$root/logs/$host.log" 2>&1 &
   pids+=($!)
 done
-export DAYBOOK_DATA_DIR="$root/operator"
+# The operator works on the master's host, through the master's owner-only local socket.
+export DAYBOOK_DATA_DIR="$root/master"
 all_up() { [ "$(daybook status --json | python3 -c \
   'import json,sys; print(sum(h["up"] for h in json.load(sys.stdin)["hosts"].values()))')" = 3 ]; }
 wait_for "three minions" 30 all_up
@@ -72,6 +74,7 @@ step daybook map set 'worker-*' worker
 step daybook map resolve web-prod-1 --explain
 step daybook sync --wait
 step daybook status
+step daybook keys list
 
 printf '\nA new version, pushed with no operator sync: the master notices and the minions follow.\n'
 make_asset frontend-1.2.0

@@ -7,6 +7,7 @@ import logging
 import zmq
 
 from daybook.errors import WireError
+from daybook.transport import Peer, peer_of
 from daybook.wire import MAX_MESSAGE_BYTES, ControlReply, ControlRequest, decode_as
 
 log = logging.getLogger(__name__)
@@ -17,19 +18,21 @@ Route = tuple[bytes, ...]
 
 
 class ControlServer:
-    """Receives `ControlRequest`s with their return route and sends `ControlReply`s."""
+    """Receives `ControlRequest`s with their return route and their sender, as the transport
+    vouches for it (`Peer`), and sends `ControlReply`s."""
 
     def __init__(self, socket: zmq.Socket[bytes]) -> None:
         self.socket = socket
         self.malformed = 0
 
-    def receive_batch(self, limit: int) -> list[tuple[Route, ControlRequest]]:
-        requests: list[tuple[Route, ControlRequest]] = []
+    def receive_batch(self, limit: int) -> list[tuple[Route, ControlRequest, Peer]]:
+        requests: list[tuple[Route, ControlRequest, Peer]] = []
         for _ in range(limit):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            frames = [part.bytes for part in parts]
             split = 2 if len(frames) > 3 and frames[1] == b"" else 1
             route, body = tuple(frames[:split]), frames[split:]
             try:
@@ -38,7 +41,7 @@ class ControlServer:
                 self.malformed += 1
                 log.info("dropped a malformed operator request: %s", exc)
                 continue
-            requests.append((route, request))
+            requests.append((route, request, peer_of(parts[-1])))
         return requests
 
     def reply(self, route: Route, reply: ControlReply) -> None:

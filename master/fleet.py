@@ -34,6 +34,8 @@ class Fleet:
         self._hosts: dict[str, HostRecord] = {record.host: record for record in hosts}
         # Hosts changed since the database last saw them.
         self._dirty: set[str] = set()
+        # Hosts whose key was deleted or rejected: down at once, until heard from again.
+        self._cut_off: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -61,7 +63,12 @@ class Fleet:
         record.last_report = report
         return True
 
+    def cut_off(self, host: str) -> None:
+        """Show `host` down now, not when its heartbeats are overdue, and expect nothing of it."""
+        self._cut_off.add(host)
+
     def _touch(self, host: str, now: float) -> HostRecord:
+        self._cut_off.discard(host)
         record = self._hosts.get(host)
         if record is None:
             record = self._hosts[host] = HostRecord(host=host, last_seen=now)
@@ -70,6 +77,8 @@ class Fleet:
         return record
 
     def is_up(self, host: str, now: float) -> bool:
+        if host in self._cut_off:
+            return False
         record = self._hosts.get(host)
         return record is not None and now - record.last_seen <= self.down_after_s
 

@@ -143,6 +143,12 @@ class Minion:
     def tick(self, monotonic_now: float) -> None:
         if monotonic_now >= self.next_heartbeat:
             self.next_heartbeat = monotonic_now + self._heartbeat_interval_s
+            if self.reporter.reconnected():
+                # A report sent just before the old link died may have died with it, and a
+                # sync this minion has answered is not answered again when republished.
+                # The master keeps the first copy of each report, so extra copies are free.
+                log.info("the link to the master is back; sending the latest reports again")
+                self._resend_outbox()
             self.reporter.send(self.heartbeat())
 
     def heartbeat(self) -> Heartbeat:

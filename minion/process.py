@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,14 +14,23 @@ from pathlib import Path
 import zmq
 
 from daybook.config import Settings
-from daybook.errors import ConfigError
+from daybook.control import ControlClient
+from daybook.errors import ConfigError, FleetError
 from daybook.installer import Installer
+from daybook.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store import Store, open_store
+from daybook.transport import (
+    ClientCredentials,
+    fetch_master_key,
+    secure_client,
+    trusted_master_key,
+)
 from daybook.wire import MAX_FRAME_BYTES, TOPIC_SYNC
 from minion.desired import DesiredStateCache
 from minion.driver import Driver
+from minion.enrollment import Enrollment
 from minion.memory import MinionMemory
 from minion.minion import Callback, Minion
 from minion.reporter import Reporter
@@ -35,6 +45,23 @@ REPORT_QUEUE_MAX = 1000
 REPORT_LINGER_MS = 2000
 RECONNECT_MIN_MS = 100
 RECONNECT_MAX_MS = 2000
+# A link to the master silent for this many heartbeat intervals is dropped and dialled
+# again. Without it a SUB socket, which never sends, waits forever on a connection whose
+# other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
+LINK_TIMEOUT_INTERVALS = 3
+MIN_LINK_HEARTBEAT_MS = 100
+
+
+def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> None:
+    """ZMTP heartbeats on a socket to the master, and a bound on each connection attempt."""
+    interval_ms = max(MIN_LINK_HEARTBEAT_MS, int(heartbeat_interval_s * 1000))
+    timeout_ms = interval_ms * LINK_TIMEOUT_INTERVALS
+    socket.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+    # The master drops its end of a connection that goes silent for as long.
+    socket.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+    # A connect stuck in SYN retries (the link is down) gives way to a fresh one.
+    socket.setsockopt(zmq.CONNECT_TIMEOUT, timeout_ms)
 
 
 @dataclass(frozen=True)
@@ -57,8 +84,10 @@ def connect_minion(
     stop: StopFlag,
     spawn: Callable[[Callback], None] = start_daemon_thread,
     persist: Callable[[Callback], None] = lambda save: save(),
+    credentials: ClientCredentials | None = None,
 ) -> Minion:
-    """Build one minion with its own SUB and PUSH sockets, connected to the master."""
+    """Build one minion with its own SUB and PUSH sockets, connected to the master (over
+    CURVE with `credentials`; None is the insecure opt-out)."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
@@ -68,7 +97,14 @@ def connect_minion(
     for socket in (subscriber_socket, push_socket):
         socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        keep_link_alive(socket, settings.heartbeat_interval_s)
+        secure_client(socket, credentials)
+    # Nothing but the handshake comes back this way; the cap bounds what a peer could send.
+    push_socket.setsockopt(zmq.MAXMSGSIZE, 4096)
     subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+    # Watched from before the first connect, so the reporter can tell a reconnect from it.
+    link_events = push_socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    link_events.setsockopt(zmq.LINGER, 0)
     subscriber_socket.connect(settings.endpoint(settings.port))
     push_socket.connect(settings.endpoint(settings.results_port))
 
@@ -78,12 +114,18 @@ def connect_minion(
         return not stop.wait(rng.uniform(0, settings.splay_s)) if settings.splay_s > 0 else True
 
     memory = MinionMemory(spec.data_dir, spec.install_dir)
-    installer = Installer(store, spec.install_dir, max_parallel=settings.max_parallel_downloads)
+    installer = Installer(
+        store,
+        spec.install_dir,
+        max_parallel=settings.max_parallel_downloads,
+        # A download retry waits no longer than the minion keeps running.
+        pause=lambda seconds: not stop.wait(seconds),
+    )
     syncer = Syncer(spec.host, Applier(installer, memory, splay), cache, memory)
     return Minion(
         host=spec.host,
         subscriber=EventSubscriber(subscriber_socket),
-        reporter=Reporter(push_socket),
+        reporter=Reporter(push_socket, link_events),
         syncer=syncer,
         memory=memory,
         mailbox=mailbox,
@@ -102,9 +144,74 @@ def check_master_ports(settings: Settings) -> None:
         )
 
 
+def minion_keypair(settings: Settings, spec: MinionSpec) -> KeyPair | None:
+    """This minion's key pair, created in its data dir on first start; None when insecure."""
+    if settings.insecure_transport:
+        return None
+    keypair, created = load_or_create_keypair(keys_dir(spec.data_dir), MINION_KEY)
+    if created:
+        log.info(
+            "created the key of minion %s: %s; an operator accepts it on the master with "
+            "`daybook keys accept %s`",
+            spec.host,
+            keypair.fingerprint,
+            spec.host,
+        )
+    return keypair
+
+
+def master_key(
+    settings: Settings, context: zmq.Context[zmq.Socket[bytes]], stop: StopFlag
+) -> str | None:
+    """The master's public key this node trusts (learnt and pinned on first contact, which
+    waits for the master); None when insecure."""
+    if settings.insecure_transport:
+        log.warning(
+            "INSECURE TRANSPORT (insecure_transport = true): events and reports travel in "
+            "plaintext and nobody is authenticated; for benchmarks only, never in production"
+        )
+        return None
+    return trusted_master_key(settings, context, wait=stop.wait)
+
+
+def start_enrollment(
+    context: zmq.Context[zmq.Socket[bytes]],
+    settings: Settings,
+    credentials: ClientCredentials,
+    stop: StopFlag,
+) -> Enrollment | None:
+    """Say hello to the master on a thread of its own (see minion.enrollment)."""
+    if not settings.control_port:
+        log.info("the master's control port is unknown (0): this minion does not say hello")
+        return None
+    # Paced by the heartbeat: a few seconds in production, moments in a test fleet.
+    beat_s = settings.heartbeat_interval_s
+    client = ControlClient(
+        settings.endpoint(settings.control_port),
+        timeout_s=min(3.0, max(1.0, 5 * beat_s)),
+        context=context,
+        credentials=credentials,
+        host=settings.hostname,
+    )
+    key_endpoint = settings.endpoint(settings.key_port) if settings.key_port else None
+    enrollment = Enrollment(
+        host=settings.hostname,
+        own_fingerprint=credentials.keypair.fingerprint,
+        trusted_key=credentials.server_key,
+        hello=lambda: client.hello(settings.hostname, "minion"),
+        fetch_master_key=(
+            (lambda: fetch_master_key(context, key_endpoint)) if key_endpoint else None
+        ),
+        pending_interval_s=min(2.0, max(0.2, beat_s)),
+        accepted_interval_s=max(1.0, 6 * beat_s),
+    )
+    threading.Thread(target=enrollment.run, args=(stop,), name="enrollment", daemon=True).start()
+    return enrollment
+
+
 def close_minion(minion: Minion) -> None:
     minion.subscriber.socket.close()
-    minion.reporter.socket.close()
+    minion.reporter.close()
 
 
 def run_minion(
@@ -118,11 +225,24 @@ def run_minion(
     stop = stop or StopFlag()
     spec = MinionSpec(settings.hostname, settings.data_dir, settings.install_dir)
     spec.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.store)
+    # boto3 loads on the first download, not at start-up: an idle minion stays small.
+    store = open_store(settings.store, lazy=True)
     mailbox: Mailbox[Callback] = Mailbox()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     minion: Minion | None = None
     try:
+        keypair = minion_keypair(settings, spec)
+        try:
+            server_key = master_key(settings, context, stop)
+        except FleetError:
+            if stop.is_set():
+                return 0
+            raise
+        credentials = (
+            ClientCredentials(keypair, server_key)
+            if keypair is not None and server_key is not None
+            else None
+        )
         minion = connect_minion(
             context,
             settings,
@@ -131,7 +251,10 @@ def run_minion(
             mailbox=mailbox,
             cache=DesiredStateCache(),
             stop=stop,
+            credentials=credentials,
         )
+        if credentials is not None:
+            start_enrollment(context, settings, credentials, stop)
         driver = Driver([minion], mailbox)
         stop.on_set(lambda: mailbox.post(lambda: None))
         restore = stop_on_signals(stop)

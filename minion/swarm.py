@@ -28,15 +28,24 @@ from daybook.mailbox import Mailbox
 from daybook.patterns import check_host
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store import open_store
+from daybook.transport import ClientCredentials
 from minion.desired import DesiredStateCache
 from minion.driver import Driver
 from minion.minion import Callback, Minion
-from minion.process import MinionSpec, check_master_ports, close_minion, connect_minion
+from minion.process import (
+    MinionSpec,
+    check_master_ports,
+    close_minion,
+    connect_minion,
+    master_key,
+    minion_keypair,
+)
 
 log = logging.getLogger(__name__)
 
-# Two sockets per minion, plus ZeroMQ's own descriptors per socket.
-FDS_PER_MINION = 6
+# Four sockets per minion (SUB, PUSH, and the pair monitoring the PUSH socket's link),
+# plus ZeroMQ's own descriptors per socket.
+FDS_PER_MINION = 10
 
 
 def swarm_specs(settings: Settings, count: int, prefix: str) -> list[MinionSpec]:
@@ -68,7 +77,7 @@ def run_swarm(
     check_master_ports(settings)
     stop = stop or StopFlag()
     _raise_fd_limit(count * FDS_PER_MINION + 256)
-    store = open_store(settings.store)
+    store = open_store(settings.store, lazy=True)
     mailbox: Mailbox[Callback] = Mailbox()
     cache = DesiredStateCache()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="swarm-sync")
@@ -82,11 +91,22 @@ def run_swarm(
         saver.submit(save)
 
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    context.set(zmq.MAX_SOCKETS, count * 2 + 64)
+    # Per minion: SUB, PUSH, and the pair that monitors the PUSH socket's link.
+    context.set(zmq.MAX_SOCKETS, count * 4 + 64)
     minions: list[Minion] = []
     try:
+        # One master key for all; each minion its own key pair, in its own data dir. The
+        # swarm says no hello: it is meant for a master with auto_accept, which binds each
+        # key to the host its first heartbeat names.
+        server_key = master_key(settings, context, stop)
         for spec in swarm_specs(settings, count, prefix):
             spec.data_dir.mkdir(parents=True, exist_ok=True)
+            keypair = minion_keypair(settings, spec)
+            credentials = (
+                ClientCredentials(keypair, server_key)
+                if keypair is not None and server_key is not None
+                else None
+            )
             minions.append(
                 connect_minion(
                     context,
@@ -98,6 +118,7 @@ def run_swarm(
                     stop=stop,
                     spawn=spawn,
                     persist=persist,
+                    credentials=credentials,
                 )
             )
         driver = Driver(minions, mailbox)

@@ -3,6 +3,7 @@ speak the wire protocol from the test's own sockets."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,9 @@ import zmq
 from daybook.config import Settings
 from daybook.control import ControlClient
 from daybook.installer import ServiceResult
+from daybook.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
 from daybook.stopping import StopFlag
+from daybook.transport import ClientCredentials, secure_client
 from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as
 from master.process import run_master
 
@@ -41,13 +44,22 @@ def fleet_settings(tmp_path: Path) -> Settings:
         results_port=0,
         control_port=0,
         http_port=0,
+        key_port=0,
         store_poll_interval_s=0.1,
         registry_poll_interval_s=0.1,
         republish_interval_s=0.5,
         heartbeat_interval_s=0.2,
         down_after_s=2.0,
         splay_s=0.0,
+        # Tests that are not about keys let every minion in; the key tests turn this off.
+        auto_accept=True,
     )
+
+
+@functools.cache
+def minion_keypair(host: str) -> KeyPair:
+    """One key pair per host name, as a real minion keeps its own in its data dir."""
+    return KeyPair.generate()
 
 
 class RunningMaster:
@@ -73,8 +85,18 @@ class RunningMaster:
     def port(self, role: str) -> int:
         return int(self.endpoints[role].rsplit(":", 1)[1])
 
+    @property
+    def public_key(self) -> str:
+        key = read_public_key(keys_dir(self.settings.data_dir) / f"{MASTER_KEY}.key")
+        assert key is not None, "the master has no key"
+        return key
+
+    def credentials(self, keypair: KeyPair) -> ClientCredentials:
+        return ClientCredentials(keypair, self.public_key)
+
     def client(self, timeout_s: float = 5.0) -> ControlClient:
-        return ControlClient(self.endpoints["control"], timeout_s)
+        """An operator on the master's host: its local socket."""
+        return ControlClient(self.endpoints["local"], timeout_s)
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -86,14 +108,28 @@ class RunningMaster:
 class ScriptedMinion:
     """A minion reduced to its protocol: receive events, send heartbeats and reports."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, host: str):
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        master: RunningMaster,
+        host: str,
+        keypair: KeyPair | None = None,
+    ):
         self.host = host
+        self.keypair = keypair or minion_keypair(host)
+        credentials = (
+            None if master.settings.insecure_transport else master.credentials(self.keypair)
+        )
         self.sub = context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+        self.sub.setsockopt(zmq.RECONNECT_IVL, 50)
+        secure_client(self.sub, credentials)
         self.sub.connect(master.endpoints["publish"])
         self.push = context.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.RECONNECT_IVL, 50)
+        secure_client(self.push, credentials)
         self.push.connect(master.endpoints["results"])
 
     def heartbeat(self, **changes: object) -> None:

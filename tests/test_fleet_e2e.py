@@ -127,11 +127,20 @@ class Fleet:
                 "DAYBOOK_PORT": str(self.ports["publish"]),
                 "DAYBOOK_RESULTS_PORT": str(self.ports["results"]),
                 "DAYBOOK_CONTROL_PORT": str(self.ports["control"]),
+                "DAYBOOK_KEY_PORT": str(self.ports["key"]),
+                "DAYBOOK_HTTP_PORT": str(self.ports["http"]),
             }
             if same_ports
             else {"DAYBOOK_PORT": "0"}
         )
-        env = self.env(DAYBOOK_DATA_DIR=str(self.master_dir), DAYBOOK_HOSTNAME="master", **ports)
+        # These tests are not about keys: every minion is let in (tests/test_security.py
+        # covers key acceptance).
+        env = self.env(
+            DAYBOOK_DATA_DIR=str(self.master_dir),
+            DAYBOOK_HOSTNAME="master",
+            DAYBOOK_AUTO_ACCEPT="1",
+            **ports,
+        )
         master = self.master = self._spawn("master", "master", env)
         endpoints = self.master_dir / "master.json"
 
@@ -143,10 +152,12 @@ class Fleet:
                 return None
             return document if document["pid"] == master.popen.pid else None
 
-        self.ports = wait_for(started, "the master's endpoints")["ports"]
+        document = wait_for(started, "the master's endpoints")
+        self.ports = document["ports"]
         if self._client is not None:
             self._client.close()
-        self._client = ControlClient(f"tcp://127.0.0.1:{self.ports['control']}", timeout_s=5.0)
+        # An operator on the master's host, through its local socket.
+        self._client = ControlClient(document["endpoints"]["local"], timeout_s=5.0)
         return master
 
     @property
@@ -166,6 +177,7 @@ class Fleet:
             DAYBOOK_PORT=str(self.ports["publish"]),
             DAYBOOK_RESULTS_PORT=str(self.ports["results"]),
             DAYBOOK_CONTROL_PORT=str(self.ports["control"]),
+            DAYBOOK_KEY_PORT=str(self.ports["key"]),
             **extra,
         )
         minion = self.minions[host] = self._spawn(host, "minion", env)

@@ -1,0 +1,170 @@
+"""The gatekeeper: the master's ZAP handler and its key port, on one thread of their own.
+
+ZeroMQ asks the ZAP handler (RFC 27) about every handshake on a socket with a ZAP domain,
+before the peer can send or receive anything; the answer's User-Id then travels with each
+message from that peer. The key port hands out the master's public key, and nothing else,
+to clients meeting the master for the first time.
+
+Order matters: the ZAP socket is bound before any CURVE socket and closed after all of them,
+because libzmq lets every handshake through when no ZAP handler is bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+import zmq.utils.z85
+
+from daybook.transport import (
+    CURVE_USER_PREFIX,
+    DOMAIN_LOCAL,
+    KEY_REPLY,
+    KEY_REQUEST,
+    LOCAL_USER,
+)
+from master.keyring import Admission, KeyRing
+
+log = logging.getLogger(__name__)
+
+# Requests handled per socket between two looks at the stop flag and the key ring's file.
+BATCH = 256
+POLL_MS = 100
+FLUSH_INTERVAL_S = 0.5
+# On Linux, libzmq appends the peer's credentials to an ipc:// address: `...:uid:gid:pid`.
+_PEER_CREDENTIALS_RE = re.compile(r":(\d+):(\d+):(\d+)$")
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        zap: zmq.Socket[bytes],
+        key_socket: zmq.Socket[bytes] | None,
+        keyring: KeyRing | None,
+        public_key: str | None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._zap = zap
+        self._key_socket = key_socket
+        self._keyring = keyring
+        self._key_reply = [KEY_REPLY, public_key.encode()] if public_key else None
+        self._monotonic = monotonic
+        self._stop = threading.Event()
+        self.counters: dict[str, int] = {
+            "allowed": 0,
+            "held": 0,
+            "denied": 0,
+            "key_requests": 0,
+            "malformed": 0,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._zap, zmq.POLLIN)
+        if self._key_socket is not None:
+            poller.register(self._key_socket, zmq.POLLIN)
+        flush_due = self._monotonic() + FLUSH_INTERVAL_S
+        while not self._stop.is_set():
+            ready = dict(poller.poll(POLL_MS))
+            if self._zap in ready:
+                self._answer_zap()
+            if self._key_socket is not None and self._key_socket in ready:
+                self._serve_key(self._key_socket)
+            if self._keyring is not None and self._monotonic() >= flush_due:
+                flush_due = self._monotonic() + FLUSH_INTERVAL_S
+                self._keyring.save_if_dirty()
+
+    # -- ZAP ------------------------------------------------------------------------------------
+
+    def _answer_zap(self) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                split = frames.index(b"")
+            except ValueError:
+                self.counters["malformed"] += 1
+                continue
+            envelope, body = frames[: split + 1], frames[split + 1 :]
+            if len(body) < 6:
+                self.counters["malformed"] += 1
+                continue
+            version, request_id, domain, address, _identity, mechanism, *credentials = body
+            try:
+                admission, user_id = self.decide(
+                    domain.decode(errors="replace"),
+                    address.decode(errors="replace"),
+                    mechanism.decode(errors="replace"),
+                    credentials,
+                )
+            except Exception:  # a bug here must hold the peer off, never let it in
+                log.exception("the ZAP handler failed; denying the handshake")
+                admission, user_id = Admission.DENY, ""
+            self.counters[_COUNTER[admission]] += 1
+            reply = [
+                version,
+                request_id,
+                admission.value.encode(),
+                b"OK" if admission is Admission.ALLOW else b"not accepted",
+                user_id.encode() if admission is Admission.ALLOW else b"",
+                b"",
+            ]
+            self._zap.send_multipart([*envelope, *reply])
+
+    def decide(
+        self, domain: str, address: str, mechanism: str, credentials: list[bytes]
+    ) -> tuple[Admission, str]:
+        """The answer to one handshake, and the User-Id its peer's messages will carry."""
+        if domain == DOMAIN_LOCAL:
+            if mechanism != "NULL" or not _same_user(address):
+                return Admission.DENY, ""
+            return Admission.ALLOW, LOCAL_USER
+        if mechanism != "CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+            return Admission.DENY, ""
+        if self._keyring is None:
+            return Admission.DENY, ""
+        public_key = zmq.utils.z85.encode(credentials[0]).decode()
+        admission = self._keyring.admit(domain, public_key, address)
+        return admission, CURVE_USER_PREFIX + public_key
+
+    # -- the key port ---------------------------------------------------------------------------
+
+    def _serve_key(self, socket: zmq.Socket[bytes]) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2 or frames[1] != KEY_REQUEST or self._key_reply is None:
+                self.counters["malformed"] += 1
+                continue
+            self.counters["key_requests"] += 1
+            # An asker that is not reading loses the answer; it will ask again.
+            with contextlib.suppress(zmq.Again):
+                socket.send_multipart([frames[0], *self._key_reply], zmq.NOBLOCK)
+
+
+_COUNTER = {Admission.ALLOW: "allowed", Admission.HOLD: "held", Admission.DENY: "denied"}
+
+
+def _same_user(address: str) -> bool:
+    """On the local socket, only this user (or root) gets in. The socket's owner-only
+    directory already ensures it; the peer's credentials, where libzmq gives them, check it
+    again."""
+    found = _PEER_CREDENTIALS_RE.search(address)
+    if found is None:
+        return True
+    uid = int(found.group(1))
+    return uid in (os.geteuid(), 0)

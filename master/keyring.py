@@ -1,0 +1,453 @@
+"""The key ring: every minion and operator key the master knows, accepted, pending or
+rejected, and the host name bound to each, kept in `<data dir>/keys/keyring.json` (0600).
+
+Two threads use it: the ZAP handler asks `admit` during each CURVE handshake, and the
+master loop asks `speaks_for` about every report and heartbeat and changes standings on
+operator request. Everything goes through one lock; entries are frozen and replaced whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from daybook.errors import InputError
+from daybook.keys import fingerprint, is_fingerprint, is_public_key
+from daybook.patterns import is_valid_host
+from daybook.transport import CURVE_USER_PREFIX, DOMAIN_CONTROL, DOMAIN_PUBLISH, DOMAIN_RESULTS
+from daybook.wire import KEY_ROLES, MAX_ADDRESS_LEN, KeyInfo, KeyListing
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ACCEPTED, PENDING, REJECTED = "accepted", "pending", "rejected"
+MINION, OPERATOR = KEY_ROLES
+# Unknown keys are recorded up to this many; beyond, they are held off unrecorded, so a
+# stream of fresh keys cannot grow the table without bound.
+MAX_PENDING = 1000
+# A key seen again is noted (address, time) no more often than this.
+TOUCH_INTERVAL_S = 60.0
+
+
+class KeySelectionError(InputError):
+    """A key selector that matches no key, or more than one, or a change that would give
+    one host two keys. Nothing was changed."""
+
+
+class Admission(Enum):
+    """The ZAP answer for one handshake: in, held off for now (the peer retries), or out."""
+
+    ALLOW = "200"
+    HOLD = "300"
+    DENY = "400"
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    public_key: str
+    role: str
+    state: str
+    host: str | None
+    address: str | None
+    first_seen: float
+    last_seen: float
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def info(self) -> KeyInfo:
+        return KeyInfo(
+            public_key=self.public_key,
+            fingerprint=self.fingerprint,
+            role=self.role,
+            state=self.state,
+            host=self.host,
+            address=self.address,
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+        )
+
+    def describe(self) -> str:
+        who = self.host or "an unnamed host"
+        return f"{self.role} key {self.fingerprint} of {who}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an operator's keys command did: the entry (as it is now, or was if deleted),
+    and whether a minion that was accepted lost its standing (so it must be cut off)."""
+
+    entry: KeyEntry
+    cut_off: bool
+
+
+class KeyRing:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        auto_accept: bool,
+        entries: Iterable[KeyEntry] = (),
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.auto_accept = auto_accept
+        self._max_pending = max_pending
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._keys: dict[str, KeyEntry] = {}
+        # (role, host) -> key, for accepted keys bound to a host: one key per host and role.
+        self._bound: dict[tuple[str, str], str] = {}
+        self._dirty = False
+        self._full_warned = False
+        for entry in entries:
+            holder = self._bound.get((entry.role, entry.host)) if entry.host else None
+            if entry.state == ACCEPTED and holder is not None:
+                log.warning(
+                    "%s: %s is accepted twice; keeping %s, the other goes back to pending",
+                    path,
+                    entry.host,
+                    fingerprint(holder),
+                )
+                self._put(replace(entry, state=PENDING))
+            else:
+                self._put(entry)
+        self._dirty = False
+
+    @classmethod
+    def load(cls, path: Path, *, auto_accept: bool) -> KeyRing:
+        try:
+            document: Any = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls(path, auto_accept=auto_accept)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the key ring {path}: {exc}") from None
+        if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+            raise InputError(f"{path} is not a key ring this master knows")
+        entries = []
+        for item in document.get("keys", []):
+            entry = _entry_from_json(item)
+            if entry is None:
+                log.warning("%s: skipping an invalid entry", path)
+                continue
+            entries.append(entry)
+        return cls(path, auto_accept=auto_accept, entries=entries)
+
+    # -- the ZAP handler's questions -----------------------------------------------------------
+
+    def admit(self, domain: str, public_key: str, address: str) -> Admission:
+        """Whether a CURVE handshake with `public_key` from `address` may complete.
+
+        The control socket admits any key: there, each request is judged on its own, and an
+        unknown key may only say hello. Events and results are for accepted minions only;
+        an unknown key is recorded as pending (or accepted, with auto-accept), and a key not
+        accepted is held off, so it tries again and gets in as soon as it is accepted.
+        """
+        if domain == DOMAIN_CONTROL:
+            return Admission.ALLOW
+        if domain not in (DOMAIN_PUBLISH, DOMAIN_RESULTS):
+            return Admission.DENY
+        now = self._clock()
+        with self._lock:
+            entry = self._keys.get(public_key)
+            if entry is None:
+                state = ACCEPTED if self.auto_accept else PENDING
+                entry = self._add(
+                    public_key, role=MINION, state=state, host=None, address=address, now=now
+                )
+                if entry is None:
+                    return Admission.HOLD
+                if state == ACCEPTED:
+                    log.warning(
+                        "auto-accepted the new minion key %s from %s", entry.fingerprint, address
+                    )
+                else:
+                    log.warning(
+                        "a new minion key %s from %s is pending; accept it with "
+                        "`daybook keys accept %s`",
+                        entry.fingerprint,
+                        address,
+                        entry.fingerprint,
+                    )
+            else:
+                self._touch(entry, address, now)
+            if entry.role != MINION:
+                return Admission.DENY
+            return Admission.ALLOW if entry.state == ACCEPTED else Admission.HOLD
+
+    # -- the master loop's questions -----------------------------------------------------------
+
+    def speaks_for(self, user_id: str, host: str) -> bool:
+        """Whether the peer named `user_id` may report or heartbeat as `host`.
+
+        Only an accepted minion key may, and only for the host bound to it. A key accepted
+        before it named its host (auto-accept, or accepted by fingerprint) is bound to the
+        first host it speaks for, unless another key already holds that host.
+        """
+        if not user_id.startswith(CURVE_USER_PREFIX):
+            return False
+        public_key = user_id[len(CURVE_USER_PREFIX) :]
+        with self._lock:
+            entry = self._keys.get(public_key)
+            if entry is None or entry.state != ACCEPTED or entry.role != MINION:
+                return False
+            if entry.host is not None:
+                return entry.host == host
+            if (MINION, host) in self._bound:
+                return False
+            self._put(replace(entry, host=host))
+            log.info("minion key %s is now bound to host %s", entry.fingerprint, host)
+            return True
+
+    def is_operator(self, public_key: str | None) -> bool:
+        with self._lock:
+            entry = self._keys.get(public_key) if public_key else None
+            return entry is not None and entry.role == OPERATOR and entry.state == ACCEPTED
+
+    def get(self, public_key: str) -> KeyEntry | None:
+        with self._lock:
+            return self._keys.get(public_key)
+
+    def hello(self, public_key: str, host: str, role: str, address: str) -> KeyEntry | None:
+        """A peer says who it is. Returns its entry (None if the table is full).
+
+        An unknown key is recorded with the host it claims: pending, or accepted with
+        auto-accept when it is a minion and no other key holds that host. A pending key may
+        change its claim; an accepted key keeps the host bound to it.
+        """
+        now = self._clock()
+        with self._lock:
+            entry = self._keys.get(public_key)
+            if entry is None:
+                state = PENDING
+                if self.auto_accept and role == MINION and (role, host) not in self._bound:
+                    state = ACCEPTED
+                entry = self._add(
+                    public_key, role=role, state=state, host=host, address=address, now=now
+                )
+                if entry is not None:
+                    log.warning(
+                        "%s %s key %s from %s, claiming host %s",
+                        "auto-accepted the new" if state == ACCEPTED else "pending: a new",
+                        role,
+                        entry.fingerprint,
+                        address or "an unknown address",
+                        host,
+                    )
+                return entry
+            if entry.role != role:
+                return entry
+            if entry.state == PENDING and entry.host != host:
+                entry = self._put(replace(entry, host=host, address=address or entry.address))
+            elif entry.state == ACCEPTED and entry.host is None and (role, host) not in self._bound:
+                entry = self._put(replace(entry, host=host))
+            self._touch(entry, address, now)
+            return self._keys[public_key]
+
+    # -- operators' changes ---------------------------------------------------------------------
+
+    def listing(self) -> KeyListing:
+        with self._lock:
+            entries = sorted(
+                self._keys.values(), key=lambda e: (e.role, e.host or "", e.first_seen)
+            )
+        return KeyListing(
+            accepted=tuple(e.info() for e in entries if e.state == ACCEPTED),
+            pending=tuple(e.info() for e in entries if e.state == PENDING),
+            rejected=tuple(e.info() for e in entries if e.state == REJECTED),
+        )
+
+    def accept(self, selector: str) -> Change:
+        with self._lock:
+            entry = self._select(selector, prefer=(PENDING, REJECTED))
+            if entry.state == ACCEPTED:
+                return Change(entry, cut_off=False)
+            if entry.host is not None:
+                holder = self._bound.get((entry.role, entry.host))
+                if holder is not None:
+                    raise KeySelectionError(
+                        f"{entry.host} already has an accepted {entry.role} key "
+                        f"{fingerprint(holder)}; delete that one first"
+                    )
+            entry = self._put(replace(entry, state=ACCEPTED))
+        self.save()
+        log.warning("accepted the %s", entry.describe())
+        return Change(entry, cut_off=False)
+
+    def reject(self, selector: str) -> Change:
+        with self._lock:
+            entry = self._select(selector, prefer=(ACCEPTED, PENDING))
+            was_accepted = entry.state == ACCEPTED
+            entry = self._put(replace(entry, state=REJECTED))
+        self.save()
+        log.warning("rejected the %s", entry.describe())
+        return Change(entry, cut_off=was_accepted and entry.role == MINION)
+
+    def delete(self, selector: str) -> Change:
+        with self._lock:
+            entry = self._select(selector, prefer=(ACCEPTED, PENDING, REJECTED))
+            self._remove(entry)
+            self._dirty = True
+        self.save()
+        log.warning("deleted the %s", entry.describe())
+        return Change(entry, cut_off=entry.state == ACCEPTED and entry.role == MINION)
+
+    def _select(self, selector: str, prefer: tuple[str, ...]) -> KeyEntry:
+        """The one entry `selector` (a fingerprint, or a host name) names.
+
+        By host name, the states in `prefer` are tried in order (`accept web-1` means the
+        pending key of web-1 even if a rejected one exists too); two keys in the first state
+        that has any are ambiguous, and the fingerprint must be used.
+        """
+        if is_fingerprint(selector):
+            for entry in self._keys.values():
+                if entry.fingerprint == selector:
+                    return entry
+            raise KeySelectionError(f"no key has the fingerprint {selector}")
+        if not is_valid_host(selector):
+            raise KeySelectionError(f"{selector!r} is neither a host name nor a key fingerprint")
+        named = [e for e in self._keys.values() if (e.host or "").lower() == selector.lower()]
+        if not named:
+            raise KeySelectionError(f"no key claims the host {selector}")
+        for state in (*prefer, *(s for s in (ACCEPTED, PENDING, REJECTED) if s not in prefer)):
+            matches = [e for e in named if e.state == state]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                listed = ", ".join(f"{e.fingerprint} ({e.role})" for e in matches)
+                raise KeySelectionError(
+                    f"{len(matches)} {state} keys claim the host {selector}: {listed}; "
+                    "name one by its fingerprint"
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- table upkeep (under the lock) ----------------------------------------------------------
+
+    def _add(
+        self,
+        public_key: str,
+        *,
+        role: str,
+        state: str,
+        host: str | None,
+        address: str | None,
+        now: float,
+    ) -> KeyEntry | None:
+        if state == PENDING:
+            pending = sum(1 for e in self._keys.values() if e.state == PENDING)
+            if pending >= self._max_pending:
+                if not self._full_warned:
+                    self._full_warned = True
+                    log.warning(
+                        "%d keys are pending already; new keys are held off unrecorded until "
+                        "some are accepted, rejected or deleted",
+                        pending,
+                    )
+                return None
+        address = address[:MAX_ADDRESS_LEN] if address else None
+        return self._put(KeyEntry(public_key, role, state, host, address, now, now))
+
+    def _put(self, entry: KeyEntry) -> KeyEntry:
+        old = self._keys.get(entry.public_key)
+        if old is not None:
+            self._remove(old)
+        self._keys[entry.public_key] = entry
+        if entry.state == ACCEPTED and entry.host is not None:
+            self._bound[(entry.role, entry.host)] = entry.public_key
+        if entry.state == PENDING:
+            self._full_warned = False
+        self._dirty = True
+        return entry
+
+    def _remove(self, entry: KeyEntry) -> None:
+        self._keys.pop(entry.public_key, None)
+        if entry.host is not None and self._bound.get((entry.role, entry.host)) == entry.public_key:
+            del self._bound[(entry.role, entry.host)]
+
+    def _touch(self, entry: KeyEntry, address: str | None, now: float) -> None:
+        address = address[:MAX_ADDRESS_LEN] if address else entry.address
+        if address != entry.address or now - entry.last_seen >= TOUCH_INTERVAL_S:
+            self._keys[entry.public_key] = replace(entry, address=address, last_seen=now)
+            self._dirty = True
+
+    # -- the file -------------------------------------------------------------------------------
+
+    def save_if_dirty(self) -> None:
+        if self._dirty:
+            self.save()
+
+    def save(self) -> None:
+        """Write the table (owner-only, atomically). Standing changes are saved at once;
+        the ZAP thread's notes (a new pending key, a time seen) on its next flush."""
+        if self.path is None:
+            return
+        with self._write_lock:
+            with self._lock:
+                self._dirty = False
+                document = {
+                    "format": FORMAT_VERSION,
+                    "keys": [_entry_to_json(e) for e in self._keys.values()],
+                }
+            try:
+                _write_private(self.path, json.dumps(document, indent=1).encode())
+            except OSError as exc:
+                self._dirty = True
+                log.error("cannot save the key ring %s: %s", self.path, exc)
+
+
+def _entry_to_json(entry: KeyEntry) -> dict[str, Any]:
+    return {
+        "public_key": entry.public_key,
+        "role": entry.role,
+        "state": entry.state,
+        "host": entry.host,
+        "address": entry.address,
+        "first_seen": entry.first_seen,
+        "last_seen": entry.last_seen,
+    }
+
+
+def _entry_from_json(item: object) -> KeyEntry | None:
+    """An entry from the file, validated as if it came off the network; None if invalid."""
+    if not isinstance(item, dict):
+        return None
+    key, role, state = item.get("public_key"), item.get("role"), item.get("state")
+    host, address = item.get("host"), item.get("address")
+    first, last = item.get("first_seen"), item.get("last_seen")
+    if not (isinstance(key, str) and is_public_key(key)):
+        return None
+    if role not in KEY_ROLES or state not in (ACCEPTED, PENDING, REJECTED):
+        return None
+    if host is not None and not (isinstance(host, str) and is_valid_host(host)):
+        return None
+    if address is not None and not (isinstance(address, str) and len(address) <= MAX_ADDRESS_LEN):
+        return None
+    times = [t for t in (first, last) if isinstance(t, int | float) and not isinstance(t, bool)]
+    if len(times) != 2:
+        return None
+    return KeyEntry(
+        str(key), str(role), str(state), host, address, float(times[0]), float(times[1])
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
