@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from daybook import __version__
+from daybook import __version__, cli_plan
 from daybook.config import Settings, load_settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.mappings import unique_services
 from daybook.naming import AssetRef, check_asset_filename, check_service
-from daybook.patterns import HostPattern, check_host, check_pattern, resolve_host
+from daybook.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
 
 if TYPE_CHECKING:
     from daybook.registry import Registry
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("pattern")
         cmd.add_argument("services", nargs="+", metavar="SERVICE")
         cmd.add_argument("--json", action="store_true")
+        _add_dry_run(cmd)
         cmd.set_defaults(handler=cmd_map_change, action=action)
     remove = map_sub.add_parser(
         "remove", parents=[common], help="remove services; with none, remove the pattern"
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("pattern")
     remove.add_argument("services", nargs="*", metavar="SERVICE")
     remove.add_argument("--json", action="store_true")
+    _add_dry_run(remove)
     remove.set_defaults(handler=cmd_map_change, action="remove")
     listing = map_sub.add_parser("list", parents=[common], help="show every mapping")
     listing.add_argument("--json", action="store_true")
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("--json", action="store_true")
     resolve.set_defaults(handler=cmd_map_resolve)
+    cli_plan.register(map_sub, [common])
 
     try:
         from daybook import cli_fleet
@@ -165,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         cli_fleet.register(sub, [common])
     return parser
+
+
+def _add_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing; show which known hosts would gain or lose which services",
+    )
+    cli_plan.add_host_flags(parser)
 
 
 # -- helpers shared by the commands ------------------------------------------------------------
@@ -402,15 +414,17 @@ def cmd_map_change(args: argparse.Namespace, settings: Settings) -> int:
     pattern = check_pattern(args.pattern)
     services = unique_services(args.services)
     action: str = args.action
+    if args.dry_run:
+        return cli_plan.run_plan(
+            args,
+            settings,
+            lambda current: cli_plan.propose_change(current, action, pattern, services),
+        )
+    if args.hosts or args.hosts_file:
+        raise InputError("--hosts and --hosts-file go with --dry-run (they name hosts to plan for)")
 
     def change(current: tuple[str, ...]) -> tuple[str, ...]:
-        if action == "set":
-            return services
-        if action == "add":
-            return current + tuple(s for s in services if s not in current)
-        if not services:
-            return ()
-        return tuple(s for s in current if s not in services)
+        return cli_plan.services_after(action, current, services)
 
     registry = open_configured_registry(settings)
     try:
@@ -481,18 +495,47 @@ def cmd_map_resolve(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"{host}: {resolution.pattern} -> {', '.join(resolution.services) or '(none)'}")
     if args.explain:
-        _print_explain(resolution.candidates)
+        _print_explain(host, resolution.candidates, len(mappings))
     return 0
 
 
-def _print_explain(candidates: Sequence[Any]) -> None:
+def _print_explain(host: str, candidates: Sequence[Candidate], pattern_count: int) -> None:
+    """Every matching pattern, most specific first, and why each loses to the winner."""
+    if not candidates:
+        print(f"none of the {pattern_count} pattern(s) matches {host}, so it gets no services")
+        return
+    print(
+        f"{len(candidates)} of {pattern_count} pattern(s) match {host}, most specific first; "
+        "the first wins and only its services apply (patterns are not merged):"
+    )
+    winner = HostPattern(candidates[0].pattern)
+    width = max(len(c.pattern) for c in candidates)
     for rank, candidate in enumerate(candidates, 1):
         hp = HostPattern(candidate.pattern)
-        why = (
-            f"{hp.literal_chars} literal chars, {hp.star_count} star(s), "
-            f"prefix {hp.literal_prefix!r}"
+        services = ", ".join(candidate.services) or "(no services)"
+        if rank == 1:
+            why = (
+                f"wins: {hp.literal_chars} literal character(s), {hp.star_count} star(s), "
+                f"{len(hp.literal_prefix)} before the first star"
+            )
+        else:
+            why = f"loses: {_why_less_specific(hp, winner)}"
+        print(f"  {rank}. {candidate.pattern:<{width}}  -> {services}")
+        print(f"     {why}")
+    print(
+        "specificity: more literal characters, then fewer stars, then a longer literal "
+        "prefix, then name order"
+    )
+
+
+def _why_less_specific(loser: HostPattern, winner: HostPattern) -> str:
+    if loser.literal_chars != winner.literal_chars:
+        return f"fewer literal characters ({loser.literal_chars} < {winner.literal_chars})"
+    if loser.star_count != winner.star_count:
+        return f"more stars ({loser.star_count} > {winner.star_count})"
+    if len(loser.literal_prefix) != len(winner.literal_prefix):
+        return (
+            f"shorter literal prefix ({len(loser.literal_prefix)} < "
+            f"{len(winner.literal_prefix)} characters before the first star)"
         )
-        marker = "wins" if rank == 1 else "    "
-        print(
-            f"  {rank}. {marker} {candidate.pattern:<30} {why} -> {', '.join(candidate.services)}"
-        )
+    return f"as specific; {winner.text!r} comes first in name order"

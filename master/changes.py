@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from daybook.mappings import MappingTable
 
@@ -20,6 +20,9 @@ class DigestsChanged:
     """Per service, the digest of the versions the store holds; sent only on change."""
 
     digests: Mapping[str, str]
+    # Per service, each version's archive size in bytes, for the HTTP API and the metrics.
+    # Not part of equality: the digests say whether anything changed.
+    sizes: Mapping[str, Mapping[str, int]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

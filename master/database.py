@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from daybook.errors import FleetError, WireError
@@ -58,6 +61,41 @@ CREATE TABLE IF NOT EXISTS hosts (
     last_report_id TEXT
 );
 """
+
+
+def _read_sync(
+    db: sqlite3.Connection, row: tuple[str, str, str, float, str | None], path: Path
+) -> SyncRecord:
+    sync_id, target, origin, issued_at, request_id = row
+    expected = tuple(
+        host
+        for (host,) in db.execute(
+            "SELECT host FROM expected WHERE sync_id = ? ORDER BY host", (sync_id,)
+        )
+    )
+    record = SyncRecord(
+        sync_id=sync_id,
+        target=target,
+        origin=origin,
+        issued_at=issued_at,
+        expected=expected,
+        request_id=request_id,
+    )
+    for (payload,) in db.execute(
+        "SELECT payload FROM reports WHERE sync_id = ? ORDER BY finished_at", (sync_id,)
+    ):
+        report = _decode_report(payload, path)
+        if report is not None:
+            record.add(report)
+    return record
+
+
+def _decode_report(payload: bytes, path: Path) -> Report | None:
+    try:
+        return Report.decode(bytes(payload))
+    except WireError as exc:
+        log.warning("skipping an unreadable report in %s: %s", path, exc)
+        return None
 
 
 class ResultsDatabase:
@@ -202,35 +240,10 @@ class ResultsDatabase:
         return [self._sync_from_row(row) for row in reversed(rows)]
 
     def _sync_from_row(self, row: tuple[str, str, str, float, str | None]) -> SyncRecord:
-        sync_id, target, origin, issued_at, request_id = row
-        expected = tuple(
-            host
-            for (host,) in self._db.execute(
-                "SELECT host FROM expected WHERE sync_id = ? ORDER BY host", (sync_id,)
-            )
-        )
-        record = SyncRecord(
-            sync_id=sync_id,
-            target=target,
-            origin=origin,
-            issued_at=issued_at,
-            expected=expected,
-            request_id=request_id,
-        )
-        for (payload,) in self._db.execute(
-            "SELECT payload FROM reports WHERE sync_id = ? ORDER BY finished_at", (sync_id,)
-        ):
-            report = self._decode_report(payload)
-            if report is not None:
-                record.add(report)
-        return record
+        return _read_sync(self._db, row, self.path)
 
     def _decode_report(self, payload: bytes) -> Report | None:
-        try:
-            return Report.decode(bytes(payload))
-        except WireError as exc:
-            log.warning("skipping an unreadable report in %s: %s", self.path, exc)
-            return None
+        return _decode_report(payload, self.path)
 
     # -- hosts ----------------------------------------------------------------------------------
 
@@ -302,3 +315,115 @@ class ResultsDatabase:
             table: self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
             for table in ("syncs", "reports", "hosts")
         }
+
+
+@dataclass(frozen=True)
+class SyncTally:
+    """One sync in a listing: who it expects and how the answers so far add up.
+
+    Counts use each host's latest report, as `SyncRecord` does; `failed` counts every host
+    that answered with a failure, `missing` the expected hosts that have not answered.
+    """
+
+    sync_id: str
+    target: str
+    origin: str
+    issued_at: float
+    expected: int
+    answered: int
+    failed: int
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and self.failed == 0
+
+
+class ResultsReader:
+    """Read-only queries for threads other than the loop's (the HTTP API).
+
+    Each query opens its own read-only connection and reads in one transaction: WAL mode
+    lets it read while the loop writes, and it sees whole committed batches only.
+    """
+
+    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro",
+                uri=True,
+                timeout=self._timeout_s,
+                isolation_level=None,
+                check_same_thread=True,
+            )
+        except sqlite3.Error as exc:
+            raise FleetError(f"cannot read the results database {self.path}: {exc}") from None
+        try:
+            db.execute("BEGIN")
+            yield db
+        except sqlite3.Error as exc:
+            raise FleetError(f"cannot read the results database {self.path}: {exc}") from None
+        finally:
+            db.close()
+
+    def load_sync(self, sync_id: str) -> SyncRecord | None:
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
+                "WHERE sync_id = ?",
+                (sync_id,),
+            ).fetchone()
+            return None if row is None else _read_sync(db, row, self.path)
+
+    def recent_syncs(self, limit: int) -> list[SyncTally]:
+        """The latest `limit` syncs, newest first, counted without decoding any report."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT sync_id, target, origin, issued_at FROM syncs "
+                "ORDER BY issued_at DESC, sync_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            marks = ",".join("?" * len(ids))
+            expected: dict[str, set[str]] = {sync_id: set() for sync_id in ids}
+            for sync_id, host in db.execute(
+                f"SELECT sync_id, host FROM expected WHERE sync_id IN ({marks})",  # noqa: S608
+                ids,
+            ):
+                expected[sync_id].add(host)
+            # SQLite takes the bare column `ok` from the row holding max(finished_at): each
+            # host's latest report, as SyncRecord keeps it.
+            latest: dict[str, dict[str, bool]] = {sync_id: {} for sync_id in ids}
+            for sync_id, host, ok, _finished in db.execute(
+                f"SELECT sync_id, host, ok, max(finished_at) FROM reports "  # noqa: S608
+                f"WHERE sync_id IN ({marks}) GROUP BY sync_id, host",
+                ids,
+            ):
+                latest[sync_id][host] = bool(ok)
+        tallies = []
+        for sync_id, target, origin, issued_at in rows:
+            answers = latest[sync_id]
+            answered = sum(1 for host in expected[sync_id] if host in answers)
+            tallies.append(
+                SyncTally(
+                    sync_id=sync_id,
+                    target=target,
+                    origin=origin,
+                    issued_at=issued_at,
+                    expected=len(expected[sync_id]),
+                    answered=answered,
+                    failed=sum(1 for ok in answers.values() if not ok),
+                    missing=len(expected[sync_id]) - answered,
+                )
+            )
+        return tallies

@@ -15,6 +15,7 @@ import zmq
 from daybook.mailbox import Mailbox
 from daybook.mappings import MappingTable
 from daybook.stopping import StopFlag
+from daybook.transport import Peer
 from daybook.wire import (
     OP_STATUS,
     OP_SYNC,
@@ -27,12 +28,15 @@ from daybook.wire import (
     Report,
     SyncEvent,
 )
+from master.access import ACCESS_OPS, Access
 from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.collector import Collector
 from master.control_server import ControlServer, Route
 from master.database import ResultsDatabase
 from master.fleet import Fleet, SyncBook, SyncRecord, Waiter
+from master.metrics import MasterMetrics
 from master.publisher import Publisher
+from master.snapshot import FleetSnapshot, SnapshotBox
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,12 @@ class MasterTuning:
     # An operator sync first has the polling watchers read their sources once more, so
     # `map set ...; sync` syncs the new mapping; but it waits for them no longer than this.
     refresh_timeout_s: float = 2.0
+    # The snapshot the HTTP API reads is published this soon after a change, but never
+    # more often, nor taking more than a tenth of the loop's time in a large fleet.
+    view_interval_s: float = 0.2
+    # After subscribers are dropped (a key deleted), the state is sent again this soon,
+    # once the minions still accepted have reconnected.
+    resubscribe_grace_s: float = 0.5
 
 
 class Master:
@@ -84,11 +94,16 @@ class Master:
         refreshers: Mapping[str, Callable[[], None]] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: MasterMetrics | None = None,
+        snapshots: SnapshotBox | None = None,
+        access: Access | None = None,
     ) -> None:
         self.epoch = epoch
         self._publisher = publisher
         self._collector = collector
         self._control = control
+        # Who may ask for what; without a key ring, only the local socket may operate.
+        self._access = access or Access(None)
         self._db = database
         self._fleet = fleet
         self._syncs = SyncBook()
@@ -100,6 +115,7 @@ class Master:
 
         self._mappings: MappingTable | None = None
         self._digests: Mapping[str, str] | None = None
+        self._sizes: Mapping[str, Mapping[str, int]] | None = None
         self._fresh: set[str] = set()
         self._state: EncodedState | None = None
         self._state_sync: SyncRecord | None = None
@@ -126,10 +142,21 @@ class Master:
             "operator_requests": 0,
         }
 
+        self._metrics = metrics or MasterMetrics()
+        for status in fleet.status(epoch, clock()).hosts.values():
+            if status.last_report is not None and status.last_report.ok:
+                self._metrics.host_succeeded_before(status.host, status.last_report.finished_at)
+        self.snapshots = snapshots or SnapshotBox(self._snapshot())
+        self._view_due: float | None = None
+        self._view_gap_s = tuning.view_interval_s
+        self._last_view = -math.inf
+        self._publish_view()
+
     # -- start and stop -------------------------------------------------------------------------
 
     def restore(self) -> None:
         """Load the recent syncs and the last desired state, and serve that state at once."""
+        self._view_changed()
         for record in self._db.recent_syncs(limit=64):
             self._syncs.add(record)
         stored = self._db.load_state()
@@ -190,6 +217,7 @@ class Master:
             self._catch_up_due,
             self._refresh_deadline,
             self._syncs.next_deadline(),
+            self._view_due,
         ]
         nearest = min(due for due in dues if due is not None)
         return max(0, math.ceil((nearest - self._monotonic()) * 1000))
@@ -226,6 +254,35 @@ class Master:
             self._db.commit()
             if removed:
                 log.info("pruned %d old sync(s) from the results database", removed)
+        if self._view_due is not None and mono >= self._view_due:
+            self._publish_view()
+
+    # -- the snapshot other threads read --------------------------------------------------------
+
+    def _snapshot(self) -> FleetSnapshot:
+        now = self._clock()
+        return FleetSnapshot(
+            epoch=self.epoch,
+            taken_at=now,
+            down_after_s=self._fleet.down_after_s,
+            hosts=self._fleet.status(self.epoch, now).hosts,
+            mappings=self._mappings,
+            sizes=self._sizes,
+            state_digest=self._state.digest if self._state else None,
+            state_sync_id=self._state_sync.sync_id if self._state_sync else None,
+        )
+
+    def _view_changed(self) -> None:
+        if self._view_due is None:
+            self._view_due = max(self._monotonic(), self._last_view + self._view_gap_s)
+
+    def _publish_view(self) -> None:
+        started = self._monotonic()
+        self.snapshots.publish(self._snapshot())
+        self._last_view = finished = self._monotonic()
+        self._view_due = None
+        # Copying a large fleet takes a while: keep that under a tenth of the loop's time.
+        self._view_gap_s = max(self._tuning.view_interval_s, 10 * (finished - started))
 
     # -- desired state and events ---------------------------------------------------------------
 
@@ -235,6 +292,7 @@ class Master:
             self._fresh.add("mappings")
         elif isinstance(change, DigestsChanged):
             self._digests = change.digests
+            self._sizes = change.sizes
             self._fresh.add("digests")
         elif isinstance(change, Fresh):
             self._awaiting_fresh.discard(change.source)
@@ -243,6 +301,7 @@ class Master:
             return
         else:
             return
+        self._view_changed()
         due = self._monotonic() + self._tuning.coalesce_s
         if len(self._fresh) < 2:
             # One watcher has answered and the other not yet: give it a moment rather than
@@ -284,12 +343,16 @@ class Master:
         self._db.add_sync(record)
         self._syncs.add(record)
         self.counters["syncs"] += 1
+        self._metrics.sync_started(origin)
+        if record.complete:  # no live host matches: nobody to wait for
+            self._metrics.sync_completed(ok=True)
+        self._view_changed()
         return record
 
     def _publish(self, record: SyncRecord) -> None:
         assert self._state is not None
         self._seq += 1
-        self._publisher.publish(
+        self._publish_event(
             SyncEvent(
                 epoch=self.epoch,
                 seq=self._seq,
@@ -298,6 +361,15 @@ class Master:
                 state=self._state,
                 issued_at=record.issued_at,
             )
+        )
+
+    def _publish_event(self, event: SyncEvent) -> None:
+        self._publisher.publish(event)
+        self._metrics.add_total(
+            self._metrics.published_events, "published_events", self._publisher.published
+        )
+        self._metrics.add_total(
+            self._metrics.published_bytes, "published_bytes", self._publisher.bytes_sent
         )
 
     def _republish(self, mono: float) -> None:
@@ -347,8 +419,14 @@ class Master:
 
     def _collect(self) -> None:
         messages = self._collector.receive_batch(self._tuning.batch_limit)
+        self._metrics.add_total(
+            self._metrics.invalid_frames.labels("results"),
+            "invalid_frames.results",
+            self._collector.malformed,
+        )
         if not messages:
             return
+        self._view_changed()
         now = self._clock()
         for message, payload in messages:
             if isinstance(message, Report):
@@ -363,14 +441,25 @@ class Master:
     def _on_report(self, report: Report, now: float, payload: bytes) -> None:
         if not self._db.add_report(report, received_at=now, payload=payload):
             self.counters["duplicate_reports"] += 1
+            self._metrics.duplicate_reports.inc()
             return
         self.counters["reports"] += 1
         self._fleet.reported(report, now)
+        record = self._syncs.get(report.sync_id)
+        was_complete = record is None or record.complete
         self._syncs.record(report)
+        self._metrics.report_received(
+            report,
+            latency_s=None if record is None else now - record.issued_at,
+            sizes=self._sizes or {},
+        )
+        if record is not None and not was_complete and record.complete:
+            self._metrics.sync_completed(ok=all(r.ok for r in record.results.values()))
         log.debug("report from %s for sync %s: ok=%s", report.host, report.sync_id, report.ok)
 
     def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         self.counters["heartbeats"] += 1
+        self._metrics.heartbeats.inc()
         if self._fleet.heard(heartbeat, now):
             log.info("minion %s is up (boot %s)", heartbeat.host, heartbeat.boot_id)
         state = self._state
@@ -383,17 +472,38 @@ class Master:
     # -- operators ------------------------------------------------------------------------------
 
     def _serve_operators(self) -> None:
-        for route, request in self._control.receive_batch(self._tuning.batch_limit):
+        requests = self._control.receive_batch(self._tuning.batch_limit)
+        self._metrics.add_total(
+            self._metrics.invalid_frames.labels("control"),
+            "invalid_frames.control",
+            self._control.malformed,
+        )
+        if requests:  # a key accepted or deleted changes who is up
+            self._view_changed()
+        for route, request, peer in requests:
             self.counters["operator_requests"] += 1
+            self._metrics.operator_requests.inc()
             try:
-                self._handle(route, request)
+                self._handle(route, request, peer)
             except Exception as exc:  # one bad request must not stop the master
                 log.exception("operator request %s failed", request.op)
                 self._control.reply(
                     route, ControlReply(request.request_id, error=f"internal error: {exc}")
                 )
 
-    def _handle(self, route: Route, request: ControlRequest) -> None:
+    def _handle(self, route: Route, request: ControlRequest, peer: Peer) -> None:
+        # Checked on every request: a CURVE session is authenticated once, when it starts,
+        # and the key's standing may have changed since.
+        refusal = self._access.refusal(request, peer)
+        if refusal is not None:
+            self._control.reply(route, ControlReply(request.request_id, error=refusal))
+            return
+        if request.op in ACCESS_OPS:
+            answer = self._access.answer(request, peer)
+            self._control.reply(route, answer.reply)
+            if answer.cut_off:
+                self._cut_off(answer.host)
+            return
         if request.op == OP_STATUS:
             status = self._fleet.status(self.epoch, self._clock())
             self._control.reply(route, ControlReply(request.request_id, status=status))
@@ -420,6 +530,17 @@ class Master:
         self._control.reply(
             route, ControlReply(request.request_id, error=f"operation {request.op} is refused")
         )
+
+    def _cut_off(self, host: str | None) -> None:
+        """A minion's key lost its standing: no event reaches it from now on, and no sync
+        waits for it. (Its reports and heartbeats are already dropped: the collector checks
+        every message's key.) The others reconnect; a republish soon after catches them up."""
+        self._publisher.drop_subscribers()
+        if host is not None:
+            self._fleet.cut_off(host)
+            self._view_changed()
+        self._catch_up_due = self._monotonic() + self._tuning.resubscribe_grace_s
+        log.warning("cut off %s: its key is no longer accepted", host or "a minion")
 
     def _queue_operator_sync(self, route: Route, request: ControlRequest) -> None:
         """Start a refresh round (unless one is under way) and sync once it is over."""
@@ -494,6 +615,8 @@ class Master:
             "event_bytes_published": float(self._publisher.bytes_sent),
             "malformed_minion_frames": float(self._collector.malformed),
             "malformed_operator_frames": float(self._control.malformed),
+            "impostor_minion_frames": float(self._collector.impostors),
+            "refused_operator_requests": float(self._access.refused),
             "hosts_known": float(len(self._fleet)),
             "hosts_up": float(len(self._fleet.live_hosts(self._clock()))),
             "epoch": float(self.epoch),

@@ -24,6 +24,14 @@ def digests_of(assets: Iterable[AssetInfo]) -> dict[str, str]:
     return {service: versions_digest(found) for service, found in sorted(versions.items())}
 
 
+def sizes_of(assets: Iterable[AssetInfo]) -> dict[str, dict[str, int]]:
+    """Per service, each listed version's size in bytes."""
+    sizes: defaultdict[str, dict[str, int]] = defaultdict(dict)
+    for asset in assets:
+        sizes[asset.service][asset.version] = asset.size
+    return dict(sorted(sizes.items()))
+
+
 class StoreWatcher:
     """Lists the store every `interval_s` and posts `DigestsChanged` when a digest differs.
 
@@ -57,7 +65,8 @@ class StoreWatcher:
         while not self._pacer.stopped:
             refresh = self._pacer.take_refresh()
             try:
-                digests = digests_of(self._store.list_assets())
+                assets = self._store.list_assets()
+                digests = digests_of(assets)
             except Exception as exc:  # a watcher thread must outlive any backend failure
                 self._failed(exc)
                 if refresh:  # as fresh as it gets: the last known versions stand
@@ -69,7 +78,7 @@ class StoreWatcher:
                 self.failures = 0
             if digests != self.last:
                 self.last = digests
-                self._post(DigestsChanged(digests))
+                self._post(DigestsChanged(digests, sizes_of(assets)))
             if refresh:
                 self._post(Fresh(self.SOURCE))
             self._pacer.pause(self._interval_s)
