@@ -37,6 +37,11 @@ class AssetNotFoundError(StoreError):
     """The asset asked for is not in the store."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store could not be reached, failed on its side, or broke off a transfer: a fault
+    that may clear by itself, so worth retrying (unlike a missing bucket or bad credentials)."""
+
+
 class RegistryError(DaybookError):
     """The mappings registry failed or could not be reached."""
 

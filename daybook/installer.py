@@ -6,6 +6,7 @@ import errno
 import fcntl
 import logging
 import os
+import random
 import shutil
 import time
 import uuid
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daybook.errors import DaybookError, LockError
+from daybook.errors import DaybookError, LockError, StoreUnavailableError
 from daybook.naming import AssetRef, is_valid_version, version_sort_key
 from daybook.store import AssetInfo, AssetStream, Store
 
@@ -29,6 +30,26 @@ STAGING_PREFIX = ".partial-"
 
 # Wraps a store stream, e.g. to draw a progress bar; given the asset and its size.
 StreamWrapper = Callable[[AssetRef, AssetStream], AssetStream]
+# Waits the given seconds; False if the caller is stopping and should not go on.
+Pause = Callable[[float], bool]
+
+# A download the store broke off (or could not start) is tried again this many times in
+# all, after a jittered pause doubling from the first delay up to the cap.
+DOWNLOAD_ATTEMPTS = 4
+RETRY_FIRST_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 8.0
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+def retry_delay_s(retry: int, rng: random.Random) -> float:
+    """The pause before retry number `retry` (1, 2, ...): doubling, capped, and jittered
+    over its upper half so a fleet whose store came back does not retry in step."""
+    ceiling = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2.0 ** min(retry - 1, 32))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
 @dataclass(frozen=True)
@@ -82,26 +103,42 @@ class InstallLock:
         self._fd: int | None = None
 
     def __enter__(self) -> InstallLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise LockError(
+                f"cannot create the lock {self._path}: {describe_os_error(exc, self._path.parent)}"
+            ) from exc
+        try:
+            self._acquire(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            # The pid is there for people to read; the flock is the lock. A full disk must
+            # not turn into a lock that is never released, nor hide the install's own error.
+            log.debug("cannot write the pid into %s: %s", self._path, exc)
+        self._fd = fd
+        return self
+
+    def _acquire(self, fd: int) -> None:
         deadline = time.monotonic() + self._timeout_s
         delay_s = 0.01
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    os.close(fd)
                     raise LockError(
                         f"another daybook process holds {self._path} (waited {self._timeout_s:g} s)"
                     ) from None
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, 0.5)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
 
     def __exit__(self, *_exc: object) -> None:
         if self._fd is not None:
@@ -123,12 +160,17 @@ class Installer:
         max_parallel: int = 2,
         wrap_stream: StreamWrapper | None = None,
         lock_timeout_s: float = 600.0,
+        download_attempts: int = DOWNLOAD_ATTEMPTS,
+        pause: Pause = _sleep,
     ) -> None:
         self._store = store
         self.install_dir = install_dir
         self._max_parallel = max(1, max_parallel)
         self._wrap_stream = wrap_stream
         self._lock_timeout_s = lock_timeout_s
+        self._download_attempts = max(1, download_attempts)
+        self._pause = pause
+        self._rng = random.Random()
 
     def installed_versions(self, service: str) -> list[str]:
         """Versions fully installed for `service` (staging directories never count)."""
@@ -214,16 +256,39 @@ class Installer:
         return SyncOutcome(results)
 
     def _install_one(self, ref: AssetRef) -> str | None:
-        """Install one version; return None on success or the reason it failed."""
-        try:
-            self.install(ref)
-        except DaybookError as exc:
-            log.warning("failed to install %s: %s", ref, exc)
-            return str(exc)
-        except OSError as exc:
-            log.warning("failed to install %s: %s", ref, exc)
-            return describe_os_error(exc, self.install_dir)
-        return None
+        """Install one version; return None on success or the reason it failed.
+
+        A store fault that may clear by itself is retried with backoff; anything else (a
+        bad archive, a full disk) fails at once.
+        """
+        attempt = 1
+        while True:
+            try:
+                self.install(ref)
+            except StoreUnavailableError as exc:
+                if attempt >= self._download_attempts:
+                    log.warning("failed to install %s after %d attempt(s): %s", ref, attempt, exc)
+                    return str(exc)
+                delay_s = retry_delay_s(attempt, self._rng)
+                log.warning(
+                    "downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+                    ref,
+                    exc,
+                    delay_s,
+                    attempt + 1,
+                    self._download_attempts,
+                )
+                if not self._pause(delay_s):
+                    return str(exc)
+                attempt += 1
+            except DaybookError as exc:
+                log.warning("failed to install %s: %s", ref, exc)
+                return str(exc)
+            except OSError as exc:
+                log.warning("failed to install %s: %s", ref, exc)
+                return describe_os_error(exc, self.install_dir)
+            else:
+                return None
 
     def install(self, ref: AssetRef) -> None:
         """Extract one version beside its final place, then rename it in: all or nothing.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import (
@@ -38,11 +39,13 @@ from daybook.errors import (
     DaybookError,
     InputError,
     StoreError,
+    StoreUnavailableError,
 )
 from daybook.naming import AssetRef, check_service, parse_asset_filename, version_sort_key
 from daybook.store import AssetInfo, ProgressCallback
 
 if TYPE_CHECKING:
+    from botocore.config import _RetryDict as RetriesConfig
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import PaginatorConfigTypeDef
@@ -62,6 +65,10 @@ _BAD_CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
 _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
+# Server-side and throttling errors that clear by themselves (the 5xx codes also do).
+_UNAVAILABLE_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "Throttling"}
+)
 
 
 @dataclass(frozen=True)
@@ -129,15 +136,23 @@ class S3Store:
             )
 
     def _create_client(self, tuning: S3Tuning) -> S3Client:
-        config = Config(
-            connect_timeout=tuning.connect_timeout_s,
-            read_timeout=tuning.read_timeout_s,
-            retries={"mode": "standard", "max_attempts": tuning.max_attempts},
-            max_pool_connections=tuning.max_pool_connections,
-            user_agent_extra="daybook",
-        )
         try:
-            session = boto3.session.Session()
+            core = botocore.session.get_session()
+            session = boto3.session.Session(botocore_session=core)
+            # Retries as the user configured them (AWS_RETRY_MODE, AWS_MAX_ATTEMPTS or the
+            # profile), else ours: botocore fills in only what the client config leaves out.
+            retries: RetriesConfig = {}
+            if core.get_config_variable("retry_mode") is None:
+                retries["mode"] = "standard"
+            if core.get_config_variable("max_attempts") is None:
+                retries["total_max_attempts"] = tuning.max_attempts
+            config = Config(
+                connect_timeout=tuning.connect_timeout_s,
+                read_timeout=tuning.read_timeout_s,
+                retries=retries,
+                max_pool_connections=tuning.max_pool_connections,
+                user_agent_extra="daybook",
+            )
             # botocore itself reads AWS_DEFAULT_REGION and the profile, but not AWS_REGION.
             region = os.environ.get("AWS_REGION") or session.region_name or DEFAULT_REGION
             return session.client("s3", region_name=region, config=config)
@@ -312,7 +327,7 @@ class S3Store:
         if isinstance(exc, CredentialRetrievalError | TokenRetrievalError | SSOError):
             return ConfigError(f"cannot load AWS credentials for {where}: {_one_line(exc)}")
         if isinstance(exc, BotoConnectionError | HTTPClientError):
-            return StoreError(
+            return StoreUnavailableError(
                 f"cannot reach S3 endpoint {endpoint} for {self.url}: {_one_line(exc)}"
             )
         if isinstance(exc, BotoCoreError):
@@ -328,11 +343,15 @@ class S3Store:
             )
         if code in _BAD_CREDENTIAL_CODES:
             return StoreError(f"S3 rejected the AWS credentials for {where}: {code}: {message}")
+        if code in _UNAVAILABLE_CODES or code.startswith("5"):
+            return StoreUnavailableError(
+                f"S3 at {endpoint} failed for {self.url}: {code}: {_one_line(message)}"
+            )
         return StoreError(f"S3 error for {where}: {code}: {_one_line(message)}")
 
 
 class S3AssetStream:
-    """The body of one GetObject; read errors surface as StoreError."""
+    """The body of one GetObject; read errors surface as StoreUnavailableError."""
 
     def __init__(self, body: StreamingBody, *, size: int, sha256: str | None, where: str) -> None:
         self._body = body
@@ -344,7 +363,8 @@ class S3AssetStream:
         try:
             return self._body.read(None if size < 0 else size)
         except (BotoCoreError, OSError) as exc:
-            raise StoreError(f"reading {self._where} failed: {_one_line(exc)}") from exc
+            # A transfer broken off (a dropped connection, a stalled server) can be retried.
+            raise StoreUnavailableError(f"reading {self._where} failed: {_one_line(exc)}") from exc
 
     def close(self) -> None:
         self._body.close()

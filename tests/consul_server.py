@@ -449,6 +449,20 @@ class ConsulServer:
         with self._cond:
             self._faults.clear()
 
+    def put(self, key: str, value: str | bytes) -> int:
+        """Write a key as a PUT does, but past any injected fault and ACL: a change made
+        while clients see an outage. Returns the key's ModifyIndex."""
+        data = value.encode() if isinstance(value, str) else value
+        with self._cond:
+            entry, changed = self._store.put(self._next_raft_index(), key, data, 0)
+            self._notify(changed)
+            return entry.modify_index
+
+    def delete(self, key: str) -> None:
+        """Delete a key as a DELETE does, past any injected fault and ACL (a tombstone stays)."""
+        with self._cond:
+            self._notify(self._store.delete(self._next_raft_index(), key))
+
     @property
     def request_log(self) -> list[LoggedRequest]:
         with self._cond:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,16 @@ from pathlib import Path
 import pytest
 from archives import make_asset
 
-from daybook.errors import LockError
-from daybook.installer import STAGING_PREFIX, Installer, InstallLock
+from daybook.errors import LockError, StoreUnavailableError
+from daybook.installer import (
+    DOWNLOAD_ATTEMPTS,
+    RETRY_FIRST_DELAY_S,
+    RETRY_MAX_DELAY_S,
+    STAGING_PREFIX,
+    Installer,
+    InstallLock,
+    retry_delay_s,
+)
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
 from daybook.store import AssetStream
@@ -170,4 +180,125 @@ def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path: Path) -> None:
     holder.wait(timeout=10)
     holder.stdout.close()
     with InstallLock(tmp_path, timeout_s=2):
+        pass
+
+
+class _BrokenOffStream:
+    """A store stream that breaks off at its first read, as S3 going away mid-download."""
+
+    def __init__(self, inner: AssetStream) -> None:
+        self._inner = inner
+        self.size = inner.size
+        self.sha256 = inner.sha256
+
+    def read(self, size: int = -1, /) -> bytes:
+        raise StoreUnavailableError("reading s3://bucket/api-9.tar.gz failed: connection reset")
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _store_with_one_asset(tmp_path: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "store")
+    build = tmp_path / "build"
+    build.mkdir()
+    push(store, make_asset(build, "api", "9"), AssetRef("api", "9"))
+    return store
+
+
+def test_a_download_the_store_breaks_off_is_retried_after_a_growing_pause(
+    tmp_path: Path,
+) -> None:
+    breaks = [True, True, False]
+    pauses: list[float] = []
+
+    def flaky(_ref: AssetRef, stream: AssetStream) -> AssetStream:
+        return _BrokenOffStream(stream) if breaks.pop(0) else stream
+
+    installer = Installer(
+        _store_with_one_asset(tmp_path),
+        tmp_path / "install",
+        wrap_stream=flaky,
+        pause=lambda seconds: pauses.append(seconds) is None,
+    )
+    outcome = installer.sync(["api"])
+    assert outcome.ok
+    assert outcome.services["api"].installed == ("9",)
+    assert len(pauses) == 2
+    assert RETRY_FIRST_DELAY_S / 2 <= pauses[0] <= RETRY_FIRST_DELAY_S
+    assert RETRY_FIRST_DELAY_S <= pauses[1] <= 2 * RETRY_FIRST_DELAY_S
+    assert sorted(p.name for p in (tmp_path / "install" / "api").iterdir()) == ["9"]
+
+
+def test_retries_end_with_the_failure_reported(tmp_path: Path) -> None:
+    pauses: list[float] = []
+    installer = Installer(
+        _store_with_one_asset(tmp_path),
+        tmp_path / "install",
+        wrap_stream=lambda _ref, stream: _BrokenOffStream(stream),
+        pause=lambda seconds: pauses.append(seconds) is None,
+    )
+    outcome = installer.sync(["api"])
+    assert "connection reset" in outcome.services["api"].failed["9"]
+    assert len(pauses) == DOWNLOAD_ATTEMPTS - 1
+    assert list((tmp_path / "install" / "api").iterdir()) == []
+
+
+def test_a_stopping_minion_does_not_wait_out_the_retries(tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    def stopping(seconds: float) -> bool:
+        calls.append(seconds)
+        return False
+
+    installer = Installer(
+        _store_with_one_asset(tmp_path),
+        tmp_path / "install",
+        wrap_stream=lambda _ref, stream: _BrokenOffStream(stream),
+        pause=stopping,
+    )
+    assert "9" in installer.sync(["api"]).services["api"].failed
+    assert len(calls) == 1
+
+
+def test_an_archive_that_fails_its_checksum_is_not_retried(tmp_path: Path) -> None:
+    store = _store_with_one_asset(tmp_path)
+    stored = tmp_path / "store" / "api-9.tar.gz"
+    stored.write_bytes(stored.read_bytes()[:-20] + b"\0" * 20)
+    pauses: list[float] = []
+    installer = Installer(
+        store, tmp_path / "install", pause=lambda seconds: pauses.append(seconds) is None
+    )
+    assert "9" in installer.sync(["api"]).services["api"].failed
+    assert pauses == []
+
+
+def test_retry_delays_double_up_to_a_cap_with_jitter() -> None:
+    rng = random.Random(7)
+    first = [retry_delay_s(1, rng) for _ in range(50)]
+    assert all(RETRY_FIRST_DELAY_S / 2 <= d <= RETRY_FIRST_DELAY_S for d in first)
+    assert len(set(first)) > 1
+    assert RETRY_FIRST_DELAY_S <= retry_delay_s(2, rng) <= 2 * RETRY_FIRST_DELAY_S
+    assert retry_delay_s(1000, rng) <= RETRY_MAX_DELAY_S
+
+
+def test_a_lock_whose_pid_cannot_be_written_still_locks_and_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(_fd: int, _data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("daybook.installer.os.write", disk_full)
+        held = InstallLock(tmp_path, timeout_s=0.1)
+        with held, pytest.raises(LockError), InstallLock(tmp_path, timeout_s=0.1):
+            pass
+    with InstallLock(tmp_path, timeout_s=0.1):  # released: no descriptor was left behind
+        pass
+
+
+def test_a_lock_that_cannot_be_created_is_a_lock_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"")
+    with pytest.raises(LockError, match="cannot create the lock"), InstallLock(blocker):
         pass

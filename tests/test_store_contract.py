@@ -17,7 +17,13 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from daybook.errors import AssetExistsError, AssetNotFoundError, ConfigError, StoreError
+from daybook.errors import (
+    AssetExistsError,
+    AssetNotFoundError,
+    ConfigError,
+    StoreError,
+    StoreUnavailableError,
+)
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
 from daybook.s3_store import S3Store, S3Tuning
@@ -399,7 +405,8 @@ def test_s3_unreachable_endpoint_is_one_clear_line(
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         store = S3Store("bucket", "pre", tuning=S3Tuning(max_attempts=1, connect_timeout_s=5))
         try:
-            with pytest.raises(StoreError) as caught:
+            # Unavailable: a fault that may clear by itself, which an installer retries.
+            with pytest.raises(StoreUnavailableError) as caught:
                 store.list_assets()
         finally:
             store.close()
@@ -408,6 +415,20 @@ def test_s3_unreachable_endpoint_is_one_clear_line(
     assert "\n" not in message
     assert message.startswith(f"cannot reach S3 endpoint {endpoint}")
     assert "s3://bucket/pre" in message
+
+
+def test_s3_retries_are_the_users_when_set(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def retries() -> dict[str, Any]:
+        store = S3Store("bucket", tuning=S3Tuning(max_attempts=7))
+        try:
+            return dict(store._client.meta.config.retries or {})
+        finally:
+            store.close()
+
+    assert retries() == {"mode": "standard", "total_max_attempts": 7}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    assert retries() == {"mode": "adaptive", "total_max_attempts": 2}
 
 
 def test_s3_missing_credentials_is_a_config_error(
@@ -469,6 +490,26 @@ def test_s3_access_denied_names_the_location(moto_server: str) -> None:
     message = str(caught.value)
     assert message.startswith("access denied to s3://bucket/team")
     assert moto_server in message
+    assert not isinstance(caught.value, StoreUnavailableError), "retrying would not help"
+
+
+@pytest.mark.parametrize(("code", "status"), [("SlowDown", 503), ("InternalError", 500)])
+def test_s3_server_faults_are_unavailable_not_final(
+    moto_server: str, code: str, status: int
+) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    store = S3Store("bucket", client=client)
+    with Stubber(client) as stubber:
+        stubber.add_client_error("list_objects_v2", code, "try again", http_status_code=status)
+        with pytest.raises(StoreUnavailableError, match=code):
+            store.list_assets()
+    client.close()
 
 
 # --- LocalStore only ---------------------------------------------------------------------------

@@ -522,3 +522,19 @@ def test_fuzz_random_states_raise_only_wire_errors(structure: object) -> None:
     event = decode_as(SyncEvent, state_event(structure), max_bytes=wire.MAX_FRAME_BYTES)
     with contextlib.suppress(WireError):
         event.state.decode()
+
+
+def test_decoded_names_are_shared_between_messages() -> None:
+    # The master holds thousands of reports naming the same few versions: one copy each.
+    version = "2024.11.3"
+    payloads = [
+        make_report(
+            host=f"web-{i}",
+            services={"web": ServiceResult(present=(version,))},
+            installed={"web": (version,)},
+        ).encode()[1]
+        for i in range(2)
+    ]
+    first, second = (Report.decode(payload) for payload in payloads)
+    assert first.installed["web"][0] is second.installed["web"][0]
+    assert first.services["web"].present[0] is second.services["web"].present[0]

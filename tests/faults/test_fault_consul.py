@@ -1,0 +1,148 @@
+"""Consul failing under the master: errors, rate limits, dropped connections, and an index
+that goes backwards."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+
+import pytest
+from consul_server import ConsulServer, FaultKind
+from fault_fleet import FaultFleet, Figures, FleetFactory, Proc, wait_for
+
+from daybook.consul_registry import ConsulRegistry
+
+pytestmark = pytest.mark.faults
+
+PREFIX = "daybook/hosts/"
+FAILED_READ = "cannot read the mappings from"
+RECOVERED_READ = "are readable again after"
+# Failed requests to see during each outage before ending it: several retries, one log line.
+RETRIES_SEEN = 4
+
+
+@pytest.fixture
+def consul() -> Iterator[ConsulServer]:
+    # Blocking queries end within about a second, so an index that went backwards (which
+    # Consul reports only when a query returns) shows within the test's patience.
+    with ConsulServer(max_query_time_s=1.0, default_query_time_s=1.0) as server:
+        yield server
+
+
+def _failed_requests(consul: ConsulServer) -> int:
+    return sum(1 for r in consul.request_log if r.status is None or r.status >= 400)
+
+
+def _logged(process: Proc, line: str, times: int) -> bool:
+    return process.log().count(line) == times
+
+
+def _wait_for_service(fleet: FaultFleet, service: str) -> None:
+    def reported() -> bool:
+        report = fleet.last_report("web-1")
+        return report is not None and service in report.services and report.ok
+
+    wait_for(reported, f"web-1 reporting {service}")
+
+
+def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
+    consul: ConsulServer, make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet = make_fleet(registry=ConsulRegistry(consul.address), splay_s=0.0)
+    extra = ("api", "db", "cache", "queue")
+    for service in ("web", *extra):
+        fleet.push(service, "1")
+    fleet.map("web-*", "web")
+    master = fleet.start_master()
+    fleet.start_minion("web-1")
+    fleet.wait_converged(["web-1"], {"web": ["1"]})
+
+    faults: list[FaultKind] = ["no_leader", "rate_limited", "drop"]
+    services = ["web"]
+    web_versions = ["1"]
+    for outage, (kind, added) in enumerate(zip(faults, extra, strict=False), start=1):
+        consul.clear_request_log()
+        consul.inject_fault(kind, count=100_000)
+        wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, f"the master retrying ({kind})")
+
+        # The master keeps serving the last mappings it read: a new version still goes out.
+        version = str(outage + 1)
+        fleet.push("web", version)
+        web_versions.append(version)
+        fleet.wait_converged(["web-1"], {"web": web_versions})
+        # A change made during the outage, which the master cannot see yet.
+        services.append(added)
+        consul.put(PREFIX + "web-*", ",".join(services))
+        report = fleet.last_report("web-1")
+        assert report is not None
+        assert added not in report.services
+
+        consul.clear_faults()
+        recovered = time.monotonic()
+        _wait_for_service(fleet, added)
+        figures[f"{kind}_recovery_s"] = time.monotonic() - recovered
+        fleet.wait_converged(["web-1"], {s: ["1"] for s in services if s != "web"})
+
+        log = master.log()
+        assert log.count(FAILED_READ) == outage, f"one line per outage, not per retry:\n{log}"
+        wait_for(functools.partial(_logged, master, RECOVERED_READ, outage), "the recovery logged")
+
+    # Consul still down when the master restarts: it serves the desired state it stored.
+    consul.clear_request_log()
+    consul.inject_fault("no_leader", count=100_000)
+    wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, "the master retrying (down)")
+    master.kill()
+    restarted = time.monotonic()
+    master = fleet.start_master(same_ports=True)
+    web_versions.append(str(len(web_versions) + 1))
+    fleet.push("web", web_versions[-1])
+    fleet.wait_converged(["web-1"], {"web": web_versions})
+    figures["master_restart_while_down_s"] = time.monotonic() - restarted
+    report = fleet.last_report("web-1")
+    assert report is not None
+    assert sorted(report.services) == sorted(services), "the mappings from before the restart"
+    consul.clear_faults()
+    wait_for(functools.partial(_logged, master, RECOVERED_READ, 1), "the recovery logged")
+    assert master.log().count(FAILED_READ) == 1
+
+    # An index that goes backwards: reaped tombstones lower the prefix's index below the
+    # one the master holds, with no error at all.
+    consul.clear_request_log()
+    consul.put(PREFIX + "old-*", "web")
+    consul.delete(PREFIX + "old-*")
+    high = consul.kv_index
+    wait_for(
+        lambda: any(r.query.get("index") == [str(high)] for r in consul.request_log),
+        "the master watching from the delete's index",
+    )
+    consul.clear_request_log()
+    consul.reap_tombstones()
+    wait_for(
+        lambda: any("index" not in r.query for r in consul.request_log if r.method == "GET"),
+        "the master starting over from index 0",
+    )
+    services.append("queue")
+    consul.put(PREFIX + "web-*", ",".join(services))
+    assert consul.kv_index > high
+    moved = time.monotonic()
+    _wait_for_service(fleet, "queue")
+    figures["index_backwards_recovery_s"] = time.monotonic() - moved
+
+    # A restarted Consul that lost its data, repopulated: every index is lower than before.
+    consul.clear_request_log()
+    consul.inject_fault("drop", count=100_000)
+    consul.restart()
+    consul.put(PREFIX + "web-*", "web,api")
+    assert consul.kv_index < high
+    wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, "the master retrying (restart)")
+    consul.clear_faults()
+    restarted = time.monotonic()
+
+    def dropped_the_rest() -> bool:
+        report = fleet.last_report("web-1")
+        return report is not None and sorted(report.services) == ["api", "web"]
+
+    wait_for(dropped_the_rest, "the mappings read after the restart")
+    figures["restart_recovery_s"] = time.monotonic() - restarted
+    assert master.log().count(FAILED_READ) == 2, "this master's two outages, once each"

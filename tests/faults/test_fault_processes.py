@@ -1,0 +1,147 @@
+"""Processes dying or freezing: the master killed mid-sync, a minion killed mid-extraction,
+a minion paused through several syncs."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import pytest
+from fault_fleet import Figures, FleetFactory, many_files, wait_for
+
+from daybook.installer import LOCK_NAME
+from daybook.wire import SyncSummary
+
+pytestmark = pytest.mark.faults
+
+# Enough files that an extraction is still running when the test looks at it.
+BIG_FILES = 4000
+BIG_FILE_BYTES = 2048
+
+
+def test_a_minion_killed_mid_extraction_leaves_nothing_half_installed(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet = make_fleet(splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    minion = fleet.start_minion("web-1")
+    fleet.wait_converged(["web-1"], {"web": ["1"]})
+
+    files = many_files(BIG_FILES, BIG_FILE_BYTES)
+    fleet.push("web", "2", files)
+
+    def extracting() -> Path | None:
+        # Past the first directory of files: the extraction is under way, not just starting.
+        return next((p for p in fleet.partials("web-1", "web") if (p / "d002").exists()), None)
+
+    staging = wait_for(extracting, "the extraction of web 2 under way", timeout_s=20)
+    minion.kill()
+    lock = fleet.install_dir("web-1") / LOCK_NAME
+
+    assert staging.is_dir(), "the dead minion's staging tree is left as it was"
+    assert fleet.installed("web-1", "web") == ["1"], "no partial version is visible"
+    assert lock.read_text().strip() == str(minion.pid), "the dead process still owns the lock file"
+
+    restarted = time.monotonic()
+    fleet.start_minion("web-1")
+    fleet.wait_converged(["web-1"], {"web": ["1", "2"]})
+    figures["recovery_s"] = time.monotonic() - restarted
+
+    assert fleet.partials("web-1", "web") == [], "the stale staging tree was removed"
+    installed = fleet.install_dir("web-1") / "web" / "2"
+    assert sum(1 for p in installed.rglob("f*") if p.is_file()) == BIG_FILES
+    sample = installed / "d039" / "f03999"
+    assert sample.read_bytes() == files["d039/f03999"]
+    assert "removing stale partial install" in fleet.minions["web-1"].log()
+
+
+def test_a_master_killed_mid_sync_loses_and_duplicates_no_result(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    hosts = ("web-1", "web-2", "web-3")
+    # Splay spreads the minions' starts: when the master dies one is extracting, others
+    # are still waiting to begin.
+    fleet = make_fleet(splay_s=0.6)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    master = fleet.start_master()
+    for host in hosts:
+        fleet.start_minion(host)
+    fleet.wait_converged(hosts, {"web": ["1"]})
+
+    fleet.push("web", "2", many_files(2000, 1024))
+    started = fleet.sync()
+    assert started.expected == hosts
+
+    def extracting() -> bool:
+        return any((p / "d002").exists() for host in hosts for p in fleet.partials(host, "web"))
+
+    wait_for(extracting, "a minion extracting web 2", timeout_s=20)
+    master.kill()
+    restarted = time.monotonic()
+    fleet.start_master(same_ports=True)
+
+    def all_results() -> SyncSummary | None:
+        summary = fleet.client.sync_result(started.sync_id)
+        return summary if summary.complete else None
+
+    summary = wait_for(all_results, "every result of the interrupted sync")
+    figures["recovery_s"] = time.monotonic() - restarted
+    assert summary.expected == hosts
+    assert all(report.ok for report in summary.results.values())
+    fleet.wait_converged(hosts, {"web": ["1", "2"]})
+    for host in hosts:
+        report = summary.results[host]
+        assert sorted(report.services["web"].installed + report.services["web"].present) == [
+            "1",
+            "2",
+        ]
+
+    assert fleet.unanswered() == {}, "every sync got every expected host's result"
+    counts = fleet.reports_per_sync_and_host()
+    assert [key for key, count in counts.items() if count > 1] == [], "nothing recorded twice"
+    figures["reports"] = sum(counts.values())
+
+
+def test_a_paused_minion_is_shown_down_and_catches_up_when_resumed(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet = make_fleet(splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    fleet.start_minion("web-1")
+    paused = fleet.start_minion("web-2")
+    fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+
+    paused.pause()
+    paused_at = time.monotonic()
+    versions = ["1"]
+    for version in ("2", "3", "4"):
+        fleet.push("web", version)
+        versions.append(version)
+        sync = fleet.sync()
+        wait_for(
+            functools.partial(fleet.has_result, sync.sync_id, "web-1"),
+            f"web-1's result for the sync of web {version}",
+        )
+        if version == "2":
+            fleet.wait_down("web-2")
+            figures["shown_down_after_s"] = time.monotonic() - paused_at
+        else:
+            assert sync.expected == ("web-1",), "a host shown down is not waited for"
+    fleet.wait_converged(["web-1"], {"web": versions})
+    assert fleet.installed("web-2", "web") == ["1"]
+
+    paused.resume()
+    resumed = time.monotonic()
+    fleet.wait_up("web-2")
+    fleet.wait_converged(["web-1", "web-2"], {"web": versions})
+    figures["recovery_s"] = time.monotonic() - resumed
+    # The syncs issued before it was shown down waited for it: they have its answer now.
+    wait_for(lambda: fleet.unanswered() == {}, "every sync answered by every expected host")
+    counts = fleet.reports_per_sync_and_host()
+    assert [key for key, count in counts.items() if count > 1] == []

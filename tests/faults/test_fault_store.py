@@ -1,0 +1,282 @@
+"""The store and the disk failing: S3 stopped mid-download, a tampered asset, a full disk."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+import pytest
+from archives import make_asset
+from fault_fleet import (
+    FaultFleet,
+    Figures,
+    FleetFactory,
+    asset_sha256,
+    incompressible,
+    many_files,
+    wait_for,
+)
+from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
+from stoppable_s3 import StoppableS3, quiet_werkzeug
+
+from daybook.local_store import LocalStore
+from daybook.naming import AssetRef
+from daybook.s3_store import S3Store
+from daybook.store import Store
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+pytestmark = pytest.mark.faults
+
+MIB = 1024 * 1024
+HOSTS = ("web-1", "web-2")
+
+
+# -- S3 stopped during downloads ----------------------------------------------------------------
+
+
+@pytest.fixture
+def stoppable_s3(s3_env: str) -> Iterator[StoppableS3]:
+    """A moto server of this test's own, that it may stop and start again; its downloads
+    trickle at 2 MiB/s."""
+    restore = quiet_werkzeug()
+    server = StoppableS3(rate_bytes_per_s=2 * MIB)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        restore()
+
+
+def _client(endpoint: str) -> S3Client:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=TEST_REGION,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+    )
+
+
+def test_s3_stopped_during_downloads_fails_clearly_then_converges(
+    stoppable_s3: StoppableS3, make_fleet: FleetFactory, figures: Figures
+) -> None:
+    client = _client(stoppable_s3.endpoint)
+    bucket = f"daybook-faults-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    store = S3Store(bucket, client=client)
+    # Two attempts per S3 request (the user's AWS_MAX_ATTEMPTS is honoured), so a dead
+    # endpoint is reported in seconds rather than the default's half minute.
+    env = {"AWS_ENDPOINT_URL": stoppable_s3.endpoint, "AWS_MAX_ATTEMPTS": "2"}
+    fleet = make_fleet(store=store, env=env, splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    for host in HOSTS:
+        fleet.start_minion(host)
+    fleet.wait_converged(HOSTS, {"web": ["1"]})
+
+    # About 1.5 s per download at the server's rate.
+    fleet.push("web", "2", {"blob": incompressible(3 * MIB)})
+    wait_for(lambda: stoppable_s3.transfers_in_flight >= len(HOSTS), "both downloads running")
+    port = stoppable_s3.port
+    stoppable_s3.stop()
+    stopped = time.monotonic()
+    assert stoppable_s3.broken_transfers >= 1
+
+    def failure_reported(host: str) -> bool:
+        report = fleet.last_report(host)
+        if report is None or report.ok:
+            return False
+        result = report.services["web"]
+        return "2" in result.failed or result.error is not None
+
+    for host in HOSTS:
+        wait_for(functools.partial(failure_reported, host), f"{host} reporting the outage")
+        figures[f"{host}_failure_reported_after_s"] = time.monotonic() - stopped
+        assert fleet.installed(host, "web") == ["1"]
+        assert fleet.partials(host, "web") == []
+        log = fleet.minions[host].log()
+        assert "retrying in" in log, "a broken-off download is retried with backoff"
+    report = fleet.last_report("web-1")
+    assert report is not None
+    reason = report.services["web"].failed.get("2") or report.services["web"].error or ""
+    assert stoppable_s3.endpoint in reason, reason
+
+    stoppable_s3.start()
+    assert stoppable_s3.port == port
+    restarted = time.monotonic()
+    fleet.wait_converged(HOSTS, {"web": ["1", "2"]}, timeout_s=60)
+    figures["recovery_s"] = time.monotonic() - restarted
+    for host in HOSTS:
+        blob = fleet.install_dir(host) / "web" / "2" / "blob"
+        assert blob.read_bytes() == incompressible(3 * MIB)
+    assert fleet.master is not None
+    master_log = fleet.master.log()
+    assert master_log.count("cannot list the store") == 1, "the outage is logged once"
+    assert master_log.count("is readable again") == 1
+
+
+# -- a tampered asset ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        return LocalStore(tmp_path / "store")
+    request.getfixturevalue("s3_env")  # minions reach the shared moto server through env
+    return S3Store(request.getfixturevalue("s3_bucket"))
+
+
+def _tamper(store: Store, ref: AssetRef, content: bytes, request: pytest.FixtureRequest) -> None:
+    """Replace the asset's bytes behind the store's back, keeping the recorded checksum."""
+    if isinstance(store, LocalStore):
+        # In place: the same file (inode), so the checksum recorded for it still applies.
+        with (store.root / ref.filename).open("r+b") as handle:
+            handle.truncate(0)
+            handle.write(content)
+        return
+    assert isinstance(store, S3Store)
+    info = store.stat(ref)
+    assert info is not None
+    assert info.sha256 is not None
+    s3_client: S3Client = request.getfixturevalue("s3_client")
+    s3_client.put_object(
+        Bucket=request.getfixturevalue("s3_bucket"),
+        Key=store.key_for(ref),
+        Body=content,
+        Metadata={"sha256": info.sha256},
+    )
+
+
+def test_a_tampered_asset_is_refused_reported_and_never_installed(
+    any_store: Store,
+    make_fleet: FleetFactory,
+    figures: Figures,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    fleet = make_fleet(store=any_store, splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    fleet.start_minion("web-1")
+    fleet.wait_converged(["web-1"], {"web": ["1"]})
+
+    good = fleet.push("web", "2")
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    evil = make_asset(evil_dir, "web", "2", {"bin/run": b"#!/bin/sh\necho owned\n"})
+    _tamper(any_store, AssetRef("web", "2"), evil.read_bytes(), request)
+
+    def refused() -> str | None:
+        report = fleet.last_report("web-1")
+        return report.services["web"].failed.get("2") if report is not None else None
+
+    reason = wait_for(refused, "the tampered version reported")
+    assert "SHA-256 mismatch" in reason, reason
+    first = fleet.last_report("web-1")
+    assert first is not None
+    # It is tried again on every republish, and refused every time.
+    wait_for(
+        lambda: (
+            (r := fleet.last_report("web-1")) is not None
+            and r.finished_at > first.finished_at
+            and "2" in r.services["web"].failed
+        ),
+        "the tampered version refused again",
+    )
+    assert fleet.installed("web-1", "web") == ["1"]
+    assert fleet.partials("web-1", "web") == []
+
+    fixed = time.monotonic()
+    any_store.upload(good, AssetRef("web", "2"), sha256=asset_sha256(good), overwrite=True)
+    fleet.wait_converged(["web-1"], {"web": ["1", "2"]})
+    figures["recovery_s"] = time.monotonic() - fixed
+    run = fleet.install_dir("web-1") / "web" / "2" / "bin" / "run"
+    assert run.read_bytes() == b"#!/bin/sh\necho web 2\n"
+
+
+# -- a full disk --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, unmounted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    try:
+        yield mount_point
+    finally:
+        umount = ["umount", str(mount_point)]
+        if subprocess.run(umount, check=False, capture_output=True, timeout=10).returncode:
+            # Something still holds it: detach it anyway, it goes once released.
+            subprocess.run([*umount, "-l"], check=False, capture_output=True, timeout=10)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the disk has not one page left; return it."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 4096)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return ballast
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_fails_clearly_and_installs_once_space_is_freed(
+    small_disk: Path, make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet: FaultFleet = make_fleet(splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    # Full before the minion ever ran: not even its lock file can hold a byte.
+    ballast = _fill(small_disk)
+    fleet.start_minion("web-1", install_dir=small_disk)
+    expected = f"no space left on the device holding {small_disk}"
+
+    for version, wanted in (("1", ["1"]), ("2", ["1", "2"])):
+        if version == "2":
+            ballast = _fill(small_disk)
+            fleet.push("web", version, many_files(200, 4096))
+
+        def failed(v: str = version) -> str | None:
+            report = fleet.last_report("web-1")
+            result = report.services.get("web") if report is not None else None
+            return result.failed.get(v) if result is not None else None
+
+        reason = wait_for(failed, f"the full disk reported for web {version}")
+        assert reason == expected
+        assert fleet.installed("web-1", "web") == wanted[:-1], "no partial version"
+        assert fleet.partials("web-1", "web") == []
+
+        ballast.unlink()
+        freed = time.monotonic()
+        fleet.wait_converged(["web-1"], {"web": wanted})
+        figures[f"recovery_{version}_s"] = time.monotonic() - freed
+    assert len(list((small_disk / "web" / "2").rglob("f*"))) == 200
