@@ -150,8 +150,13 @@ class Attackers:
             "local": self._socket(context, zmq.DEALER, e["local"], None),
         }
         # The accepted key names its host first, so later lies are about another host.
-        self.channels["accepted-push"].send_multipart(
-            Heartbeat(host="fuzz-1", boot_id="b", started_at=1.0, sent_at=1.0).encode()
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """A heartbeat from the accepted fuzzer, which keeps it live for down_after_s."""
+        self.send(
+            "accepted-push",
+            Heartbeat(host="fuzz-1", boot_id="b", started_at=1.0, sent_at=1.0).encode(),
         )
 
     def _socket(
@@ -230,8 +235,13 @@ def test_the_master_survives_random_frames_and_keeps_serving(master: RunningMast
         assert master.thread.is_alive()
         (web1,) = live_minions(context, master, "web-1")
         with master.client() as client:
-            # The accepted fuzzer got through (its first heartbeat made it live)...
-            assert "fuzz-1" in client.run_sync(None, wait=False, timeout_s=5.0).expected
+            # The accepted fuzzer got through: its heartbeats make it live. The fuzz may have
+            # outlasted down_after_s on a loaded machine, so it sends a fresh one first.
+            def fuzzer_is_expected() -> bool:
+                attackers.heartbeat()
+                return "fuzz-1" in client.run_sync(None, wait=False, timeout_s=5.0).expected
+
+            wait_for(fuzzer_is_expected, "the accepted fuzzer to be live")
             summary = client.run_sync("web-*", wait=False, timeout_s=5.0)
             assert summary.expected == ("web-1",)
             web1.report(web1.event_for(summary.sync_id))
