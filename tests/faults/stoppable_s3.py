@@ -68,6 +68,10 @@ class StoppableS3:
 
     def stop(self) -> None:
         """Stop listening and break off every transfer in flight, as a dead endpoint does."""
+        # Counted before anything wakes: a woken transfer may end and leave the set at once.
+        with self._lock:
+            transfers = list(self._transfers)
+            self.broken_transfers += len(transfers)
         self._stopped.set()
         server, self._server = self._server, None
         if server is not None:
@@ -76,8 +80,6 @@ class StoppableS3:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        with self._lock:
-            transfers = list(self._transfers)
         for connection in transfers:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
@@ -113,8 +115,6 @@ class StoppableS3:
                 close()
 
     def _break(self, connection: socket.socket) -> None:
-        with self._lock:
-            self.broken_transfers += 1
         with contextlib.suppress(OSError):
             connection.shutdown(socket.SHUT_RDWR)
         # werkzeug takes a ConnectionError as the client having gone, and logs nothing.

@@ -121,8 +121,11 @@ def test_s3_stopped_during_downloads_fails_clearly_then_converges(
     for host in HOSTS:
         blob = fleet.install_dir(host) / "web" / "2" / "blob"
         assert blob.read_bytes() == incompressible(3 * MIB)
-    assert fleet.master is not None
-    master_log = fleet.master.log()
+    master = fleet.master
+    assert master is not None
+    # Minions can converge before the master's next store poll notices the store is back.
+    wait_for(lambda: "is readable again" in master.log(), "the master seeing the store back")
+    master_log = master.log()
     assert master_log.count("cannot list the store") == 1, "the outage is logged once"
     assert master_log.count("is readable again") == 1
 
