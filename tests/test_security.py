@@ -460,6 +460,10 @@ def test_a_real_minion_is_pending_under_its_host_and_accepted_by_name(
         assert cli("keys", "accept", "web-9", *as_master)[0] == 2
         assert cli("keys", "accept", "web-1", *as_master)[0] == 0
         wait_value(lambda: minion.installed("web") == ["1"], "web-1 installs once accepted")
+        # Installing can beat the first accepted heartbeat to the master; be sure it is up.
+        wait_value(
+            lambda: _hosts(master).get("web-1", {}).get("up") is True, "web-1 up at the master"
+        )
 
         code, deleted = cli("keys", "delete", "web-1", "--json", *as_master)
         assert (code, deleted["action"], deleted["host"]) == (0, "delete", "web-1")
