@@ -65,9 +65,26 @@ def main_entry() -> None:
     sys.exit(main())
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted.
+
+    A handler bound to the stream of the moment would keep writing to a closed stream once
+    `sys.stderr` is swapped (pytest's capture, a daemon redirecting its output), from
+    background threads that outlive the command that configured logging.
+    """
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("daybook: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
