@@ -14,13 +14,11 @@ import os
 import re
 import stat
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-import zmq.auth
 import zmq.utils.z85
 
 from daybook.errors import ConfigError
@@ -132,6 +130,8 @@ def load_or_create_keypair(directory: Path, name: str) -> tuple[KeyPair, bool]:
 
 
 def _read_keypair(path: Path) -> KeyPair:
+    import zmq.auth  # not at module level: an operator on the local socket reads no keys
+
     check_private_file(path)
     try:
         public, secret = zmq.auth.load_certificate(path)
@@ -148,6 +148,8 @@ def _read_keypair(path: Path) -> KeyPair:
 
 def read_public_key(path: Path) -> str | None:
     """The public key in a certificate file, or None if there is none."""
+    import zmq.auth
+
     try:
         public, _ = zmq.auth.load_certificate(path)
     except OSError:
@@ -188,6 +190,8 @@ def _write_certificate(
     lines += ["curve\n", f'    public-key = "{public}"\n']
     if secret is not None:
         lines.append(f'    secret-key = "{secret}"\n')
+    import tempfile  # only when a key is written, not on every operator command
+
     # mkstemp creates the file 0600 before a byte is written, so the secret is never exposed.
     fd, temp = tempfile.mkstemp(prefix=f".{kind}.", dir=directory)
     try:

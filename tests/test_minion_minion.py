@@ -37,6 +37,10 @@ class FakeSocket:
             raise zmq.Again
         return self.inbox.pop(0)
 
+    def getsockopt(self, option: int) -> int:
+        assert option == zmq.EVENTS
+        return zmq.POLLIN if self.inbox else 0
+
     def send_multipart(self, frames: list[bytes], flags: int = 0) -> None:
         self.sent.append(list(frames))
 
@@ -161,3 +165,27 @@ def test_heartbeats_say_what_was_applied(harness: Harness) -> None:
     harness.minion.tick(106.0)  # not due yet
     assert isinstance(harness.sent()[-1], Heartbeat)
     assert len(harness.sent()) == 3
+
+
+def test_the_subscriber_reads_what_waits_on_a_real_socket_up_to_its_limit() -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    push = context.socket(zmq.PUSH)
+    try:
+        pull.bind("inproc://events")
+        push.connect("inproc://events")
+        for seq in (1, 2):
+            push.send_multipart(event(seq).encode())
+        push.send_multipart([b"sync", b"not msgpack"])
+        push.send_multipart(event(3).encode())
+        assert pull.poll(5000, zmq.POLLIN)
+        subscriber = EventSubscriber(pull)
+
+        assert [e.seq for e in subscriber.receive_batch(2)] == [1, 2]
+        assert [e.seq for e in subscriber.receive_batch(64)] == [3]
+        assert subscriber.receive_batch(64) == []
+        assert (subscriber.received, subscriber.malformed) == (3, 1)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        context.term()
