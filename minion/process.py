@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import zmq
 from daybook.config import Settings
 from daybook.control import ControlClient
 from daybook.errors import ConfigError, FleetError
-from daybook.installer import Installer
+from daybook.installer import Installer, SyncOutcome
 from daybook.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag, stop_on_signals
@@ -31,6 +31,7 @@ from daybook.wire import MAX_FRAME_BYTES, TOPIC_SYNC
 from minion.desired import DesiredStateCache
 from minion.driver import Driver
 from minion.enrollment import Enrollment
+from minion.install_child import ChildInstaller
 from minion.memory import MinionMemory
 from minion.minion import Callback, Minion
 from minion.reporter import Reporter
@@ -50,6 +51,8 @@ RECONNECT_MAX_MS = 2000
 # other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
 LINK_TIMEOUT_INTERVALS = 3
 MIN_LINK_HEARTBEAT_MS = 100
+# How long a stopping minion waits for its sync thread once the install child is killed.
+CHILD_REAP_TIMEOUT_S = 5.0
 
 
 def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> None:
@@ -85,9 +88,11 @@ def connect_minion(
     spawn: Callable[[Callback], None] = start_daemon_thread,
     persist: Callable[[Callback], None] = lambda save: save(),
     credentials: ClientCredentials | None = None,
+    install: Callable[[Sequence[str]], SyncOutcome] | None = None,
 ) -> Minion:
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
-    CURVE with `credentials`; None is the insecure opt-out)."""
+    CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
+    in-process installer for syncs that download (a child process: see run_minion)."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
@@ -121,7 +126,7 @@ def connect_minion(
         # A download retry waits no longer than the minion keeps running.
         pause=lambda seconds: not stop.wait(seconds),
     )
-    syncer = Syncer(spec.host, Applier(installer, memory, splay), cache, memory)
+    syncer = Syncer(spec.host, Applier(installer, memory, splay, install), cache, memory)
     return Minion(
         host=spec.host,
         subscriber=EventSubscriber(subscriber_socket),
@@ -225,8 +230,13 @@ def run_minion(
     stop = stop or StopFlag()
     spec = MinionSpec(settings.hostname, settings.data_dir, settings.install_dir)
     spec.data_dir.mkdir(parents=True, exist_ok=True)
-    # boto3 loads on the first download, not at start-up: an idle minion stays small.
+    # Downloads run in a child process, which alone loads the S3 client: the minion itself
+    # stays small for its whole life. The lazy store is for the installed-versions reads
+    # (local) of the parent's installer and is never opened here.
     store = open_store(settings.store, lazy=True)
+    installs = ChildInstaller(
+        settings.store, spec.install_dir, max_parallel=settings.max_parallel_downloads
+    )
     mailbox: Mailbox[Callback] = Mailbox()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     minion: Minion | None = None
@@ -252,7 +262,10 @@ def run_minion(
             cache=DesiredStateCache(),
             stop=stop,
             credentials=credentials,
+            install=installs.sync,
         )
+        # A stopping minion's child gives up retrying downloads, as the minion itself would.
+        stop.on_set(installs.stop)
         if credentials is not None:
             start_enrollment(context, settings, credentials, stop)
         driver = Driver([minion], mailbox)
@@ -268,9 +281,14 @@ def run_minion(
             driver.run(stop)
         finally:
             restore()
-        minion.stop(drain_timeout_s)
+        if not minion.stop(drain_timeout_s):
+            # No install outlives the minion: the child is ended and reaped (the next
+            # install removes its staging tree), and its sync is abandoned unreported.
+            installs.kill()
+            minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
         driver.run_callbacks()  # the last reports go out before the sockets close
     finally:
+        installs.kill()
         if minion is not None:
             close_minion(minion)
         context.term()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daybook.errors import DaybookError
-from daybook.installer import Installer, ServiceResult, sorted_versions
+from daybook.installer import Installer, ServiceResult, SyncOutcome, sorted_versions
 from daybook.patterns import Resolution
 from daybook.wire import DesiredState, Report, SyncEvent, clip_text, versions_digest
 from minion.desired import DesiredStateCache
@@ -85,11 +85,15 @@ class Applier:
         installer: Installer,
         memory: MinionMemory,
         splay: Callable[[], bool],
+        install: Callable[[Sequence[str]], SyncOutcome] | None = None,
     ) -> None:
         self._installer = installer
         self._memory = memory
         # Waits the random pre-download delay; False if the minion is stopping meanwhile.
         self._splay = splay
+        # Installs the changed services: the installer itself, or a child process running
+        # it (a minion process: see minion.install_child). It may raise Cancelled.
+        self._install = install or installer.sync
 
     def apply(self, desired: DesiredState, resolution: Resolution) -> Outcome:
         services = resolution.services
@@ -104,7 +108,7 @@ class Applier:
             # Spread the fleet's downloads; a no-op sync answers at once instead.
             if not self._splay():
                 raise Cancelled
-            outcome = self._installer.sync(steps.changed)
+            outcome = self._install(steps.changed)
             for service in steps.changed:
                 result = _clipped(outcome.services[service])
                 results[service] = result

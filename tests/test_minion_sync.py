@@ -4,15 +4,22 @@ and what it remembers across restarts."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import shutil
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from archives import make_asset
 
-from daybook.installer import Installer
+from daybook.errors import LockError
+from daybook.installer import Installer, InstallLock
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
 from daybook.patterns import PatternTable
@@ -25,6 +32,7 @@ from daybook.wire import (
     versions_digest,
 )
 from minion.desired import DesiredStateCache
+from minion.install_child import EXIT_ORPHANED, ChildInstaller, InstallChildError, InstallJob
 from minion.memory import AppliedService, MinionMemory
 from minion.sync import Applier, Cancelled, Job, Syncer, SyncRunner, plan
 
@@ -194,6 +202,128 @@ def test_stopping_during_the_splay_cancels_before_any_download(fx: Fixture) -> N
     fx.splay_result = False
     with pytest.raises(Cancelled):
         fx.apply({"*": ("web",)})
+    assert not (fx.install_dir / "web" / "1").exists()
+
+
+# -- the install child ------------------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.01)
+
+
+def test_an_install_child_answers_exactly_as_the_installer_would(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    in_process, in_child = Fixture(tmp_path / "a"), Fixture(tmp_path / "b")
+    children = ChildInstaller(in_child.local.url, in_child.install_dir, max_parallel=2)
+    in_child.applier = Applier(
+        Installer(in_child.store, in_child.install_dir),
+        in_child.memory,
+        in_child.splay,
+        children.sync,
+    )
+    for fx in (in_process, in_child):
+        for service, version in (("web", "1"), ("web", "10"), ("web", "9"), ("api", "1")):
+            push(fx.local, fx.tmp_path, service, version)
+        (fx.local.root / "api-2.tar.gz").write_bytes(b"not a tarball")
+    # web installs, api half fails, db has no version at all.
+    mappings = {"web-*": ("web", "api", "db")}
+    expected = in_process.apply(mappings)
+    outcome = in_child.apply(mappings)
+    assert children.children_started == 1
+    assert outcome == expected
+    assert outcome.services["web"].installed == ("1", "9", "10")
+    assert list(outcome.services["api"].failed) == ["2"]
+    run = in_child.install_dir / "web" / "10" / "bin" / "run"
+    assert run.read_bytes() == b"#!/bin/sh\necho web 10\n"
+
+    # A no-op sync starts no child.
+    in_child.apply({"web-*": ("web",)})
+    assert children.children_started == 1
+
+
+def test_an_install_child_fails_with_the_installers_own_error(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    installer = Installer(fx.local, fx.install_dir, lock_timeout_s=0.1)
+    children = ChildInstaller(fx.local.url, fx.install_dir, max_parallel=1, lock_timeout_s=0.1)
+    with InstallLock(fx.install_dir):
+        with pytest.raises(LockError) as in_process:
+            installer.sync(["web"])
+        with pytest.raises(InstallChildError) as in_child:
+            children.sync(["web"])
+    assert str(in_child.value) == str(in_process.value)
+    assert not (fx.install_dir / "web" / "1").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
+        ("print('garbage')", "no usable answer (exit status 0)"),
+        ("import sys; sys.exit(1)", "no usable answer (exit status 1)"),
+    ],
+)
+def test_an_install_child_that_dies_fails_the_sync(tmp_path: Path, code: str, error: str) -> None:
+    children = ChildInstaller(
+        "file:///nowhere", tmp_path, max_parallel=1, argv=[sys.executable, "-c", code]
+    )
+    with pytest.raises(InstallChildError, match=re.escape(error)):
+        children.sync(["web"])
+
+
+def test_a_stopping_minion_kills_its_install_child_and_cancels_the_sync(tmp_path: Path) -> None:
+    # A child that never answers, like one stuck in a long extraction.
+    stuck = [sys.executable, "-c", "import time; time.sleep(60)"]
+    children = ChildInstaller("file:///nowhere", tmp_path, max_parallel=1, argv=stuck)
+    raised: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            children.sync(["web"])
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=sync)
+    worker.start()
+    wait_until(lambda: children.children_started == 1, "the install child to start")
+    children.stop()  # asks, and the stuck child does not listen
+    children.kill()
+    worker.join(WAIT_S)
+    assert not worker.is_alive()
+    assert [type(exc) for exc in raised] == [Cancelled]
+    with pytest.raises(Cancelled):
+        children.sync(["web"])  # and no child starts after the kill
+    assert children.children_started == 1
+
+
+def test_an_install_child_whose_minion_is_gone_exits_at_once(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    job = InstallJob(fx.local.url, fx.install_dir, ("web",), 1, 60.0, logging.WARNING)
+    # The held lock keeps the child from installing: it can only leave by noticing.
+    with InstallLock(fx.install_dir):
+        child = subprocess.Popen(
+            [sys.executable, "-m", "minion.install_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert child.stdin is not None
+        assert child.stderr is not None
+        child.stdin.write(job.encode())
+        child.stdin.close()  # what the kernel does when the minion dies
+        try:
+            status = child.wait(WAIT_S)
+        finally:
+            child.kill()
+            child.wait()
+        log = child.stderr.read().decode()
+        child.stderr.close()
+        assert status == EXIT_ORPHANED, log
+        assert "the minion is gone" in log
     assert not (fx.install_dir / "web" / "1").exists()
 
 
