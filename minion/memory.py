@@ -71,6 +71,12 @@ class MinionMemory:
         with self._lock:
             return list(self._reported)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether something was recorded that `save` has not written yet."""
+        with self._lock:
+            return self._dirty
+
     def outbox(self) -> list[bytes]:
         """The latest reports' payloads, oldest first."""
         with self._lock:

@@ -128,9 +128,14 @@ class Minion:
         synced = self._syncer.run(job)
         self._mailbox.post(functools.partial(self._finished, job.event, synced.reports))
         # The reports are on their way; now remember them (and the applied digests), in
-        # memory at once so the next sync plans with them, on disk when `persist` runs.
+        # memory at once so the next sync plans with them. Changed services go to disk at
+        # once: they spare a restarted minion its store listings. A no-op only adds its
+        # report, which waits for the next heartbeat: a burst of syncs costs one write, and
+        # a swarm's thousand minions do not all write as the next sync comes in. Losing it
+        # in a crash costs at most a report sent twice, which the master drops.
         self._syncer.remember(synced)
-        self._persist(self._memory.save)
+        if synced.applied:
+            self._persist(self._memory.save)
 
     def _finished(self, event: SyncEvent, reports: list[Report]) -> None:
         # A report also tells the master this minion is alive and which state it applied.
@@ -150,6 +155,8 @@ class Minion:
                 log.info("the link to the master is back; sending the latest reports again")
                 self._resend_outbox()
             self.reporter.send(self.heartbeat())
+            if self._memory.dirty:
+                self._persist(self._memory.save)
 
     def heartbeat(self) -> Heartbeat:
         applied = self._applied

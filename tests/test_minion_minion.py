@@ -15,8 +15,9 @@ from daybook.wire import (
     Report,
     SyncEvent,
     decode_frames,
+    versions_digest,
 )
-from minion.memory import MinionMemory
+from minion.memory import STATE_FILE, AppliedService, MinionMemory
 from minion.minion import Callback, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
@@ -57,13 +58,29 @@ class FakeSyncer:
         pass
 
 
+class RememberingSyncer(FakeSyncer):
+    """Remembers like the real Syncer; `applied` is what each sync reports as changed."""
+
+    def __init__(self, memory: MinionMemory) -> None:
+        super().__init__()
+        self.memory = memory
+        self.applied: dict[str, AppliedService | None] = {}
+
+    def run(self, job: Job) -> Synced:
+        return Synced(super().run(job).reports, dict(self.applied))
+
+    def remember(self, synced: Synced) -> None:
+        self.memory.record(dict(synced.applied), synced.reports)
+
+
 class Harness:
-    def __init__(self, tmp_path: Path, host: str = "web-1") -> None:
+    def __init__(self, tmp_path: Path, host: str = "web-1", *, remembering: bool = False) -> None:
         self.sub = FakeSocket()
         self.push = FakeSocket()
-        self.syncer = FakeSyncer()
-        self.mailbox: Mailbox[Callback] = Mailbox()
         self.memory = MinionMemory(tmp_path, tmp_path / "install")
+        self.syncer = RememberingSyncer(self.memory) if remembering else FakeSyncer()
+        self.mailbox: Mailbox[Callback] = Mailbox()
+        self.state_file = tmp_path / STATE_FILE
         self.minion = Minion(
             host=host,
             subscriber=EventSubscriber(self.sub),  # type: ignore[arg-type]
@@ -142,6 +159,29 @@ def test_reported_sync_ids_survive_a_restart(tmp_path: Path) -> None:
     second = Harness(tmp_path)
     second.deliver(event(1))
     assert [job.report_for for job in second.syncer.jobs] == [[]]
+
+
+def test_a_no_op_sync_is_written_down_with_the_next_heartbeat(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, remembering=True)
+    harness.minion.tick(100.0)
+    harness.deliver(event(1))
+    assert harness.reported() == ["s1"]
+    assert not harness.state_file.exists()  # not on the heels of the answer
+    harness.minion.tick(104.0)  # no heartbeat due, no write
+    assert not harness.state_file.exists()
+    harness.minion.tick(105.0)
+    assert MinionMemory(harness.state_file.parent, Path("unused")).reported() == ["s1"]
+    assert not harness.memory.dirty
+
+
+def test_a_sync_that_changed_services_is_written_down_at_once(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, remembering=True)
+    assert isinstance(harness.syncer, RememberingSyncer)
+    harness.syncer.applied = {"web": AppliedService(versions_digest(["1.0"]), ("1.0",))}
+    harness.deliver(event(1))
+    saved = MinionMemory(harness.state_file.parent, harness.state_file.parent / "install")
+    assert saved.reported() == ["s1"]
+    assert saved.applied("web") == AppliedService(versions_digest(["1.0"]), ("1.0",))
 
 
 def test_malformed_events_are_counted_and_dropped(harness: Harness) -> None:
