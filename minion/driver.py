@@ -36,15 +36,23 @@ class Driver:
             poller.register(minion.socket, zmq.POLLIN)
             by_socket[minion.socket] = minion
         poller.register(self._mailbox.fileno(), zmq.POLLIN)
+        # Between two turns of a backlog only the mailbox needs a look: polling a thousand
+        # sockets costs about a millisecond, and their readiness is already known.
+        mailbox_only = zmq.Poller()
+        mailbox_only.register(self._mailbox.fileno(), zmq.POLLIN)
         backlog: list[Minion] = []
+        next_tick = -math.inf
         while not stop.is_set():
-            self._tick()
-            timeout_ms = 0 if backlog else self._timeout_ms()
-            ready = {item for item, _ in poller.poll(timeout_ms)}
+            now = self._monotonic()
+            if now >= next_tick:
+                next_tick = self._tick(now)
+            if backlog:
+                ready = {item for item, _ in mailbox_only.poll(0)}
+            else:
+                ready = {item for item, _ in poller.poll(self._timeout_ms(next_tick))}
+                backlog = [by_socket[item] for item in ready if isinstance(item, zmq.Socket)]
             if self._mailbox.fileno() in ready:
                 self.run_callbacks()
-            if not backlog:
-                backlog = [by_socket[item] for item in ready if isinstance(item, zmq.Socket)]
             turn, backlog = backlog[:SOCKETS_PER_TURN], backlog[SOCKETS_PER_TURN:]
             for minion in turn:
                 minion.on_readable()
@@ -53,13 +61,13 @@ class Driver:
         for callback in self._mailbox.drain():
             callback()
 
-    def _tick(self) -> None:
-        now = self._monotonic()
+    def _tick(self, now: float) -> float:
+        """Tick every minion; the time the next one is due (heartbeats only move on ticks)."""
         for minion in self._minions:
             minion.tick(now)
+        return min((m.next_heartbeat for m in self._minions), default=math.inf)
 
-    def _timeout_ms(self) -> int:
-        nearest = min((m.next_heartbeat for m in self._minions), default=math.inf)
-        if math.isinf(nearest):
+    def _timeout_ms(self, next_tick: float) -> int:
+        if math.isinf(next_tick):
             return 1000
-        return max(0, math.ceil((nearest - self._monotonic()) * 1000))
+        return max(0, math.ceil((next_tick - self._monotonic()) * 1000))
