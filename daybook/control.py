@@ -14,8 +14,8 @@ CURVE with this node's operator key, which the master must have accepted.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,7 +274,9 @@ class ControlClient:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits, as a uuid4 would carry, without importing uuid (and platform) into
+    # every operator command.
+    return os.urandom(16).hex()
 
 
 def _expect_sync(reply: ControlReply, endpoint: str) -> SyncSummary:
