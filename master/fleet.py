@@ -96,13 +96,16 @@ class Fleet:
         return dirty
 
     def status(self, epoch: int, now: float) -> FleetStatus:
+        # `is_up` inlined: this runs over every host for each snapshot of a large fleet.
+        cut_off = self._cut_off
+        seen_since = now - self.down_after_s
         return FleetStatus(
             epoch=epoch,
             now=now,
             hosts={
                 host: HostStatus(
                     host=host,
-                    up=self.is_up(host, now),
+                    up=host not in cut_off and record.last_seen >= seen_since,
                     last_seen=record.last_seen,
                     boot_id=record.boot_id,
                     started_at=record.started_at,
@@ -166,8 +169,11 @@ class SyncBook:
     those are the ones reports arrive for, operators wait on, and republishes repeat.
     """
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, max_results: int = 10_000) -> None:
         self._capacity = capacity
+        # Every sync holds a report per host (a kilobyte or two each): in a large fleet,
+        # older syncs go sooner, so that memory does not grow with the fleet times 64.
+        self._max_results = max_results
         self._syncs: OrderedDict[str, SyncRecord] = OrderedDict()
         self._waiters: list[Waiter] = []
 
@@ -180,11 +186,15 @@ class SyncBook:
     def add(self, record: SyncRecord) -> None:
         self._syncs[record.sync_id] = record
         self._syncs.move_to_end(record.sync_id)
-        while len(self._syncs) > self._capacity:
+        results = sum(len(held.results) for held in self._syncs.values())
+        # The newest sync always stays, however many results it holds.
+        while len(self._syncs) > self._capacity or (
+            results > self._max_results and len(self._syncs) > 1
+        ):
             oldest = next(iter(self._syncs))
             if any(w.sync_id == oldest for w in self._waiters):
                 break  # someone still waits on it; it goes once they are answered
-            del self._syncs[oldest]
+            results -= len(self._syncs.pop(oldest).results)
 
     def get(self, sync_id: str) -> SyncRecord | None:
         return self._syncs.get(sync_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import threading
@@ -22,6 +23,7 @@ from collections.abc import Callable
 import zmq
 import zmq.utils.z85
 
+from daybook.mailbox import Mailbox
 from daybook.transport import (
     CURVE_USER_PREFIX,
     DOMAIN_LOCAL,
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # Requests handled per socket between two looks at the stop flag and the key ring's file.
 BATCH = 256
-POLL_MS = 100
+# The key ring's notes (a new pending key, a time seen) are saved this soon after the first
+# of them, so a burst of handshakes writes the file once.
 FLUSH_INTERVAL_S = 0.5
 # On Linux, libzmq appends the peer's credentials to an ipc:// address: `...:uid:gid:pid`.
 _PEER_CREDENTIALS_RE = re.compile(r":(\d+):(\d+):(\d+)$")
@@ -57,6 +60,11 @@ class Gatekeeper:
         self._key_reply = [KEY_REPLY, public_key.encode()] if public_key else None
         self._monotonic = monotonic
         self._stop = threading.Event()
+        # Wakes the thread for a stop or a key ring change; otherwise it sleeps until a
+        # handshake or a key request arrives, so an idle master costs nothing here.
+        self._wakes: Mailbox[None] = Mailbox()
+        if keyring is not None:
+            keyring.when_dirty(lambda: self._wakes.post(None))
         self.counters: dict[str, int] = {
             "allowed": 0,
             "held": 0,
@@ -67,22 +75,41 @@ class Gatekeeper:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wakes.post(None)
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self._zap, zmq.POLLIN)
         if self._key_socket is not None:
             poller.register(self._key_socket, zmq.POLLIN)
-        flush_due = self._monotonic() + FLUSH_INTERVAL_S
-        while not self._stop.is_set():
-            ready = dict(poller.poll(POLL_MS))
-            if self._zap in ready:
-                self._answer_zap()
-            if self._key_socket is not None and self._key_socket in ready:
-                self._serve_key(self._key_socket)
-            if self._keyring is not None and self._monotonic() >= flush_due:
-                flush_due = self._monotonic() + FLUSH_INTERVAL_S
-                self._keyring.save_if_dirty()
+        poller.register(self._wakes.fileno(), zmq.POLLIN)
+        flush_due: float | None = None
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(self._timeout_ms(flush_due)))
+                if self._wakes.fileno() in ready:
+                    self._wakes.drain()
+                if self._zap in ready:
+                    self._answer_zap()
+                if self._key_socket is not None and self._key_socket in ready:
+                    self._serve_key(self._key_socket)
+                if self._keyring is None or not self._keyring.dirty:
+                    flush_due = None
+                elif flush_due is None:
+                    flush_due = self._monotonic() + FLUSH_INTERVAL_S
+                elif self._monotonic() >= flush_due:
+                    flush_due = None
+                    self._keyring.save_if_dirty()
+        finally:
+            if self._keyring is not None:
+                self._keyring.when_dirty(lambda: None)
+            self._wakes.close()
+
+    def _timeout_ms(self, flush_due: float | None) -> int | None:
+        """Block until a request or a wake-up, or until the key ring's file is due."""
+        if flush_due is None:
+            return None
+        return max(0, math.ceil((flush_due - self._monotonic()) * 1000))
 
     # -- ZAP ------------------------------------------------------------------------------------
 

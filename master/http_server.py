@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
+import selectors
 import socket
 import threading
 import time
@@ -261,6 +263,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # `handle_request` is only called once the socket is readable; should the connection
+    # be gone by then, it returns at once rather than block `close()`.
+    timeout = 0.0
     app: HttpApp
 
 
@@ -277,20 +282,32 @@ class HttpServer:
         bound_host, bound_port = self._server.server_address[:2]
         self.url = f"http://{_netloc(str(bound_host), int(bound_port))}"
         self._thread: threading.Thread | None = None
+        # `serve_forever` wakes on a timer to look for a shutdown; this thread sleeps until
+        # a client connects or `close()` writes to the pipe, so an idle server costs nothing.
+        self._wake_read, self._wake_write = os.pipe()
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="http",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _events in selector.select()}
+                if self._wake_read in ready:
+                    return
+                if self._server in ready:
+                    # The listening socket is readable: this accepts without waiting.
+                    self._server.handle_request()
 
     def close(self) -> None:
         if self._thread is not None:
-            self._server.shutdown()
+            os.write(self._wake_write, b"\0")
             self._thread.join()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         self._server.server_close()
 
 

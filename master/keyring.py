@@ -111,6 +111,8 @@ class KeyRing:
         # (role, host) -> key, for accepted keys bound to a host: one key per host and role.
         self._bound: dict[tuple[str, str], str] = {}
         self._dirty = False
+        # Told when the table first differs from its file, so a saver need not poll.
+        self._on_dirty: Callable[[], None] | None = None
         self._full_warned = False
         for entry in entries:
             holder = self._bound.get((entry.role, entry.host)) if entry.host else None
@@ -299,7 +301,7 @@ class KeyRing:
         with self._lock:
             entry = self._select(selector, prefer=(ACCEPTED, PENDING, REJECTED))
             self._remove(entry)
-            self._dirty = True
+            self._mark_dirty()
         self.save()
         log.warning("deleted the %s", entry.describe())
         return Change(entry, cut_off=entry.state == ACCEPTED and entry.role == MINION)
@@ -368,7 +370,7 @@ class KeyRing:
             self._bound[(entry.role, entry.host)] = entry.public_key
         if entry.state == PENDING:
             self._full_warned = False
-        self._dirty = True
+        self._mark_dirty()
         return entry
 
     def _remove(self, entry: KeyEntry) -> None:
@@ -380,9 +382,25 @@ class KeyRing:
         address = address[:MAX_ADDRESS_LEN] if address else entry.address
         if address != entry.address or now - entry.last_seen >= TOUCH_INTERVAL_S:
             self._keys[entry.public_key] = replace(entry, address=address, last_seen=now)
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if not self._dirty:
             self._dirty = True
+            if self._on_dirty is not None:
+                self._on_dirty()
 
     # -- the file -------------------------------------------------------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """Whether the table holds changes its file does not have yet."""
+        return self._dirty
+
+    def when_dirty(self, notify: Callable[[], None]) -> None:
+        """Call `notify` (from whichever thread made the change) each time the table goes
+        from saved to changed; it must be quick and must not call back into the ring."""
+        self._on_dirty = notify
 
     def save_if_dirty(self) -> None:
         if self._dirty:
@@ -403,7 +421,8 @@ class KeyRing:
             try:
                 _write_private(self.path, json.dumps(document, indent=1).encode())
             except OSError as exc:
-                self._dirty = True
+                with self._lock:
+                    self._mark_dirty()
                 log.error("cannot save the key ring %s: %s", self.path, exc)
 
 

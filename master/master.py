@@ -68,6 +68,10 @@ class MasterTuning:
     # The snapshot the HTTP API reads is published this soon after a change, but never
     # more often, nor taking more than a tenth of the loop's time in a large fleet.
     view_interval_s: float = 0.2
+    # Heartbeats that only move a host's last-seen time refresh the snapshot this seldom
+    # (and at least four times within down_after_s): readers judge liveness at their own
+    # clock, so copying a large fleet on every batch of heartbeats would buy nothing.
+    heartbeat_view_interval_s: float = 2.0
     # After subscribers are dropped (a key deleted), the state is sent again this soon,
     # once the minions still accepted have reconnected.
     resubscribe_grace_s: float = 0.5
@@ -272,9 +276,15 @@ class Master:
             state_sync_id=self._state_sync.sync_id if self._state_sync else None,
         )
 
-    def _view_changed(self) -> None:
-        if self._view_due is None:
-            self._view_due = max(self._monotonic(), self._last_view + self._view_gap_s)
+    def _view_changed(self, *, lazy: bool = False) -> None:
+        """Publish a new snapshot soon; `lazy` when only last-seen times moved."""
+        gap = self._view_gap_s
+        if lazy:
+            lazy_gap = min(self._tuning.heartbeat_view_interval_s, self._fleet.down_after_s / 4)
+            gap = max(gap, lazy_gap)
+        due = max(self._monotonic(), self._last_view + gap)
+        if self._view_due is None or due < self._view_due:
+            self._view_due = due
 
     def _publish_view(self) -> None:
         started = self._monotonic()
@@ -426,13 +436,20 @@ class Master:
         )
         if not messages:
             return
-        self._view_changed()
         now = self._clock()
+        news = False
+        heartbeats = 0
         for message, payload in messages:
             if isinstance(message, Report):
                 self._on_report(message, now, payload)
+                news = True
             else:
-                self._on_heartbeat(message, now)
+                heartbeats += 1
+                news = self._on_heartbeat(message, now) or news
+        if heartbeats:
+            self.counters["heartbeats"] += heartbeats
+            self._metrics.heartbeats.inc(heartbeats)
+        self._view_changed(lazy=not news)
         # Commit before answering anyone: an answer never reports what a crash could lose.
         self._db.commit()
         for waiter in self._syncs.release(self._monotonic()):
@@ -457,10 +474,11 @@ class Master:
             self._metrics.sync_completed(ok=all(r.ok for r in record.results.values()))
         log.debug("report from %s for sync %s: ok=%s", report.host, report.sync_id, report.ok)
 
-    def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
-        self.counters["heartbeats"] += 1
-        self._metrics.heartbeats.inc()
-        if self._fleet.heard(heartbeat, now):
+    def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
+        """Record a heartbeat; True when it changes more than the host's last-seen time."""
+        was_up = self._fleet.is_up(heartbeat.host, now)
+        restarted = self._fleet.heard(heartbeat, now)
+        if restarted:
             log.info("minion %s is up (boot %s)", heartbeat.host, heartbeat.boot_id)
         state = self._state
         behind = state is not None and (
@@ -468,6 +486,7 @@ class Master:
         )
         if behind and not heartbeat.busy:
             self._catch_up_soon()
+        return restarted or not was_up
 
     # -- operators ------------------------------------------------------------------------------
 

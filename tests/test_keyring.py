@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from daybook.errors import WireError
 from daybook.keys import KeyPair
@@ -183,6 +186,36 @@ def test_zap_decisions(ring: KeyRing) -> None:
         CURVE_USER_PREFIX + pair.public,
     )
     assert gate.decide(DOMAIN_RESULTS, "1.2.3.4", "CURVE", [raw])[0] is Admission.HOLD
+
+
+def test_the_idle_gatekeeper_wakes_to_save_changes_made_on_other_threads(
+    tmp_path: Path,
+) -> None:
+    """Idle, the gatekeeper sleeps until a request or a wake-up: a change the master loop
+    makes (a hello) still reaches the file, and a stop still ends the thread."""
+    ring = KeyRing(tmp_path / "keyring.json", auto_accept=False)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    zap = context.socket(zmq.ROUTER)
+    gate = Gatekeeper(zap, None, ring, None)
+    thread = threading.Thread(target=gate.run)
+    thread.start()
+    try:
+        pair = KeyPair.generate()
+        ring.hello(pair.public, "web-1", "minion", "10.0.0.9")
+        deadline = time.monotonic() + 10.0
+        pause = threading.Event()
+        while not (tmp_path / "keyring.json").exists():
+            assert time.monotonic() < deadline, "the key ring was never saved"
+            pause.wait(0.01)
+        saved = KeyRing.load(tmp_path / "keyring.json", auto_accept=False)
+        assert [e.public_key for e in saved.listing().pending] == [pair.public]
+        assert not ring.dirty
+    finally:
+        gate.stop()
+        thread.join(timeout=10.0)
+        zap.close(linger=0)
+        context.term()
+    assert not thread.is_alive()
 
 
 # -- access to the control socket -----------------------------------------------------------------

@@ -118,6 +118,30 @@ def test_the_book_forgets_old_syncs_but_not_while_someone_waits() -> None:
     assert [r.sync_id for r in book] == ["s3", "s4"]
 
 
+def test_the_book_holds_a_bounded_number_of_reports_but_always_the_newest_sync() -> None:
+    book = SyncBook(capacity=64, max_results=4)
+    hosts = ("a", "b", "c")
+    for index in range(3):
+        book.add(SyncRecord(f"s{index}", "*", "auto", float(index), hosts))
+        for host in hosts:
+            book.record(report(host, f"s{index}"))
+    # Three results each: s0 went when s2 came (six held before it).
+    assert [r.sync_id for r in book] == ["s1", "s2"]
+    book.wait(Waiter("s1", "q1", (b"id",), deadline=99.0))
+    book.add(SyncRecord("s3", "*", "auto", 3.0, hosts))
+    assert [r.sync_id for r in book] == ["s1", "s2", "s3"]  # someone waits on s1
+    book.release_all()
+    book.add(SyncRecord("s4", "*", "auto", 4.0, hosts))
+    assert [r.sync_id for r in book] == ["s2", "s3", "s4"]
+    # However many results it holds, the sync just added stays (one loaded from the database).
+    loaded = SyncRecord("loaded", "*", "auto", 5.0, hosts)
+    for host in hosts:
+        loaded.add(report(host, "loaded"))
+    small = SyncBook(capacity=64, max_results=1)
+    small.add(loaded)
+    assert [r.sync_id for r in small] == ["loaded"]
+
+
 def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
     book = SyncBook()
     for index in range(5):
