@@ -479,7 +479,13 @@ def test_metrics_move_with_syncs_reports_and_bad_frames(
         "the completed sync counted",
     )
     assert metric(samples, "daybook_syncs_started_total", origin="operator") == 1
-    assert metric(samples, "daybook_syncs_completed_total", result="ok") == 0
+    # The operator's sync counts as failed, never ok. The push may also start automatic
+    # syncs, which complete ok at once if no minion was up yet to be waited for.
+    automatic = sum(
+        metric(samples, "daybook_syncs_started_total", origin=origin)
+        for origin in ("auto", "startup")
+    )
+    assert metric(samples, "daybook_syncs_completed_total", result="ok") <= automatic
     assert metric(samples, "daybook_reports_total", result="ok") == 1
     assert metric(samples, "daybook_reports_total", result="failed") == 1
     assert metric(samples, "daybook_install_failures_total", service="web") == 1
