@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daybook.errors import InputError
@@ -15,8 +15,8 @@ from daybook.errors import InputError
 _HOST_RE = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.?")
 _PATTERN_CHARS_RE = re.compile(r"[a-z0-9.*-]+")
 MAX_HOST_LEN = 253
-# The bytes a lower-cased pattern may hold, plus the newline that joins many for bulk checks.
-_PATTERN_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789.*-\n"
+# The bytes a lower-cased pattern may hold.
+_PATTERN_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789.*-"
 
 
 def is_valid_host(host: str) -> bool:
@@ -52,33 +52,47 @@ def check_pattern(pattern: str) -> str:
 
 
 def check_patterns(patterns: Sequence[str]) -> list[str]:
-    """`check_pattern` over many patterns at once: their lower-case forms, in order.
-
-    Tables of 100,000 patterns are validated in a few C-level passes over one joined
-    string rather than two regex calls each; any doubt falls back to one-by-one checks,
-    which also name the first bad pattern.
-    """
+    """`check_pattern` over many patterns at once: their lower-case forms, in order."""
     if not patterns:
         return []
-    joined = "\n".join(patterns).lower()
-    lowered = joined.split("\n")
-    if len(lowered) == len(patterns) and _all_valid_lowered(joined, lowered):
-        return lowered
-    return [check_pattern(pattern) for pattern in patterns]
+    return _framed_lower(patterns)[1].decode("ascii").split("\n")[1:-1]
 
 
-def _all_valid_lowered(joined: str, lowered: list[str]) -> bool:
+def _framed_lower(patterns: Collection[str]) -> tuple[str, bytes]:
+    """The patterns as lines framed by newlines, as given and lower-cased, once all are checked.
+
+    Each pattern has a newline before and after it. Raises InputError naming the first bad
+    pattern. Tables of 100,000 patterns are checked in a few C-level passes over the joined
+    text rather than two regex calls each; any doubt falls back to one-by-one checks. The
+    two line up character for byte, so a span of the lower-cased bytes is the same pattern,
+    as given, in the string.
+    """
+    framed = "\n".join(["", *patterns, ""])
+    if framed.isascii():
+        lowered = framed.encode("ascii").lower()
+        if _all_valid_lowered(lowered, patterns):
+            return framed, lowered
+    # A valid pattern lower-cases one character to one ASCII byte, even from outside ASCII
+    # (tests/test_pattern_table.py checks every code point), so these still line up.
+    checked = [check_pattern(pattern) for pattern in patterns]
+    return framed, "\n".join(["", *checked, ""]).encode("ascii")
+
+
+def _all_valid_lowered(lowered: bytes, patterns: Collection[str]) -> bool:
     # The same rules as is_valid_pattern: allowed characters only, no empty pattern, and
     # no empty label (a leading dot or two dots in a row); a single trailing dot is fine.
-    try:
-        raw = joined.encode("ascii")
-    except UnicodeEncodeError:
+    # Deleting every allowed character must leave exactly the newlines that frame the
+    # patterns: no other character, and no pattern holding a newline of its own.
+    if lowered.translate(None, _PATTERN_BYTES) != b"\n" * (len(patterns) + 1):
         return False
-    if raw.translate(None, _PATTERN_BYTES):
+    if len(max(patterns, key=len, default="")) > MAX_HOST_LEN:
         return False
-    if raw.startswith(b".") or b".." in raw or b"\n." in raw:
-        return False
-    return all(lowered) and max(map(len, lowered)) <= MAX_HOST_LEN
+    # With each newline read as a dot, one search finds an empty pattern (`\n\n`) and an
+    # empty label (`..` or `\n.`). A legal trailing dot (`a.\n`) looks the same, so only
+    # then are the exact searches needed.
+    if b".." not in lowered.replace(b"\n", b"."):
+        return True
+    return b"\n\n" not in lowered and b"\n." not in lowered and b".." not in lowered
 
 
 def _rank_key(text: str, parts: Sequence[str]) -> tuple[int, int, int, str]:
@@ -337,42 +351,103 @@ def resolve_host(
 ) -> Resolution:
     """Resolve one host against a mapping table (pattern -> services).
 
-    One pass over the patterns, without ranking or indexing them all: for a single host
-    that is cheaper than building a PatternTable. Resolve many hosts with a PatternTable.
+    One regex scan over the joined patterns, without ranking or indexing them all: for a
+    single host that is cheaper than building a PatternTable. Resolve many hosts with a
+    PatternTable.
     """
-    texts = list(mappings)
+    if not mappings:
+        return Resolution(host, None, (), ())
+    framed, lowered = _framed_lower(mappings)
     name = host.lower()
-    size = len(name)
-    # Cheap tests first, without splitting: a pattern that starts with a star must end with
-    # a suffix of the host, any other must start with a prefix of it.
-    prefixes = [name[:length] for length in range(size + 1)]
-    suffixes = [name[size - length :] for length in range(size + 1)]
-    first = name[:1]
     matched: list[tuple[tuple[int, int, int, str], str]] = []
-    for text, lowered in zip(texts, check_patterns(texts), strict=True):
-        head = lowered[0]
-        if head == "*":
-            tail = len(lowered) - 1 - lowered.rfind("*")
-            if tail > size or not lowered.endswith(suffixes[tail]):
-                continue
-        elif head != first:
-            continue
-        else:
-            star = lowered.find("*")
-            if star < 0:
-                if lowered == name:
-                    matched.append((_rank_key(text, (lowered,)), text))
-                continue
-            if star > size or not lowered.startswith(prefixes[star]):
-                continue
-        parts = lowered.split("*")
+    for found in _candidate_regex(name).finditer(lowered):
+        # A match runs from the newline before a pattern to the pattern's end.
+        start, end = found.start() + 1, found.end()
+        parts = lowered[start:end].decode("ascii").split("*")
         if _parts_match(name, parts):
+            text = framed[start:end]
             matched.append((_rank_key(text, parts), text))
     if not matched:
         return Resolution(host, None, (), ())
     if not explain:
         _, winner = min(matched)
-        services = tuple(mappings[winner])
-        return Resolution(host, winner, services, ())
+        return Resolution(host, winner, tuple(mappings[winner]), ())
     candidates = tuple(Candidate(text, tuple(mappings[text])) for _, text in sorted(matched))
     return Resolution(host, candidates[0].pattern, candidates[0].services, candidates)
+
+
+# What a pattern holds outside its stars. Only runs of the host made of these can be the
+# text of a pattern before its first star, after its last one or between two.
+_LITERAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
+
+
+def _candidate_regex(name: str) -> re.Pattern[bytes]:
+    """A regex finding each line of framed lower-case patterns that `name` may match.
+
+    It keeps a line that equals `name`, or whose text before the first star is a prefix of
+    `name`, whose text after the last star is a suffix of it, and whose pieces between stars
+    hold only characters of `name`. That is every line `name` matches and a few more (the
+    prefix and suffix may overlap; the pieces may be out of order), which `_parts_match`
+    then rules out. The scan runs in C and looks past most lines at their first character.
+    """
+    head = next((i for i, char in enumerate(name) if char not in _LITERAL_CHARS), len(name))
+    tail = next(
+        (i for i, char in enumerate(reversed(name)) if char not in _LITERAL_CHARS), len(name)
+    )
+    # A pattern is at most MAX_HOST_LEN characters, which also bounds the regex.
+    prefix = name[: min(head, MAX_HOST_LEN)]
+    suffix = name[len(name) - min(tail, MAX_HOST_LEN) :]
+    # Text between stars, and after the last one, may only hold characters of the host.
+    piece_chars = "".join(sorted({re.escape(char) for char in name if char in _LITERAL_CHARS}))
+    first_star = r"\*"
+    if prefix:
+        # A line that starts with neither `*` nor the host's first character is dropped at
+        # that first character, which is most lines. Then the engine walks along the line
+        # while it agrees with the host, back to the first star.
+        rest = [prefix[1:end] for end in range(len(prefix), 0, -1)]
+        exact = rf"{re.escape(name[1:])}(?=\n)|" if head == len(name) else ""
+        first_star = rf"(?:\*|{re.escape(prefix[0])}(?:{exact}{_any_of(rest)}\*))"
+    suffixes = _any_of([suffix[start:] for start in range(len(suffix) + 1)])
+    # After the first star: one quick look at the characters up to the line's end, then on
+    # to the last star and the suffixes. An exact line gets here at its end, where only the
+    # empty suffix fits.
+    regex = rf"\n{first_star}(?=[{piece_chars}*]*+\n)(?:[^*\n]*+\*)*+{suffixes}(?=\n)"
+    # Only pattern characters of the host made it in, so it is ASCII.
+    return re.compile(regex.encode("ascii"))
+
+
+_Trie = dict[str, "_Trie"]
+
+
+def _any_of(texts: Sequence[str]) -> str:
+    """A regex matching exactly the `texts`, written as a trie.
+
+    Texts that share a start share one branch, so matching looks at each character of the
+    subject once. As a plain alternation, a host like `aaaa...` would have the engine
+    compare a long run of `a` once per text.
+    """
+    trie: _Trie = {}
+    for text in texts:
+        node = trie
+        for char in text:
+            node = node.setdefault(char, {})
+        # The empty key marks the end of a text.
+        node[""] = {}
+    return _trie_regex(trie)
+
+
+def _trie_regex(node: _Trie) -> str:
+    branches = []
+    for first, child in node.items():
+        if not first:
+            branches.append("")
+            continue
+        # A chain of single children is one literal run.
+        run, below = first, child
+        while len(below) == 1 and "" not in below:
+            ((char, below),) = below.items()
+            run += char
+        branches.append(re.escape(run) + _trie_regex(below))
+    if not branches:
+        return "(?!)"
+    return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"

@@ -1,3 +1,10 @@
 """Shared test fixtures: the S3 (moto) and Consul-compatible servers, loaded as plugins."""
 
+from hypothesis import HealthCheck, settings
+
 pytest_plugins = ["s3_server", "consul_server"]
+
+# Property tests judge behaviour, never speed: on a shared 2-core machine one example can
+# take longer than Hypothesis's default 200 ms deadline without anything being wrong.
+settings.register_profile("daybook", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("daybook")

@@ -4,6 +4,7 @@ plain reference: every pattern tried in specificity order."""
 from __future__ import annotations
 
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -122,8 +123,7 @@ def test_empty_table() -> None:
     assert resolve_host("web-1", {}).pattern is None
 
 
-@given(st.lists(st.text(max_size=6), max_size=6))
-def test_bulk_checks_agree_with_one_by_one_checks(patterns: list[str]) -> None:
+def assert_bulk_checks_agree_with_one_by_one_checks(patterns: list[str]) -> None:
     if all(is_valid_pattern(p) for p in patterns):
         assert check_patterns(patterns) == [p.lower() for p in patterns]
     else:
@@ -131,6 +131,19 @@ def test_bulk_checks_agree_with_one_by_one_checks(patterns: list[str]) -> None:
         with pytest.raises(InputError, match="invalid host pattern") as caught:
             check_patterns(patterns)
         assert repr(first_bad) in str(caught.value)
+
+
+@given(st.lists(st.text(max_size=6), max_size=6))
+def test_bulk_checks_agree_with_one_by_one_checks(patterns: list[str]) -> None:
+    assert_bulk_checks_agree_with_one_by_one_checks(patterns)
+
+
+# Dots, newlines, stars and empty strings are where the bulk checks take shortcuts.
+@given(st.lists(st.text(st.sampled_from("a.\n*-K"), max_size=4), max_size=6))
+def test_bulk_checks_agree_with_one_by_one_checks_on_dots_and_newlines(
+    patterns: list[str],
+) -> None:
+    assert_bulk_checks_agree_with_one_by_one_checks(patterns)
 
 
 @pytest.mark.parametrize(
@@ -157,3 +170,42 @@ def test_bulk_checks_refuse_what_check_pattern_refuses(patterns: list[str]) -> N
 
 def test_bulk_checks_accept_trailing_dots_and_upper_case() -> None:
     assert check_patterns(["Web-*.", "*", "a.b.", "K"]) == ["web-*.", "*", "a.b.", "k"]
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [["a.", "b"], ["a.", "b.", "c"], ["*.", "*"], ["a", "b."], ["a.b.", "c.d"]],
+)
+def test_bulk_checks_accept_a_trailing_dot_before_another_pattern(patterns: list[str]) -> None:
+    assert check_patterns(patterns) == patterns
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [["a.", ".b"], ["a.", ""], ["a.", "", "b"], ["a..", "b"], ["a", "b", ""], ["a", "\nb"]],
+)
+def test_bulk_checks_refuse_what_follows_a_trailing_dot(patterns: list[str]) -> None:
+    with pytest.raises(InputError, match="invalid host pattern"):
+        check_patterns(patterns)
+
+
+def test_valid_pattern_text_lower_cases_one_character_to_one() -> None:
+    # resolve_host finds a pattern in the lower-cased joined table and reads its stored
+    # text from the same place in the joined table as given: that needs every character
+    # that can end up in a valid pattern to lower-case to exactly one character.
+    pattern_chars = set("abcdefghijklmnopqrstuvwxyz0123456789.*-")
+    for code_point in range(sys.maxunicode + 1):
+        lowered = chr(code_point).lower()
+        if set(lowered) <= pattern_chars:
+            assert len(lowered) == 1, hex(code_point)
+
+
+def test_patterns_that_lower_case_to_ascii_keep_their_text() -> None:
+    # A Kelvin sign lower-cases to `k`, so these are valid patterns; each comes back as given.
+    mappings = {"\u212a*": ("kelvin",), "web-\u212a": ("exact",), "*-K": ("upper",)}
+    assert check_patterns(list(mappings)) == ["k*", "web-k", "*-k"]
+    resolution = resolve_host("WEB-k", mappings, explain=True)
+    assert [c.pattern for c in resolution.candidates] == ["web-\u212a", "*-K"]
+    assert resolution.services == ("exact",)
+    assert resolve_host("kx", mappings).pattern == "\u212a*"
+    assert_agrees_with_reference(PatternTable(mappings), "WEB-k", mappings)

@@ -136,3 +136,65 @@ def test_matching_agrees_with_fnmatch(host: str, pattern: str) -> None:
 
     # With only `*` as a wildcard, fnmatchcase on lower-cased text is the reference.
     assert HostPattern(pattern).matches(host) == fnmatch.fnmatchcase(host.lower(), pattern)
+
+
+def brute_force(host: str, table: dict[str, tuple[str, ...]]) -> list[str]:
+    """Every pattern that matches, most specific first: each one tried on its own."""
+    ranked = sorted((HostPattern(p) for p in table), key=HostPattern.rank_key)
+    return [hp.text for hp in ranked if hp.matches(host)]
+
+
+@pytest.mark.parametrize(
+    ("host", "patterns"),
+    [
+        # `.` and `-` are regex metacharacters; here they must be taken literally.
+        ("a.b-c", ["a.b-c", "a-b.c", "axb-c", "a.b*", "*b-c", "a*c", "*.*-*"]),
+        ("a.b.", ["a.b.", "a.b", "*.", "a.*", "*b."]),
+        ("ab", ["*", "**", "a*", "*b", "a**b", "ab*b", "a*ab", "ab*", "*ab", "a*b*"]),
+        ("aa", ["a*a", "*a*a*", "a*a*a", "*aa*", "aa", "a"]),
+        ("aaa", ["a*a", "*a*a*", "a*a*a", "a**a", "*a", "a*"]),
+        ("Web-1.Example", ["WEB-*", "web-*", "*.EXAMPLE", "Web-1.Example", "*-1.*"]),
+        ("", ["*", "**", "a*"]),
+        # Longer than any pattern may be: only stars can cover the rest.
+        ("a" * 300, ["a*", "*a", "a" * 253, "a" * 200 + "*", "*" + "a" * 252, "a*a" * 84]),
+        # Repeats: many prefixes and suffixes of the host share their start.
+        ("ab" * 100, ["*" + "ab" * 60, "*b" + "ab" * 50, "ab*b", "*abab*abab", "*" + "ab" * 100]),
+        # Not valid host names, yet resolve_host takes them: `*`, `_` and a newline in the
+        # host are matched by a star and never by pattern text.
+        ("a*b", ["a*b", "a**b", "a", "b", "*"]),
+        ("a_b", ["a*b", "a*", "*b", "a**"]),
+        ("a\nb", ["a", "b", "a*b", "*"]),
+    ],
+)
+def test_resolve_host_agrees_with_trying_every_pattern(host: str, patterns: list[str]) -> None:
+    table = {p: (f"s{i}",) for i, p in enumerate(patterns)}
+    expected = brute_force(host, table)
+    resolution = resolve_host(host, table, explain=True)
+    assert [c.pattern for c in resolution.candidates] == expected
+    assert [c.services for c in resolution.candidates] == [table[p] for p in expected]
+    assert resolve_host(host, table).pattern == (expected[0] if expected else None)
+
+
+# Upper case, the regex metacharacters a pattern may hold, and (rarely) characters no
+# pattern holds: a star, an underscore, a newline, a Kelvin sign (which lower-cases to `k`).
+_any_hosts = st.text(
+    st.one_of(st.sampled_from("aAbk-.1"), st.sampled_from("*_\n\u212a")), max_size=9
+)
+_mixed_patterns = st.text(st.sampled_from("aAbk-.1*"), min_size=1, max_size=7).filter(
+    is_valid_pattern
+)
+
+
+@given(
+    hosts=st.lists(_any_hosts, min_size=1, max_size=5),
+    patterns=st.lists(_mixed_patterns, min_size=1, max_size=25, unique=True),
+)
+def test_resolve_host_agrees_with_brute_force(hosts: list[str], patterns: list[str]) -> None:
+    table = {p: (f"s{i}",) for i, p in enumerate(patterns)}
+    for host in hosts:
+        expected = brute_force(host, table)
+        explained = resolve_host(host, table, explain=True)
+        assert [c.pattern for c in explained.candidates] == expected
+        winner = resolve_host(host, table)
+        assert winner.pattern == (expected[0] if expected else None)
+        assert winner.services == (table[expected[0]] if expected else ())
