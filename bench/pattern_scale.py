@@ -117,7 +117,7 @@ def run(results: Results, options: Options) -> None:
         "s",
         one_pass,
         target=ONE_HOST,
-        note="resolve_host: validate + one pass, no table",
+        note="resolve_host: validate + one regex scan, no table",
     )
 
     current = random_table(rng, 10_000)
