@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from daybook import __version__, cli_plan
 from daybook.config import Settings, load_settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.mappings import unique_services
 from daybook.naming import AssetRef, check_asset_filename, check_service
+from daybook.output import emit_json
 from daybook.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
 
 if TYPE_CHECKING:
@@ -197,11 +197,6 @@ def _add_dry_run(parser: argparse.ArgumentParser) -> None:
 
 
 # -- helpers shared by the commands ------------------------------------------------------------
-
-
-def emit_json(document: object, out: IO[str] | None = None) -> None:
-    json.dump(document, out or sys.stdout, indent=2, sort_keys=False)
-    (out or sys.stdout).write("\n")
 
 
 def open_configured_store(settings: Settings) -> Store:

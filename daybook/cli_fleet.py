@@ -7,15 +7,14 @@ other commands and `--help` start fast.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError
+from daybook.output import emit_json
 from daybook.patterns import check_pattern
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
     document = sync_json(summary)
     if args.json:
-        _emit_json(document)
+        emit_json(document)
     else:
         _print_sync(document, waited=args.wait, elapsed_s=time.monotonic() - started)
     if not args.wait:
@@ -152,7 +151,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     with operator_client(settings) as client:
         document = client.status()
     if args.json:
-        _emit_json(document)
+        emit_json(document)
     else:
         _print_status(document)
     return 0
@@ -176,7 +175,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     with _local_client(settings) as client:
         document = keys_json(client.keys())
     if args.json:
-        _emit_json(document)
+        emit_json(document)
         return 0
     rows = [
         (state.upper(), key["host"] or "-", key["role"], key["fingerprint"], key["address"] or "-")
@@ -201,7 +200,7 @@ def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
     with _local_client(settings) as client:
         key = client.change_key(op[args.action], selector)
     if args.json:
-        _emit_json({**key_json(key), "action": args.action})
+        emit_json({**key_json(key), "action": args.action})
         return 0
     done = {"accept": "accepted", "reject": "rejected", "delete": "deleted"}[args.action]
     print(f"{done} the {key.role} key {key.fingerprint} of {key.host or 'an unnamed host'}")
@@ -222,7 +221,7 @@ def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
         else {"fingerprint": fingerprint(known[0]), "public_key": known[0], "source": known[1]},
     }
     if args.json:
-        _emit_json(document)
+        emit_json(document)
         return 0
     note = " (created now)" if created else ""
     print(f"minion key of {settings.hostname}: {minion.fingerprint}{note}")
@@ -232,11 +231,6 @@ def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- human output --------------------------------------------------------------------------------
-
-
-def _emit_json(document: object) -> None:
-    json.dump(document, sys.stdout, indent=2)
-    sys.stdout.write("\n")
 
 
 def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> None:

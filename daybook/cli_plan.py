@@ -19,6 +19,7 @@ from typing import Any
 from daybook.config import Settings
 from daybook.errors import DaybookError, FleetError, InputError
 from daybook.mappings import MappingTable, unique_services
+from daybook.output import emit_json
 from daybook.patterns import check_host, check_pattern
 from daybook.plan import HostChange, MappingPlan, plan_mappings, with_pattern
 
@@ -281,8 +282,7 @@ def run_plan(
     plan = plan_mappings(current, proposal.mappings, known.hosts)
     document = plan_json(proposal, known, plan)
     if args.json:
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        emit_json(document)
     else:
         print_plan(proposal, known, plan)
     return 0
