@@ -58,7 +58,7 @@ DAYBOOK = "daybook pull"
 CURL_TAR = "curl | tar -xzf -"
 CURL_PIGZ = "curl | pigz -dc | tar -xf -"
 STDLIB = "python tarfile r|gz (stdlib)"
-# Where daybook's time goes: the command's fixed cost (interpreter, boto3, S3 client,
+# Where daybook's time goes: the command's fixed cost (interpreter, botocore, S3 client,
 # registry, listing), its extractor alone on a local file, and inflating alone.
 DRY_RUN = "daybook pull --dry-run"
 EXTRACTOR = "daybook extractor, local file"
@@ -161,7 +161,7 @@ def measure_asset(
 
     notes = {
         DRY_RUN: "fixed cost: start-up, S3 client, registry, listing",
-        EXTRACTOR: "no network, no boto3",
+        EXTRACTOR: "no network, no botocore",
         INFLATE: f"{inflater()}, nothing written",
     }
     for name, values in timings.items():

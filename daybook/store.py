@@ -94,7 +94,7 @@ def open_store(url: str, *, lazy: bool = False) -> Store:
             raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
         if lazy:
             return LazyStore(url)
-        from daybook.s3_store import S3Store  # boto3 is heavy: import it only when used
+        from daybook.s3_store import S3Store  # botocore is heavy: import it only when used
 
         return S3Store(bucket=parsed.netloc, prefix=parsed.path.strip("/"))
     if parsed.scheme == "file":
@@ -112,7 +112,7 @@ class LazyStore:
     """A store opened on its first use.
 
     For processes that may never need it: a minion whose syncs are all no-ops never
-    downloads, and boto3 and an S3 client cost it about 0.25 s of CPU at start and 30 MiB.
+    downloads, and botocore and an S3 client cost it about 0.2 s of CPU at start and 35 MiB.
     Errors opening the store surface at that first use, where callers already handle
     store errors.
     """

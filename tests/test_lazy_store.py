@@ -1,4 +1,4 @@
-"""LazyStore: an S3 store checked at once but opened (boto3 imported) only on first use."""
+"""LazyStore: an S3 store checked at once but opened (botocore imported) only on first use."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_a_lazy_store_url_is_checked_at_once() -> None:
         open_store("ftp://x", lazy=True)
 
 
-def test_a_lazy_store_does_not_import_boto3_until_used() -> None:
+def test_a_lazy_store_does_not_import_botocore_until_used() -> None:
     code = (
         "import sys\n"
         "from daybook.store import open_store\n"

@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -325,6 +327,28 @@ def test_s3_url_names_bucket_and_prefix(s3_env: str) -> None:
     finally:
         plain.close()
         prefixed.close()
+
+
+def test_s3_reads_load_neither_boto3_nor_s3transfer(
+    s3_env: str, s3_bucket: str, s3_client: S3Client
+) -> None:
+    # Pulls and minion installs only list and download; s3transfer (and boto3 around it) is
+    # for uploads, and importing them would cost every pull some 30 ms of CPU.
+    s3_client.put_object(Bucket=s3_bucket, Key="web-1.0.tar.gz", Body=b"payload")
+    code = (
+        "import sys\n"
+        "from daybook.naming import AssetRef\n"
+        "from daybook.s3_store import S3Store\n"
+        "store = S3Store(sys.argv[1])\n"
+        "assert [info.version for info in store.list_assets('web')] == ['1.0']\n"
+        "stream = store.open(AssetRef('web', '1.0'))\n"
+        "assert stream.read() == b'payload'\n"
+        "stream.close()\n"
+        "store.close()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 's3transfer'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code, s3_bucket], check=True)
 
 
 def test_s3_listing_follows_every_page(s3_env: str, s3_bucket: str, s3_client: S3Client) -> None:
