@@ -152,7 +152,12 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     assert box.snapshot() == before, "something was written outside dest"
     assert (box.root / "outside.txt").read_text() == "do not touch"
     assert_links_inside(box.dest)
-    assert not [t for t in threading.enumerate() if t.name == "daybook-inflate"]
+    assert not pipeline_threads()
+
+
+def pipeline_threads() -> list[str]:
+    """The extractor's reading and inflating threads still alive."""
+    return [t.name for t in threading.enumerate() if t.name in ("daybook-read", "daybook-inflate")]
 
 
 def assert_links_inside(dest: Path) -> None:
@@ -285,6 +290,21 @@ def test_directory_entry_after_its_files_sets_mode_and_mtime_last(sandbox: Sandb
         assert (sandbox.dest / "d").stat().st_mtime == 1_600_000_000
     finally:
         (sandbox.dest / "d/inner").chmod(0o755)
+
+
+def test_modes_are_exact_whatever_the_umask(sandbox: Sandbox) -> None:
+    # Files are created with their own mode only where the umask leaves it whole; under a
+    # umask that strips bits they must still end up with the archive's modes.
+    members = [file("open", mode=0o666), file("run", mode=0o755), file("private", mode=0o600)]
+    old = os.umask(0o077)
+    try:
+        extract(targz(members), sandbox.dest)
+    finally:
+        os.umask(old)
+    modes = {
+        name: stat.S_IMODE((sandbox.dest / name).stat().st_mode) for name in tree(sandbox.dest)
+    }
+    assert modes == {"open": 0o666, "run": 0o755, "private": 0o600}
 
 
 def test_setuid_setgid_and_sticky_bits_are_stripped(sandbox: Sandbox) -> None:
@@ -482,6 +502,27 @@ def test_stream_errors_propagate_and_stop_the_thread(sandbox: Sandbox) -> None:
 
     with pytest.raises(ConnectionResetError, match="peer went away"):
         safe_extract(FailingStream(), sandbox.dest, chunk_size=4096)
+    assert not pipeline_threads()
+
+
+def test_an_unsafe_member_early_in_a_long_archive_stops_every_thread(sandbox: Sandbox) -> None:
+    # The writer gives up at the first member while both stages upstream still have most
+    # of the archive to read and inflate; leaving must stop and join them all the same.
+    rng = random.Random(3)
+    data = targz([file("../escape"), *(file(f"f{i}", rng.randbytes(100_000)) for i in range(60))])
+    with pytest.raises(ExtractError, match=r"'\.\.' is not allowed"):
+        safe_extract(io.BytesIO(data), sandbox.dest, chunk_size=1024)
+    assert not pipeline_threads()
+
+
+def test_a_header_checksum_off_by_the_adler_modulus_is_refused(sandbox: Sandbox) -> None:
+    # Header bytes are summed with Adler-32 in halves small enough never to wrap; a checksum
+    # that only agrees modulo 65521 must still be caught.
+    block = bytearray(header("f", b"0"))
+    stored = int(block[148:154], 8)
+    block[148:156] = f"{stored + 65521:06o}\0 ".encode()
+    with pytest.raises(ExtractError, match="not a tar archive"):
+        extract(gzip.compress(bytes(block) + END), sandbox.dest)
 
 
 # -- hostile archives ----------------------------------------------------------------------------
@@ -704,6 +745,38 @@ def test_stdlib_zlib_fallback(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch)
     corrupt[len(data) // 2] ^= 0xFF
     with pytest.raises(ExtractError, match="corrupt gzip data"):
         check(bytes(corrupt), sandbox.root.parent)
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs with the default inflater (isal's) and with zlib's fallback."""
+    if request.param == "zlib":
+        monkeypatch.setattr(extract_module, "_new_gunzipper", lambda: zlib.decompressobj(wbits=31))
+        monkeypatch.setattr(extract_module, "_INFLATE_ERRORS", (zlib.error,))
+    return str(request.param)
+
+
+@pytest.mark.parametrize("chunk_size", [7, 4096, 1 << 20])
+def test_output_pending_past_each_step_is_all_delivered(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, inflater: str, chunk_size: int
+) -> None:
+    # Steps far smaller than what one chunk inflates to, so most of each chunk comes out
+    # over several further steps, across a gzip member boundary too.
+    monkeypatch.setattr(extract_module, "_INFLATE_STEP", 1000)
+    noise = random.Random(5).randbytes(30_000)
+    raw = tar_bytes([file("zeros", bytes(300_000)), file("noise", noise)])
+    data = gzip.compress(raw[:150_000]) + gzip.compress(raw[150_000:])
+    extract(data, sandbox.dest, chunk_size=chunk_size)
+    assert (sandbox.dest / "zeros").read_bytes() == bytes(300_000)
+    assert (sandbox.dest / "noise").read_bytes() == noise
+
+
+@pytest.mark.parametrize("offset", [-8, -5, -4, -1], ids=["crc", "crc-high", "size", "size-high"])
+def test_a_wrong_gzip_trailer_is_refused(sandbox: Sandbox, inflater: str, offset: int) -> None:
+    data = bytearray(targz([file("f", b"payload " * 1000)]))
+    data[offset] ^= 0x01
+    with pytest.raises(ExtractError, match="corrupt gzip data"):
+        extract(bytes(data), sandbox.dest)
 
 
 # -- property: whatever the members, nothing escapes ---------------------------------------------
