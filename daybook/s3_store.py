@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,6 +29,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from botocore.utils import parse_timestamp
 
 from daybook.errors import (
     AssetExistsError,
@@ -86,6 +88,24 @@ class S3Tuning:
     max_concurrency: int = 8
     # Keys per ListObjectsV2 page; None leaves S3's own default (1000).
     list_page_size: int | None = None
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """botocore's timestamp parser, with a fast path for the ISO 8601 times S3 lists.
+
+    botocore parses every timestamp with dateutil: about 70 % of the CPU a listing of a
+    hundred objects costs, and the master lists the store every few seconds.
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        if parsed.tzinfo is not None:
+            return parsed
+    # HTTP dates (`Last-Modified` headers), epoch seconds, anything else: botocore's way.
+    parsed_by_botocore: datetime = parse_timestamp(value)
+    return parsed_by_botocore
 
 
 class S3Store:
@@ -149,6 +169,9 @@ class S3Store:
             # botocore itself reads AWS_DEFAULT_REGION and the profile, but not AWS_REGION.
             region = (
                 os.environ.get("AWS_REGION") or core.get_config_variable("region") or DEFAULT_REGION
+            )
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_parse_timestamp
             )
             # The stubs type botocore's clients generically; this one is an S3 client.
             return cast("S3Client", core.create_client("s3", region_name=region, config=config))

@@ -9,15 +9,18 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
+from botocore.utils import parse_timestamp
 
 from daybook.errors import (
     AssetExistsError,
@@ -28,7 +31,7 @@ from daybook.errors import (
 )
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
-from daybook.s3_store import S3Store, S3Tuning
+from daybook.s3_store import S3Store, S3Tuning, _parse_timestamp
 from daybook.store import AssetInfo, Store, open_store
 
 if TYPE_CHECKING:
@@ -570,3 +573,32 @@ def test_local_store_reports_no_checksum_for_a_file_it_did_not_write(tmp_path: P
     assert info is not None
     assert info.sha256 is None
     assert read_all(store, ref) == b"swapped"
+
+
+def test_listing_and_stat_agree_on_when_an_asset_was_modified(
+    case: StoreCase, tmp_path: Path
+) -> None:
+    # S3 lists ISO 8601 times and heads answer HTTP dates; both must name the same second.
+    before = time.time()
+    push(case.store, tmp_path, AssetRef("web", "1.0"), b"data")
+    (listed,) = case.store.list_assets()
+    stat = case.store.stat(AssetRef("web", "1.0"))
+    assert stat is not None
+    assert int(listed.modified) == int(stat.modified)
+    assert before - 5 <= listed.modified <= time.time() + 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-26T17:00:01.250Z", datetime(2026, 11, 26, 17, 0, 1, 250000, UTC)),
+        ("2026-11-26T17:00:01+00:00", datetime(2026, 11, 26, 17, 0, 1, tzinfo=UTC)),
+        ("2026-11-26T18:00:01+01:00", datetime(2026, 11, 26, 17, 0, 1, tzinfo=UTC)),
+        ("Thu, 26 Nov 2026 17:00:01 GMT", datetime(2026, 11, 26, 17, 0, 1, tzinfo=UTC)),
+        ("2026-11-26T17:00:01", datetime(2026, 11, 26, 17, 0, 1)),  # naive, as botocore has it
+    ],
+)
+def test_s3_timestamps_parse_as_botocore_would(text: str, expected: datetime) -> None:
+    parsed = _parse_timestamp(text)
+    assert parsed == expected
+    assert parsed == parse_timestamp(text)
