@@ -13,12 +13,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from daybook.errors import DaybookError, LockError, StoreUnavailableError
 from daybook.naming import AssetRef, is_valid_version, version_sort_key
+from daybook.outcomes import ServiceResult, SyncOutcome
 from daybook.store import AssetInfo, AssetStream, Store
 
 log = logging.getLogger(__name__)
@@ -50,44 +49,6 @@ def retry_delay_s(retry: int, rng: random.Random) -> float:
     over its upper half so a fleet whose store came back does not retry in step."""
     ceiling = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2.0 ** min(retry - 1, 32))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True)
-class ServiceResult:
-    """What one run did for one service. `error` is set when its versions could not be listed."""
-
-    installed: tuple[str, ...] = ()
-    present: tuple[str, ...] = ()
-    failed: Mapping[str, str] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and self.error is None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "installed": list(self.installed),
-            "present": list(self.present),
-            "failed": dict(self.failed),
-        }
-        if self.error is not None:
-            data["error"] = self.error
-        return data
-
-
-@dataclass(frozen=True)
-class SyncOutcome:
-    """Per-service results of one sync of a host's services."""
-
-    services: Mapping[str, ServiceResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(result.ok for result in self.services.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: result.to_json() for name, result in self.services.items()}
 
 
 def sorted_versions(versions: Sequence[str]) -> list[str]:

@@ -20,10 +20,10 @@ from typing import Any, ClassVar, Self, TypeVar
 import msgpack
 
 from daybook.errors import WireError
-from daybook.installer import ServiceResult
 from daybook.keys import is_fingerprint, is_public_key
 from daybook.mappings import MappingTable
 from daybook.naming import is_valid_service, is_valid_version
+from daybook.outcomes import ServiceResult
 from daybook.patterns import is_valid_host, is_valid_pattern
 
 PROTOCOL_VERSION = 1

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from daybook.errors import DaybookError
-from daybook.installer import Installer, ServiceResult, SyncOutcome
+from daybook.installer import Installer
+from daybook.outcomes import ServiceResult, SyncOutcome
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store import open_store
 

@@ -16,9 +16,10 @@ import zmq
 from daybook.config import Settings
 from daybook.control import ControlClient
 from daybook.errors import ConfigError, FleetError
-from daybook.installer import Installer, SyncOutcome
+from daybook.installer import Installer
 from daybook.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.mailbox import Mailbox
+from daybook.outcomes import SyncOutcome
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store import Store, open_store
 from daybook.transport import (

@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daybook.errors import DaybookError
-from daybook.installer import Installer, ServiceResult, SyncOutcome, sorted_versions
+from daybook.installer import Installer, sorted_versions
+from daybook.outcomes import ServiceResult, SyncOutcome
 from daybook.patterns import Resolution
 from daybook.wire import DesiredState, Report, SyncEvent, clip_text, versions_digest
 from minion.desired import DesiredStateCache

@@ -13,8 +13,8 @@ import zmq
 
 from daybook.config import Settings
 from daybook.control import ControlClient
-from daybook.installer import ServiceResult
 from daybook.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
+from daybook.outcomes import ServiceResult
 from daybook.stopping import StopFlag
 from daybook.transport import ClientCredentials, secure_client
 from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as

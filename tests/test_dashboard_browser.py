@@ -22,9 +22,9 @@ import zmq
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings, live_minions
 
-from daybook.installer import ServiceResult
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
+from daybook.outcomes import ServiceResult
 from daybook.registry import open_registry
 from daybook.stopping import StopFlag
 from daybook.wire import Report

@@ -29,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daybook.config import Settings
 from daybook.control import sync_json
-from daybook.installer import ServiceResult
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
+from daybook.outcomes import ServiceResult
 from daybook.registry import open_registry
 from daybook.transport import secure_client
 from daybook.wire import Report, SyncEvent
