@@ -75,6 +75,12 @@ class MasterTuning:
     # After subscribers are dropped (a key deleted), the state is sent again this soon,
     # once the minions still accepted have reconnected.
     resubscribe_grace_s: float = 0.5
+    # With nobody waiting on a sync and nothing published for `busy_window_s`, the results
+    # socket is read at most every `quiet_collect_interval_s`: a fleet's heartbeats, sent
+    # one by one at their own times, then wake the loop a couple of times a second in
+    # batches instead of once each. Answers an operator waits for are read as they come.
+    quiet_collect_interval_s: float = 0.5
+    busy_window_s: float = 5.0
 
 
 class Master:
@@ -135,6 +141,11 @@ class Master:
         self._rebuild_due: float | None = None
         self._catch_up_due: float | None = None
         self._last_republish = -math.inf
+        # Answers are read as they come for a while after each event (see MasterTuning).
+        self._last_publish = -math.inf
+        self._next_results_read = -math.inf
+        # A heartbeat read late must never make a host look down: a small share of the time.
+        self._quiet_read_interval_s = min(tuning.quiet_collect_interval_s, fleet.down_after_s / 10)
         self._next_republish = started + tuning.republish_interval_s
         self._host_flush_due = started + tuning.host_flush_interval_s
         self._prune_due = started
@@ -185,12 +196,21 @@ class Master:
         poller.register(self._collector.socket, zmq.POLLIN)
         poller.register(self._control.socket, zmq.POLLIN)
         poller.register(self._mailbox.fileno(), zmq.POLLIN)
+        # The same without the results socket, for the quiet spells between its reads.
+        between_reads = zmq.Poller()
+        between_reads.register(self._control.socket, zmq.POLLIN)
+        between_reads.register(self._mailbox.fileno(), zmq.POLLIN)
         while not stop.is_set():
-            ready = dict(poller.poll(self._timeout_ms()))
+            read_due = self._results_read_due()
+            if read_due is None:
+                ready = dict(poller.poll(self._timeout_ms()))
+            else:
+                ready = dict(between_reads.poll(self._timeout_ms(read_due)))
             if self._mailbox.fileno() in ready:
                 for change in self._mailbox.drain():
                     self._on_change(change)
             if self._collector.socket in ready:
+                self._next_results_read = self._monotonic() + self._quiet_read_interval_s
                 self._collect()
             if self._control.socket in ready:
                 self._serve_operators()
@@ -212,8 +232,19 @@ class Master:
 
     # -- timers ---------------------------------------------------------------------------------
 
-    def _timeout_ms(self) -> int:
+    def _results_read_due(self) -> float | None:
+        """When the results socket may next be read, if that is later than now: only in a
+        quiet spell, with no operator waiting and nothing published for a while."""
+        mono = self._monotonic()
+        if mono >= self._next_results_read or self._syncs.waiters:
+            return None
+        if mono - self._last_publish < self._tuning.busy_window_s:
+            return None
+        return self._next_results_read
+
+    def _timeout_ms(self, read_due: float | None = None) -> int:
         dues = [
+            read_due,
             self._next_republish,
             self._host_flush_due,
             self._prune_due,
@@ -375,6 +406,7 @@ class Master:
 
     def _publish_event(self, event: SyncEvent) -> None:
         self._publisher.publish(event)
+        self._last_publish = self._monotonic()
         self._metrics.add_total(
             self._metrics.published_events, "published_events", self._publisher.published
         )

@@ -13,6 +13,7 @@ from messages import heartbeat
 
 from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag
+from daybook.wire import Heartbeat, Report
 from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
@@ -86,6 +87,77 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
         wait_for(lambda: snapshots.current.hosts["web-1"].boot_id == "boot2", "the restart shown")
         assert snapshots.published == published + 2
         assert snapshots.current.hosts["web-1"].last_seen >= first_seen
+    finally:
+        stop.set()
+        mailbox.post(Wake())
+        loop.join()
+        minion.close(linger=0)
+        for socket in sockets.values():
+            socket.close(linger=0)
+        mailbox.close()
+
+
+class CountingCollector(Collector):
+    """Counts the reads of the results socket that found something."""
+
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+        super().__init__(socket)
+        self.batches: list[int] = []
+
+    def receive_batch(self, limit: int) -> list[tuple[Report | Heartbeat, bytes]]:
+        messages = super().receive_batch(limit)
+        if messages:
+            self.batches.append(len(messages))
+        return messages
+
+
+def test_a_quiet_master_reads_heartbeats_in_batches(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """With no sync in flight, heartbeats arriving one by one wake the loop in batches."""
+    sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
+    for kind, socket in sockets.items():
+        socket.bind(f"inproc://quiet-{kind}")
+    minion = context.socket(zmq.PUSH)
+    minion.connect(f"inproc://quiet-{zmq.PULL}")
+    mailbox: Mailbox[Change] = Mailbox()
+    collector = CountingCollector(sockets[zmq.PULL])
+    built: list[Master] = []
+    stop = StopFlag()
+
+    def run() -> None:
+        database = ResultsDatabase(tmp_path / "master.db")
+        master = Master(
+            epoch=1,
+            publisher=Publisher(sockets[zmq.PUB]),
+            collector=collector,
+            control=ControlServer(sockets[zmq.ROUTER]),
+            database=database,
+            fleet=Fleet(down_after_s=3600.0),
+            mailbox=mailbox,
+            tuning=MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0),
+        )
+        built.append(master)
+        try:
+            master.run(stop)
+        finally:
+            database.close()
+
+    loop = threading.Thread(target=run)
+    loop.start()
+    try:
+        wait_for(lambda: built, "the master to start")
+        counters = built[0].counters
+        minion.send_multipart(heartbeat("web-1", "boot1").encode())
+        wait_for(lambda: counters["heartbeats"] == 1, "the first heartbeat")
+        # Ten heartbeats within 0.2 s, each on its own: a loop reading as they come would
+        # wake ten times; a quiet one reads them in one or two batches.
+        for number in range(10):
+            minion.send_multipart(heartbeat(f"web-{number + 2}", "boot1").encode())
+            threading.Event().wait(0.02)
+        wait_for(lambda: counters["heartbeats"] == 11, "all heartbeats")
+        assert collector.batches[0] == 1
+        assert len(collector.batches[1:]) <= 2, collector.batches
     finally:
         stop.set()
         mailbox.post(Wake())
