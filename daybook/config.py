@@ -47,8 +47,10 @@ class Settings:
     master_key: str | None = None
     # Benchmarks only: no encryption and no key authentication between master and minions.
     insecure_transport: bool = False
-    # Master: how often to list the store and to republish the desired state.
-    store_poll_interval_s: float = 2.0
+    # Master: how often to list the store and to republish the desired state. Each listing
+    # costs the master a few ms of CPU; an operator's `sync` lists the store first anyway,
+    # so `push` then `sync` never waits for the poll.
+    store_poll_interval_s: float = 5.0
     republish_interval_s: float = 30.0
     registry_poll_interval_s: float = 2.0
     # Minion: heartbeats, the random delay before downloads, and parallel downloads.
