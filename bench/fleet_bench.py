@@ -51,6 +51,23 @@ MAPPINGS = {
 }
 
 
+# The master reads answers as they come for 5 s after its last event (MasterTuning's
+# busy_window_s), then settles into reading heartbeats in batches: idle is measured after.
+SETTLE_S = 6.0
+
+
+def settle_after_syncs(results: Results, section: str, master_pid: int, fleet: str) -> None:
+    """Let the master settle after the timed syncs, and report what that took."""
+    (share,) = cpu_shares([master_pid], SETTLE_S, pause)
+    results.add(
+        section,
+        f"master CPU, {SETTLE_S:g} s right after the syncs, {fleet}",
+        "percent",
+        [share],
+        note="% of a core; before the idle window",
+    )
+
+
 def process_hosts() -> list[str]:
     hosts = []
     for index in range(100):
@@ -109,8 +126,9 @@ def run_processes(results: Results, options: Options) -> None:
             add_request_counts(results, servers, before, f"{syncs} no-op syncs, 100 processes")
 
             before = request_counts(servers)
-            window_s = idle_window_s(options)
             assert fleet.master is not None
+            settle_after_syncs(results, section, fleet.master.pid, "100 minions")
+            window_s = idle_window_s(options)
             pids = [fleet.master.pid, *fleet.pids.values()]
             shares = cpu_shares(pids, window_s, pause)
             add_request_counts(results, servers, before, f"{window_s:g} s idle, 100 processes")
@@ -208,9 +226,10 @@ def run_swarm(results: Results, options: Options) -> None:
             syncs = options.runs + options.warmup
             add_request_counts(results, servers, before, f"{syncs} no-op syncs, swarm")
 
-            window_s = idle_window_s(options)
             assert fleet.master is not None
             master_pid = fleet.master.pid
+            settle_after_syncs(results, section, master_pid, f"{SWARM_SIZE:,} minions")
+            window_s = idle_window_s(options)
             master_share, swarm_share = cpu_shares([master_pid, swarm.pid], window_s, pause)
             results.add(
                 section,
