@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_fleet import FaultFleet, Figures, FleetFactory
+from fault_fleet import Figures, FleetFactory
+from process_fleet import ProcessFleet
 
 from daybook.file_registry import FileRegistry
 from daybook.local_store import LocalStore
@@ -58,14 +59,14 @@ def pytest_terminal_summary(
 def make_fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetFactory]:
     """Builds fleets on the given store and registry; stops every process at teardown and
     shows the tail of each log when the test failed."""
-    fleets: list[FaultFleet] = []
+    fleets: list[ProcessFleet] = []
 
     def make(
         store: Store | None = None, registry: Registry | None = None, **options: Any
-    ) -> FaultFleet:
+    ) -> ProcessFleet:
         root = tmp_path / f"fleet{len(fleets)}" if fleets else tmp_path
         root.mkdir(exist_ok=True)
-        fleet = FaultFleet(
+        fleet = ProcessFleet(
             root,
             store=store or LocalStore(root / "store"),
             registry=registry or FileRegistry(root / "mappings.json"),

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from consul_server import ConsulServer, FaultKind
-from fault_fleet import FaultFleet, Figures, FleetFactory, Proc, wait_for
+from fault_fleet import Figures, FleetFactory
+from process_fleet import Proc, ProcessFleet, wait_for
 
 from daybook.consul_registry import ConsulRegistry
 
@@ -38,7 +39,7 @@ def _logged(process: Proc, line: str, times: int) -> bool:
     return process.log().count(line) == times
 
 
-def _wait_for_service(fleet: FaultFleet, service: str) -> None:
+def _wait_for_service(fleet: ProcessFleet, service: str) -> None:
     def reported() -> bool:
         report = fleet.last_report("web-1")
         return report is not None and service in report.services and report.ok

@@ -11,7 +11,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from fault_fleet import Figures, FleetFactory, wait_for
+from fault_fleet import Figures, FleetFactory
+from process_fleet import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_fleet import Figures, FleetFactory, many_files, wait_for
+from fault_fleet import Figures, FleetFactory, many_files
 from netns import NetworkLab, lab_unavailable
+from process_fleet import wait_for
 
 pytestmark = pytest.mark.faults
 

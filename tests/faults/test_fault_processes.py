@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_fleet import Figures, FleetFactory, many_files, wait_for
+from fault_fleet import Figures, FleetFactory, many_files
+from process_fleet import wait_for
 
 from daybook.installer import LOCK_NAME
 from daybook.wire import SyncSummary

@@ -15,15 +15,8 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 from archives import make_asset
-from fault_fleet import (
-    FaultFleet,
-    Figures,
-    FleetFactory,
-    asset_sha256,
-    incompressible,
-    many_files,
-    wait_for,
-)
+from fault_fleet import Figures, FleetFactory, incompressible, many_files
+from process_fleet import ProcessFleet, asset_sha256, wait_for
 from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from stoppable_s3 import StoppableS3, quiet_werkzeug
 
@@ -254,7 +247,7 @@ def _fill(directory: Path) -> Path:
 def test_a_full_disk_fails_clearly_and_installs_once_space_is_freed(
     small_disk: Path, make_fleet: FleetFactory, figures: Figures
 ) -> None:
-    fleet: FaultFleet = make_fleet(splay_s=0.0)
+    fleet: ProcessFleet = make_fleet(splay_s=0.0)
     fleet.push("web", "1")
     fleet.map("web-*", "web")
     fleet.start_master()
