@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import zmq
+from waiting import wait_for
 
 from daybook.config import Settings
 from daybook.control import ControlClient
@@ -21,15 +21,6 @@ from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as
 from master.process import run_master
 
 DEADLINE_S = 10.0
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        pause.wait(0.01)
 
 
 def fleet_settings(tmp_path: Path) -> Settings:

@@ -15,14 +15,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from archives import make_asset
+from waiting import wait_for
 
 from daybook.control import ControlClient
 from daybook.installer import STAGING_PREFIX
@@ -49,19 +49,6 @@ splay_s = {splay_s}
 down_after_s = {down_after_s}
 """
 STOP_TIMEOUT_S = 15.0
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `condition` until it returns something true; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        pause.wait(0.02)
 
 
 def asset_sha256(path: Path) -> str:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import zmq
-from inprocess_fleet import RunningMaster, fleet_settings, live_minions, wait_for
+from inprocess_fleet import RunningMaster, fleet_settings, live_minions
+from waiting import wait_for
 
 from daybook.cli import main
 

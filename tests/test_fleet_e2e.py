@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_fleet import ProcessFleet, wait_for
+from process_fleet import ProcessFleet
+from waiting import wait_for
 
 from daybook.file_registry import FileRegistry
 from daybook.local_store import LocalStore

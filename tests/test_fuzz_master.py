@@ -21,7 +21,8 @@ import zmq
 from archives import make_asset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from inprocess_fleet import RunningMaster, fleet_settings, live_minions, wait_for
+from inprocess_fleet import RunningMaster, fleet_settings, live_minions
+from waiting import wait_for
 
 from daybook.keys import KeyPair
 from daybook.local_store import LocalStore

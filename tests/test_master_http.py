@@ -23,9 +23,9 @@ from inprocess_fleet import (
     fleet_settings,
     live_minions,
     minion_keypair,
-    wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_for
 
 from daybook.config import Settings
 from daybook.control import sync_json
@@ -257,7 +257,7 @@ def test_fleet_and_host_documents_follow_the_fleet(
         done = all((hosts.get(h) or {}).get("last_sync") for h in ("web-1", "web-2"))
         return done and fleet
 
-    fleet = wait_for_value(reported, "both reports in /api/v1/fleet")
+    fleet = wait_for(reported, "both reports in /api/v1/fleet")
     assert fleet["counts"] == {"hosts": 2, "up": 2, "down": 0, "failing": 1, "never_synced": 0}
     with master.client() as client:
         assert fleet["epoch"] == client.fleet_status().epoch
@@ -286,12 +286,6 @@ def web_service(api: Api) -> Any:
     return api.json("/api/v1/services")["services"].get("web", {})
 
 
-def wait_for_value(condition: Any, what: str) -> Any:
-    found: list[Any] = []
-    wait_for(lambda: found.append(condition()) or found[-1], what)
-    return found[-1]
-
-
 def test_a_host_goes_down_in_the_api_when_heartbeats_stop(
     context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, api: Api
 ) -> None:
@@ -299,7 +293,7 @@ def test_a_host_goes_down_in_the_api_when_heartbeats_stop(
     wait_for(lambda: api.json("/api/v1/fleet")["counts"]["up"] == 1, "web-1 up")
     web1.close()
     # down_after_s is 2 s in these settings; liveness is judged at request time.
-    fleet = wait_for_value(
+    fleet = wait_for(
         lambda: (f := api.json("/api/v1/fleet"))["counts"]["down"] == 1 and f, "web-1 down"
     )
     assert fleet["hosts"]["web-1"]["up"] is False
@@ -321,7 +315,7 @@ def test_syncs_newest_first_with_a_limit_and_one_sync_in_full(
         newest = syncs[0] if syncs else None
         return newest and newest["sync_id"] == second and newest["hosts"]["answered"] == 2 and syncs
 
-    syncs = wait_for_value(listed, "the second sync answered in /api/v1/syncs")
+    syncs = wait_for(listed, "the second sync answered in /api/v1/syncs")
     ids = [sync["sync_id"] for sync in syncs]
     assert ids.index(second) < ids.index(first)
     issued = [sync["issued_at"] for sync in syncs]
@@ -361,7 +355,7 @@ def test_services_show_versions_counts_and_laggards(
     web2.report(web2.event_for(sync_id))
     wait_for(lambda: web_service(api).get("installed") == {"1": 2}, "both hosts counted with web 1")
     size = push_asset(tmp_path, "web", "2")
-    web = wait_for_value(lambda: (d := web_service(api)).get("newest") == "2" and d, "web 2")
+    web = wait_for(lambda: (d := web_service(api)).get("newest") == "2" and d, "web 2")
     assert api.json("/api/v1/services")["ready"] is True
     assert web["versions"] == ["1", "2"]
     assert web["bytes"]["2"] == size
@@ -374,9 +368,7 @@ def test_services_show_versions_counts_and_laggards(
     send_report(
         web1, event, {"web": ServiceResult(installed=("2",), present=("1",))}, {"web": ("1", "2")}
     )
-    web = wait_for_value(
-        lambda: (d := web_service(api))["lagging"] == ["web-2"] and d, "web-1 caught up"
-    )
+    web = wait_for(lambda: (d := web_service(api))["lagging"] == ["web-2"] and d, "web-1 caught up")
     assert web["installed"] == {"1": 2, "2": 1}
     for minion in (web1, web2):
         minion.close()
@@ -388,7 +380,7 @@ def test_mappings_show_the_table_and_who_each_pattern_wins(
     registry = open_registry(f"file://{tmp_path / 'mappings.json'}")
     registry.update("web-1", lambda _: ("web", "extra"))
     web1, web2, db1 = live_minions(context, master, "web-1", "web-2", "db-1")
-    document = wait_for_value(
+    document = wait_for(
         lambda: (d := api.json("/api/v1/mappings"))["hosts"].get("web-1") and d,
         "the new pattern",
     )
@@ -470,7 +462,7 @@ def test_metrics_move_with_syncs_reports_and_bad_frames(
     with master.client() as client:
         wait_for(lambda: client.sync_result(sync_id).complete, "both reports")
 
-    samples = wait_for_value(
+    samples = wait_for(
         lambda: (
             (s := api.metrics())
             and metric(s, "daybook_syncs_completed_total", result="failed") == 1

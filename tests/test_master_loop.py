@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import zmq
-from inprocess_fleet import wait_for
 from messages import heartbeat
+from waiting import wait_for
 
 from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag
@@ -31,18 +32,23 @@ def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx.destroy(linger=0)
 
 
-def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
-    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
-) -> None:
-    """A new host or a restarted one shows in the snapshot at once; a heartbeat from a host
-    already up waits for the slow heartbeat refresh (here: never within the test)."""
+@contextmanager
+def running_master(
+    context: zmq.Context[zmq.Socket[bytes]],
+    tmp_path: Path,
+    tuning: MasterTuning,
+    *,
+    collector: Callable[[zmq.Socket[bytes]], Collector] = Collector,
+    snapshots: SnapshotBox | None = None,
+) -> Iterator[tuple[Master, zmq.Socket[bytes]]]:
+    """A master loop on its own thread, and a minion's PUSH socket connected to it."""
+    name = tmp_path.name
     sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
     for kind, socket in sockets.items():
-        socket.bind(f"inproc://master-{kind}")
+        socket.bind(f"inproc://{name}-{kind}")
     minion = context.socket(zmq.PUSH)
-    minion.connect(f"inproc://master-{zmq.PULL}")
+    minion.connect(f"inproc://{name}-{zmq.PULL}")
     mailbox: Mailbox[Change] = Mailbox()
-    snapshots = SnapshotBox(FleetSnapshot(1, 0.0, 3600.0, {}))
     built: list[Master] = []
     stop = StopFlag()
 
@@ -52,13 +58,12 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
         master = Master(
             epoch=1,
             publisher=Publisher(sockets[zmq.PUB]),
-            collector=Collector(sockets[zmq.PULL]),
+            collector=collector(sockets[zmq.PULL]),
             control=ControlServer(sockets[zmq.ROUTER]),
             database=database,
             fleet=Fleet(down_after_s=3600.0),
             mailbox=mailbox,
-            # Every change but a heartbeat's last-seen time is published at once.
-            tuning=MasterTuning(view_interval_s=0.0, heartbeat_view_interval_s=3600.0),
+            tuning=tuning,
             snapshots=snapshots,
         )
         built.append(master)
@@ -71,7 +76,27 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
     loop.start()
     try:
         wait_for(lambda: built, "the master to start")
-        counters = built[0].counters
+        yield built[0], minion
+    finally:
+        stop.set()
+        mailbox.post(Wake())
+        loop.join()
+        minion.close(linger=0)
+        for socket in sockets.values():
+            socket.close(linger=0)
+        mailbox.close()
+
+
+def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """A new host or a restarted one shows in the snapshot at once; a heartbeat from a host
+    already up waits for the slow heartbeat refresh (here: never within the test)."""
+    snapshots = SnapshotBox(FleetSnapshot(1, 0.0, 3600.0, {}))
+    # Every change but a heartbeat's last-seen time is published at once.
+    tuning = MasterTuning(view_interval_s=0.0, heartbeat_view_interval_s=3600.0)
+    with running_master(context, tmp_path, tuning, snapshots=snapshots) as (master, minion):
+        counters = master.counters
         published = snapshots.published
         minion.send_multipart(heartbeat("web-1", "boot1").encode())
         wait_for(lambda: "web-1" in snapshots.current.hosts, "the new host in the snapshot")
@@ -87,14 +112,6 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
         wait_for(lambda: snapshots.current.hosts["web-1"].boot_id == "boot2", "the restart shown")
         assert snapshots.published == published + 2
         assert snapshots.current.hosts["web-1"].last_seen >= first_seen
-    finally:
-        stop.set()
-        mailbox.post(Wake())
-        loop.join()
-        minion.close(linger=0)
-        for socket in sockets.values():
-            socket.close(linger=0)
-        mailbox.close()
 
 
 class CountingCollector(Collector):
@@ -115,39 +132,15 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
     context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
 ) -> None:
     """With no sync in flight, heartbeats arriving one by one wake the loop in batches."""
-    sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
-    for kind, socket in sockets.items():
-        socket.bind(f"inproc://quiet-{kind}")
-    minion = context.socket(zmq.PUSH)
-    minion.connect(f"inproc://quiet-{zmq.PULL}")
-    mailbox: Mailbox[Change] = Mailbox()
-    collector = CountingCollector(sockets[zmq.PULL])
-    built: list[Master] = []
-    stop = StopFlag()
+    collectors: list[CountingCollector] = []
 
-    def run() -> None:
-        database = ResultsDatabase(tmp_path / "master.db")
-        master = Master(
-            epoch=1,
-            publisher=Publisher(sockets[zmq.PUB]),
-            collector=collector,
-            control=ControlServer(sockets[zmq.ROUTER]),
-            database=database,
-            fleet=Fleet(down_after_s=3600.0),
-            mailbox=mailbox,
-            tuning=MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0),
-        )
-        built.append(master)
-        try:
-            master.run(stop)
-        finally:
-            database.close()
+    def counting(socket: zmq.Socket[bytes]) -> Collector:
+        collectors.append(CountingCollector(socket))
+        return collectors[-1]
 
-    loop = threading.Thread(target=run)
-    loop.start()
-    try:
-        wait_for(lambda: built, "the master to start")
-        counters = built[0].counters
+    tuning = MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0)
+    with running_master(context, tmp_path, tuning, collector=counting) as (master, minion):
+        counters = master.counters
         minion.send_multipart(heartbeat("web-1", "boot1").encode())
         wait_for(lambda: counters["heartbeats"] == 1, "the first heartbeat")
         # Ten heartbeats within 0.2 s, each on its own: a loop reading as they come would
@@ -156,13 +149,6 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
             minion.send_multipart(heartbeat(f"web-{number + 2}", "boot1").encode())
             threading.Event().wait(0.02)
         wait_for(lambda: counters["heartbeats"] == 11, "all heartbeats")
+        (collector,) = collectors
         assert collector.batches[0] == 1
         assert len(collector.batches[1:]) <= 2, collector.batches
-    finally:
-        stop.set()
-        mailbox.post(Wake())
-        loop.join()
-        minion.close(linger=0)
-        for socket in sockets.values():
-            socket.close(linger=0)
-        mailbox.close()

@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 import zmq
 from archives import make_asset
-from inprocess_fleet import (
-    DEADLINE_S,
-    RunningMaster,
-    ScriptedMinion,
-    fleet_settings,
-    live_minions,
-    wait_for,
-)
+from inprocess_fleet import DEADLINE_S, RunningMaster, ScriptedMinion, fleet_settings, live_minions
+from waiting import wait_for
 
 from daybook.config import Settings
 from daybook.control import ControlClient, MasterUnreachable, control_endpoint, sync_json

@@ -17,7 +17,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from inprocess_fleet import (
     live_minions,
     minion_keypair,
 )
+from waiting import wait_for
 
 from daybook.cli import main
 from daybook.config import Settings
@@ -61,18 +62,6 @@ EMPTY_STATE = DesiredState({}, {}).encode()
 # The master republishes every 0.5 s (fleet_settings): a subscriber that would get events
 # has had three chances in this long.
 SILENCE_MS = 1500
-
-
-def wait_value(condition: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        pause.wait(0.02)
 
 
 @pytest.fixture
@@ -121,7 +110,7 @@ def _key(master: RunningMaster, public_key: str, state: str) -> KeyInfo | None:
 def _accept(master: RunningMaster, *minions: ScriptedMinion) -> None:
     """Wait for each minion's key to be pending, accept it, and wait for its first event."""
     for minion in minions:
-        pending = wait_value(
+        pending = wait_for(
             lambda m=minion: _key(master, m.keypair.public, "pending"), f"{minion.host} pending"
         )
         with master.client() as client:
@@ -130,7 +119,7 @@ def _accept(master: RunningMaster, *minions: ScriptedMinion) -> None:
         minion.next_event()
         minion.heartbeat()
     for minion in minions:
-        wait_value(lambda m=minion: _hosts(master).get(m.host, {}).get("up"), f"{minion.host} up")
+        wait_for(lambda m=minion: _hosts(master).get(m.host, {}).get("up"), f"{minion.host} up")
 
 
 def _hosts(master: RunningMaster) -> dict[str, Any]:
@@ -163,7 +152,7 @@ def test_an_unaccepted_minion_gets_nothing_until_its_key_is_accepted(
 ) -> None:
     stranger = ScriptedMinion(context, master, "web-1")
     stranger.heartbeat()
-    pending = wait_value(lambda: _key(master, stranger.keypair.public, "pending"), "pending key")
+    pending = wait_for(lambda: _key(master, stranger.keypair.public, "pending"), "pending key")
     assert pending.address == "127.0.0.1"
     assert pending.role == "minion"
     # Its heartbeat and a report are dropped; no event reaches it while events flow.
@@ -181,7 +170,7 @@ def test_an_unaccepted_minion_gets_nothing_until_its_key_is_accepted(
     event = stranger.next_event()  # let in when it next knocks, without a restart
     stranger.heartbeat()
     stranger.report(event)
-    hosts = wait_value(lambda: (h := _hosts(master)).get("web-1", {}).get("last_sync") and h, "up")
+    hosts = wait_for(lambda: (h := _hosts(master)).get("web-1", {}).get("last_sync") and h, "up")
     assert hosts["web-1"]["up"] is True
     # Its first message bound the host to the key.
     bound = _key(master, stranger.keypair.public, "accepted")
@@ -229,11 +218,11 @@ def _cut_off_one_of_two(context: zmq.Context[zmq.Socket[bytes]], master: Running
     doomed.report(SyncEvent(1, 1, summary.sync_id, "*", EMPTY_STATE, time.time()))
     keeper.report(_events_until(keeper, summary.sync_id)[-1])
     with master.client() as client:
-        wait_value(lambda: client.sync_result(summary.sync_id).complete, "web-2's report")
+        wait_for(lambda: client.sync_result(summary.sync_id).complete, "web-2's report")
         assert set(client.sync_result(summary.sync_id).results) == {"web-2"}
     assert _hosts(master)["web-1"]["up"] is False
     # A deleted key is a stranger again: pending on its next contact, not accepted.
-    wait_value(lambda: _key(master, doomed.keypair.public, "pending"), "pending again")
+    wait_for(lambda: _key(master, doomed.keypair.public, "pending"), "pending again")
     doomed.close()
     keeper.close()
 
@@ -256,10 +245,10 @@ def test_a_minion_cannot_speak_for_another_host(
     impostor.report(event, ok=False, report_id="impostor")
     web2.report(event)
     with master.client() as client:
-        wait_value(lambda: "web-2" in client.sync_result(summary.sync_id).results, "web-2")
+        wait_for(lambda: "web-2" in client.sync_result(summary.sync_id).results, "web-2")
         assert "web-1" not in client.sync_result(summary.sync_id).results
         web1.report(web1.event_for(summary.sync_id), report_id="real")
-        result = wait_value(
+        result = wait_for(
             lambda: (r := client.sync_result(summary.sync_id)).complete and r, "web-1's report"
         )
     assert result.results["web-1"].report_id == "real"
@@ -449,7 +438,7 @@ def test_a_real_minion_is_pending_under_its_host_and_accepted_by_name(
             assert code == 0
             return next((k for k in document["pending"] if k["host"] == "web-1"), None)
 
-        pending = wait_value(pending_web1, "web-1 pending under its name")
+        pending = wait_for(pending_web1, "web-1 pending under its name")
         assert pending["address"] == "127.0.0.1"
         code, mine = cli("keys", "fingerprint", "--json", "--data-dir", str(tmp_path / "web-1"))
         assert code == 0
@@ -459,16 +448,16 @@ def test_a_real_minion_is_pending_under_its_host_and_accepted_by_name(
 
         assert cli("keys", "accept", "web-9", *as_master)[0] == 2
         assert cli("keys", "accept", "web-1", *as_master)[0] == 0
-        wait_value(lambda: minion.installed("web") == ["1"], "web-1 installs once accepted")
+        wait_for(lambda: minion.installed("web") == ["1"], "web-1 installs once accepted")
         # Installing can beat the first accepted heartbeat to the master; be sure it is up.
-        wait_value(
+        wait_for(
             lambda: _hosts(master).get("web-1", {}).get("up") is True, "web-1 up at the master"
         )
 
         code, deleted = cli("keys", "delete", "web-1", "--json", *as_master)
         assert (code, deleted["action"], deleted["host"]) == (0, "delete", "web-1")
         assert _hosts(master)["web-1"]["up"] is False
-        wait_value(pending_web1, "web-1 pending again after its next hello")
+        wait_for(pending_web1, "web-1 pending again after its next hello")
     finally:
         minion.shutdown()
 
@@ -481,7 +470,7 @@ def test_a_pinned_minion_refuses_a_master_with_another_key(
     minion = MinionThread(minion_conf)
     second: RunningMaster | None = None
     try:
-        wait_value(lambda: minion.installed("web") == ["1"], "the first sync")
+        wait_for(lambda: minion.installed("web") == ["1"], "the first sync")
         pinned = read_public_key(keys_dir(minion_conf.data_dir) / PINNED_MASTER_KEY)
         assert pinned == first.public_key
         first.shutdown()
@@ -500,7 +489,7 @@ def test_a_pinned_minion_refuses_a_master_with_another_key(
         )
         assert second.public_key != pinned
         with caplog.at_level(logging.ERROR, logger="minion.enrollment"):
-            wait_value(
+            wait_for(
                 lambda: any("now presents the key" in r.getMessage() for r in caplog.records),
                 "the minion to notice the new key",
             )

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from consul_server import ConsulServer, FaultKind
 from fault_fleet import Figures, FleetFactory
-from process_fleet import Proc, ProcessFleet, wait_for
+from process_fleet import Proc, ProcessFleet
+from waiting import wait_for
 
 from daybook.consul_registry import ConsulRegistry
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fault_fleet import Figures, FleetFactory
-from process_fleet import wait_for
+from waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fault_fleet import Figures, FleetFactory, many_files
 from netns import NetworkLab, lab_unavailable
-from process_fleet import wait_for
+from waiting import wait_for
 
 pytestmark = pytest.mark.faults
 

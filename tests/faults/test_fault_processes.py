@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fault_fleet import Figures, FleetFactory, many_files
-from process_fleet import wait_for
+from waiting import wait_for
 
 from daybook.installer import LOCK_NAME
 from daybook.wire import SyncSummary

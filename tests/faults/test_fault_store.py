@@ -16,9 +16,10 @@ import boto3
 import pytest
 from archives import make_asset
 from fault_fleet import Figures, FleetFactory, incompressible, many_files
-from process_fleet import ProcessFleet, asset_sha256, wait_for
+from process_fleet import ProcessFleet, asset_sha256
 from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from stoppable_s3 import StoppableS3, quiet_werkzeug
+from waiting import wait_for
 
 from daybook.local_store import LocalStore
 from daybook.naming import AssetRef
