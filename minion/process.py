@@ -241,6 +241,8 @@ def run_minion(
     mailbox: Mailbox[Callback] = Mailbox()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     minion: Minion | None = None
+    # From the start: a minion still waiting for its master's key stops cleanly too.
+    restore = stop_on_signals(stop)
     try:
         keypair = minion_keypair(settings, spec)
         try:
@@ -271,7 +273,6 @@ def run_minion(
             start_enrollment(context, settings, credentials, stop)
         driver = Driver([minion], mailbox)
         stop.on_set(lambda: mailbox.post(lambda: None))
-        restore = stop_on_signals(stop)
         log.info(
             "minion %s following the master at %s (reports to port %d)",
             spec.host,
@@ -281,6 +282,7 @@ def run_minion(
         try:
             driver.run(stop)
         finally:
+            # While it drains, a second signal ends the minion at once.
             restore()
         if not minion.stop(drain_timeout_s):
             # No install outlives the minion: the child is ended and reaped (the next
@@ -289,6 +291,7 @@ def run_minion(
             minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
         driver.run_callbacks()  # the last reports go out before the sockets close
     finally:
+        restore()
         installs.kill()
         if minion is not None:
             close_minion(minion)

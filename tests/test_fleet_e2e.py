@@ -5,12 +5,16 @@ embedded file store and file registry. Ports are ephemeral and read back from th
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from process_fleet import ProcessFleet
+from process_fleet import Proc, ProcessFleet
 from waiting import wait_for
 
 from daybook.file_registry import FileRegistry
@@ -219,3 +223,30 @@ def test_sync_against_a_stopped_master_is_one_clear_error(fleet: ProcessFleet) -
     assert result.stderr.startswith("daybook: ")
     assert "master.json" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_minion_still_waiting_for_its_master_stops_cleanly(tmp_path: Path) -> None:
+    # Ports nothing listens on: the minion waits to learn the master's key.
+    ports = []
+    for _ in range(4):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(str(probe.getsockname()[1]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAYBOOK_")}
+    env.update(
+        DAYBOOK_DATA_DIR=str(tmp_path / "web-1"),
+        DAYBOOK_STORE=f"file://{tmp_path / 'store'}",
+        DAYBOOK_REGISTRY=f"file://{tmp_path / 'mappings.json'}",
+        DAYBOOK_HOSTNAME="web-1",
+        DAYBOOK_MASTER="127.0.0.1",
+        DAYBOOK_PORT=ports[0],
+        DAYBOOK_RESULTS_PORT=ports[1],
+        DAYBOOK_CONTROL_PORT=ports[2],
+        DAYBOOK_KEY_PORT=ports[3],
+    )
+    argv = [sys.executable, "-m", "daybook", "-v", "minion"]
+    minion = Proc("web-1", argv, env, tmp_path / "web-1.log")
+    wait_for(lambda: "cannot learn the master's key yet" in minion.log(), "the minion waiting")
+    minion.signal(signal.SIGTERM)
+    assert minion.wait() == 0, minion.log()
+    assert "Traceback" not in minion.log()
