@@ -37,13 +37,6 @@ from daybook.transport import secure_client
 from daybook.wire import Report, SyncEvent
 
 
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def push_asset(tmp_path: Path, service: str, version: str) -> int:
     """Put SERVICE-VERSION in the test store; return its size in bytes."""
     path = make_asset(tmp_path, service, version)

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import zmq
 from messages import heartbeat
 from waiting import wait_for
@@ -23,13 +22,6 @@ from master.fleet import Fleet
 from master.master import Master, MasterTuning
 from master.publisher import Publisher
 from master.snapshot import FleetSnapshot, SnapshotBox
-
-
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 @contextmanager

@@ -64,13 +64,6 @@ EMPTY_STATE = DesiredState({}, {}).encode()
 SILENCE_MS = 1500
 
 
-@pytest.fixture
-def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
 def _push(root: Path, service: str, version: str) -> None:
     path = make_asset(root, service, version)
     LocalStore(root / "store").upload(
