@@ -32,10 +32,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from daybook.control import ControlClient
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.registry import open_registry
+from daybook.model.names import AssetRef
+from daybook.net.client import ControlClient
+from daybook.registry.base import open_registry
+from daybook.store.local import LocalStore
 
 CONFIG = """
 bind = "127.0.0.1"

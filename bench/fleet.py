@@ -153,7 +153,7 @@ class Fleet:
         return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def start_master(self, timeout_s: float = 60.0) -> None:
-        from daybook.control import ControlClient
+        from daybook.net.client import ControlClient
 
         env = self.env(
             MASTER_ID,

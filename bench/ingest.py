@@ -24,8 +24,8 @@ HOSTS = 8
 def run(results: Results, options: Options) -> None:
     import zmq
 
-    from daybook.keys import KeyPair
-    from daybook.transport import ClientCredentials, fetch_master_key, secure_client
+    from daybook.net.keys import KeyPair
+    from daybook.net.transport import ClientCredentials, fetch_master_key, secure_client
     from daybook.wire import Heartbeat, Report, versions_digest
 
     count = 5_000 if options.quick else 20_000

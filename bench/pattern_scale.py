@@ -9,9 +9,9 @@ import time
 
 from bench.results import Results, Target
 from bench.timing import Options, timed
-from daybook.mappings import MappingTable
-from daybook.patterns import PatternTable, resolve_host
-from daybook.plan import plan_mappings
+from daybook.model.mappings import MappingTable
+from daybook.model.patterns import PatternTable, resolve_host
+from daybook.model.plan import plan_mappings
 
 SECTION = "patterns"
 ONE_HOST = Target(0.050)

@@ -67,7 +67,7 @@ INFLATE = "inflate only, local file"
 _EXTRACT_FILE = (
     "import sys\n"
     "from pathlib import Path\n"
-    "from daybook.extract import safe_extract\n"
+    "from daybook.install.extract import safe_extract\n"
     "with open(sys.argv[1], 'rb') as archive:\n"
     "    safe_extract(archive, Path(sys.argv[2]))\n"
 )

@@ -24,7 +24,7 @@ MAPPINGS = {
 
 
 def run(results: Results, options: Options) -> None:
-    from daybook.file_registry import FileRegistry
+    from daybook.registry.file import FileRegistry
 
     data_dir = options.workdir / "cli"
     registry = FileRegistry(data_dir / "mappings.json")
@@ -64,7 +64,7 @@ def replacing_with(services: tuple[str, ...]) -> Callable[[tuple[str, ...]], tup
 
 def heaviest_imports(args: list[str], env: dict[str, str], count: int = 8) -> list[str]:
     """The top-level imports with the largest cumulative time, from `python -X importtime`."""
-    code = "import sys; from daybook.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from daybook.cli.main import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code, *args],
         env=env,

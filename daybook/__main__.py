@@ -1,5 +1,5 @@
 """Allow `python -m daybook`."""
 
-from daybook.cli import main_entry
+from daybook.cli.main import main_entry
 
 main_entry()

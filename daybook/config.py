@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
-from daybook.patterns import check_host
-from daybook.registry import DEFAULT_KEY_PREFIX
+from daybook.model.patterns import check_host
+from daybook.registry.base import DEFAULT_KEY_PREFIX
 
 SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
 DEFAULT_PORT = 4505
@@ -230,7 +230,7 @@ def load_settings(
     if master_key == "":
         values["master_key"] = None
     elif isinstance(master_key, str):
-        from daybook.keys import is_public_key
+        from daybook.net.keys import is_public_key
 
         if not is_public_key(master_key.strip()):
             raise ConfigError(

@@ -20,11 +20,11 @@ from typing import Any, ClassVar, Self, TypeVar
 import msgpack
 
 from daybook.errors import WireError
-from daybook.keys import is_fingerprint, is_public_key
-from daybook.mappings import MappingTable
-from daybook.naming import is_valid_service, is_valid_version
-from daybook.outcomes import ServiceResult
-from daybook.patterns import is_valid_host, is_valid_pattern
+from daybook.model.mappings import MappingTable
+from daybook.model.names import is_valid_service, is_valid_version
+from daybook.model.patterns import is_valid_host, is_valid_pattern
+from daybook.model.results import ServiceResult
+from daybook.net.keys import is_fingerprint, is_public_key
 
 PROTOCOL_VERSION = 1
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from daybook.transport import Peer
+from daybook.net.transport import Peer
 from daybook.wire import (
     KEY_OPS,
     OP_HELLO,

@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
-from daybook.control import host_json, iso_time, sync_json
-from daybook.installer import sorted_versions
+from daybook.install.installer import sorted_versions
+from daybook.net.client import host_json, iso_time, sync_json
 from daybook.wire import HostStatus
 from master.database import ResultsReader, SyncTally
 from master.snapshot import FleetSnapshot

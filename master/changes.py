@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from daybook.mappings import MappingTable
+from daybook.model.mappings import MappingTable
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import zmq
 
 from daybook.errors import WireError
-from daybook.transport import peer_of
+from daybook.net.transport import peer_of
 from daybook.wire import MAX_MESSAGE_BYTES, Heartbeat, Report, decode_frames
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging
 import zmq
 
 from daybook.errors import WireError
-from daybook.transport import Peer, peer_of
+from daybook.net.transport import Peer, peer_of
 from daybook.wire import MAX_MESSAGE_BYTES, ControlReply, ControlRequest, decode_as
 
 log = logging.getLogger(__name__)

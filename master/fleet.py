@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from daybook.patterns import HostPattern
+from daybook.model.patterns import HostPattern
 from daybook.wire import FleetStatus, Heartbeat, HostStatus, Report, SyncSummary
 
 

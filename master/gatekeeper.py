@@ -24,7 +24,7 @@ import zmq
 import zmq.utils.z85
 
 from daybook.mailbox import Mailbox
-from daybook.transport import (
+from daybook.net.transport import (
     CURVE_USER_PREFIX,
     DOMAIN_LOCAL,
     KEY_REPLY,

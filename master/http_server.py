@@ -26,7 +26,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from daybook.errors import FleetError
-from daybook.patterns import is_valid_host
+from daybook.model.patterns import is_valid_host
 from daybook.wire import is_valid_id
 from master import api
 from master.database import ResultsReader

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from daybook.errors import InputError
-from daybook.keys import fingerprint, is_fingerprint, is_public_key
-from daybook.patterns import is_valid_host
-from daybook.transport import CURVE_USER_PREFIX, DOMAIN_CONTROL, DOMAIN_PUBLISH, DOMAIN_RESULTS
+from daybook.model.patterns import is_valid_host
+from daybook.net.keys import fingerprint, is_fingerprint, is_public_key
+from daybook.net.transport import CURVE_USER_PREFIX, DOMAIN_CONTROL, DOMAIN_PUBLISH, DOMAIN_RESULTS
 from daybook.wire import KEY_ROLES, MAX_ADDRESS_LEN, KeyInfo, KeyListing
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import zmq
 
 from daybook.mailbox import Mailbox
-from daybook.mappings import MappingTable
+from daybook.model.mappings import MappingTable
+from daybook.net.transport import Peer
 from daybook.stopping import StopFlag
-from daybook.transport import Peer
 from daybook.wire import (
     OP_STATUS,
     OP_SYNC,

@@ -14,9 +14,10 @@ from pathlib import Path
 import zmq
 
 from daybook.config import Settings
-from daybook.control import ENDPOINTS_FILE, local_socket_path
 from daybook.errors import FleetError
-from daybook.keys import (
+from daybook.mailbox import Mailbox
+from daybook.net.client import ENDPOINTS_FILE, local_socket_path
+from daybook.net.keys import (
     KEYRING_FILE,
     MASTER_KEY,
     KeyPair,
@@ -24,11 +25,7 @@ from daybook.keys import (
     load_or_create_keypair,
     private_dir,
 )
-from daybook.mailbox import Mailbox
-from daybook.registry import open_registry
-from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store import open_store
-from daybook.transport import (
+from daybook.net.transport import (
     DOMAIN_CONTROL,
     DOMAIN_PUBLISH,
     DOMAIN_RESULTS,
@@ -37,6 +34,9 @@ from daybook.transport import (
     local_server,
     secure_server,
 )
+from daybook.registry.base import open_registry
+from daybook.stopping import StopFlag, stop_on_signals
+from daybook.store.base import open_store
 from daybook.wire import MAX_MESSAGE_BYTES
 from master.access import Access
 from master.changes import Change, Wake

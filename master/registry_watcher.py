@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from daybook.errors import DaybookError
-from daybook.mappings import MappingTable
-from daybook.registry import Registry, Snapshot
+from daybook.model.mappings import MappingTable
+from daybook.registry.base import Registry, Snapshot
 from master.changes import Change, Fresh, MappingsChanged
 from master.pacing import Pacer, backoff_s
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from daybook.mappings import MappingTable
-from daybook.patterns import Candidate, PatternTable
+from daybook.model.mappings import MappingTable
+from daybook.model.patterns import Candidate, PatternTable
 from daybook.wire import HostStatus
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from daybook.errors import DaybookError
-from daybook.store import AssetInfo, Store
+from daybook.store.base import AssetInfo, Store
 from daybook.wire import versions_digest
 from master.changes import Change, DigestsChanged, Fresh
 from master.pacing import Pacer, backoff_s

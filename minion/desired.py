@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from daybook.patterns import PatternTable
+from daybook.model.patterns import PatternTable
 from daybook.wire import DesiredState, EncodedState
 
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import zmq
 
-from daybook.control import MasterUnreachable
 from daybook.errors import DaybookError
-from daybook.keys import fingerprint
+from daybook.net.client import MasterUnreachable
+from daybook.net.keys import fingerprint
 from daybook.stopping import StopFlag
 from daybook.wire import KeyInfo
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from daybook.errors import DaybookError
-from daybook.installer import Installer
-from daybook.outcomes import ServiceResult, SyncOutcome
+from daybook.install.installer import Installer
+from daybook.model.results import ServiceResult, SyncOutcome
 from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store import open_store
+from daybook.store.base import open_store
 
 if TYPE_CHECKING:
     import subprocess

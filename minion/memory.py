@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daybook.naming import is_valid_service, is_valid_version
+from daybook.model.names import is_valid_service, is_valid_version
 from daybook.wire import MAX_MESSAGE_BYTES, Report, is_valid_digest, is_valid_id
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import zmq
 
 from daybook.mailbox import Mailbox
-from daybook.patterns import HostPattern
+from daybook.model.patterns import HostPattern
 from daybook.wire import TOPIC_REPORT, Heartbeat, Report, SyncEvent
 from minion.memory import MinionMemory
 from minion.reporter import Reporter

@@ -14,20 +14,20 @@ from pathlib import Path
 import zmq
 
 from daybook.config import Settings
-from daybook.control import ControlClient
 from daybook.errors import ConfigError, FleetError
-from daybook.installer import Installer
-from daybook.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
+from daybook.install.installer import Installer
 from daybook.mailbox import Mailbox
-from daybook.outcomes import SyncOutcome
-from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store import Store, open_store
-from daybook.transport import (
+from daybook.model.results import SyncOutcome
+from daybook.net.client import ControlClient
+from daybook.net.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
+from daybook.net.transport import (
     ClientCredentials,
     fetch_master_key,
     secure_client,
     trusted_master_key,
 )
+from daybook.stopping import StopFlag, stop_on_signals
+from daybook.store.base import Store, open_store
 from daybook.wire import MAX_FRAME_BYTES, TOPIC_SYNC
 from minion.desired import DesiredStateCache
 from minion.driver import Driver

@@ -25,10 +25,10 @@ import zmq
 from daybook.config import Settings, load_settings
 from daybook.errors import DaybookError
 from daybook.mailbox import Mailbox
-from daybook.patterns import check_host
+from daybook.model.patterns import check_host
+from daybook.net.transport import ClientCredentials
 from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store import open_store
-from daybook.transport import ClientCredentials
+from daybook.store.base import open_store
 from minion.desired import DesiredStateCache
 from minion.driver import Driver
 from minion.minion import Callback, Minion

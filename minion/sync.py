@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daybook.errors import DaybookError
-from daybook.installer import Installer, sorted_versions
-from daybook.outcomes import ServiceResult, SyncOutcome
-from daybook.patterns import Resolution
+from daybook.install.installer import Installer, sorted_versions
+from daybook.model.patterns import Resolution
+from daybook.model.results import ServiceResult, SyncOutcome
 from daybook.wire import DesiredState, Report, SyncEvent, clip_text, versions_digest
 from minion.desired import DesiredStateCache
 from minion.memory import AppliedService, MinionMemory

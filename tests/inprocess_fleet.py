@@ -12,11 +12,11 @@ import zmq
 from waiting import wait_for
 
 from daybook.config import Settings
-from daybook.control import ControlClient
-from daybook.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
-from daybook.outcomes import ServiceResult
+from daybook.model.results import ServiceResult
+from daybook.net.client import ControlClient
+from daybook.net.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
+from daybook.net.transport import ClientCredentials, secure_client
 from daybook.stopping import StopFlag
-from daybook.transport import ClientCredentials, secure_client
 from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as
 from master.process import run_master
 

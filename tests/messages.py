@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daybook.outcomes import ServiceResult
+from daybook.model.results import ServiceResult
 from daybook.wire import Heartbeat, Report, versions_digest
 
 

@@ -24,11 +24,11 @@ from typing import IO, Any, TypeVar
 from archives import make_asset
 from waiting import wait_for
 
-from daybook.control import ControlClient
-from daybook.installer import STAGING_PREFIX
-from daybook.naming import AssetRef, is_valid_version
-from daybook.registry import Registry
-from daybook.store import Store
+from daybook.install.installer import STAGING_PREFIX
+from daybook.model.names import AssetRef, is_valid_version
+from daybook.net.client import ControlClient
+from daybook.registry.base import Registry
+from daybook.store.base import Store
 from daybook.wire import FleetStatus, HostStatus, Report, SyncSummary
 
 T = TypeVar("T")

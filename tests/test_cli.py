@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from archives import make_asset
 
-from daybook.cli import main
+from daybook.cli.main import main
 
 
 @dataclass

@@ -16,11 +16,11 @@ import zmq
 from archives import make_asset
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 
-from daybook.cli import main
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.patterns import HostPattern
-from daybook.registry import open_registry
+from daybook.cli.main import main
+from daybook.model.names import AssetRef
+from daybook.model.patterns import HostPattern
+from daybook.registry.base import open_registry
+from daybook.store.local import LocalStore
 
 
 @dataclass

@@ -14,7 +14,7 @@ import zmq
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 from waiting import wait_for
 
-from daybook.cli import main
+from daybook.cli.main import main
 
 
 @dataclass

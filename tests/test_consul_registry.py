@@ -14,9 +14,9 @@ import pytest
 import requests
 from consul_server import ConsulServer
 
-from daybook.consul_registry import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
 from daybook.errors import ConfigError, ConflictError, InputError, RegistryError
-from daybook.registry import open_registry
+from daybook.registry.base import open_registry
+from daybook.registry.consul import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
 
 P = "daybook/hosts/"
 TOKEN = "b1gs3cr3t-0000-4000-8000-000000000000"
@@ -216,7 +216,7 @@ def test_endless_conflicts_give_a_conflict_error(
     http: requests.Session,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("daybook.consul_registry.MAX_CAS_BACKOFF_S", 0.001)
+    monkeypatch.setattr("daybook.registry.consul.MAX_CAS_BACKOFF_S", 0.001)
     registry.update("web-*", lambda _: ("a",))
     calls = 0
 

@@ -22,11 +22,11 @@ import zmq
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings, live_minions
 
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.outcomes import ServiceResult
-from daybook.registry import open_registry
+from daybook.model.names import AssetRef
+from daybook.model.results import ServiceResult
+from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
+from daybook.store.local import LocalStore
 from daybook.wire import Report
 from minion.process import run_minion
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from daybook import extract as extract_module
 from daybook.errors import ExtractError, IntegrityError
-from daybook.extract import (
+from daybook.install import extract as extract_module
+from daybook.install.extract import (
     DEFAULT_CHUNK_SIZE,
     ArchiveSummary,
     ExtractStats,

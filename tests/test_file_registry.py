@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daybook.errors import ConfigError
-from daybook.file_registry import FileRegistry
+from daybook.registry.file import FileRegistry
 
 
 def test_invalid_entries_on_disk_are_skipped_with_a_warning(

@@ -17,8 +17,8 @@ import pytest
 from process_fleet import Proc, ProcessFleet
 from waiting import wait_for
 
-from daybook.file_registry import FileRegistry
-from daybook.local_store import LocalStore
+from daybook.registry.file import FileRegistry
+from daybook.store.local import LocalStore
 
 pytestmark = pytest.mark.e2e
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 from waiting import wait_for
 
-from daybook.keys import KeyPair
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.registry import open_registry
-from daybook.transport import ClientCredentials, secure_client
+from daybook.model.names import AssetRef
+from daybook.net.keys import KeyPair
+from daybook.net.transport import ClientCredentials, secure_client
+from daybook.registry.base import open_registry
+from daybook.store.local import LocalStore
 from daybook.wire import (
     PROTOCOL_VERSION,
     TOPIC_HEARTBEAT,

@@ -14,7 +14,7 @@ import pytest
 from archives import make_asset
 
 from daybook.errors import LockError, StoreUnavailableError
-from daybook.installer import (
+from daybook.install.installer import (
     DOWNLOAD_ATTEMPTS,
     RETRY_FIRST_DELAY_S,
     RETRY_MAX_DELAY_S,
@@ -23,9 +23,9 @@ from daybook.installer import (
     InstallLock,
     retry_delay_s,
 )
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.store import AssetStream
+from daybook.model.names import AssetRef
+from daybook.store.base import AssetStream
+from daybook.store.local import LocalStore
 
 
 def push(store: LocalStore, path: Path, ref: AssetRef) -> None:
@@ -129,7 +129,7 @@ def test_lock_excludes_a_second_process(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from daybook.installer import InstallLock\n"
+            "from daybook.install.installer import InstallLock\n"
             "with InstallLock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n",
@@ -165,7 +165,7 @@ def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from daybook.installer import InstallLock\n"
+            "from daybook.install.installer import InstallLock\n"
             "with InstallLock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(60)\n",
@@ -289,7 +289,7 @@ def test_a_lock_whose_pid_cannot_be_written_still_locks_and_is_released(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patched:
-        patched.setattr("daybook.installer.os.write", disk_full)
+        patched.setattr("daybook.install.installer.os.write", disk_full)
         held = InstallLock(tmp_path, timeout_s=0.1)
         with held, pytest.raises(LockError), InstallLock(tmp_path, timeout_s=0.1):
             pass

@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from daybook.errors import WireError
-from daybook.keys import KeyPair
-from daybook.transport import (
+from daybook.net.keys import KeyPair
+from daybook.net.transport import (
     ANONYMOUS,
     CURVE_USER_PREFIX,
     DOMAIN_CONTROL,

@@ -14,7 +14,7 @@ import zmq.auth
 
 from daybook.config import load_settings
 from daybook.errors import ConfigError
-from daybook.keys import (
+from daybook.net.keys import (
     PINNED_MASTER_KEY,
     KeyPair,
     fingerprint,
@@ -24,7 +24,7 @@ from daybook.keys import (
     pin_master_key,
     read_public_key,
 )
-from daybook.transport import known_master_key
+from daybook.net.transport import known_master_key
 
 
 def _mode(path: Path) -> int:
@@ -153,7 +153,7 @@ def test_credentials_in_urls_are_refused(tmp_path: Path, name: str, url: str) ->
 def test_a_consul_token_file_readable_by_others_is_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from daybook.consul_registry import _token_from_file
+    from daybook.registry.consul import _token_from_file
 
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from daybook.errors import ConfigError
-from daybook.naming import AssetRef
-from daybook.store import LazyStore, open_store
+from daybook.model.names import AssetRef
+from daybook.store.base import LazyStore, open_store
 
 
 def test_a_lazy_store_url_is_checked_at_once() -> None:
@@ -24,7 +24,7 @@ def test_a_lazy_store_url_is_checked_at_once() -> None:
 def test_a_lazy_store_does_not_import_botocore_until_used() -> None:
     code = (
         "import sys\n"
-        "from daybook.store import open_store\n"
+        "from daybook.store.base import open_store\n"
         "store = open_store('s3://bucket/prefix', lazy=True)\n"
         "assert store.url == 's3://bucket/prefix' and not store.opened\n"
         "store.close()\n"

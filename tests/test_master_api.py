@@ -11,7 +11,7 @@ import pytest
 from messages import report
 
 from daybook.errors import FleetError
-from daybook.outcomes import ServiceResult
+from daybook.model.results import ServiceResult
 from daybook.wire import HostStatus, Report
 from master import api
 from master.database import ResultsDatabase, ResultsReader

@@ -28,12 +28,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
 from daybook.config import Settings
-from daybook.control import sync_json
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.outcomes import ServiceResult
-from daybook.registry import open_registry
-from daybook.transport import secure_client
+from daybook.model.names import AssetRef
+from daybook.model.results import ServiceResult
+from daybook.net.client import sync_json
+from daybook.net.transport import secure_client
+from daybook.registry.base import open_registry
+from daybook.store.local import LocalStore
 from daybook.wire import Report, SyncEvent
 
 

@@ -18,11 +18,11 @@ from inprocess_fleet import DEADLINE_S, RunningMaster, ScriptedMinion, fleet_set
 from waiting import wait_for
 
 from daybook.config import Settings
-from daybook.control import ControlClient, MasterUnreachable, control_endpoint, sync_json
 from daybook.errors import FleetError
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.registry import open_registry
+from daybook.model.names import AssetRef
+from daybook.net.client import ControlClient, MasterUnreachable, control_endpoint, sync_json
+from daybook.registry.base import open_registry
+from daybook.store.local import LocalStore
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import pytest
 
 from daybook.errors import RegistryError, StoreError
-from daybook.mappings import MappingTable
-from daybook.naming import AssetRef
-from daybook.registry import Snapshot
-from daybook.store import AssetInfo
+from daybook.model.mappings import MappingTable
+from daybook.model.names import AssetRef
+from daybook.registry.base import Snapshot
+from daybook.store.base import AssetInfo
 from daybook.wire import versions_digest
 from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.pacing import BACKOFF_MAX_S, Pacer, backoff_s

@@ -19,11 +19,11 @@ import pytest
 from archives import make_asset
 
 from daybook.errors import LockError
-from daybook.installer import Installer, InstallLock
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.patterns import PatternTable
-from daybook.store import AssetInfo, AssetStream
+from daybook.install.installer import Installer, InstallLock
+from daybook.model.names import AssetRef
+from daybook.model.patterns import PatternTable
+from daybook.store.base import AssetInfo, AssetStream
+from daybook.store.local import LocalStore
 from daybook.wire import (
     EMPTY_DIGEST,
     DesiredState,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daybook.errors import InputError
-from daybook.naming import (
+from daybook.model.names import (
     AssetRef,
     check_asset_filename,
     check_service,

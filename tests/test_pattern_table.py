@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daybook.errors import InputError
-from daybook.patterns import (
+from daybook.model.patterns import (
     Candidate,
     HostPattern,
     PatternTable,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daybook.errors import InputError
-from daybook.patterns import (
+from daybook.model.patterns import (
     HostPattern,
     PatternTable,
     check_host,

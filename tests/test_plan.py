@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from daybook.errors import InputError
-from daybook.mappings import MappingTable
-from daybook.patterns import resolve_host
-from daybook.plan import HostChange, plan_mappings, with_pattern
+from daybook.model.mappings import MappingTable
+from daybook.model.patterns import resolve_host
+from daybook.model.plan import HostChange, plan_mappings, with_pattern
 
 CURRENT: MappingTable = {
     "*": ("base",),

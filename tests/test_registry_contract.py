@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daybook.registry import Registry, open_registry
+from daybook.registry.base import Registry, open_registry
 
 
 @pytest.fixture(params=["file", "consul"])

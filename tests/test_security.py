@@ -35,11 +35,12 @@ from inprocess_fleet import (
 )
 from waiting import wait_for
 
-from daybook.cli import main
+from daybook.cli.main import main
 from daybook.config import Settings
-from daybook.control import ControlClient, MasterUnreachable, local_socket_path
 from daybook.errors import FleetError
-from daybook.keys import (
+from daybook.model.names import AssetRef
+from daybook.net.client import ControlClient, MasterUnreachable, local_socket_path
+from daybook.net.keys import (
     KEYRING_FILE,
     PINNED_MASTER_KEY,
     KeyPair,
@@ -47,11 +48,10 @@ from daybook.keys import (
     private_dir,
     read_public_key,
 )
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.registry import open_registry
+from daybook.net.transport import ClientCredentials
+from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
-from daybook.transport import ClientCredentials
+from daybook.store.local import LocalStore
 from daybook.wire import DesiredState, Heartbeat, KeyInfo, KeyListing, SyncEvent
 from master.keyring import KeyEntry, KeyRing
 from minion.process import run_minion

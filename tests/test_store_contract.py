@@ -29,10 +29,10 @@ from daybook.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.s3_store import S3Store, S3Tuning, _parse_timestamp
-from daybook.store import AssetInfo, Store, open_store
+from daybook.model.names import AssetRef
+from daybook.store.base import AssetInfo, Store, open_store
+from daybook.store.local import LocalStore
+from daybook.store.s3 import S3Store, S3Tuning, _parse_timestamp
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -340,8 +340,8 @@ def test_s3_reads_load_neither_boto3_nor_s3transfer(
     s3_client.put_object(Bucket=s3_bucket, Key="web-1.0.tar.gz", Body=b"payload")
     code = (
         "import sys\n"
-        "from daybook.naming import AssetRef\n"
-        "from daybook.s3_store import S3Store\n"
+        "from daybook.model.names import AssetRef\n"
+        "from daybook.store.s3 import S3Store\n"
         "store = S3Store(sys.argv[1])\n"
         "assert [info.version for info in store.list_assets('web')] == ['1.0']\n"
         "stream = store.open(AssetRef('web', '1.0'))\n"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daybook import wire
 from daybook.errors import WireError
-from daybook.outcomes import ServiceResult
+from daybook.model.results import ServiceResult
 from daybook.wire import (
     EMPTY_DIGEST,
     PROTOCOL_VERSION,

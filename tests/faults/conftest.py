@@ -12,10 +12,10 @@ import pytest
 from fault_fleet import Figures, FleetFactory
 from process_fleet import ProcessFleet
 
-from daybook.file_registry import FileRegistry
-from daybook.local_store import LocalStore
-from daybook.registry import Registry
-from daybook.store import Store
+from daybook.registry.base import Registry
+from daybook.registry.file import FileRegistry
+from daybook.store.base import Store
+from daybook.store.local import LocalStore
 
 FIGURES_FILE = "fault-figures.json"
 _FIGURES = pytest.StashKey[dict[str, dict[str, Any]]]()

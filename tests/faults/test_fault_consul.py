@@ -13,7 +13,7 @@ from fault_fleet import Figures, FleetFactory
 from process_fleet import Proc, ProcessFleet
 from waiting import wait_for
 
-from daybook.consul_registry import ConsulRegistry
+from daybook.registry.consul import ConsulRegistry
 
 pytestmark = pytest.mark.faults
 

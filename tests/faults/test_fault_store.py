@@ -21,10 +21,10 @@ from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from stoppable_s3 import StoppableS3, quiet_werkzeug
 from waiting import wait_for
 
-from daybook.local_store import LocalStore
-from daybook.naming import AssetRef
-from daybook.s3_store import S3Store
-from daybook.store import Store
+from daybook.model.names import AssetRef
+from daybook.store.base import Store
+from daybook.store.local import LocalStore
+from daybook.store.s3 import S3Store
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

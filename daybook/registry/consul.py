@@ -19,9 +19,9 @@ import requests
 from consul.callback import CB
 
 from daybook.errors import ConfigError, ConflictError, RegistryError
-from daybook.mappings import MappingTable, format_services, parse_services, unique_services
-from daybook.patterns import check_pattern, is_valid_pattern
-from daybook.registry import DEFAULT_KEY_PREFIX, ServicesUpdate, Snapshot
+from daybook.model.mappings import MappingTable, format_services, parse_services, unique_services
+from daybook.model.patterns import check_pattern, is_valid_pattern
+from daybook.registry.base import DEFAULT_KEY_PREFIX, ServicesUpdate, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from daybook.mappings import MappingTable
-from daybook.patterns import PatternTable, check_pattern
+from daybook.model.mappings import MappingTable
+from daybook.model.patterns import PatternTable, check_pattern
 
 
 @dataclass(frozen=True)

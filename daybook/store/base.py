@@ -10,7 +10,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
-from daybook.naming import AssetRef
+from daybook.model.names import AssetRef
 
 # Called with the number of bytes moved since the last call.
 ProgressCallback = Callable[[int], None]
@@ -94,11 +94,11 @@ def open_store(url: str, *, lazy: bool = False) -> Store:
             raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
         if lazy:
             return LazyStore(url)
-        from daybook.s3_store import S3Store  # botocore is heavy: import it only when used
+        from daybook.store.s3 import S3Store  # botocore is heavy: import it only when used
 
         return S3Store(bucket=parsed.netloc, prefix=parsed.path.strip("/"))
     if parsed.scheme == "file":
-        from daybook.local_store import LocalStore
+        from daybook.store.local import LocalStore
 
         if parsed.netloc not in ("", "localhost") or not parsed.path:
             raise ConfigError(f"store URL {url!r} is not file:///ABSOLUTE/DIR")

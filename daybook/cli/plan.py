@@ -3,7 +3,7 @@ the known hosts, shown before anything is written.
 
 The known hosts come from the master's status; `--hosts`/`--hosts-file` add hosts, and are
 what the plan runs against when no master answers (the output says so). The computation
-itself is `daybook.plan`, pure and tested on its own.
+itself is `daybook.model.plan`, pure and tested on its own.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daybook.cli.output import emit_json
 from daybook.config import Settings
 from daybook.errors import DaybookError, FleetError, InputError
-from daybook.mappings import MappingTable, unique_services
-from daybook.output import emit_json
-from daybook.patterns import check_host, check_pattern
-from daybook.plan import HostChange, MappingPlan, plan_mappings, with_pattern
+from daybook.model.mappings import MappingTable, unique_services
+from daybook.model.patterns import check_host, check_pattern
+from daybook.model.plan import HostChange, MappingPlan, plan_mappings, with_pattern
 
 # A plan should not hang on a master that is down: it falls back to the given hosts.
 MASTER_TIMEOUT_S = 2.0
@@ -155,7 +155,7 @@ def given_hosts(flags: Sequence[str] | None, hosts_file: str | None) -> tuple[st
 
 def find_known_hosts(settings: Settings, given: tuple[str, ...]) -> KnownHosts:
     """The master's hosts plus `given`; only `given` when the master does not answer."""
-    from daybook.control import operator_client
+    from daybook.net.client import operator_client
 
     endpoint: str | None = None
     try:
@@ -269,7 +269,7 @@ def run_plan(
     propose: Callable[[MappingTable], Proposal],
 ) -> int:
     """Read the current table, build the proposal, plan it against the known hosts, print."""
-    from daybook.registry import open_registry
+    from daybook.registry.base import open_registry
 
     given = given_hosts(args.hosts, args.hosts_file)
     registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from daybook.errors import DaybookError, LockError, StoreUnavailableError
-from daybook.naming import AssetRef, is_valid_version, version_sort_key
-from daybook.outcomes import ServiceResult, SyncOutcome
-from daybook.store import AssetInfo, AssetStream, Store
+from daybook.model.names import AssetRef, is_valid_version, version_sort_key
+from daybook.model.results import ServiceResult, SyncOutcome
+from daybook.store.base import AssetInfo, AssetStream, Store
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,9 @@ class Installer:
 
         The caller holds the install lock.
         """
-        from daybook.extract import safe_extract  # the inflate libraries load only when needed
+        from daybook.install.extract import (
+            safe_extract,  # the inflate libraries load only when needed
+        )
 
         service_dir = self.install_dir / ref.service
         final = service_dir / ref.version

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from daybook.naming import check_service, is_valid_service
+from daybook.model.names import check_service, is_valid_service
 
 log = logging.getLogger(__name__)
 

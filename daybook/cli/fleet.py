@@ -12,13 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from daybook.cli.output import emit_json
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError
-from daybook.output import emit_json
-from daybook.patterns import check_pattern
+from daybook.model.patterns import check_pattern
 
 if TYPE_CHECKING:
-    from daybook.control import ControlClient
+    from daybook.net.client import ControlClient
 
 DEFAULT_SYNC_TIMEOUT_S = 30.0
 
@@ -126,7 +126,7 @@ def cmd_minion(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import operator_client, sync_json
+    from daybook.net.client import operator_client, sync_json
 
     target = check_pattern(args.target) if args.target else None
     timeout_s: float = args.timeout
@@ -146,7 +146,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import operator_client
+    from daybook.net.client import operator_client
 
     with operator_client(settings) as client:
         document = client.status()
@@ -158,7 +158,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _local_client(settings: Settings) -> ControlClient:
-    from daybook.control import ControlClient, local_endpoint, local_socket_path
+    from daybook.net.client import ControlClient, local_endpoint, local_socket_path
 
     endpoint = local_endpoint(settings)
     if endpoint is None:
@@ -170,7 +170,7 @@ def _local_client(settings: Settings) -> ControlClient:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import keys_json
+    from daybook.net.client import keys_json
 
     with _local_client(settings) as client:
         document = keys_json(client.keys())
@@ -190,7 +190,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.control import key_json
+    from daybook.net.client import key_json
     from daybook.wire import OP_KEYS_ACCEPT, OP_KEYS_DELETE, OP_KEYS_REJECT, is_valid_selector
 
     selector: str = args.selector
@@ -208,8 +208,8 @@ def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.keys import MINION_KEY, fingerprint, keys_dir, load_or_create_keypair
-    from daybook.transport import known_master_key
+    from daybook.net.keys import MINION_KEY, fingerprint, keys_dir, load_or_create_keypair
+    from daybook.net.transport import known_master_key
 
     minion, created = load_or_create_keypair(keys_dir(settings.data_dir), MINION_KEY)
     known = known_master_key(settings)

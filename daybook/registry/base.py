@@ -9,7 +9,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
-from daybook.mappings import MappingTable
+from daybook.model.mappings import MappingTable
 
 DEFAULT_KEY_PREFIX = "daybook/hosts/"
 
@@ -63,7 +63,7 @@ def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry
     """
     parsed = urlparse(url)
     if parsed.scheme in ("consul", "consul+https"):
-        from daybook.consul_registry import ConsulRegistry
+        from daybook.registry.consul import ConsulRegistry
 
         prefix = parsed.path.lstrip("/") or key_prefix
         if not prefix.endswith("/"):
@@ -74,7 +74,7 @@ def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry
             https=parsed.scheme == "consul+https",
         )
     if parsed.scheme == "file":
-        from daybook.file_registry import FileRegistry
+        from daybook.registry.file import FileRegistry
 
         if parsed.netloc not in ("", "localhost") or not parsed.path:
             raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")

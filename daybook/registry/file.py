@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from daybook.errors import ConfigError, RegistryError
-from daybook.mappings import MappingTable, parse_services
-from daybook.patterns import is_valid_pattern
-from daybook.registry import ServicesUpdate, Snapshot
+from daybook.model.mappings import MappingTable, parse_services
+from daybook.model.patterns import is_valid_pattern
+from daybook.registry.base import ServicesUpdate, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import zmq
 
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError, WireError
-from daybook.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
-from daybook.transport import ClientCredentials, secure_client, trusted_master_key
+from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
+from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
 from daybook.wire import (
     KEY_STATES,
     MAX_FRAME_BYTES,

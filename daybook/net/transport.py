@@ -24,7 +24,7 @@ import zmq
 
 from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
-from daybook.keys import (
+from daybook.net.keys import (
     MASTER_KEY,
     PINNED_MASTER_KEY,
     KeyPair,

@@ -40,8 +40,8 @@ from daybook.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from daybook.naming import AssetRef, check_service, parse_asset_filename, version_sort_key
-from daybook.store import AssetInfo, ProgressCallback
+from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
+from daybook.store.base import AssetInfo, ProgressCallback
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from daybook.errors import AssetExistsError, AssetNotFoundError, InputError, StoreError
-from daybook.naming import AssetRef, check_service, parse_asset_filename, version_sort_key
-from daybook.store import AssetInfo, ProgressCallback
+from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
+from daybook.store.base import AssetInfo, ProgressCallback
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daybook import __version__, cli_plan
+from daybook import __version__
+from daybook.cli import plan as cli_plan
+from daybook.cli.output import emit_json
 from daybook.config import Settings, load_settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
-from daybook.mappings import unique_services
-from daybook.naming import AssetRef, check_asset_filename, check_service
-from daybook.output import emit_json
-from daybook.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
+from daybook.model.mappings import unique_services
+from daybook.model.names import AssetRef, check_asset_filename, check_service
+from daybook.model.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
 
 if TYPE_CHECKING:
-    from daybook.registry import Registry
-    from daybook.store import AssetStream, Store
+    from daybook.registry.base import Registry
+    from daybook.store.base import AssetStream, Store
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 log = logging.getLogger("daybook")
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_plan.register(map_sub, [common])
 
     try:
-        from daybook import cli_fleet
+        from daybook.cli import fleet as cli_fleet
     except ImportError:  # pragma: no cover - the fleet layer ships with the same package
         pass
     else:
@@ -200,13 +201,13 @@ def _add_dry_run(parser: argparse.ArgumentParser) -> None:
 
 
 def open_configured_store(settings: Settings) -> Store:
-    from daybook.store import open_store
+    from daybook.store.base import open_store
 
     return open_store(settings.store)
 
 
 def open_configured_registry(settings: Settings) -> Registry:
-    from daybook.registry import open_registry
+    from daybook.registry.base import open_registry
 
     return open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
 
@@ -240,7 +241,7 @@ class ProgressStream:
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.extract import check_archive
+    from daybook.install.extract import check_archive
 
     files = [Path(f) for f in args.files]
     if (args.name or args.asset_version) and len(files) != 1:
@@ -360,7 +361,7 @@ def _human_size(size: int) -> str:
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.installer import Installer
+    from daybook.install.installer import Installer
 
     host = check_host(args.host) if args.host else settings.hostname
     registry = open_configured_registry(settings)
