@@ -285,20 +285,23 @@ def add_request_counts(
 def add_event_bytes(results: Results, fleet: Fleet) -> None:
     """Bytes of one sync event for 1,000 patterns and 100 services: as the wire module
     encodes it, and as the master counted what it published."""
-    from daybook.wire import DesiredState, SyncEvent, versions_digest
+    from daybook import wire
+    from daybook.model.ids import versions_digest
+    from daybook.model.messages import SyncEvent
+    from daybook.model.state import DesiredState
 
     mappings = fleet_table(MAPPINGS, PATTERNS)
     digest = versions_digest(["1"])
     state = DesiredState(mappings, {f"svc{index}": digest for index in range(SERVICES)})
-    event = SyncEvent(
+    event = SyncEvent.carrying(
+        wire.encode_state(state),
         epoch=int(time.time() * 1000),
         seq=1,
         sync_id=uuid.uuid4().hex,
         target="*",
-        state=state.encode(),
         issued_at=time.time(),
     )
-    encoded = sum(len(frame) for frame in event.encode())
+    encoded = sum(len(frame) for frame in wire.encode(event))
     metrics = fleet.metrics()
     events = metrics.get("daybook_published_events_total", 0.0)
     published = metrics.get("daybook_published_bytes_total", 0.0)

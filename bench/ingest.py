@@ -24,9 +24,12 @@ HOSTS = 8
 def run(results: Results, options: Options) -> None:
     import zmq
 
+    from daybook import wire
+    from daybook.model.ids import versions_digest
+    from daybook.model.messages import Heartbeat
+    from daybook.model.results import Report
     from daybook.net.keys import KeyPair
     from daybook.net.transport import ClientCredentials, fetch_master_key, secure_client
-    from daybook.wire import Heartbeat, Report, versions_digest
 
     count = 5_000 if options.quick else 20_000
     with backends(options) as servers:
@@ -44,7 +47,11 @@ def run(results: Results, options: Options) -> None:
                     socket.setsockopt(zmq.LINGER, 0)
                     secure_client(socket, ClientCredentials(KeyPair.generate(), server_key))
                     socket.connect(f"tcp://127.0.0.1:{fleet.ports['results']}")
-                    socket.send_multipart(Heartbeat(host, uuid.uuid4().hex, now, now).encode())
+                    socket.send_multipart(
+                        wire.encode(
+                            Heartbeat(host, uuid.uuid4().hex, now, now, 0, 0, None, busy=False)
+                        )
+                    )
                     sockets.append(socket)
                 fleet.wait_for(
                     functools.partial(all_up, fleet, hosts),
@@ -55,19 +62,21 @@ def run(results: Results, options: Options) -> None:
                 rates = []
                 for _ in range(options.warmup + options.runs):
                     frames = [
-                        Report(
-                            report_id=uuid.uuid4().hex,
-                            host=hosts[index % HOSTS],
-                            sync_id=uuid.uuid4().hex,
-                            epoch=1,
-                            seq=index,
-                            state_digest=digest,
-                            pattern="ingest-*",
-                            services={},
-                            installed={"svc0": ("1",)},
-                            started_at=now,
-                            finished_at=now,
-                        ).encode()
+                        wire.encode(
+                            Report(
+                                report_id=uuid.uuid4().hex,
+                                host=hosts[index % HOSTS],
+                                sync_id=uuid.uuid4().hex,
+                                epoch=1,
+                                seq=index,
+                                state_digest=digest,
+                                pattern="ingest-*",
+                                services={},
+                                installed={"svc0": ("1",)},
+                                started_at=now,
+                                finished_at=now,
+                            )
+                        )
                         for index in range(count)
                     ]
                     baseline = fleet.metrics().get("daybook_reports_total", 0.0)

@@ -230,7 +230,7 @@ def load_settings(
     if master_key == "":
         values["master_key"] = None
     elif isinstance(master_key, str):
-        from daybook.net.keys import is_public_key
+        from daybook.model.keys import is_public_key
 
         if not is_public_key(master_key.strip()):
             raise ConfigError(

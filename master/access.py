@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from daybook.net.transport import Peer
-from daybook.wire import (
+from daybook.model.keys import OPERATOR
+from daybook.model.messages import (
     KEY_OPS,
     OP_HELLO,
     OP_KEYS_ACCEPT,
@@ -29,7 +29,8 @@ from daybook.wire import (
     ControlReply,
     ControlRequest,
 )
-from master.keyring import OPERATOR, KeyRing, KeySelectionError
+from daybook.net.transport import Peer
+from master.keyring import KeyRing, KeySelectionError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class Access:
         except KeySelectionError as exc:
             return Answer(ControlReply(request.request_id, error=str(exc), invalid=True))
         return Answer(
-            ControlReply(request.request_id, key=result.entry.info()),
+            ControlReply(request.request_id, key=result.entry),
             cut_off=result.cut_off,
             host=result.entry.host,
         )
@@ -139,4 +140,4 @@ class Access:
         entry = self.keyring.hello(peer.public_key, request.host, request.role, peer.address)
         if entry is None:
             return ControlReply(request.request_id, error="too many keys are pending; try later")
-        return ControlReply(request.request_id, key=entry.info())
+        return ControlReply(request.request_id, key=entry)

@@ -12,9 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 from daybook.install.installer import sorted_versions
-from daybook.net.client import host_json, iso_time, sync_json
-from daybook.wire import HostStatus
-from master.database import ResultsReader, SyncTally
+from daybook.model.fleet import HostStatus
+from daybook.views import host_json, iso_time, sync_json, sync_tally_json
+from master.database import ResultsReader
 from master.snapshot import FleetSnapshot
 
 API_PREFIX = "/api/v1"
@@ -170,27 +170,11 @@ def mappings_document(snapshot: FleetSnapshot) -> dict[str, Any]:
     }
 
 
-def _tally_json(tally: SyncTally) -> dict[str, Any]:
-    return {
-        "sync_id": tally.sync_id,
-        "target": tally.target,
-        "origin": tally.origin,
-        "issued_at": iso_time(tally.issued_at),
-        "hosts": {
-            "expected": tally.expected,
-            "answered": tally.answered,
-            "failed": tally.failed,
-            "missing": tally.missing,
-        },
-        "complete": tally.complete,
-        "ok": tally.ok,
-    }
-
-
 def syncs_document(history: ResultsReader, limit: int) -> dict[str, Any]:
-    return {"limit": limit, "syncs": [_tally_json(t) for t in history.recent_syncs(limit)]}
+    tallies = history.sync_tallies(limit)
+    return {"limit": limit, "syncs": [sync_tally_json(sync, tally) for sync, tally in tallies]}
 
 
 def sync_document(history: ResultsReader, sync_id: str) -> dict[str, Any] | None:
-    record = history.load_sync(sync_id)
-    return None if record is None else sync_json(record.summary())
+    sync = history.load_sync(sync_id)
+    return None if sync is None else sync_json(sync)

@@ -8,8 +8,10 @@ from collections.abc import Callable
 import zmq
 
 from daybook.errors import WireError
+from daybook.model.messages import Heartbeat
+from daybook.model.results import Report
 from daybook.net.transport import peer_of
-from daybook.wire import MAX_MESSAGE_BYTES, Heartbeat, Report, decode_frames
+from daybook.wire import MAX_MESSAGE_BYTES, decode_frames
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,11 @@ import logging
 
 import zmq
 
+from daybook import wire
 from daybook.errors import WireError
+from daybook.model.messages import ControlReply, ControlRequest
 from daybook.net.transport import Peer, peer_of
-from daybook.wire import MAX_MESSAGE_BYTES, ControlReply, ControlRequest, decode_as
+from daybook.wire import MAX_MESSAGE_BYTES, decode_as
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,6 @@ class ControlServer:
 
     def reply(self, route: Route, reply: ControlReply) -> None:
         try:
-            self.socket.send_multipart([*route, *reply.encode()], zmq.NOBLOCK)
+            self.socket.send_multipart([*route, *wire.encode(reply)], zmq.NOBLOCK)
         except zmq.Again:
             log.info("an operator went away before its answer was ready")

@@ -13,12 +13,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from daybook import wire
 from daybook.errors import FleetError, WireError
-from daybook.wire import EncodedState, Report, is_valid_digest
-from master.fleet import HostRecord, SyncRecord
+from daybook.model.fleet import HostStatus
+from daybook.model.ids import is_valid_digest
+from daybook.model.results import Report
+from daybook.model.state import EncodedState
+from daybook.model.sync import Sync, Tally, is_newer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ CREATE TABLE IF NOT EXISTS hosts (
 
 def _read_sync(
     db: sqlite3.Connection, row: tuple[str, str, str, float, str | None], path: Path
-) -> SyncRecord:
+) -> Sync:
     sync_id, target, origin, issued_at, request_id = row
     expected = tuple(
         host
@@ -73,26 +76,27 @@ def _read_sync(
             "SELECT host FROM expected WHERE sync_id = ? ORDER BY host", (sync_id,)
         )
     )
-    record = SyncRecord(
+    results: dict[str, Report] = {}
+    for (payload,) in db.execute(
+        "SELECT payload FROM reports WHERE sync_id = ? ORDER BY finished_at", (sync_id,)
+    ):
+        report = _decode_report(payload, path)
+        if report is not None and is_newer(report, results.get(report.host)):
+            results[report.host] = report
+    return Sync(
         sync_id=sync_id,
         target=target,
         origin=origin,
         issued_at=issued_at,
         expected=expected,
+        results=dict(sorted(results.items())),
         request_id=request_id,
     )
-    for (payload,) in db.execute(
-        "SELECT payload FROM reports WHERE sync_id = ? ORDER BY finished_at", (sync_id,)
-    ):
-        report = _decode_report(payload, path)
-        if report is not None:
-            record.add(report)
-    return record
 
 
 def _decode_report(payload: bytes, path: Path) -> Report | None:
     try:
-        return Report.decode(bytes(payload))
+        return wire.decode(Report, bytes(payload))
     except WireError as exc:
         log.warning("skipping an unreadable report in %s: %s", path, exc)
         return None
@@ -175,7 +179,7 @@ class ResultsDatabase:
         if not is_valid_digest(state.digest):
             return None
         try:
-            state.decode()
+            wire.decode_state(state)
         except WireError as exc:
             log.warning("ignoring the stored desired state in %s: %s", self.path, exc)
             return None
@@ -183,15 +187,15 @@ class ResultsDatabase:
 
     # -- syncs and reports ----------------------------------------------------------------------
 
-    def add_sync(self, record: SyncRecord) -> None:
+    def add_sync(self, sync: Sync) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO syncs (sync_id, target, origin, issued_at, request_id) "
             "VALUES (?, ?, ?, ?, ?)",
-            (record.sync_id, record.target, record.origin, record.issued_at, record.request_id),
+            (sync.sync_id, sync.target, sync.origin, sync.issued_at, sync.request_id),
         )
         self._db.executemany(
             "INSERT OR IGNORE INTO expected (sync_id, host) VALUES (?, ?)",
-            [(record.sync_id, host) for host in record.expected],
+            [(sync.sync_id, host) for host in sync.expected],
         )
 
     def add_report(self, report: Report, received_at: float, payload: bytes | None = None) -> bool:
@@ -211,26 +215,26 @@ class ResultsDatabase:
                 int(report.ok),
                 report.finished_at,
                 received_at,
-                payload if payload is not None else report.encode()[1],
+                payload if payload is not None else wire.encode(report)[1],
             ),
         )
         return cursor.rowcount == 1
 
-    def load_sync(self, sync_id: str) -> SyncRecord | None:
+    def load_sync(self, sync_id: str) -> Sync | None:
         row = self._db.execute(
             "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE sync_id = ?",
             (sync_id,),
         ).fetchone()
         return None if row is None else self._sync_from_row(row)
 
-    def sync_for_request(self, request_id: str) -> SyncRecord | None:
+    def sync_for_request(self, request_id: str) -> Sync | None:
         row = self._db.execute(
             "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE request_id = ?",
             (request_id,),
         ).fetchone()
         return None if row is None else self._sync_from_row(row)
 
-    def recent_syncs(self, limit: int) -> list[SyncRecord]:
+    def latest_syncs(self, limit: int) -> list[Sync]:
         """The latest `limit` syncs with their results, oldest first."""
         rows = self._db.execute(
             "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
@@ -239,7 +243,7 @@ class ResultsDatabase:
         ).fetchall()
         return [self._sync_from_row(row) for row in reversed(rows)]
 
-    def _sync_from_row(self, row: tuple[str, str, str, float, str | None]) -> SyncRecord:
+    def _sync_from_row(self, row: tuple[str, str, str, float, str | None]) -> Sync:
         return _read_sync(self._db, row, self.path)
 
     def _decode_report(self, payload: bytes) -> Report | None:
@@ -247,7 +251,7 @@ class ResultsDatabase:
 
     # -- hosts ----------------------------------------------------------------------------------
 
-    def save_hosts(self, records: list[HostRecord]) -> None:
+    def save_hosts(self, hosts: list[HostStatus]) -> None:
         self._db.executemany(
             "INSERT INTO hosts (host, last_seen, boot_id, started_at, last_report_id) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET "
@@ -261,19 +265,21 @@ class ResultsDatabase:
                     r.started_at,
                     r.last_report.report_id if r.last_report else None,
                 )
-                for r in records
+                for r in hosts
             ],
         )
 
-    def load_hosts(self) -> list[HostRecord]:
+    def load_hosts(self) -> list[HostStatus]:
+        """Every host as last saved; up until its heartbeats are overdue."""
         rows = self._db.execute(
             "SELECT h.host, h.last_seen, h.boot_id, h.started_at, r.payload "
             "FROM hosts h LEFT JOIN reports r ON r.report_id = h.last_report_id "
             "ORDER BY h.host"
         ).fetchall()
         return [
-            HostRecord(
+            HostStatus(
                 host=host,
+                up=True,
                 last_seen=last_seen,
                 boot_id=boot_id,
                 started_at=started_at,
@@ -317,32 +323,6 @@ class ResultsDatabase:
         }
 
 
-@dataclass(frozen=True)
-class SyncTally:
-    """One sync in a listing: who it expects and how the answers so far add up.
-
-    Counts use each host's latest report, as `SyncRecord` does; `failed` counts every host
-    that answered with a failure, `missing` the expected hosts that have not answered.
-    """
-
-    sync_id: str
-    target: str
-    origin: str
-    issued_at: float
-    expected: int
-    answered: int
-    failed: int
-    missing: int
-
-    @property
-    def complete(self) -> bool:
-        return self.missing == 0
-
-    @property
-    def ok(self) -> bool:
-        return self.complete and self.failed == 0
-
-
 class ResultsReader:
     """Read-only queries for threads other than the loop's (the HTTP API).
 
@@ -374,7 +354,7 @@ class ResultsReader:
         finally:
             db.close()
 
-    def load_sync(self, sync_id: str) -> SyncRecord | None:
+    def load_sync(self, sync_id: str) -> Sync | None:
         with self._reading() as db:
             row = db.execute(
                 "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
@@ -383,8 +363,9 @@ class ResultsReader:
             ).fetchone()
             return None if row is None else _read_sync(db, row, self.path)
 
-    def recent_syncs(self, limit: int) -> list[SyncTally]:
-        """The latest `limit` syncs, newest first, counted without decoding any report."""
+    def sync_tallies(self, limit: int) -> list[tuple[Sync, Tally]]:
+        """The latest `limit` syncs (without their answers) and the tally of each, newest
+        first, counted without decoding any report."""
         with self._reading() as db:
             rows = db.execute(
                 "SELECT sync_id, target, origin, issued_at FROM syncs "
@@ -402,7 +383,7 @@ class ResultsReader:
             ):
                 expected[sync_id].add(host)
             # SQLite takes the bare column `ok` from the row holding max(finished_at): each
-            # host's latest report, as SyncRecord keeps it.
+            # host's latest report, as the sync book keeps it.
             latest: dict[str, dict[str, bool]] = {sync_id: {} for sync_id in ids}
             for sync_id, host, ok, _finished in db.execute(
                 f"SELECT sync_id, host, ok, max(finished_at) FROM reports "  # noqa: S608
@@ -412,18 +393,12 @@ class ResultsReader:
                 latest[sync_id][host] = bool(ok)
         tallies = []
         for sync_id, target, origin, issued_at in rows:
+            hosts = expected[sync_id]
             answers = latest[sync_id]
-            answered = sum(1 for host in expected[sync_id] if host in answers)
-            tallies.append(
-                SyncTally(
-                    sync_id=sync_id,
-                    target=target,
-                    origin=origin,
-                    issued_at=issued_at,
-                    expected=len(expected[sync_id]),
-                    answered=answered,
-                    failed=sum(1 for ok in answers.values() if not ok),
-                    missing=len(expected[sync_id]) - answered,
-                )
+            tally = Tally(
+                expected=len(hosts),
+                answered=sum(1 for host in hosts if host in answers),
+                failed=sum(1 for ok in answers.values() if not ok),
             )
+            tallies.append((Sync(sync_id, target, origin, issued_at, tuple(sorted(hosts))), tally))
         return tallies

@@ -1,41 +1,37 @@
-"""What the master knows about its minions and syncs: liveness, expected hosts, results.
+"""The master's ledger: what it knows about its minions and syncs — liveness, the hosts each
+sync expects, the answers so far, and the operators waiting for them.
 
-Pure bookkeeping over dataclasses and explicit clocks, with no sockets and no database, so
-every rule here (who is up, whom a sync expects, when a sync is complete, which operator
-waits are over) is tested directly.
+Pure bookkeeping over the model's types and explicit clocks, with no sockets and no
+database, so every rule here (who is up, whom a sync expects, when a sync is complete,
+which operator waits are over) is tested directly.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
+from daybook.model.fleet import FleetStatus, HostStatus
+from daybook.model.messages import Heartbeat
 from daybook.model.patterns import HostPattern
-from daybook.wire import FleetStatus, Heartbeat, HostStatus, Report, SyncSummary
-
-
-@dataclass
-class HostRecord:
-    """One host as last heard from. Times are wall-clock seconds, as they are persisted."""
-
-    host: str
-    last_seen: float
-    boot_id: str | None = None
-    started_at: float | None = None
-    last_report: Report | None = None
+from daybook.model.results import Report
+from daybook.model.sync import Sync, Tally, is_newer
 
 
 class Fleet:
-    """Every host the master has heard from, up while heartbeats keep coming."""
+    """Every host the master has heard from, up while heartbeats keep coming.
 
-    def __init__(self, down_after_s: float, hosts: Iterable[HostRecord] = ()) -> None:
+    Each host's status is kept as the model's `HostStatus`, with `up` False only while its
+    key is cut off; whether its heartbeats are overdue is judged at the clock of whoever
+    asks (`is_up`, `status`). Times are wall-clock seconds, as they are persisted.
+    """
+
+    def __init__(self, down_after_s: float, hosts: Iterable[HostStatus] = ()) -> None:
         self.down_after_s = down_after_s
-        self._hosts: dict[str, HostRecord] = {record.host: record for record in hosts}
+        self._hosts: dict[str, HostStatus] = {status.host: status for status in hosts}
         # Hosts changed since the database last saw them.
         self._dirty: set[str] = set()
-        # Hosts whose key was deleted or rejected: down at once, until heard from again.
-        self._cut_off: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._hosts)
@@ -43,44 +39,62 @@ class Fleet:
     def __contains__(self, host: str) -> bool:
         return host in self._hosts
 
-    def get(self, host: str) -> HostRecord | None:
+    def get(self, host: str) -> HostStatus | None:
         return self._hosts.get(host)
 
     def heard(self, heartbeat: Heartbeat, now: float) -> bool:
         """Record a heartbeat; True when it comes from a minion process not seen before."""
-        record = self._touch(heartbeat.host, now)
-        restarted = record.boot_id != heartbeat.boot_id
-        record.boot_id = heartbeat.boot_id
-        record.started_at = heartbeat.started_at
+        known = self._hosts.get(heartbeat.host)
+        restarted = known is None or known.boot_id != heartbeat.boot_id
+        self._touch(
+            heartbeat.host,
+            now,
+            boot_id=heartbeat.boot_id,
+            started_at=heartbeat.started_at,
+            last_report=known.last_report if known else None,
+        )
         return restarted
 
     def reported(self, report: Report, now: float) -> bool:
         """Record a report; True when it is now the host's latest (an old one resent is not)."""
-        record = self._touch(report.host, now)
-        latest = record.last_report
-        if latest is not None and latest.finished_at > report.finished_at:
-            return False
-        record.last_report = report
-        return True
+        known = self._hosts.get(report.host)
+        latest = known.last_report if known else None
+        newer = is_newer(report, latest)
+        self._touch(
+            report.host,
+            now,
+            boot_id=known.boot_id if known else None,
+            started_at=known.started_at if known else None,
+            last_report=report if newer else latest,
+        )
+        return newer
 
     def cut_off(self, host: str) -> None:
         """Show `host` down now, not when its heartbeats are overdue, and expect nothing of it."""
-        self._cut_off.add(host)
+        known = self._hosts.get(host)
+        if known is not None and known.up:
+            self._hosts[host] = HostStatus(
+                host, False, known.last_seen, known.boot_id, known.started_at, known.last_report
+            )
 
-    def _touch(self, host: str, now: float) -> HostRecord:
-        self._cut_off.discard(host)
-        record = self._hosts.get(host)
-        if record is None:
-            record = self._hosts[host] = HostRecord(host=host, last_seen=now)
-        record.last_seen = max(record.last_seen, now)
+    def _touch(
+        self,
+        host: str,
+        now: float,
+        *,
+        boot_id: str | None,
+        started_at: float | None,
+        last_report: Report | None,
+    ) -> None:
+        known = self._hosts.get(host)
+        last_seen = max(known.last_seen, now) if known else now
+        # Built positionally: this runs for every heartbeat of a large fleet.
+        self._hosts[host] = HostStatus(host, True, last_seen, boot_id, started_at, last_report)
         self._dirty.add(host)
-        return record
 
     def is_up(self, host: str, now: float) -> bool:
-        if host in self._cut_off:
-            return False
-        record = self._hosts.get(host)
-        return record is not None and now - record.last_seen <= self.down_after_s
+        status = self._hosts.get(host)
+        return status is not None and status.up and now - status.last_seen <= self.down_after_s
 
     def live_hosts(self, now: float) -> list[str]:
         return sorted(host for host in self._hosts if self.is_up(host, now))
@@ -90,66 +104,25 @@ class Fleet:
         pattern = HostPattern(target)
         return tuple(host for host in self.live_hosts(now) if pattern.matches(host))
 
-    def take_dirty(self) -> list[HostRecord]:
+    def take_dirty(self) -> list[HostStatus]:
         dirty = [self._hosts[host] for host in sorted(self._dirty)]
         self._dirty.clear()
         return dirty
 
     def status(self, epoch: int, now: float) -> FleetStatus:
-        # `is_up` inlined: this runs over every host for each snapshot of a large fleet.
-        cut_off = self._cut_off
+        """Every host with `up` as of `now`; a host whose standing did not change is shared,
+        not copied, which is most of a large, healthy fleet."""
         seen_since = now - self.down_after_s
-        return FleetStatus(
-            epoch=epoch,
-            now=now,
-            hosts={
-                host: HostStatus(
-                    host=host,
-                    up=host not in cut_off and record.last_seen >= seen_since,
-                    last_seen=record.last_seen,
-                    boot_id=record.boot_id,
-                    started_at=record.started_at,
-                    last_report=record.last_report,
+        hosts: dict[str, HostStatus] = {}
+        for host, kept in sorted(self._hosts.items()):
+            hosts[host] = (
+                HostStatus(
+                    host, False, kept.last_seen, kept.boot_id, kept.started_at, kept.last_report
                 )
-                for host, record in sorted(self._hosts.items())
-            },
-        )
-
-
-@dataclass
-class SyncRecord:
-    """One sync: its target, the hosts it expects, and the latest report of each host."""
-
-    sync_id: str
-    target: str
-    origin: str
-    issued_at: float
-    expected: tuple[str, ...]
-    results: dict[str, Report] = field(default_factory=dict)
-    # The operator request that started it, so a retried request does not start another.
-    request_id: str | None = None
-
-    @property
-    def complete(self) -> bool:
-        return all(host in self.results for host in self.expected)
-
-    def add(self, report: Report) -> bool:
-        """Keep the host's latest report; True if it changed the record."""
-        current = self.results.get(report.host)
-        if current is not None and current.finished_at > report.finished_at:
-            return False
-        self.results[report.host] = report
-        return True
-
-    def summary(self) -> SyncSummary:
-        return SyncSummary(
-            sync_id=self.sync_id,
-            target=self.target,
-            origin=self.origin,
-            issued_at=self.issued_at,
-            expected=self.expected,
-            results=dict(sorted(self.results.items())),
-        )
+                if kept.up and kept.last_seen < seen_since
+                else kept
+            )
+        return FleetStatus(epoch=epoch, now=now, hosts=hosts)
 
 
 @dataclass(frozen=True)
@@ -160,6 +133,52 @@ class Waiter:
     request_id: str
     route: tuple[bytes, ...]
     deadline: float
+
+
+@dataclass(frozen=True)
+class Filed:
+    """A report filed under a sync the book holds: the sync, and its tally before and after."""
+
+    sync: Sync
+    before: Tally
+    after: Tally
+
+
+class _Entry:
+    """The book's working copy of one sync: the answers so far, by host, and their running
+    tally, kept up to date report by report so that filing a report never recounts a
+    fleet's worth of answers."""
+
+    __slots__ = ("answered", "answers", "expected", "failed", "sync")
+
+    def __init__(self, sync: Sync) -> None:
+        # Without answers: the entry keeps those itself.
+        self.sync = replace(sync, results={}) if sync.results else sync
+        self.expected = frozenset(sync.expected)
+        self.answers: dict[str, Report] = {}
+        self.answered = 0
+        self.failed = 0
+        for report in sync.results.values():
+            self.file(report)
+
+    def tally(self) -> Tally:
+        return Tally(expected=len(self.expected), answered=self.answered, failed=self.failed)
+
+    def file(self, report: Report) -> bool:
+        """Keep the host's latest report; True if it changed the answers."""
+        current = self.answers.get(report.host)
+        if not is_newer(report, current):
+            return False
+        if current is None:
+            self.answered += report.host in self.expected
+        else:
+            self.failed -= not current.ok
+        self.failed += not report.ok
+        self.answers[report.host] = report
+        return True
+
+    def snapshot(self) -> Sync:
+        return self.sync.with_results(self.answers)
 
 
 class SyncBook:
@@ -174,54 +193,63 @@ class SyncBook:
         # Every sync holds a report per host (a kilobyte or two each): in a large fleet,
         # older syncs go sooner, so that memory does not grow with the fleet times 64.
         self._max_results = max_results
-        self._syncs: OrderedDict[str, SyncRecord] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._waiters: list[Waiter] = []
 
-    def __iter__(self) -> Iterator[SyncRecord]:
-        return iter(self._syncs.values())
+    def __iter__(self) -> Iterator[Sync]:
+        """The syncs held, oldest first, without their answers."""
+        return (entry.sync for entry in self._entries.values())
 
     def __len__(self) -> int:
-        return len(self._syncs)
+        return len(self._entries)
 
-    def add(self, record: SyncRecord) -> None:
-        self._syncs[record.sync_id] = record
-        self._syncs.move_to_end(record.sync_id)
-        results = sum(len(held.results) for held in self._syncs.values())
+    def add(self, sync: Sync) -> None:
+        self._entries[sync.sync_id] = _Entry(sync)
+        self._entries.move_to_end(sync.sync_id)
+        results = sum(len(held.answers) for held in self._entries.values())
         # The newest sync always stays, however many results it holds.
-        while len(self._syncs) > self._capacity or (
-            results > self._max_results and len(self._syncs) > 1
+        while len(self._entries) > self._capacity or (
+            results > self._max_results and len(self._entries) > 1
         ):
-            oldest = next(iter(self._syncs))
+            oldest = next(iter(self._entries))
             if any(w.sync_id == oldest for w in self._waiters):
                 break  # someone still waits on it; it goes once they are answered
-            results -= len(self._syncs.pop(oldest).results)
+            results -= len(self._entries.pop(oldest).answers)
 
-    def get(self, sync_id: str) -> SyncRecord | None:
-        return self._syncs.get(sync_id)
+    def get(self, sync_id: str) -> Sync | None:
+        """The sync with its answers so far, if held."""
+        entry = self._entries.get(sync_id)
+        return entry.snapshot() if entry else None
 
-    def by_request(self, request_id: str) -> SyncRecord | None:
-        for record in self._syncs.values():
-            if record.request_id == request_id:
-                return record
+    def tally(self, sync_id: str) -> Tally | None:
+        entry = self._entries.get(sync_id)
+        return entry.tally() if entry else None
+
+    def by_request(self, request_id: str) -> Sync | None:
+        for entry in self._entries.values():
+            if entry.sync.request_id == request_id:
+                return entry.snapshot()
         return None
 
-    def record(self, report: Report) -> SyncRecord | None:
+    def record(self, report: Report) -> Filed | None:
         """File a report under its sync, if that sync is held here."""
-        record = self._syncs.get(report.sync_id)
-        if record is not None:
-            record.add(report)
-        return record
+        entry = self._entries.get(report.sync_id)
+        if entry is None:
+            return None
+        before = entry.tally()
+        entry.file(report)
+        return Filed(entry.sync, before, entry.tally())
 
     def unfinished(
         self, now: float, window_s: float, limit: int, is_up: Callable[[str], bool]
-    ) -> list[SyncRecord]:
+    ) -> list[Sync]:
         """Syncs issued within `window_s` still waiting for a host that is up (a republish
-        can reach it), newest last, at most `limit`."""
+        can reach it), newest last, at most `limit`; without their answers."""
         recent = [
-            record
-            for record in self._syncs.values()
-            if now - record.issued_at <= window_s
-            and any(host not in record.results and is_up(host) for host in record.expected)
+            entry.sync
+            for entry in self._entries.values()
+            if now - entry.sync.issued_at <= window_s
+            and any(host not in entry.answers and is_up(host) for host in entry.sync.expected)
         ]
         return recent[-limit:] if limit > 0 else []
 
@@ -242,8 +270,8 @@ class SyncBook:
         done: list[Waiter] = []
         keep: list[Waiter] = []
         for waiter in self._waiters:
-            record = self._syncs.get(waiter.sync_id)
-            finished = record is None or record.complete
+            entry = self._entries.get(waiter.sync_id)
+            finished = entry is None or entry.tally().complete
             (done if finished or waiter.deadline <= monotonic_now else keep).append(waiter)
         self._waiters = keep
         return done

@@ -26,8 +26,8 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from daybook.errors import FleetError
+from daybook.model.ids import is_valid_id
 from daybook.model.patterns import is_valid_host
-from daybook.wire import is_valid_id
 from master import api
 from master.database import ResultsReader
 from master.metrics import MasterMetrics

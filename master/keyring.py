@@ -20,17 +20,26 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from daybook.errors import InputError
+from daybook import wire
+from daybook.errors import InputError, WireError
+from daybook.model.keys import (
+    ACCEPTED,
+    MAX_ADDRESS_LEN,
+    MINION,
+    OPERATOR,
+    PENDING,
+    REJECTED,
+    Key,
+    KeyListing,
+    fingerprint,
+    is_fingerprint,
+)
 from daybook.model.patterns import is_valid_host
-from daybook.net.keys import fingerprint, is_fingerprint, is_public_key
 from daybook.net.transport import CURVE_USER_PREFIX, DOMAIN_CONTROL, DOMAIN_PUBLISH, DOMAIN_RESULTS
-from daybook.wire import KEY_ROLES, MAX_ADDRESS_LEN, KeyInfo, KeyListing
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-ACCEPTED, PENDING, REJECTED = "accepted", "pending", "rejected"
-MINION, OPERATOR = KEY_ROLES
 # Unknown keys are recorded up to this many; beyond, they are held off unrecorded, so a
 # stream of fresh keys cannot grow the table without bound.
 MAX_PENDING = 1000
@@ -52,42 +61,11 @@ class Admission(Enum):
 
 
 @dataclass(frozen=True)
-class KeyEntry:
-    public_key: str
-    role: str
-    state: str
-    host: str | None
-    address: str | None
-    first_seen: float
-    last_seen: float
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.public_key)
-
-    def info(self) -> KeyInfo:
-        return KeyInfo(
-            public_key=self.public_key,
-            fingerprint=self.fingerprint,
-            role=self.role,
-            state=self.state,
-            host=self.host,
-            address=self.address,
-            first_seen=self.first_seen,
-            last_seen=self.last_seen,
-        )
-
-    def describe(self) -> str:
-        who = self.host or "an unnamed host"
-        return f"{self.role} key {self.fingerprint} of {who}"
-
-
-@dataclass(frozen=True)
-class Change:
+class KeyChange:
     """What an operator's keys command did: the entry (as it is now, or was if deleted),
     and whether a minion that was accepted lost its standing (so it must be cut off)."""
 
-    entry: KeyEntry
+    entry: Key
     cut_off: bool
 
 
@@ -97,7 +75,7 @@ class KeyRing:
         path: Path | None,
         *,
         auto_accept: bool,
-        entries: Iterable[KeyEntry] = (),
+        entries: Iterable[Key] = (),
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,7 +85,7 @@ class KeyRing:
         self._clock = clock
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._keys: dict[str, KeyEntry] = {}
+        self._keys: dict[str, Key] = {}
         # (role, host) -> key, for accepted keys bound to a host: one key per host and role.
         self._bound: dict[tuple[str, str], str] = {}
         self._dirty = False
@@ -140,11 +118,11 @@ class KeyRing:
             raise InputError(f"{path} is not a key ring this master knows")
         entries = []
         for item in document.get("keys", []):
-            entry = _entry_from_json(item)
-            if entry is None:
-                log.warning("%s: skipping an invalid entry", path)
-                continue
-            entries.append(entry)
+            try:
+                # Checked as if it came off the network: the file may have been edited.
+                entries.append(wire.from_builtins(Key, item))
+            except WireError as exc:
+                log.warning("%s: skipping an invalid entry: %s", path, exc)
         return cls(path, auto_accept=auto_accept, entries=entries)
 
     # -- the ZAP handler's questions -----------------------------------------------------------
@@ -218,11 +196,11 @@ class KeyRing:
             entry = self._keys.get(public_key) if public_key else None
             return entry is not None and entry.role == OPERATOR and entry.state == ACCEPTED
 
-    def get(self, public_key: str) -> KeyEntry | None:
+    def get(self, public_key: str) -> Key | None:
         with self._lock:
             return self._keys.get(public_key)
 
-    def hello(self, public_key: str, host: str, role: str, address: str) -> KeyEntry | None:
+    def hello(self, public_key: str, host: str, role: str, address: str) -> Key | None:
         """A peer says who it is. Returns its entry (None if the table is full).
 
         An unknown key is recorded with the host it claims: pending, or accepted with
@@ -266,16 +244,16 @@ class KeyRing:
                 self._keys.values(), key=lambda e: (e.role, e.host or "", e.first_seen)
             )
         return KeyListing(
-            accepted=tuple(e.info() for e in entries if e.state == ACCEPTED),
-            pending=tuple(e.info() for e in entries if e.state == PENDING),
-            rejected=tuple(e.info() for e in entries if e.state == REJECTED),
+            accepted=tuple(e for e in entries if e.state == ACCEPTED),
+            pending=tuple(e for e in entries if e.state == PENDING),
+            rejected=tuple(e for e in entries if e.state == REJECTED),
         )
 
-    def accept(self, selector: str) -> Change:
+    def accept(self, selector: str) -> KeyChange:
         with self._lock:
             entry = self._select(selector, prefer=(PENDING, REJECTED))
             if entry.state == ACCEPTED:
-                return Change(entry, cut_off=False)
+                return KeyChange(entry, cut_off=False)
             if entry.host is not None:
                 holder = self._bound.get((entry.role, entry.host))
                 if holder is not None:
@@ -286,27 +264,27 @@ class KeyRing:
             entry = self._put(replace(entry, state=ACCEPTED))
         self.save()
         log.warning("accepted the %s", entry.describe())
-        return Change(entry, cut_off=False)
+        return KeyChange(entry, cut_off=False)
 
-    def reject(self, selector: str) -> Change:
+    def reject(self, selector: str) -> KeyChange:
         with self._lock:
             entry = self._select(selector, prefer=(ACCEPTED, PENDING))
             was_accepted = entry.state == ACCEPTED
             entry = self._put(replace(entry, state=REJECTED))
         self.save()
         log.warning("rejected the %s", entry.describe())
-        return Change(entry, cut_off=was_accepted and entry.role == MINION)
+        return KeyChange(entry, cut_off=was_accepted and entry.role == MINION)
 
-    def delete(self, selector: str) -> Change:
+    def delete(self, selector: str) -> KeyChange:
         with self._lock:
             entry = self._select(selector, prefer=(ACCEPTED, PENDING, REJECTED))
             self._remove(entry)
             self._mark_dirty()
         self.save()
         log.warning("deleted the %s", entry.describe())
-        return Change(entry, cut_off=entry.state == ACCEPTED and entry.role == MINION)
+        return KeyChange(entry, cut_off=entry.state == ACCEPTED and entry.role == MINION)
 
-    def _select(self, selector: str, prefer: tuple[str, ...]) -> KeyEntry:
+    def _select(self, selector: str, prefer: tuple[str, ...]) -> Key:
         """The one entry `selector` (a fingerprint, or a host name) names.
 
         By host name, the states in `prefer` are tried in order (`accept web-1` means the
@@ -346,7 +324,7 @@ class KeyRing:
         host: str | None,
         address: str | None,
         now: float,
-    ) -> KeyEntry | None:
+    ) -> Key | None:
         if state == PENDING:
             pending = sum(1 for e in self._keys.values() if e.state == PENDING)
             if pending >= self._max_pending:
@@ -359,9 +337,9 @@ class KeyRing:
                     )
                 return None
         address = address[:MAX_ADDRESS_LEN] if address else None
-        return self._put(KeyEntry(public_key, role, state, host, address, now, now))
+        return self._put(Key(public_key, role, state, host, address, now, now))
 
-    def _put(self, entry: KeyEntry) -> KeyEntry:
+    def _put(self, entry: Key) -> Key:
         old = self._keys.get(entry.public_key)
         if old is not None:
             self._remove(old)
@@ -373,12 +351,12 @@ class KeyRing:
         self._mark_dirty()
         return entry
 
-    def _remove(self, entry: KeyEntry) -> None:
+    def _remove(self, entry: Key) -> None:
         self._keys.pop(entry.public_key, None)
         if entry.host is not None and self._bound.get((entry.role, entry.host)) == entry.public_key:
             del self._bound[(entry.role, entry.host)]
 
-    def _touch(self, entry: KeyEntry, address: str | None, now: float) -> None:
+    def _touch(self, entry: Key, address: str | None, now: float) -> None:
         address = address[:MAX_ADDRESS_LEN] if address else entry.address
         if address != entry.address or now - entry.last_seen >= TOUCH_INTERVAL_S:
             self._keys[entry.public_key] = replace(entry, address=address, last_seen=now)
@@ -416,7 +394,7 @@ class KeyRing:
                 self._dirty = False
                 document = {
                     "format": FORMAT_VERSION,
-                    "keys": [_entry_to_json(e) for e in self._keys.values()],
+                    "keys": [wire.to_builtins(key) for key in self._keys.values()],
                 }
             try:
                 _write_private(self.path, json.dumps(document, indent=1).encode())
@@ -424,41 +402,6 @@ class KeyRing:
                 with self._lock:
                     self._mark_dirty()
                 log.error("cannot save the key ring %s: %s", self.path, exc)
-
-
-def _entry_to_json(entry: KeyEntry) -> dict[str, Any]:
-    return {
-        "public_key": entry.public_key,
-        "role": entry.role,
-        "state": entry.state,
-        "host": entry.host,
-        "address": entry.address,
-        "first_seen": entry.first_seen,
-        "last_seen": entry.last_seen,
-    }
-
-
-def _entry_from_json(item: object) -> KeyEntry | None:
-    """An entry from the file, validated as if it came off the network; None if invalid."""
-    if not isinstance(item, dict):
-        return None
-    key, role, state = item.get("public_key"), item.get("role"), item.get("state")
-    host, address = item.get("host"), item.get("address")
-    first, last = item.get("first_seen"), item.get("last_seen")
-    if not (isinstance(key, str) and is_public_key(key)):
-        return None
-    if role not in KEY_ROLES or state not in (ACCEPTED, PENDING, REJECTED):
-        return None
-    if host is not None and not (isinstance(host, str) and is_valid_host(host)):
-        return None
-    if address is not None and not (isinstance(address, str) and len(address) <= MAX_ADDRESS_LEN):
-        return None
-    times = [t for t in (first, last) if isinstance(t, int | float) and not isinstance(t, bool)]
-    if len(times) != 2:
-        return None
-    return KeyEntry(
-        str(key), str(role), str(state), host, address, float(times[0]), float(times[1])
-    )
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -12,28 +12,29 @@ from dataclasses import dataclass
 
 import zmq
 
+from daybook import wire
 from daybook.mailbox import Mailbox
 from daybook.model.mappings import MappingTable
-from daybook.net.transport import Peer
-from daybook.stopping import StopFlag
-from daybook.wire import (
+from daybook.model.messages import (
     OP_STATUS,
     OP_SYNC,
     OP_SYNC_RESULT,
     ControlReply,
     ControlRequest,
-    DesiredState,
-    EncodedState,
     Heartbeat,
-    Report,
     SyncEvent,
 )
+from daybook.model.results import Report
+from daybook.model.state import DesiredState, EncodedState
+from daybook.model.sync import Sync
+from daybook.net.transport import Peer
+from daybook.stopping import StopFlag
 from master.access import ACCESS_OPS, Access
 from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.collector import Collector
 from master.control_server import ControlServer, Route
 from master.database import ResultsDatabase
-from master.fleet import Fleet, SyncBook, SyncRecord, Waiter
+from master.fleet import Fleet, SyncBook, Waiter
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.snapshot import FleetSnapshot, SnapshotBox
@@ -128,7 +129,7 @@ class Master:
         self._sizes: Mapping[str, Mapping[str, int]] | None = None
         self._fresh: set[str] = set()
         self._state: EncodedState | None = None
-        self._state_sync: SyncRecord | None = None
+        self._state_sync: Sync | None = None
         # Watchers that can be asked to read again, by source name; operator syncs wait
         # in the queue while a refresh round is under way.
         self._refreshers = dict(refreshers or {})
@@ -172,18 +173,18 @@ class Master:
     def restore(self) -> None:
         """Load the recent syncs and the last desired state, and serve that state at once."""
         self._view_changed()
-        for record in self._db.recent_syncs(limit=64):
+        for record in self._db.latest_syncs(limit=64):
             self._syncs.add(record)
         stored = self._db.load_state()
         if stored is None:
             return
         state, sync_id = stored
-        decoded = state.decode()
+        decoded = wire.decode_state(state)
         self._mappings, self._digests = decoded.mappings, decoded.digests
         self._state = state
         found = self._syncs.get(sync_id) or self._db.load_sync(sync_id)
         if found is None:  # pruned away; keep its id so minions do not report it again
-            found = SyncRecord(sync_id, ALL_HOSTS, "auto", self._clock(), ())
+            found = Sync(sync_id, ALL_HOSTS, "auto", self._clock(), ())
             self._db.add_sync(found)
             self._db.commit()
         self._syncs.add(found)
@@ -353,7 +354,7 @@ class Master:
     def _rebuild(self) -> None:
         if self._mappings is None or self._digests is None:
             return
-        state = DesiredState(self._mappings, self._digests).encode()
+        state = wire.encode_state(DesiredState(self._mappings, self._digests))
         if self._state is not None and state.digest == self._state.digest:
             return
         origin = "startup" if self._state_sync is None else "auto"
@@ -371,9 +372,9 @@ class Master:
         )
         self._publish(record)
 
-    def _new_sync(self, target: str, origin: str, request_id: str | None) -> SyncRecord:
+    def _new_sync(self, target: str, origin: str, request_id: str | None) -> Sync:
         now = self._clock()
-        record = SyncRecord(
+        record = Sync(
             sync_id=uuid.uuid4().hex,
             target=target,
             origin=origin,
@@ -385,21 +386,21 @@ class Master:
         self._syncs.add(record)
         self.counters["syncs"] += 1
         self._metrics.sync_started(origin)
-        if record.complete:  # no live host matches: nobody to wait for
+        if not record.expected:  # no live host matches: nobody to wait for
             self._metrics.sync_completed(ok=True)
         self._view_changed()
         return record
 
-    def _publish(self, record: SyncRecord) -> None:
+    def _publish(self, record: Sync) -> None:
         assert self._state is not None
         self._seq += 1
         self._publish_event(
-            SyncEvent(
+            SyncEvent.carrying(
+                self._state,
                 epoch=self.epoch,
                 seq=self._seq,
                 sync_id=record.sync_id,
                 target=record.target,
-                state=self._state,
                 issued_at=record.issued_at,
             )
         )
@@ -433,7 +434,7 @@ class Master:
             lambda host: self._fleet.is_up(host, now),
         )
         for record in unfinished:
-            if record is not self._state_sync:
+            if record.sync_id != self._state_sync.sync_id:
                 self._publish(record)
         self._publish(self._state_sync)
 
@@ -494,16 +495,14 @@ class Master:
             return
         self.counters["reports"] += 1
         self._fleet.reported(report, now)
-        record = self._syncs.get(report.sync_id)
-        was_complete = record is None or record.complete
-        self._syncs.record(report)
+        filed = self._syncs.record(report)
         self._metrics.report_received(
             report,
-            latency_s=None if record is None else now - record.issued_at,
+            latency_s=None if filed is None else now - filed.sync.issued_at,
             sizes=self._sizes or {},
         )
-        if record is not None and not was_complete and record.complete:
-            self._metrics.sync_completed(ok=all(r.ok for r in record.results.values()))
+        if filed is not None and not filed.before.complete and filed.after.complete:
+            self._metrics.sync_completed(ok=filed.after.ok)
         log.debug("report from %s for sync %s: ok=%s", report.host, report.sync_id, report.ok)
 
     def _on_heartbeat(self, heartbeat: Heartbeat, now: float) -> bool:
@@ -633,7 +632,7 @@ class Master:
             self._publish(record)
             self._answer_or_wait(route, request, record)
 
-    def _find_request(self, request_id: str) -> SyncRecord | None:
+    def _find_request(self, request_id: str) -> Sync | None:
         """A retried operator request finds the sync its first attempt started."""
         record = self._syncs.by_request(request_id)
         if record is None:
@@ -642,19 +641,20 @@ class Master:
                 self._syncs.add(record)
         return record
 
-    def _answer_or_wait(self, route: Route, request: ControlRequest, record: SyncRecord) -> None:
-        if request.wait_s > 0 and not record.complete:
+    def _answer_or_wait(self, route: Route, request: ControlRequest, record: Sync) -> None:
+        current = self._syncs.get(record.sync_id) or record
+        if request.wait_s > 0 and not current.complete:
             deadline = self._monotonic() + request.wait_s
             self._syncs.wait(Waiter(record.sync_id, request.request_id, route, deadline))
             return
-        self._control.reply(route, ControlReply(request.request_id, sync=record.summary()))
+        self._control.reply(route, ControlReply(request.request_id, sync=current))
 
     def _answer_waiter(self, waiter: Waiter) -> None:
         record = self._syncs.get(waiter.sync_id) or self._db.load_sync(waiter.sync_id)
         if record is None:
             reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
         else:
-            reply = ControlReply(waiter.request_id, sync=record.summary())
+            reply = ControlReply(waiter.request_id, sync=record)
         self._control.reply(waiter.route, reply)
 
     # -- introspection --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from daybook.wire import SYNC_ORIGINS, Report
+from daybook.model.results import Report
+from daybook.model.sync import SYNC_ORIGINS
 
 NAMESPACE = "daybook"
 # From a sync's issue to a host's report: a no-op sync answers in milliseconds, a large

@@ -7,8 +7,9 @@ import time
 
 import zmq
 
+from daybook import wire
 from daybook.errors import FleetError
-from daybook.wire import SyncEvent
+from daybook.model.messages import SyncEvent
 
 # How long `drop_subscribers` tries to bind the port again while the OS releases it.
 REBIND_TIMEOUT_S = 2.0
@@ -25,7 +26,7 @@ class Publisher:
 
     def publish(self, event: SyncEvent) -> int:
         """Send one event; return its size on the wire."""
-        frames = event.encode()
+        frames = wire.encode(event)
         self.socket.send_multipart(frames, copy=False)
         size = sum(len(frame) for frame in frames)
         self.published += 1

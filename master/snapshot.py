@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from daybook.model.fleet import HostStatus
 from daybook.model.mappings import MappingTable
 from daybook.model.patterns import Candidate, PatternTable
-from daybook.wire import HostStatus
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from daybook.errors import DaybookError
+from daybook.model.ids import versions_digest
 from daybook.store.base import AssetInfo, Store
-from daybook.wire import versions_digest
 from master.changes import Change, DigestsChanged, Fresh
 from master.pacing import Pacer, backoff_s
 

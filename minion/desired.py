@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from daybook import wire
 from daybook.model.patterns import PatternTable
-from daybook.wire import DesiredState, EncodedState
+from daybook.model.state import DesiredState, EncodedState
 
 
 class DesiredStateCache:
@@ -24,7 +25,7 @@ class DesiredStateCache:
         with self._lock:
             entry = self._entries.get(state.digest)
             if entry is None:
-                desired = state.decode()
+                desired = wire.decode_state(state)
                 entry = (desired, PatternTable(desired.mappings))
                 self._entries[state.digest] = entry
                 while len(self._entries) > self._max_entries:

@@ -19,10 +19,9 @@ from collections.abc import Callable
 import zmq
 
 from daybook.errors import DaybookError
+from daybook.model.keys import Key, fingerprint
 from daybook.net.client import MasterUnreachable
-from daybook.net.keys import fingerprint
 from daybook.stopping import StopFlag
-from daybook.wire import KeyInfo
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ PENDING_INTERVAL_S = 2.0
 ACCEPTED_INTERVAL_S = 30.0
 UNREACHABLE_INTERVAL_S = 5.0
 
-Hello = Callable[[], KeyInfo]
+Hello = Callable[[], Key]
 FetchKey = Callable[[], str]
 
 
@@ -54,7 +53,7 @@ class Enrollment:
         self._pending_interval_s = pending_interval_s
         self._accepted_interval_s = accepted_interval_s
         # The last answer, and the fingerprint of a different key the master presented.
-        self.standing: KeyInfo | None = None
+        self.standing: Key | None = None
         self.mismatch: str | None = None
         self._reported: tuple[str, str | None] | None = None
 
@@ -85,7 +84,7 @@ class Enrollment:
             return self._accepted_interval_s
         return self._pending_interval_s
 
-    def _report(self, standing: KeyInfo) -> None:
+    def _report(self, standing: Key) -> None:
         seen = (standing.state, standing.host)
         if seen == self._reported:
             return

@@ -14,26 +14,28 @@ Parent to child, on stdin: one JSON line, the job; then `stop` lines, asking the
 give up retrying because the minion is stopping. End of file means the minion is gone: the
 child exits at once and leaves its staging tree to the next install, as a killed minion
 would (the install lock and the staging names make that safe). Child to parent, on stdout:
-one JSON document, the per-service outcome or the error that stopped the sync. The child's
-log lines go to the minion's stderr.
+one JSON document, the per-service results or the error that stopped the sync. Both are
+the JSON encodings `daybook.wire` derives from the types below, checked on the way in like
+any message off the network. The child's log lines go to the minion's stderr.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
-from daybook.errors import DaybookError
+from daybook import wire
+from daybook.errors import DaybookError, WireError
 from daybook.install.installer import Installer
-from daybook.model.results import ServiceResult, SyncOutcome
+from daybook.model.names import is_valid_service
+from daybook.model.results import ServiceResults
+from daybook.model.rules import checked, record
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store.base import open_store
 
@@ -54,39 +56,24 @@ class InstallChildError(DaybookError):
     """The install child failed as a whole; its message is the error the sync reports."""
 
 
-@dataclass(frozen=True)
+@record
 class InstallJob:
     """What one child installs, and how."""
 
     store_url: str
-    install_dir: Path
-    services: tuple[str, ...]
+    install_dir: str
+    services: tuple[str, ...] = checked(is_valid_service)
     max_parallel: int
     lock_timeout_s: float
     log_level: int
 
-    def encode(self) -> bytes:
-        document = {
-            "store": self.store_url,
-            "install_dir": str(self.install_dir),
-            "services": list(self.services),
-            "max_parallel": self.max_parallel,
-            "lock_timeout_s": self.lock_timeout_s,
-            "log_level": self.log_level,
-        }
-        return json.dumps(document).encode() + b"\n"
 
-    @classmethod
-    def decode(cls, line: bytes) -> InstallJob:
-        document = json.loads(line)
-        return cls(
-            store_url=str(document["store"]),
-            install_dir=Path(document["install_dir"]),
-            services=tuple(str(service) for service in document["services"]),
-            max_parallel=int(document["max_parallel"]),
-            lock_timeout_s=float(document["lock_timeout_s"]),
-            log_level=int(document["log_level"]),
-        )
+@record
+class InstallAnswer:
+    """What the child did: the per-service results, or the error that stopped the sync."""
+
+    services: ServiceResults = checked(key=is_valid_service, default_factory=dict)
+    error: str | None = None
 
 
 # -- the minion's side ----------------------------------------------------------------------
@@ -120,7 +107,7 @@ class ChildInstaller:
         self._killed = False
         self.children_started = 0
 
-    def sync(self, services: Sequence[str]) -> SyncOutcome:
+    def sync(self, services: Sequence[str]) -> ServiceResults:
         # Loaded with the first download, like the rest of the install path.
         import subprocess
 
@@ -128,7 +115,7 @@ class ChildInstaller:
 
         job = InstallJob(
             store_url=self._store_url,
-            install_dir=self._install_dir,
+            install_dir=str(self._install_dir),
             services=tuple(services),
             max_parallel=self._max_parallel,
             lock_timeout_s=self._lock_timeout_s,
@@ -145,7 +132,7 @@ class ChildInstaller:
                 raise InstallChildError(f"cannot start the install process: {exc}") from exc
             self._child = child
             self.children_started += 1
-            _tell(child, job.encode() + (STOP_LINE if self._stopping else b""))
+            _tell(child, wire.to_json(job) + b"\n" + (STOP_LINE if self._stopping else b""))
         # Both are pipes, as asked of Popen.
         assert child.stdout is not None
         assert child.stdin is not None
@@ -192,7 +179,7 @@ def _tell(child: subprocess.Popen[bytes], data: bytes) -> None:
         pass  # it has exited, or is exiting: its exit status says why
 
 
-def _outcome(output: bytes, returncode: int) -> SyncOutcome:
+def _outcome(output: bytes, returncode: int) -> ServiceResults:
     """The child's answer; an error the sync reports if it died or answered nothing usable."""
     if returncode < 0:
         import signal
@@ -200,51 +187,41 @@ def _outcome(output: bytes, returncode: int) -> SyncOutcome:
         name = signal.Signals(-returncode).name
         raise InstallChildError(f"the install process was killed by {name}")
     try:
-        document = json.loads(output)
-        if "error" in document:
-            raise InstallChildError(str(document["error"]))
-        return SyncOutcome(
-            {
-                str(service): ServiceResult(
-                    installed=tuple(entry["installed"]),
-                    present=tuple(entry["present"]),
-                    failed=dict(entry["failed"]),
-                    error=entry.get("error"),
-                )
-                for service, entry in document["services"].items()
-            }
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
+        answer = wire.from_json(InstallAnswer, output)
+    except WireError:
         raise InstallChildError(
             f"the install process gave no usable answer (exit status {returncode})"
         ) from None
+    if answer.error is not None:
+        raise InstallChildError(answer.error)
+    return answer.services
 
 
 # -- the child's side -----------------------------------------------------------------------
 
 
-def install(job: InstallJob, stop: StopFlag) -> dict[str, Any]:
-    """Run the job's sync: the answer document for the minion."""
+def install(job: InstallJob, stop: StopFlag) -> InstallAnswer:
+    """Run the job's sync: the answer for the minion."""
     # Lazy, as in the minion itself: an unusable store fails each service's listing, and the
     # report says so per service, exactly as an in-process install would.
     store = open_store(job.store_url, lazy=True)
     installer = Installer(
         store,
-        job.install_dir,
+        Path(job.install_dir),
         max_parallel=job.max_parallel,
         lock_timeout_s=job.lock_timeout_s,
         pause=lambda seconds: not stop.wait(seconds),
     )
     try:
-        outcome = installer.sync(job.services)
+        results = installer.sync(job.services)
     except DaybookError as exc:  # the install lock, ...
-        return {"error": str(exc)}
+        return InstallAnswer(error=str(exc))
     except Exception as exc:  # a bug: the minion reports it as the sync's error
         log.exception("the install failed")
-        return {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        return InstallAnswer(error=f"internal error: {type(exc).__name__}: {exc}")
     finally:
         store.close()
-    return {"services": outcome.to_json()}
+    return InstallAnswer(results)
 
 
 def follow_minion(commands: IO[bytes], stop: StopFlag) -> None:
@@ -260,7 +237,7 @@ def main() -> int:
     # Unbuffered, on a descriptor of its own: the follower thread is still blocked reading
     # it when the interpreter exits, which must not wait for a buffered stream's lock.
     commands = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
-    job = InstallJob.decode(commands.readline())
+    job = wire.from_json(InstallJob, commands.readline())
     # The answer gets stdout to itself: anything a library prints goes to the log instead.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -273,7 +250,7 @@ def main() -> int:
     stop_on_signals(stop)
     threading.Thread(target=follow_minion, args=(commands, stop), daemon=True).start()
     with answer:
-        answer.write(json.dumps(install(job, stop)).encode())
+        answer.write(wire.to_json(install(job, stop)))
     return 0
 
 

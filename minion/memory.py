@@ -16,12 +16,17 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from daybook import wire
+from daybook.errors import WireError
+from daybook.model.ids import is_valid_digest, is_valid_id
 from daybook.model.names import is_valid_service, is_valid_version
-from daybook.wire import MAX_MESSAGE_BYTES, Report, is_valid_digest, is_valid_id
+from daybook.model.results import Report
+from daybook.model.rules import checked, record
+from daybook.wire import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +34,12 @@ STATE_FILE = "minion-state.json"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
+@record
 class AppliedService:
     """A service whose store versions (by digest) were all installed by an earlier sync."""
 
-    digest: str
-    versions: tuple[str, ...]
+    digest: str = checked(is_valid_digest)
+    versions: tuple[str, ...] = checked(is_valid_version)
 
 
 class MinionMemory:
@@ -100,7 +105,7 @@ class MinionMemory:
             for report in reports:
                 if report.sync_id not in self._reported:
                     self._reported.append(report.sync_id)
-                self._outbox.append(report.encode()[1])
+                self._outbox.append(wire.encode(report)[1])
             del self._reported[: -self._keep_reported]
             del self._outbox[: -self._keep_reports]
             self._dirty = self._dirty or bool(applied or reports)
@@ -112,10 +117,10 @@ class MinionMemory:
                 if not self._dirty:
                     return
                 self._dirty = False
-                document = self._document()
+                contents = self._contents()
             try:
                 self._state_path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(self._state_path, json.dumps(document).encode())
+                _write_atomically(self._state_path, wire.to_json(contents))
             except OSError as exc:
                 # Losing this costs a store listing or a resend later, never a wrong answer.
                 log.warning("cannot save the minion state in %s: %s", self._state_path, exc)
@@ -124,64 +129,57 @@ class MinionMemory:
 
     def _load(self) -> None:
         try:
-            data: Any = json.loads(self._state_path.read_bytes())
+            document: Any = json.loads(self._state_path.read_bytes())
         except FileNotFoundError:
-            data = None
+            return
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable minion state %s: %s", self._state_path, exc)
-            data = None
-        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             return
-        self._reported = [s for s in data.get("reported", []) if _is_id(s)]
-        self._outbox = _parse_outbox(data.get("outbox"))
+        if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+            return
+        # Entry by entry: one damaged entry costs a store listing or a resend later, never
+        # the rest of what the minion remembers.
+        self._reported = [s for s in _listed(document, "reported") if _is_id(s)]
+        self._outbox = [p for p in map(_payload, _listed(document, "outbox")) if p is not None]
         # Digests only vouch for the install dir they were taken in.
-        if data.get("install_dir") == self._install_dir:
-            self._services = _parse_services(data.get("services"))
+        if document.get("install_dir") == self._install_dir:
+            self._services = _applied_services(document.get("services"))
 
-    def _document(self) -> dict[str, Any]:
+    def _contents(self) -> dict[str, Any]:
+        # Encoded by the wire module: services as their fields, report payloads in base64.
         return {
             "format": FORMAT_VERSION,
             "install_dir": self._install_dir,
-            "services": {
-                name: {"digest": entry.digest, "versions": list(entry.versions)}
-                for name, entry in sorted(self._services.items())
-            },
-            "reported": list(self._reported),
-            "outbox": [base64.b64encode(payload).decode() for payload in self._outbox],
+            "services": dict(sorted(self._services.items())),
+            "reported": self._reported,
+            "outbox": self._outbox,
         }
+
+
+def _listed(document: dict[str, Any], key: str) -> list[Any]:
+    value = document.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _is_id(value: object) -> bool:
     return isinstance(value, str) and is_valid_id(value)
 
 
-def _parse_outbox(value: object) -> list[bytes]:
-    """Report payloads; they are validated like any wire message when they are resent."""
-    if not isinstance(value, list):
-        return []
-    payloads = []
-    for item in value:
-        try:
-            payload = base64.b64decode(item, validate=True) if isinstance(item, str) else b""
-        except binascii.Error:
-            continue
-        if 0 < len(payload) <= MAX_MESSAGE_BYTES:
-            payloads.append(payload)
-    return payloads
+def _payload(value: object) -> bytes | None:
+    """A saved report payload; it is validated like any wire message when it is resent."""
+    try:
+        payload = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except binascii.Error:
+        return None
+    return payload if 0 < len(payload) <= MAX_MESSAGE_BYTES else None
 
 
-def _parse_services(value: object) -> dict[str, AppliedService]:
+def _applied_services(value: object) -> dict[str, AppliedService]:
     services: dict[str, AppliedService] = {}
-    if not isinstance(value, dict):
-        return services
-    for name, entry in value.items():
-        if not (isinstance(name, str) and is_valid_service(name) and isinstance(entry, dict)):
-            continue
-        digest, versions = entry.get("digest"), entry.get("versions")
-        if not (isinstance(digest, str) and is_valid_digest(digest) and isinstance(versions, list)):
-            continue
-        if all(isinstance(v, str) and is_valid_version(v) for v in versions):
-            services[name] = AppliedService(digest, tuple(versions))
+    for name, entry in value.items() if isinstance(value, dict) else ():
+        if isinstance(name, str) and is_valid_service(name):
+            with suppress(WireError):
+                services[name] = wire.from_builtins(AppliedService, entry)
     return services
 
 

@@ -13,8 +13,10 @@ from collections.abc import Callable
 import zmq
 
 from daybook.mailbox import Mailbox
+from daybook.model.messages import Heartbeat, SyncEvent
 from daybook.model.patterns import HostPattern
-from daybook.wire import TOPIC_REPORT, Heartbeat, Report, SyncEvent
+from daybook.model.results import Report
+from daybook.wire import TOPIC_REPORT
 from minion.memory import MinionMemory
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
@@ -167,7 +169,7 @@ class Minion:
             sent_at=self._clock(),
             epoch=applied.epoch if applied else 0,
             seq=applied.seq if applied else 0,
-            state_digest=applied.state.digest if applied else None,
+            state_digest=applied.state_digest if applied else None,
             busy=self.runner.busy,
         )
 

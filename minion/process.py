@@ -17,7 +17,8 @@ from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
 from daybook.install.installer import Installer
 from daybook.mailbox import Mailbox
-from daybook.model.results import SyncOutcome
+from daybook.model.messages import MAX_FRAME_BYTES
+from daybook.model.results import ServiceResults
 from daybook.net.client import ControlClient
 from daybook.net.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.net.transport import (
@@ -28,7 +29,7 @@ from daybook.net.transport import (
 )
 from daybook.stopping import StopFlag, stop_on_signals
 from daybook.store.base import Store, open_store
-from daybook.wire import MAX_FRAME_BYTES, TOPIC_SYNC
+from daybook.wire import TOPIC_SYNC
 from minion.desired import DesiredStateCache
 from minion.driver import Driver
 from minion.enrollment import Enrollment
@@ -89,7 +90,7 @@ def connect_minion(
     spawn: Callable[[Callback], None] = start_daemon_thread,
     persist: Callable[[Callback], None] = lambda save: save(),
     credentials: ClientCredentials | None = None,
-    install: Callable[[Sequence[str]], SyncOutcome] | None = None,
+    install: Callable[[Sequence[str]], ServiceResults] | None = None,
 ) -> Minion:
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the

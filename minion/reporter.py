@@ -6,7 +6,9 @@ import logging
 
 import zmq
 
-from daybook.wire import Heartbeat, Report
+from daybook import wire
+from daybook.model.messages import Heartbeat
+from daybook.model.results import Report
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class Reporter:
         self.reconnects = 0
 
     def send(self, message: Report | Heartbeat) -> bool:
-        return self.send_frames(message.encode())
+        return self.send_frames(wire.encode(message))
 
     def send_frames(self, frames: list[bytes]) -> bool:
         try:

@@ -7,7 +7,8 @@ import logging
 import zmq
 
 from daybook.errors import WireError
-from daybook.wire import MAX_FRAME_BYTES, SyncEvent, decode_as
+from daybook.model.messages import MAX_FRAME_BYTES, SyncEvent
+from daybook.wire import decode_as
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 
 from daybook.errors import DaybookError
 from daybook.install.installer import Installer, sorted_versions
+from daybook.model.ids import versions_digest
+from daybook.model.messages import SyncEvent
 from daybook.model.patterns import Resolution
-from daybook.model.results import ServiceResult, SyncOutcome
-from daybook.wire import DesiredState, Report, SyncEvent, clip_text, versions_digest
+from daybook.model.results import Report, ServiceResult, ServiceResults
+from daybook.model.rules import clip_text
+from daybook.model.state import DesiredState
 from minion.desired import DesiredStateCache
 from minion.memory import AppliedService, MinionMemory
 
@@ -86,7 +89,7 @@ class Applier:
         installer: Installer,
         memory: MinionMemory,
         splay: Callable[[], bool],
-        install: Callable[[Sequence[str]], SyncOutcome] | None = None,
+        install: Callable[[Sequence[str]], ServiceResults] | None = None,
     ) -> None:
         self._installer = installer
         self._memory = memory
@@ -111,7 +114,7 @@ class Applier:
                 raise Cancelled
             outcome = self._install(steps.changed)
             for service in steps.changed:
-                result = _clipped(outcome.services[service])
+                result = _clipped(outcome[service])
                 results[service] = result
                 if result.ok:
                     versions = tuple(sorted_versions([*result.installed, *result.present]))
@@ -185,7 +188,7 @@ class Syncer:
         outcome: Outcome | None = None
         error: str | None = None
         try:
-            _desired, table = self._cache.get(event.state)
+            _desired, table = self._cache.get(event.encoded_state)
             outcome = self._applier.apply(_desired, table.resolve(self._host))
         except DaybookError as exc:  # a malformed state, the install lock, ...
             error = clip_text(str(exc))
@@ -208,7 +211,7 @@ class Syncer:
                 sync_id=sync_id,
                 epoch=event.epoch,
                 seq=event.seq,
-                state_digest=event.state.digest,
+                state_digest=event.state_digest,
                 pattern=outcome.pattern if outcome else None,
                 services=dict(outcome.services) if outcome else {},
                 installed=dict(outcome.installed) if outcome else {},

@@ -11,13 +11,15 @@ from pathlib import Path
 import zmq
 from waiting import wait_for
 
+from daybook import wire
 from daybook.config import Settings
-from daybook.model.results import ServiceResult
+from daybook.model.messages import Heartbeat, SyncEvent
+from daybook.model.results import Report, ServiceResult
 from daybook.net.client import ControlClient
 from daybook.net.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
 from daybook.net.transport import ClientCredentials, secure_client
 from daybook.stopping import StopFlag
-from daybook.wire import TOPIC_SYNC, Heartbeat, Report, SyncEvent, decode_as
+from daybook.wire import TOPIC_SYNC, decode_as
 from master.process import run_master
 
 DEADLINE_S = 10.0
@@ -129,9 +131,13 @@ class ScriptedMinion:
             "boot_id": f"boot-{self.host}",
             "started_at": time.time(),
             "sent_at": time.time(),
+            "epoch": 0,
+            "seq": 0,
+            "state_digest": None,
+            "busy": False,
         }
         fields.update(changes)
-        self.push.send_multipart(Heartbeat(**fields).encode())  # type: ignore[arg-type]
+        self.push.send_multipart(wire.encode(Heartbeat(**fields)))  # type: ignore[arg-type]
 
     def next_event(self, timeout_s: float = DEADLINE_S) -> SyncEvent:
         if not self.sub.poll(int(timeout_s * 1000)):
@@ -153,14 +159,14 @@ class ScriptedMinion:
             sync_id=event.sync_id,
             epoch=event.epoch,
             seq=event.seq,
-            state_digest=event.state.digest,
+            state_digest=event.state_digest,
             pattern="web-*",
             services={"web": result},
             installed={"web": ("1",)},
             started_at=time.time(),
             finished_at=time.time(),
         )
-        self.push.send_multipart(message.encode())
+        self.push.send_multipart(wire.encode(message))
         return message
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from daybook.model.results import ServiceResult
-from daybook.wire import Heartbeat, Report, versions_digest
+from daybook.model.ids import versions_digest
+from daybook.model.messages import Heartbeat
+from daybook.model.results import Report, ServiceResult
 
 
 def heartbeat(host: str, boot_id: str = "boot1", **changes: object) -> Heartbeat:
@@ -12,6 +13,10 @@ def heartbeat(host: str, boot_id: str = "boot1", **changes: object) -> Heartbeat
         "boot_id": boot_id,
         "started_at": 1.0,
         "sent_at": 2.0,
+        "epoch": 0,
+        "seq": 0,
+        "state_digest": None,
+        "busy": False,
     }
     fields.update(changes)
     return Heartbeat(**fields)  # type: ignore[arg-type]

@@ -25,11 +25,13 @@ from archives import make_asset
 from waiting import wait_for
 
 from daybook.install.installer import STAGING_PREFIX
+from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.names import AssetRef, is_valid_version
+from daybook.model.results import Report
+from daybook.model.sync import Sync
 from daybook.net.client import ControlClient
 from daybook.registry.base import Registry
 from daybook.store.base import Store
-from daybook.wire import FleetStatus, HostStatus, Report, SyncSummary
 
 T = TypeVar("T")
 
@@ -379,7 +381,7 @@ class ProcessFleet:
         entry = self.host(host)
         return entry.last_report if entry is not None else None
 
-    def sync(self, *, wait_s: float = 0.0, target: str | None = None) -> SyncSummary:
+    def sync(self, *, wait_s: float = 0.0, target: str | None = None) -> Sync:
         return self.client.run_sync(target, wait=wait_s > 0, timeout_s=max(wait_s, 1.0))
 
     def reports_per_sync_and_host(self) -> dict[tuple[str, str], int]:

@@ -22,12 +22,12 @@ import zmq
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings, live_minions
 
+from daybook import wire
 from daybook.model.names import AssetRef
-from daybook.model.results import ServiceResult
+from daybook.model.results import Report, ServiceResult
 from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
 from daybook.store.local import LocalStore
-from daybook.wire import Report
 from minion.process import run_minion
 
 if TYPE_CHECKING:
@@ -234,19 +234,21 @@ def test_a_person_watches_the_fleet_sync_in_the_browser(
         (evil,) = live_minions(context, master, "web-evil")
         event = evil.next_event()
         evil.push.send_multipart(
-            Report(
-                report_id="evil-1",
-                host="web-evil",
-                sync_id=event.sync_id,
-                epoch=event.epoch,
-                seq=event.seq,
-                state_digest=event.state.digest,
-                pattern="web-*",
-                services={"web": ServiceResult(present=("1",), failed={"2": HOSTILE_REASON})},
-                installed={"web": ("1",)},
-                started_at=event.issued_at,
-                finished_at=event.issued_at + 0.1,
-            ).encode()
+            wire.encode(
+                Report(
+                    report_id="evil-1",
+                    host="web-evil",
+                    sync_id=event.sync_id,
+                    epoch=event.epoch,
+                    seq=event.seq,
+                    state_digest=event.state_digest,
+                    pattern="web-*",
+                    services={"web": ServiceResult(present=("1",), failed={"2": HOSTILE_REASON})},
+                    installed={"web": ("1",)},
+                    started_at=event.issued_at,
+                    finished_at=event.issued_at + 0.1,
+                )
+            )
         )
         failure = '#failures li[data-host="web-evil"]'
         see(browser, lambda: HOSTILE_REASON in (text_of(browser, failure) or ""), "the reason")

@@ -24,20 +24,15 @@ from hypothesis import strategies as st
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 from waiting import wait_for
 
+from daybook import wire
+from daybook.model.messages import ControlRequest, Heartbeat
 from daybook.model.names import AssetRef
 from daybook.net.keys import KeyPair
 from daybook.net.transport import ClientCredentials, secure_client
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
-from daybook.wire import (
-    PROTOCOL_VERSION,
-    TOPIC_HEARTBEAT,
-    TOPIC_REPORT,
-    TOPIC_REQUEST,
-    TOPIC_SYNC,
-    ControlRequest,
-    Heartbeat,
-)
+from daybook.views import status_json
+from daybook.wire import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_REPORT, TOPIC_REQUEST, TOPIC_SYNC
 
 TOPICS = [TOPIC_SYNC, TOPIC_REPORT, TOPIC_HEARTBEAT, TOPIC_REQUEST, b"control.reply", b""]
 
@@ -157,7 +152,7 @@ class Attackers:
         """A heartbeat from the accepted fuzzer, which keeps it live for down_after_s."""
         self.send(
             "accepted-push",
-            Heartbeat(host="fuzz-1", boot_id="b", started_at=1.0, sent_at=1.0).encode(),
+            wire.encode(Heartbeat("fuzz-1", "b", 1.0, 1.0, 0, 0, None, busy=False)),
         )
 
     def _socket(
@@ -228,8 +223,8 @@ def test_the_master_survives_random_frames_and_keeps_serving(master: RunningMast
         for channel in ("accepted-push", "accepted-dealer", "local"):
             attackers.send(channel, [TOPIC_REPORT, b"x" * (2 << 20)])
         # Valid operator requests for operations that do not exist are refused by name.
-        request = ControlRequest("f1", "sync").to_fields()
-        request.update(v=PROTOCOL_VERSION, op="shutdown")
+        request = {"v": PROTOCOL_VERSION, **wire.to_builtins(ControlRequest("f1", "sync"))}
+        request.update(op="shutdown")
         attackers.send("local", [TOPIC_REQUEST, bytes(msgpack.packb(request))])
 
         # The master still serves a real minion, and answers operators.
@@ -247,7 +242,7 @@ def test_the_master_survives_random_frames_and_keeps_serving(master: RunningMast
             assert summary.expected == ("web-1",)
             web1.report(web1.event_for(summary.sync_id))
             wait_for(lambda: client.sync_result(summary.sync_id).complete, "the real report")
-            status = client.status()
+            status = status_json(client.fleet_status())
         # ...but no frame of it named another host, let alone a path.
         assert set(status["hosts"]) == {"fuzz-1", "web-1"}
         assert status["hosts"]["web-1"]["up"] is True

@@ -24,6 +24,7 @@ from daybook.install.installer import (
     retry_delay_s,
 )
 from daybook.model.names import AssetRef
+from daybook.model.results import all_ok
 from daybook.store.base import AssetStream
 from daybook.store.local import LocalStore
 
@@ -46,22 +47,22 @@ def test_installs_every_version_then_skips_them(store: LocalStore, tmp_path: Pat
     install_dir = tmp_path / "install"
     installer = Installer(store, install_dir)
     outcome = installer.sync(["api", "web", "absent"])
-    assert outcome.ok
-    assert outcome.services["api"].installed == ("1.0", "1.1")
-    assert outcome.services["web"].installed == ("3",)
-    assert outcome.services["absent"].installed == ()
+    assert all_ok(outcome)
+    assert outcome["api"].installed == ("1.0", "1.1")
+    assert outcome["web"].installed == ("3",)
+    assert outcome["absent"].installed == ()
     assert (install_dir / "api" / "1.1" / "bin" / "run").read_bytes().startswith(b"#!/bin/sh")
     assert os.access(install_dir / "api" / "1.1" / "bin" / "run", os.X_OK)
 
     again = installer.sync(["api", "web"])
-    assert again.services["api"].installed == ()
-    assert again.services["api"].present == ("1.0", "1.1")
+    assert again["api"].installed == ()
+    assert again["api"].present == ("1.0", "1.1")
 
 
 def test_dry_run_writes_nothing(store: LocalStore, tmp_path: Path) -> None:
     install_dir = tmp_path / "install"
     outcome = Installer(store, install_dir).sync(["api"], dry_run=True)
-    assert outcome.services["api"].installed == ("1.0", "1.1")
+    assert outcome["api"].installed == ("1.0", "1.1")
     assert not install_dir.exists()
 
 
@@ -71,10 +72,10 @@ def test_one_bad_version_does_not_stop_the_others(store: LocalStore, tmp_path: P
     stored.write_bytes(stored.read_bytes()[:-20] + b"\0" * 20)
     install_dir = tmp_path / "install"
     outcome = Installer(store, install_dir).sync(["api", "web"])
-    assert not outcome.ok
-    assert set(outcome.services["api"].failed) == {"1.0"}
-    assert outcome.services["api"].installed == ("1.1",)
-    assert outcome.services["web"].installed == ("3",)
+    assert not all_ok(outcome)
+    assert set(outcome["api"].failed) == {"1.0"}
+    assert outcome["api"].installed == ("1.1",)
+    assert outcome["web"].installed == ("3",)
     assert not (install_dir / "api" / "1.0").exists()
     assert [p.name for p in (install_dir / "api").iterdir()] == ["1.1"]
 
@@ -108,7 +109,7 @@ def test_a_broken_download_leaves_no_partial_version(tmp_path: Path) -> None:
     install_dir = tmp_path / "install"
     installer = Installer(store, install_dir, wrap_stream=lambda _ref, s: _FailingStream(s))
     outcome = installer.sync(["api"])
-    assert "connection reset" in outcome.services["api"].failed["9"]
+    assert "connection reset" in outcome["api"].failed["9"]
     assert list((install_dir / "api").iterdir()) == []
 
 
@@ -118,7 +119,7 @@ def test_stale_staging_from_a_dead_process_is_removed(store: LocalStore, tmp_pat
     stale.mkdir(parents=True)
     (stale / "half-written").write_bytes(b"x")
     outcome = Installer(store, install_dir).sync(["api"])
-    assert outcome.services["api"].installed == ("1.0", "1.1")
+    assert outcome["api"].installed == ("1.0", "1.1")
     assert sorted(p.name for p in (install_dir / "api").iterdir()) == ["1.0", "1.1"]
 
 
@@ -222,8 +223,8 @@ def test_a_download_the_store_breaks_off_is_retried_after_a_growing_pause(
         pause=lambda seconds: pauses.append(seconds) is None,
     )
     outcome = installer.sync(["api"])
-    assert outcome.ok
-    assert outcome.services["api"].installed == ("9",)
+    assert all_ok(outcome)
+    assert outcome["api"].installed == ("9",)
     assert len(pauses) == 2
     assert RETRY_FIRST_DELAY_S / 2 <= pauses[0] <= RETRY_FIRST_DELAY_S
     assert RETRY_FIRST_DELAY_S <= pauses[1] <= 2 * RETRY_FIRST_DELAY_S
@@ -239,7 +240,7 @@ def test_retries_end_with_the_failure_reported(tmp_path: Path) -> None:
         pause=lambda seconds: pauses.append(seconds) is None,
     )
     outcome = installer.sync(["api"])
-    assert "connection reset" in outcome.services["api"].failed["9"]
+    assert "connection reset" in outcome["api"].failed["9"]
     assert len(pauses) == DOWNLOAD_ATTEMPTS - 1
     assert list((tmp_path / "install" / "api").iterdir()) == []
 
@@ -257,7 +258,7 @@ def test_a_stopping_minion_does_not_wait_out_the_retries(tmp_path: Path) -> None
         wrap_stream=lambda _ref, stream: _BrokenOffStream(stream),
         pause=stopping,
     )
-    assert "9" in installer.sync(["api"]).services["api"].failed
+    assert "9" in installer.sync(["api"])["api"].failed
     assert len(calls) == 1
 
 
@@ -269,7 +270,7 @@ def test_an_archive_that_fails_its_checksum_is_not_retried(tmp_path: Path) -> No
     installer = Installer(
         store, tmp_path / "install", pause=lambda seconds: pauses.append(seconds) is None
     )
-    assert "9" in installer.sync(["api"]).services["api"].failed
+    assert "9" in installer.sync(["api"])["api"].failed
     assert pauses == []
 
 

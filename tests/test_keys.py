@@ -14,12 +14,10 @@ import zmq.auth
 
 from daybook.config import load_settings
 from daybook.errors import ConfigError
+from daybook.model.keys import fingerprint, is_fingerprint, is_public_key
 from daybook.net.keys import (
     PINNED_MASTER_KEY,
     KeyPair,
-    fingerprint,
-    is_fingerprint,
-    is_public_key,
     load_or_create_keypair,
     pin_master_key,
     read_public_key,

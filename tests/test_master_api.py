@@ -11,11 +11,11 @@ import pytest
 from messages import report
 
 from daybook.errors import FleetError
-from daybook.model.results import ServiceResult
-from daybook.wire import HostStatus, Report
+from daybook.model.fleet import HostStatus
+from daybook.model.results import Report, ServiceResult
+from daybook.model.sync import Sync
 from master import api
 from master.database import ResultsDatabase, ResultsReader
-from master.fleet import SyncRecord
 from master.http_server import HttpApp
 from master.metrics import MasterMetrics
 from master.snapshot import FleetSnapshot, SnapshotBox
@@ -142,7 +142,7 @@ def test_the_box_hands_over_whole_snapshots(fleet: FleetSnapshot) -> None:
 
 
 def add_sync(db: ResultsDatabase, sync_id: str, issued_at: float, *expected: str) -> None:
-    db.add_sync(SyncRecord(sync_id, "*", "operator", issued_at, tuple(expected)))
+    db.add_sync(Sync(sync_id, "*", "operator", issued_at, tuple(expected)))
 
 
 def test_the_reader_tallies_syncs_newest_first(tmp_path: Path) -> None:
@@ -157,8 +157,8 @@ def test_the_reader_tallies_syncs_newest_first(tmp_path: Path) -> None:
     db.add_report(report("stranger", "new", finished_at=5.0), received_at=5.0)
     db.commit()
     reader = ResultsReader(db.path)
-    new, old = reader.recent_syncs(10)
-    assert (new.sync_id, new.expected, new.answered, new.failed, new.missing) == (
+    (new_sync, new), (_old_sync, old) = reader.sync_tallies(10)
+    assert (new_sync.sync_id, new.expected, new.answered, new.failed, new.missing) == (
         "new",
         3,
         2,
@@ -167,11 +167,11 @@ def test_the_reader_tallies_syncs_newest_first(tmp_path: Path) -> None:
     )
     assert not new.complete
     assert (old.answered, old.missing, old.failed) == (1, 1, 0)
-    assert [t.sync_id for t in reader.recent_syncs(1)] == ["new"]
+    assert [sync.sync_id for sync, _tally in reader.sync_tallies(1)] == ["new"]
     record = reader.load_sync("new")
     assert record is not None
     assert record.results["a"].ok
-    assert record.summary().missing == ("c",)
+    assert record.missing == ("c",)
     assert reader.load_sync("nope") is None
     db.close()
 
@@ -184,19 +184,19 @@ def test_the_reader_sees_committed_batches_while_the_loop_writes(tmp_path: Path)
     seen: list[list[str]] = []
     reader = ResultsReader(db.path)
     thread = threading.Thread(
-        target=lambda: seen.append([t.sync_id for t in reader.recent_syncs(10)])
+        target=lambda: seen.append([sync.sync_id for sync, _tally in reader.sync_tallies(10)])
     )
     thread.start()
     thread.join(10.0)
     assert seen == [["one"]]
     db.commit()
-    assert [t.sync_id for t in reader.recent_syncs(10)] == ["two", "one"]
+    assert [sync.sync_id for sync, _tally in reader.sync_tallies(10)] == ["two", "one"]
     db.close()
 
 
 def test_an_unreadable_database_is_a_fleet_error(tmp_path: Path) -> None:
     with pytest.raises(FleetError, match="cannot read the results database"):
-        ResultsReader(tmp_path / "missing.db").recent_syncs(5)
+        ResultsReader(tmp_path / "missing.db").sync_tallies(5)
 
 
 # -- the routes, without a socket ------------------------------------------------------------

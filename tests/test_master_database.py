@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 from messages import report
 
+from daybook import wire
 from daybook.errors import FleetError
-from daybook.wire import DesiredState, versions_digest
+from daybook.model.fleet import HostStatus
+from daybook.model.ids import versions_digest
+from daybook.model.state import DesiredState
+from daybook.model.sync import Sync
 from master.database import ResultsDatabase
-from master.fleet import HostRecord, SyncRecord
 
 
 @pytest.fixture
@@ -30,9 +33,10 @@ def test_epochs_increase_across_restarts(db_path: Path) -> None:
 
 def test_syncs_reports_and_hosts_survive_a_restart(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
-    db.add_sync(SyncRecord("s1", "web-*", "operator", 5.0, ("web-1", "web-2"), request_id="q1"))
+    db.add_sync(Sync("s1", "web-*", "operator", 5.0, ("web-1", "web-2"), request_id="q1"))
     assert db.add_report(report("web-1", "s1", finished_at=6.0), received_at=6.5)
-    db.save_hosts([HostRecord("web-1", 6.5, "boot", 1.0, report("web-1", "s1", finished_at=6.0))])
+    latest = report("web-1", "s1", finished_at=6.0)
+    db.save_hosts([HostStatus("web-1", True, 6.5, "boot", 1.0, latest)])
     db.commit()
     db.close()
 
@@ -55,9 +59,9 @@ def test_syncs_reports_and_hosts_survive_a_restart(db_path: Path) -> None:
 
 def test_uncommitted_work_is_lost_but_committed_work_is_not(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
-    db.add_sync(SyncRecord("kept", "*", "auto", 1.0, ()))
+    db.add_sync(Sync("kept", "*", "auto", 1.0, ()))
     db.commit()
-    db.add_sync(SyncRecord("lost", "*", "auto", 2.0, ()))
+    db.add_sync(Sync("lost", "*", "auto", 2.0, ()))
     # A crash: the connection goes away without a commit.
     db._db.close()
     db = ResultsDatabase(db_path)
@@ -83,7 +87,7 @@ def test_a_report_for_an_unknown_sync_is_still_recorded(db_path: Path) -> None:
 def test_the_desired_state_is_kept(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
     assert db.load_state() is None
-    state = DesiredState({"web-*": ("web",)}, {"web": versions_digest(["1"])}).encode()
+    state = wire.encode_state(DesiredState({"web-*": ("web",)}, {"web": versions_digest(["1"])}))
     db.save_state(state, "s9")
     db.commit()
     db.close()
@@ -95,20 +99,20 @@ def test_the_desired_state_is_kept(db_path: Path) -> None:
 def test_recent_syncs_come_oldest_first(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
     for index in range(5):
-        db.add_sync(SyncRecord(f"s{index}", "*", "auto", float(index), ()))
-    assert [r.sync_id for r in db.recent_syncs(3)] == ["s2", "s3", "s4"]
+        db.add_sync(Sync(f"s{index}", "*", "auto", float(index), ()))
+    assert [r.sync_id for r in db.latest_syncs(3)] == ["s2", "s3", "s4"]
     db.close()
 
 
 def test_prune_keeps_the_latest_syncs_and_every_hosts_last_report(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
     for index in range(5):
-        db.add_sync(SyncRecord(f"s{index}", "*", "auto", float(index), ("a", "b")))
+        db.add_sync(Sync(f"s{index}", "*", "auto", float(index), ("a", "b")))
         db.add_report(report("a", f"s{index}", finished_at=float(index)), received_at=1.0)
     db.add_report(report("b", "s0", finished_at=1.5), received_at=1.0)
-    db.save_hosts([HostRecord("b", 1.0, last_report=report("b", "s0", finished_at=1.5))])
+    db.save_hosts([HostStatus("b", True, 1.0, last_report=report("b", "s0", finished_at=1.5))])
     assert db.prune(keep_syncs=2) == 3
-    assert [r.sync_id for r in db.recent_syncs(10)] == ["s3", "s4"]
+    assert [r.sync_id for r in db.latest_syncs(10)] == ["s3", "s4"]
     (host,) = db.load_hosts()
     assert host.last_report is not None
     assert db.counts() == {"syncs": 2, "reports": 3, "hosts": 1}

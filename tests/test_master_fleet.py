@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from messages import heartbeat, report
 
-from master.fleet import Fleet, SyncBook, SyncRecord, Waiter
+from daybook.model.sync import Sync
+from master.fleet import Fleet, SyncBook, Waiter
 
 
 def test_hosts_are_up_while_heartbeats_keep_coming() -> None:
@@ -63,32 +64,48 @@ def test_status_lists_every_host_with_its_last_report() -> None:
 
 
 def test_a_sync_is_complete_when_every_expected_host_reported() -> None:
-    record = SyncRecord("s1", "*", "operator", 1.0, ("a", "b"))
-    assert not record.complete
-    record.add(report("a"))
-    record.add(report("c"))  # not expected: kept, but does not complete anything
-    assert not record.complete
-    record.add(report("b", ok=False))
-    assert record.complete
-    summary = record.summary()
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b")))
+    assert not book.get("s1").complete  # type: ignore[union-attr]
+    book.record(report("a"))
+    book.record(report("c"))  # not expected: kept, but does not complete anything
+    assert not book.get("s1").complete  # type: ignore[union-attr]
+    filed = book.record(report("b", ok=False))
+    assert filed is not None
+    assert not filed.before.complete
+    assert filed.after.complete
+    summary = book.get("s1")
+    assert summary is not None
+    assert summary.complete
     assert summary.missing == ()
     assert not summary.ok
     assert list(summary.results) == ["a", "b", "c"]
-    assert SyncRecord("s2", "*", "auto", 1.0, ()).complete
+    assert Sync("s2", "*", "auto", 1.0, ()).complete
+
+
+def test_the_book_tallies_what_the_sync_itself_counts() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b", "c")))
+    for each in (report("a", ok=False), report("x"), report("a", finished_at=20.0)):
+        book.record(each)
+    held = book.get("s1")
+    assert held is not None
+    assert book.tally("s1") == held.tally()
 
 
 def test_a_later_report_replaces_an_earlier_one_for_the_same_sync() -> None:
-    record = SyncRecord("s1", "*", "operator", 1.0, ("a",))
-    record.add(report("a", finished_at=10.0, ok=False))
-    assert record.add(report("a", finished_at=20.0, ok=True))
-    assert not record.add(report("a", finished_at=15.0, ok=False))
-    assert record.summary().ok
+    sync = Sync("s1", "*", "operator", 1.0, ("a",))
+    sync = sync.with_report(report("a", finished_at=10.0, ok=False))
+    later = sync.with_report(report("a", finished_at=20.0, ok=True))
+    assert later is not sync
+    assert later.with_report(report("a", finished_at=15.0, ok=False)) is later
+    assert later.ok
 
 
 def test_waiters_are_released_on_completion_or_deadline() -> None:
     book = SyncBook()
-    book.add(SyncRecord("s1", "*", "operator", 1.0, ("a",)))
-    book.add(SyncRecord("s2", "*", "operator", 1.0, ("b",)))
+    book.add(Sync("s1", "*", "operator", 1.0, ("a",)))
+    book.add(Sync("s2", "*", "operator", 1.0, ("b",)))
     book.wait(Waiter("s1", "q1", (b"id1",), deadline=50.0))
     book.wait(Waiter("s2", "q2", (b"id2",), deadline=60.0))
     assert book.next_deadline() == 50.0
@@ -107,36 +124,36 @@ def test_reports_for_syncs_not_held_are_left_to_the_database() -> None:
 
 def test_the_book_forgets_old_syncs_but_not_while_someone_waits() -> None:
     book = SyncBook(capacity=2)
-    book.add(SyncRecord("s1", "*", "operator", 1.0, ("a",)))
+    book.add(Sync("s1", "*", "operator", 1.0, ("a",)))
     book.wait(Waiter("s1", "q1", (b"id",), deadline=99.0))
-    book.add(SyncRecord("s2", "*", "operator", 2.0, ("a",)))
-    book.add(SyncRecord("s3", "*", "operator", 3.0, ("a",)))
+    book.add(Sync("s2", "*", "operator", 2.0, ("a",)))
+    book.add(Sync("s3", "*", "operator", 3.0, ("a",)))
     assert book.get("s1") is not None
     book.release_all()
-    book.add(SyncRecord("s4", "*", "operator", 4.0, ("a",)))
+    book.add(Sync("s4", "*", "operator", 4.0, ("a",)))
     assert book.get("s1") is None
-    assert [r.sync_id for r in book] == ["s3", "s4"]
+    assert [sync.sync_id for sync in book] == ["s3", "s4"]
 
 
 def test_the_book_holds_a_bounded_number_of_reports_but_always_the_newest_sync() -> None:
     book = SyncBook(capacity=64, max_results=4)
     hosts = ("a", "b", "c")
     for index in range(3):
-        book.add(SyncRecord(f"s{index}", "*", "auto", float(index), hosts))
+        book.add(Sync(f"s{index}", "*", "auto", float(index), hosts))
         for host in hosts:
             book.record(report(host, f"s{index}"))
     # Three results each: s0 went when s2 came (six held before it).
     assert [r.sync_id for r in book] == ["s1", "s2"]
     book.wait(Waiter("s1", "q1", (b"id",), deadline=99.0))
-    book.add(SyncRecord("s3", "*", "auto", 3.0, hosts))
+    book.add(Sync("s3", "*", "auto", 3.0, hosts))
     assert [r.sync_id for r in book] == ["s1", "s2", "s3"]  # someone waits on s1
     book.release_all()
-    book.add(SyncRecord("s4", "*", "auto", 4.0, hosts))
+    book.add(Sync("s4", "*", "auto", 4.0, hosts))
     assert [r.sync_id for r in book] == ["s2", "s3", "s4"]
     # However many results it holds, the sync just added stays (one loaded from the database).
-    loaded = SyncRecord("loaded", "*", "auto", 5.0, hosts)
+    loaded = Sync("loaded", "*", "auto", 5.0, hosts)
     for host in hosts:
-        loaded.add(report(host, "loaded"))
+        loaded = loaded.with_report(report(host, "loaded"))
     small = SyncBook(capacity=64, max_results=1)
     small.add(loaded)
     assert [r.sync_id for r in small] == ["loaded"]
@@ -145,9 +162,9 @@ def test_the_book_holds_a_bounded_number_of_reports_but_always_the_newest_sync()
 def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
     book = SyncBook()
     for index in range(5):
-        book.add(SyncRecord(f"s{index}", "*", "operator", 100.0 + index, ("a",)))
-    book.add(SyncRecord("old", "*", "operator", 1.0, ("a",)))
-    book.add(SyncRecord("done", "*", "operator", 104.0, ()))
+        book.add(Sync(f"s{index}", "*", "operator", 100.0 + index, ("a",)))
+    book.add(Sync("old", "*", "operator", 1.0, ("a",)))
+    book.add(Sync("done", "*", "operator", 104.0, ()))
     book.record(report("a", "s4"))
 
     def up(host: str) -> bool:
@@ -162,6 +179,6 @@ def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
 
 def test_a_retried_request_finds_its_sync() -> None:
     book = SyncBook()
-    book.add(SyncRecord("s1", "*", "operator", 1.0, (), request_id="q1"))
+    book.add(Sync("s1", "*", "operator", 1.0, (), request_id="q1"))
     assert book.by_request("q1") is not None
     assert book.by_request("q2") is None

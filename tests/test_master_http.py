@@ -27,14 +27,15 @@ from inprocess_fleet import (
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
+from daybook import wire
 from daybook.config import Settings
+from daybook.model.messages import SyncEvent
 from daybook.model.names import AssetRef
-from daybook.model.results import ServiceResult
-from daybook.net.client import sync_json
+from daybook.model.results import Report, ServiceResult
 from daybook.net.transport import secure_client
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
-from daybook.wire import Report, SyncEvent
+from daybook.views import status_json, sync_json
 
 
 def push_asset(tmp_path: Path, service: str, version: str) -> int:
@@ -118,14 +119,14 @@ def send_report(
         sync_id=event.sync_id,
         epoch=event.epoch,
         seq=event.seq,
-        state_digest=event.state.digest,
+        state_digest=event.state_digest,
         pattern="web-*",
         services=services,
         installed=installed,
         started_at=now - 0.5,
         finished_at=now,
     )
-    minion.push.send_multipart(report.encode())
+    minion.push.send_multipart(wire.encode(report))
     return report
 
 
@@ -254,7 +255,7 @@ def test_fleet_and_host_documents_follow_the_fleet(
     assert fleet["counts"] == {"hosts": 2, "up": 2, "down": 0, "failing": 1, "never_synced": 0}
     with master.client() as client:
         assert fleet["epoch"] == client.fleet_status().epoch
-        status = client.status()
+        status = status_json(client.fleet_status())
     assert fleet["state"]["digest"]
     for host in ("web-1", "web-2"):  # the same shape as `daybook status --json`
         ours, theirs = fleet["hosts"][host], status["hosts"][host]

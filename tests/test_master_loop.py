@@ -11,9 +11,11 @@ import zmq
 from messages import heartbeat
 from waiting import wait_for
 
+from daybook import wire
 from daybook.mailbox import Mailbox
+from daybook.model.messages import Heartbeat
+from daybook.model.results import Report
 from daybook.stopping import StopFlag
-from daybook.wire import Heartbeat, Report
 from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
@@ -90,17 +92,17 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
     with running_master(context, tmp_path, tuning, snapshots=snapshots) as (master, minion):
         counters = master.counters
         published = snapshots.published
-        minion.send_multipart(heartbeat("web-1", "boot1").encode())
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
         wait_for(lambda: "web-1" in snapshots.current.hosts, "the new host in the snapshot")
         assert snapshots.published == published + 1
         first_seen = snapshots.current.hosts["web-1"].last_seen
 
-        minion.send_multipart(heartbeat("web-1", "boot1").encode())
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
         wait_for(lambda: counters["heartbeats"] == 2, "the second heartbeat")
         assert snapshots.published == published + 1
         assert snapshots.current.hosts["web-1"].last_seen == first_seen
 
-        minion.send_multipart(heartbeat("web-1", "boot2").encode())
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot2")))
         wait_for(lambda: snapshots.current.hosts["web-1"].boot_id == "boot2", "the restart shown")
         assert snapshots.published == published + 2
         assert snapshots.current.hosts["web-1"].last_seen >= first_seen
@@ -133,12 +135,12 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
     tuning = MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0)
     with running_master(context, tmp_path, tuning, collector=counting) as (master, minion):
         counters = master.counters
-        minion.send_multipart(heartbeat("web-1", "boot1").encode())
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
         wait_for(lambda: counters["heartbeats"] == 1, "the first heartbeat")
         # Ten heartbeats within 0.2 s, each on its own: a loop reading as they come would
         # wake ten times; a quiet one reads them in one or two batches.
         for number in range(10):
-            minion.send_multipart(heartbeat(f"web-{number + 2}", "boot1").encode())
+            minion.send_multipart(wire.encode(heartbeat(f"web-{number + 2}", "boot1")))
             threading.Event().wait(0.02)
         wait_for(lambda: counters["heartbeats"] == 11, "all heartbeats")
         (collector,) = collectors

@@ -17,12 +17,14 @@ from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, ScriptedMinion, fleet_settings, live_minions
 from waiting import wait_for
 
+from daybook import wire
 from daybook.config import Settings
 from daybook.errors import FleetError
 from daybook.model.names import AssetRef
-from daybook.net.client import ControlClient, MasterUnreachable, control_endpoint, sync_json
+from daybook.net.client import ControlClient, MasterUnreachable, control_endpoint
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
+from daybook.views import status_json, sync_json
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_duplicate_reports_are_recorded_once_and_status_shows_the_fleet(
         web1.report(event, report_id="same")
         web1.report(event, report_id="same")
         wait_for(lambda: client.sync_result(summary.sync_id).complete, "the report")
-        status = client.status()
+        status = status_json(client.fleet_status())
     host = status["hosts"]["web-1"]
     assert host["up"] is True
     assert host["last_sync"]["sync_id"] == summary.sync_id
@@ -198,13 +200,13 @@ def test_a_mapping_change_publishes_an_event_with_no_operator(
     context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, tmp_path: Path
 ) -> None:
     (web1,) = live_minions(context, master, "web-1")
-    before = web1.next_event().state.digest
+    before = web1.next_event().state_digest
     open_registry(f"file://{tmp_path / 'mappings.json'}").update("db-*", lambda _: ("db",))
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         event = web1.next_event()
-        if event.state.digest != before:
-            assert "db-*" in event.state.decode().mappings
+        if event.state_digest != before:
+            assert "db-*" in wire.decode_state(event.encoded_state).mappings
             break
     else:
         raise AssertionError("no event for the mapping change")
@@ -263,7 +265,7 @@ def test_an_unreachable_master_is_one_clear_error(
         ControlClient(endpoint, timeout_s=0.3) as client,
         pytest.raises(MasterUnreachable, match=f"cannot reach the master at {endpoint}"),
     ):
-        client.status()
+        client.fleet_status()
     assert time.monotonic() - started < 2.0
     silent.close()
 
@@ -286,7 +288,7 @@ def test_an_operator_sync_reads_the_registry_and_store_again_first(
         with master.client() as client:
             summary = client.run_sync(None, wait=False, timeout_s=5.0)
         assert time.monotonic() - started < 1.5  # the refresh, not its 2 s timeout
-        state = web1.event_for(summary.sync_id).state.decode()
+        state = wire.decode_state(web1.event_for(summary.sync_id).encoded_state)
         assert state.mappings["db-*"] == ("db",)
         assert "db" in state.digests
         web1.close()

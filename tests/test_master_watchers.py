@@ -10,11 +10,11 @@ from collections.abc import Callable
 import pytest
 
 from daybook.errors import RegistryError, StoreError
+from daybook.model.ids import versions_digest
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
 from daybook.registry.base import Snapshot
 from daybook.store.base import AssetInfo
-from daybook.wire import versions_digest
 from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.pacing import BACKOFF_MAX_S, Pacer, backoff_s
 from master.registry_watcher import RegistryWatcher, TokenBucket

@@ -8,22 +8,20 @@ import pytest
 import zmq
 from messages import report
 
+from daybook import wire
 from daybook.mailbox import Mailbox
-from daybook.wire import (
-    DesiredState,
-    Heartbeat,
-    Report,
-    SyncEvent,
-    decode_frames,
-    versions_digest,
-)
+from daybook.model.ids import versions_digest
+from daybook.model.messages import Heartbeat, SyncEvent
+from daybook.model.results import Report
+from daybook.model.state import DesiredState
+from daybook.wire import decode_frames
 from minion.memory import STATE_FILE, AppliedService, MinionMemory
 from minion.minion import Callback, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 from minion.sync import Job, Synced
 
-STATE = DesiredState({"web-*": ("web",)}, {}).encode()
+STATE = wire.encode_state(DesiredState({"web-*": ("web",)}, {}))
 
 
 class FakeSocket:
@@ -96,7 +94,7 @@ class Harness:
 
     def deliver(self, *events: SyncEvent | list[bytes]) -> None:
         for event in events:
-            self.sub.inbox.append(event if isinstance(event, list) else event.encode())
+            self.sub.inbox.append(event if isinstance(event, list) else wire.encode(event))
         self.minion.on_readable()
         for callback in self.mailbox.drain():
             callback()
@@ -110,8 +108,8 @@ class Harness:
 
 
 def event(seq: int, sync_id: str = "s1", target: str = "*", epoch: int = 7) -> SyncEvent:
-    return SyncEvent(
-        epoch=epoch, seq=seq, sync_id=sync_id, target=target, state=STATE, issued_at=1.0
+    return SyncEvent.carrying(
+        STATE, epoch=epoch, seq=seq, sync_id=sync_id, target=target, issued_at=1.0
     )
 
 
@@ -215,9 +213,9 @@ def test_the_subscriber_reads_what_waits_on_a_real_socket_up_to_its_limit() -> N
         pull.bind("inproc://events")
         push.connect("inproc://events")
         for seq in (1, 2):
-            push.send_multipart(event(seq).encode())
+            push.send_multipart(wire.encode(event(seq)))
         push.send_multipart([b"sync", b"not msgpack"])
-        push.send_multipart(event(3).encode())
+        push.send_multipart(wire.encode(event(3)))
         assert pull.poll(5000, zmq.POLLIN)
         subscriber = EventSubscriber(pull)
 

@@ -11,7 +11,8 @@ import zmq
 from messages import report
 
 from daybook.mailbox import Mailbox
-from daybook.wire import Report, decode_frames
+from daybook.model.results import Report
+from daybook.wire import decode_frames
 from minion.memory import MinionMemory
 from minion.minion import Callback, Minion
 from minion.reporter import Reporter

@@ -18,19 +18,16 @@ from typing import Any
 import pytest
 from archives import make_asset
 
+from daybook import wire
 from daybook.errors import LockError
 from daybook.install.installer import Installer, InstallLock
+from daybook.model.ids import EMPTY_DIGEST, blob_digest, versions_digest
+from daybook.model.messages import SyncEvent
 from daybook.model.names import AssetRef
 from daybook.model.patterns import PatternTable
+from daybook.model.state import DesiredState, EncodedState
 from daybook.store.base import AssetInfo, AssetStream
 from daybook.store.local import LocalStore
-from daybook.wire import (
-    EMPTY_DIGEST,
-    DesiredState,
-    EncodedState,
-    SyncEvent,
-    versions_digest,
-)
 from minion.desired import DesiredStateCache
 from minion.install_child import EXIT_ORPHANED, ChildInstaller, InstallChildError, InstallJob
 from minion.memory import AppliedService, MinionMemory
@@ -302,7 +299,7 @@ def test_a_stopping_minion_kills_its_install_child_and_cancels_the_sync(tmp_path
 
 def test_an_install_child_whose_minion_is_gone_exits_at_once(fx: Fixture) -> None:
     push(fx.local, fx.tmp_path, "web", "1")
-    job = InstallJob(fx.local.url, fx.install_dir, ("web",), 1, 60.0, logging.WARNING)
+    job = InstallJob(fx.local.url, str(fx.install_dir), ("web",), 1, 60.0, logging.WARNING)
     # The held lock keeps the child from installing: it can only leave by noticing.
     with InstallLock(fx.install_dir):
         child = subprocess.Popen(
@@ -313,7 +310,7 @@ def test_an_install_child_whose_minion_is_gone_exits_at_once(fx: Fixture) -> Non
         )
         assert child.stdin is not None
         assert child.stderr is not None
-        child.stdin.write(job.encode())
+        child.stdin.write(wire.to_json(job) + b"\n")
         child.stdin.close()  # what the kernel does when the minion dies
         try:
             status = child.wait(WAIT_S)
@@ -331,12 +328,12 @@ def test_an_install_child_whose_minion_is_gone_exits_at_once(fx: Fixture) -> Non
 
 
 def event_for(state: EncodedState, sync_id: str = "s1", seq: int = 1) -> SyncEvent:
-    return SyncEvent(epoch=1, seq=seq, sync_id=sync_id, target="*", state=state, issued_at=1.0)
+    return SyncEvent.carrying(state, epoch=1, seq=seq, sync_id=sync_id, target="*", issued_at=1.0)
 
 
 def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
     push(fx.local, fx.tmp_path, "web", "1")
-    state = desired_for(fx.local, {"web-*": ("web",)}).encode()
+    state = wire.encode_state(desired_for(fx.local, {"web-*": ("web",)}))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
     synced = syncer.run(Job(event_for(state, "s2"), ["s1", "s2"]))
     reports = synced.reports
@@ -359,14 +356,14 @@ def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
 
 def test_work_done_for_an_already_reported_sync_is_reported(fx: Fixture) -> None:
     push(fx.local, fx.tmp_path, "web", "1")
-    state = desired_for(fx.local, {"web-*": ("web",)}).encode()
+    state = wire.encode_state(desired_for(fx.local, {"web-*": ("web",)}))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
     reports = syncer.run(Job(event_for(state, "s1"), [])).reports
     assert [r.sync_id for r in reports] == ["s1"]
 
 
 def test_a_state_that_cannot_be_decoded_gives_an_error_report(fx: Fixture) -> None:
-    bad = EncodedState(b"garbage", EMPTY_DIGEST)
+    bad = EncodedState(b"garbage", blob_digest(b"garbage"))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
     (report,) = syncer.run(Job(event_for(bad), ["s1"])).reports
     assert not report.ok
@@ -376,7 +373,7 @@ def test_a_state_that_cannot_be_decoded_gives_an_error_report(fx: Fixture) -> No
 
 def test_the_state_cache_decodes_each_state_once() -> None:
     cache = DesiredStateCache(max_entries=2)
-    states = [DesiredState({"h": (f"s{i}",)}, {}).encode() for i in range(3)]
+    states = [wire.encode_state(DesiredState({"h": (f"s{i}",)}, {})) for i in range(3)]
     first = cache.get(states[0])
     assert cache.get(states[0]) is first
     cache.get(states[1])
@@ -420,7 +417,7 @@ def test_the_outbox_keeps_only_the_latest_reports(tmp_path: Path) -> None:
 
 
 def test_events_arriving_during_a_sync_coalesce_into_one_run_of_the_newest() -> None:
-    state = DesiredState({}, {}).encode()
+    state = wire.encode_state(DesiredState({}, {}))
     started = threading.Event()
     release = threading.Event()
     jobs: list[Job] = []
@@ -455,7 +452,7 @@ def test_a_cancelled_runner_takes_no_more_work() -> None:
     ran: list[Job] = []
     runner = SyncRunner(ran.append, spawn=lambda target: target())
     runner.cancel()
-    runner.submit(event_for(DesiredState({}, {}).encode()), report=True)
+    runner.submit(event_for(wire.encode_state(DesiredState({}, {}))), report=True)
     assert ran == []
     assert runner.wait_idle(0.0)
 
@@ -469,7 +466,7 @@ def test_a_crashing_job_does_not_kill_the_runner() -> None:
             raise RuntimeError("bug")
 
     runner = SyncRunner(work, spawn=lambda target: target())
-    state = DesiredState({}, {}).encode()
+    state = wire.encode_state(DesiredState({}, {}))
     runner.submit(event_for(state, seq=1), report=True)
     runner.submit(event_for(state, seq=2), report=True)
     assert calls == [1, 2]

@@ -35,10 +35,14 @@ from inprocess_fleet import (
 )
 from waiting import wait_for
 
+from daybook import wire
 from daybook.cli.main import main
 from daybook.config import Settings
 from daybook.errors import FleetError
+from daybook.model.keys import Key, KeyListing
+from daybook.model.messages import Heartbeat, SyncEvent
 from daybook.model.names import AssetRef
+from daybook.model.state import DesiredState
 from daybook.net.client import ControlClient, MasterUnreachable, local_socket_path
 from daybook.net.keys import (
     KEYRING_FILE,
@@ -52,13 +56,13 @@ from daybook.net.transport import ClientCredentials
 from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
 from daybook.store.local import LocalStore
-from daybook.wire import DesiredState, Heartbeat, KeyInfo, KeyListing, SyncEvent
-from master.keyring import KeyEntry, KeyRing
+from daybook.views import status_json
+from master.keyring import KeyRing
 from minion.process import run_minion
 
 T = TypeVar("T")
 # A well-formed state, for reports that must be dropped for who sent them, not for how.
-EMPTY_STATE = DesiredState({}, {}).encode()
+EMPTY_STATE = wire.encode_state(DesiredState({}, {}))
 # The master republishes every 0.5 s (fleet_settings): a subscriber that would get events
 # has had three chances in this long.
 SILENCE_MS = 1500
@@ -94,7 +98,7 @@ def trusting_master(settings: Settings) -> Iterator[RunningMaster]:
         running.shutdown()
 
 
-def _key(master: RunningMaster, public_key: str, state: str) -> KeyInfo | None:
+def _key(master: RunningMaster, public_key: str, state: str) -> Key | None:
     with master.client() as client:
         listing = client.keys()
     return next((k for k in getattr(listing, state) if k.public_key == public_key), None)
@@ -117,7 +121,7 @@ def _accept(master: RunningMaster, *minions: ScriptedMinion) -> None:
 
 def _hosts(master: RunningMaster) -> dict[str, Any]:
     with master.client() as client:
-        hosts: dict[str, Any] = client.status()["hosts"]
+        hosts: dict[str, Any] = status_json(client.fleet_status())["hosts"]
     return hosts
 
 
@@ -152,7 +156,9 @@ def test_an_unaccepted_minion_gets_nothing_until_its_key_is_accepted(
     with master.client() as client:
         summary = client.run_sync(None, wait=False, timeout_s=5.0)
     assert summary.expected == ()
-    fake = SyncEvent(1, 1, summary.sync_id, "*", EMPTY_STATE, time.time())
+    fake = SyncEvent.carrying(
+        EMPTY_STATE, epoch=1, seq=1, sync_id=summary.sync_id, target="*", issued_at=time.time()
+    )
     stranger.report(fake)
     assert not stranger.sub.poll(SILENCE_MS)
     assert "web-1" not in _hosts(master)
@@ -182,7 +188,7 @@ def test_deleting_a_key_cuts_the_minion_off_at_once(
         path,
         auto_accept=False,
         entries=[
-            KeyEntry(minion_keypair(host).public, "minion", "accepted", host, None, 0.0, 0.0)
+            Key(minion_keypair(host).public, "minion", "accepted", host, None, 0.0, 0.0)
             for host in ("web-1", "web-2")
         ],
     ).save()
@@ -208,7 +214,11 @@ def _cut_off_one_of_two(context: zmq.Context[zmq.Socket[bytes]], master: Running
         assert doomed.next_event().sync_id != summary.sync_id
     # ...and what it sends is dropped.
     doomed.heartbeat()
-    doomed.report(SyncEvent(1, 1, summary.sync_id, "*", EMPTY_STATE, time.time()))
+    doomed.report(
+        SyncEvent.carrying(
+            EMPTY_STATE, epoch=1, seq=1, sync_id=summary.sync_id, target="*", issued_at=time.time()
+        )
+    )
     keeper.report(_events_until(keeper, summary.sync_id)[-1])
     with master.client() as client:
         wait_for(lambda: client.sync_result(summary.sync_id).complete, "web-2's report")
@@ -274,7 +284,7 @@ def test_an_operator_without_an_accepted_key_cannot_sync(
         client.run_sync(None, wait=False, timeout_s=1.0)
     # A minion's key, even accepted, is no operator key.
     with curve_client(web1.keypair) as client, pytest.raises(FleetError, match="minion may not"):
-        client.status()
+        client.fleet_status()
     # Plaintext, or a master key that is not the master's: no answer at all.
     with ControlClient(control, 0.5) as client, pytest.raises(MasterUnreachable):
         client.run_sync(None, wait=False, timeout_s=0.5)
@@ -282,7 +292,7 @@ def test_an_operator_without_an_accepted_key_cannot_sync(
         curve_client(operator, KeyPair.generate().public) as client,
         pytest.raises(MasterUnreachable),
     ):
-        client.status()
+        client.fleet_status()
     assert _operator_syncs(master) == 0
 
     # The operator's key was recorded pending, under the name it sent; accepted, it may sync.
@@ -314,7 +324,7 @@ def test_plaintext_minions_are_refused(
     push.setsockopt(zmq.LINGER, 0)
     push.connect(master.endpoints["results"])
     push.send_multipart(
-        Heartbeat(host="web-9", boot_id="b", started_at=time.time(), sent_at=time.time()).encode()
+        wire.encode(Heartbeat("web-9", "b", time.time(), time.time(), 0, 0, None, busy=False))
     )
     with master.client() as client:
         summary = client.run_sync(None, wait=False, timeout_s=5.0)
@@ -360,7 +370,7 @@ def test_insecure_transport_is_plaintext_but_operators_stay_local(
             ControlClient(master.endpoints["control"], 1.0) as client,
             pytest.raises(FleetError, match="local socket"),
         ):
-            client.status()
+            client.fleet_status()
         web1.close()
     finally:
         master.shutdown()

@@ -14,28 +14,21 @@ from hypothesis import strategies as st
 
 from daybook import wire
 from daybook.errors import WireError
-from daybook.model.results import ServiceResult
+from daybook.model.fleet import FleetStatus, HostStatus
+from daybook.model.ids import EMPTY_DIGEST, blob_digest, is_valid_digest, versions_digest
+from daybook.model.messages import ControlReply, ControlRequest, Heartbeat, SyncEvent
+from daybook.model.results import Report, ServiceResult
+from daybook.model.state import DesiredState, EncodedState
+from daybook.model.sync import Sync
 from daybook.wire import (
-    EMPTY_DIGEST,
     PROTOCOL_VERSION,
     TOPIC_HEARTBEAT,
     TOPIC_REPLY,
     TOPIC_REPORT,
     TOPIC_REQUEST,
     TOPIC_SYNC,
-    ControlReply,
-    ControlRequest,
-    DesiredState,
-    EncodedState,
-    FleetStatus,
-    Heartbeat,
-    HostStatus,
-    Report,
-    SyncEvent,
-    SyncSummary,
     decode_as,
     decode_frames,
-    versions_digest,
 )
 
 DIGEST = versions_digest(["1", "2"])
@@ -54,11 +47,11 @@ def make_event(**changes: Any) -> SyncEvent:
         "seq": 3,
         "sync_id": "a" * 32,
         "target": "web-*",
-        "state": make_state().encode(),
+        "state": wire.encode_state(make_state()),
         "issued_at": 1_700_000_000.5,
     }
     fields.update(changes)
-    return SyncEvent(**fields)
+    return SyncEvent.carrying(fields.pop("state"), **fields)
 
 
 def make_report(**changes: Any) -> Report:
@@ -99,7 +92,7 @@ def make_heartbeat(**changes: Any) -> Heartbeat:
 
 
 def payload_of(message: Any) -> dict[str, Any]:
-    _topic, payload = message.encode()
+    _topic, payload = wire.encode(message)
     decoded: dict[str, Any] = msgpack.unpackb(payload, raw=False)
     return decoded
 
@@ -113,19 +106,19 @@ def repack(topic: bytes, fields: dict[str, Any]) -> list[bytes]:
 
 def test_desired_state_round_trip_and_digest_is_canonical() -> None:
     state = make_state()
-    encoded = state.encode()
-    assert encoded.decode() == state
+    encoded = wire.encode_state(state)
+    assert wire.decode_state(encoded) == state
     reordered = DesiredState(
         mappings=dict(reversed(list(state.mappings.items()))),
         digests=dict(reversed(list(state.digests.items()))),
     )
-    assert reordered.encode() == encoded
+    assert wire.encode_state(reordered) == encoded
 
 
 def test_desired_state_keeps_service_order_within_a_pattern() -> None:
     state = DesiredState({"h": ("b", "a")}, {})
-    assert state.encode().decode().mappings["h"] == ("b", "a")
-    assert state.encode() != DesiredState({"h": ("a", "b")}, {}).encode()
+    assert wire.decode_state(wire.encode_state(state)).mappings["h"] == ("b", "a")
+    assert wire.encode_state(state) != wire.encode_state(DesiredState({"h": ("a", "b")}, {}))
 
 
 @pytest.mark.parametrize(
@@ -144,15 +137,15 @@ def test_desired_state_keeps_service_order_within_a_pattern() -> None:
     ids=lambda m: type(m).__name__,
 )
 def test_round_trip(message: Any) -> None:
-    frames = message.encode()
-    assert frames[0] == message.TOPIC
+    frames = wire.encode(message)
+    assert frames[0] == wire.TOPICS[type(message)]
     assert decode_frames(frames) == message
     assert decode_as(type(message), frames, max_bytes=wire.MAX_FRAME_BYTES) == message
 
 
 def test_control_reply_with_sync_summary_and_status_round_trips() -> None:
     report = make_report()
-    summary = SyncSummary(
+    summary = Sync(
         sync_id="a" * 32,
         target="*",
         origin="operator",
@@ -171,7 +164,7 @@ def test_control_reply_with_sync_summary_and_status_round_trips() -> None:
         },
     )
     reply = ControlReply("q", sync=summary, status=status)
-    decoded = decode_as(ControlReply, reply.encode(), max_bytes=wire.MAX_FRAME_BYTES)
+    decoded = decode_as(ControlReply, wire.encode(reply), max_bytes=wire.MAX_FRAME_BYTES)
     assert decoded == reply
     assert decoded.sync is not None
     assert decoded.sync.missing == ("web-2",)
@@ -191,7 +184,7 @@ def test_versions_digest_is_order_and_duplicate_independent() -> None:
     assert versions_digest(["2", "1", "1"]) == versions_digest(["1", "2"])
     assert versions_digest(["1"]) != versions_digest(["1", "2"])
     assert versions_digest([]) == EMPTY_DIGEST
-    assert wire.is_valid_digest(EMPTY_DIGEST)
+    assert is_valid_digest(EMPTY_DIGEST)
     assert versions_digest(["1.10"]) != versions_digest(["1.1", "0"])
 
 
@@ -204,10 +197,10 @@ def test_a_sync_event_for_1000_patterns_and_100_services_stays_small() -> None:
     digests = {
         s: versions_digest([f"1.{j}" for j in range(i % 20 + 1)]) for i, s in enumerate(services)
     }
-    event = make_event(state=DesiredState(mappings, digests).encode())
-    size = sum(len(frame) for frame in event.encode())
+    event = make_event(state=wire.encode_state(DesiredState(mappings, digests)))
+    size = sum(len(frame) for frame in wire.encode(event))
     assert size <= 32 * 1024
-    assert decode_as(SyncEvent, event.encode(), max_bytes=wire.MAX_FRAME_BYTES) == event
+    assert decode_as(SyncEvent, wire.encode(event), max_bytes=wire.MAX_FRAME_BYTES) == event
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
@@ -220,7 +213,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 
 
 def test_frame_count_topic_and_size_are_checked() -> None:
-    frames = make_heartbeat().encode()
+    frames = wire.encode(make_heartbeat())
     with pytest.raises(WireError, match="2 frames"):
         decode_frames(frames[:1])
     with pytest.raises(WireError, match="2 frames"):
@@ -233,7 +226,7 @@ def test_frame_count_topic_and_size_are_checked() -> None:
 
 def test_a_message_of_the_wrong_kind_is_refused() -> None:
     with pytest.raises(WireError, match="unexpected Heartbeat"):
-        decode_as(Report, make_heartbeat().encode(), max_bytes=wire.MAX_FRAME_BYTES)
+        decode_as(Report, wire.encode(make_heartbeat()), max_bytes=wire.MAX_FRAME_BYTES)
 
 
 @pytest.mark.parametrize(
@@ -369,8 +362,8 @@ def test_sync_event_fields_are_checked(key: str, value: object) -> None:
 def state_event(document: object, *, raw: bytes | None = None) -> list[bytes]:
     """A sync event around a hand-made state, with a correct digest (so only content fails)."""
     blob = zlib.compress(raw if raw is not None else msgpack.packb(document, use_bin_type=True))
-    state = EncodedState(blob, wire._blob_digest(blob))
-    return make_event(state=state).encode()
+    state = EncodedState(blob, blob_digest(blob))
+    return wire.encode(make_event(state=state))
 
 
 @pytest.mark.parametrize(
@@ -391,14 +384,14 @@ def state_event(document: object, *, raw: bytes | None = None) -> list[bytes]:
 def test_the_state_inside_an_event_is_validated_on_decode(document: object) -> None:
     event = decode_as(SyncEvent, state_event(document), max_bytes=wire.MAX_FRAME_BYTES)
     with pytest.raises(WireError):
-        event.state.decode()
+        wire.decode_state(event.encoded_state)
 
 
 def test_a_state_that_is_not_zlib_or_truncated_is_refused() -> None:
     blob = zlib.compress(msgpack.packb({"v": 1, "mappings": {}, "digests": {}}))
     for bad in (b"not zlib", blob[:-4]):
         with pytest.raises(WireError):
-            EncodedState(bad, wire._blob_digest(bad)).decode()
+            wire.decode_state(EncodedState(bad, blob_digest(bad)))
 
 
 def test_a_decompression_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,7 +399,7 @@ def test_a_decompression_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     bomb = zlib.compress(b"\0" * (4 * 1024 * 1024), 9)
     assert len(bomb) < 10_000
     with pytest.raises(WireError, match="larger than"):
-        EncodedState(bomb, wire._blob_digest(bomb)).decode()
+        wire.decode_state(EncodedState(bomb, blob_digest(bomb)))
 
 
 @pytest.mark.parametrize(
@@ -432,7 +425,7 @@ def test_control_requests_are_allow_listed_and_checked(
 
 
 def test_control_reply_nested_reports_are_validated() -> None:
-    summary = SyncSummary("a" * 32, "*", "operator", 1.0, ("web-1",), {})
+    summary = Sync("a" * 32, "*", "operator", 1.0, ("web-1",), {})
     fields = payload_of(ControlReply("q", sync=summary))
     fields["sync"]["results"] = {"web-1": {"host": "web-1"}}
     with pytest.raises(WireError):
@@ -477,7 +470,7 @@ def decode_or_wire_error(frames: list[bytes]) -> None:
         return
     if isinstance(message, SyncEvent):
         try:
-            message.state.decode()
+            wire.decode_state(message.encoded_state)
         except WireError:
             return
 
@@ -506,14 +499,14 @@ def test_fuzz_valid_messages_with_one_field_replaced(data: st.DataObject) -> Non
                 make_report(),
                 make_heartbeat(),
                 ControlRequest("q", "sync_result", sync_id="s"),
-                ControlReply("q", sync=SyncSummary("s", "*", "auto", 1.0, ("h",), {})),
+                ControlReply("q", sync=Sync("s", "*", "auto", 1.0, ("h",), {})),
             ]
         )
     )
     fields = payload_of(message)
     key = data.draw(st.sampled_from(sorted(fields)))
     fields[key] = data.draw(STRUCTURES)
-    decode_or_wire_error(repack(message.TOPIC, fields))
+    decode_or_wire_error(repack(wire.TOPICS[type(message)], fields))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -521,20 +514,22 @@ def test_fuzz_valid_messages_with_one_field_replaced(data: st.DataObject) -> Non
 def test_fuzz_random_states_raise_only_wire_errors(structure: object) -> None:
     event = decode_as(SyncEvent, state_event(structure), max_bytes=wire.MAX_FRAME_BYTES)
     with contextlib.suppress(WireError):
-        event.state.decode()
+        wire.decode_state(event.encoded_state)
 
 
 def test_decoded_names_are_shared_between_messages() -> None:
     # The master holds thousands of reports naming the same few versions: one copy each.
     version = "2024.11.3"
     payloads = [
-        make_report(
-            host=f"web-{i}",
-            services={"web": ServiceResult(present=(version,))},
-            installed={"web": (version,)},
-        ).encode()[1]
+        wire.encode(
+            make_report(
+                host=f"web-{i}",
+                services={"web": ServiceResult(present=(version,))},
+                installed={"web": (version,)},
+            )
+        )[1]
         for i in range(2)
     ]
-    first, second = (Report.decode(payload) for payload in payloads)
+    first, second = (wire.decode(Report, payload) for payload in payloads)
     assert first.installed["web"][0] is second.installed["web"][0]
     assert first.services["web"].present[0] is second.services["web"].present[0]

@@ -126,7 +126,8 @@ def cmd_minion(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.net.client import operator_client, sync_json
+    from daybook.net.client import operator_client
+    from daybook.views import sync_json
 
     target = check_pattern(args.target) if args.target else None
     timeout_s: float = args.timeout
@@ -147,9 +148,10 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from daybook.net.client import operator_client
+    from daybook.views import status_json
 
     with operator_client(settings) as client:
-        document = client.status()
+        document = status_json(client.fleet_status())
     if args.json:
         emit_json(document)
     else:
@@ -170,7 +172,7 @@ def _local_client(settings: Settings) -> ControlClient:
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.net.client import keys_json
+    from daybook.views import keys_json
 
     with _local_client(settings) as client:
         document = keys_json(client.keys())
@@ -190,8 +192,13 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.net.client import key_json
-    from daybook.wire import OP_KEYS_ACCEPT, OP_KEYS_DELETE, OP_KEYS_REJECT, is_valid_selector
+    from daybook.model.messages import (
+        OP_KEYS_ACCEPT,
+        OP_KEYS_DELETE,
+        OP_KEYS_REJECT,
+        is_valid_selector,
+    )
+    from daybook.views import key_json
 
     selector: str = args.selector
     if not is_valid_selector(selector):
@@ -208,7 +215,8 @@ def cmd_keys_change(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.net.keys import MINION_KEY, fingerprint, keys_dir, load_or_create_keypair
+    from daybook.model.keys import fingerprint
+    from daybook.net.keys import MINION_KEY, keys_dir, load_or_create_keypair
     from daybook.net.transport import known_master_key
 
     minion, created = load_or_create_keypair(keys_dir(settings.data_dir), MINION_KEY)

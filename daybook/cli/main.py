@@ -18,6 +18,8 @@ from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.model.mappings import unique_services
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
+from daybook.model.results import all_ok
+from daybook.views import service_results_json
 
 if TYPE_CHECKING:
     from daybook.registry.base import Registry
@@ -386,8 +388,8 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     document = {
         "host": host,
         "pattern": resolution.pattern,
-        "ok": outcome.ok,
-        "services": outcome.to_json(),
+        "ok": all_ok(outcome),
+        "services": service_results_json(outcome),
     }
     if args.dry_run:
         document["dry_run"] = True
@@ -395,7 +397,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
         emit_json(document)
     else:
         _print_pull(document, settings.install_dir)
-    return 0 if outcome.ok else 1
+    return 0 if all_ok(outcome) else 1
 
 
 def _print_pull(document: dict[str, Any], install_dir: Path) -> None:

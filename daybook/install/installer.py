@@ -17,7 +17,7 @@ from pathlib import Path
 
 from daybook.errors import DaybookError, LockError, StoreUnavailableError
 from daybook.model.names import AssetRef, is_valid_version, version_sort_key
-from daybook.model.results import ServiceResult, SyncOutcome
+from daybook.model.results import ServiceResult, ServiceResults
 from daybook.store.base import AssetInfo, AssetStream, Store
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Installer:
             self._remove_stale_staging()
             yield
 
-    def sync(self, services: Sequence[str], *, dry_run: bool = False) -> SyncOutcome:
+    def sync(self, services: Sequence[str], *, dry_run: bool = False) -> ServiceResults:
         """List each service's versions in the store and install the missing ones.
 
         With `dry_run`, `installed` lists what would be installed and nothing is written.
@@ -172,7 +172,7 @@ class Installer:
         with self.locked():
             return self._install_all(available)
 
-    def _plan_only(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> SyncOutcome:
+    def _plan_only(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> ServiceResults:
         results: dict[str, ServiceResult] = {}
         for service, assets in available.items():
             if isinstance(assets, DaybookError):
@@ -184,9 +184,11 @@ class Installer:
                 installed=tuple(v for v in versions if v not in present),
                 present=tuple(v for v in versions if v in present),
             )
-        return SyncOutcome(results)
+        return results
 
-    def _install_all(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> SyncOutcome:
+    def _install_all(
+        self, available: Mapping[str, list[AssetInfo] | DaybookError]
+    ) -> ServiceResults:
         missing: list[AssetRef] = []
         present: dict[str, list[str]] = {}
         for service, assets in available.items():
@@ -214,7 +216,7 @@ class Installer:
                 present=tuple(present[service]),
                 failed={r.version: failures[r] for r in refs if r in failures},
             )
-        return SyncOutcome(results)
+        return results
 
     def _install_one(self, ref: AssetRef) -> str | None:
         """Install one version; return None on success or the reason it failed.

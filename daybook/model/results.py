@@ -1,4 +1,4 @@
-"""What an install run did, per service: the results reports carry and commands print.
+"""What a sync did on a host: per-service results, and the report a minion sends back.
 
 Apart from the installer, so that reading and writing reports (the wire format, every
 operator command) does not import the installing machinery.
@@ -7,43 +7,61 @@ operator command) does not import the installing machinery.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+
+from daybook.model.ids import is_valid_digest, is_valid_id
+from daybook.model.names import is_valid_service, is_valid_version
+from daybook.model.patterns import is_valid_host, is_valid_pattern
+from daybook.model.rules import checked, record
 
 
-@dataclass(frozen=True)
+@record
 class ServiceResult:
-    """What one run did for one service. `error` is set when its versions could not be listed."""
+    """What one run did for one service: versions installed by it, already present, and
+    failed (with why). `error` is set when the service's versions could not be listed."""
 
-    installed: tuple[str, ...] = ()
-    present: tuple[str, ...] = ()
-    failed: Mapping[str, str] = field(default_factory=dict)
+    installed: tuple[str, ...] = checked(is_valid_version, default=())
+    present: tuple[str, ...] = checked(is_valid_version, default=())
+    failed: Mapping[str, str] = checked(key=is_valid_version, default_factory=dict)
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.error is None
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "installed": list(self.installed),
-            "present": list(self.present),
-            "failed": dict(self.failed),
-        }
-        if self.error is not None:
-            data["error"] = self.error
-        return data
+
+# Per service, by name: what one install run, pull or sync did.
+ServiceResults = Mapping[str, ServiceResult]
 
 
-@dataclass(frozen=True)
-class SyncOutcome:
-    """Per-service results of one sync of a host's services."""
+def all_ok(results: ServiceResults) -> bool:
+    return all(result.ok for result in results.values())
 
-    services: Mapping[str, ServiceResult]
+
+@record
+class Report:
+    """One minion's answer to one sync: what it installed, found present, or failed and why.
+
+    `report_id` is unique per report, so a report sent twice (after a reconnect or a master
+    restart) is recorded once. `error` is set when the sync failed outside any one service.
+    """
+
+    report_id: str = checked(is_valid_id)
+    host: str = checked(is_valid_host)
+    sync_id: str = checked(is_valid_id)
+    epoch: int
+    seq: int
+    state_digest: str = checked(is_valid_digest)
+    pattern: str | None = checked(is_valid_pattern)
+    services: ServiceResults = checked(key=is_valid_service)
+    installed: Mapping[str, tuple[str, ...]] = checked(is_valid_version, key=is_valid_service)
+    started_at: float
+    finished_at: float
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(result.ok for result in self.services.values())
+        return self.error is None and all_ok(self.services)
 
-    def to_json(self) -> dict[str, Any]:
-        return {name: result.to_json() for name, result in self.services.items()}
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)

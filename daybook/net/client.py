@@ -17,18 +17,17 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from daybook import wire
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError, WireError
-from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
-from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
-from daybook.wire import (
-    KEY_STATES,
+from daybook.model.fleet import FleetStatus
+from daybook.model.keys import Key, KeyListing
+from daybook.model.messages import (
     MAX_FRAME_BYTES,
     OP_HELLO,
     OP_KEYS_LIST,
@@ -37,14 +36,11 @@ from daybook.wire import (
     OP_SYNC_RESULT,
     ControlReply,
     ControlRequest,
-    FleetStatus,
-    HostStatus,
-    KeyInfo,
-    KeyListing,
-    Report,
-    SyncSummary,
-    decode_as,
 )
+from daybook.model.sync import Sync
+from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
+from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
+from daybook.wire import decode_as
 
 # How long the master may take to answer a request that does not wait for minions.
 ANSWER_TIMEOUT_S = 5.0
@@ -176,7 +172,7 @@ class ControlClient:
             socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
             secure_client(socket, self._credentials)
             socket.connect(self.endpoint)
-            socket.send_multipart(request.encode())
+            socket.send_multipart(wire.encode(request))
             deadline = self._monotonic() + patience_s
             while (remaining_s := deadline - self._monotonic()) > 0:
                 if not socket.poll(max(1, int(remaining_s * 1000)), zmq.POLLIN):
@@ -202,7 +198,7 @@ class ControlClient:
             raise kind(f"the master refused the request: {reply.error}")
         return reply
 
-    def start_sync(self, target: str | None, wait_s: float = 0.0) -> SyncSummary:
+    def start_sync(self, target: str | None, wait_s: float = 0.0) -> Sync:
         reply = self._answer(
             ControlRequest(
                 _new_id(),
@@ -214,7 +210,7 @@ class ControlClient:
         )
         return _expect_sync(reply, self.endpoint)
 
-    def sync_result(self, sync_id: str, wait_s: float = 0.0) -> SyncSummary:
+    def sync_result(self, sync_id: str, wait_s: float = 0.0) -> Sync:
         reply = self._answer(
             ControlRequest(
                 _new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s, host=self.host
@@ -222,7 +218,7 @@ class ControlClient:
         )
         return _expect_sync(reply, self.endpoint)
 
-    def hello(self, host: str, role: str) -> KeyInfo:
+    def hello(self, host: str, role: str) -> Key:
         """Tell the master who this key belongs to; the answer is the key's standing."""
         reply = self._answer(ControlRequest(_new_id(), OP_HELLO, host=host, role=role))
         if reply.key is None:
@@ -235,14 +231,14 @@ class ControlClient:
             raise FleetError(f"the master at {self.endpoint} sent no keys")
         return reply.keys
 
-    def change_key(self, op: str, selector: str) -> KeyInfo:
+    def change_key(self, op: str, selector: str) -> Key:
         """`keys.accept`, `keys.reject` or `keys.delete` the key `selector` names."""
         reply = self._answer(ControlRequest(_new_id(), op, selector=selector))
         if reply.key is None:
             raise FleetError(f"the master at {self.endpoint} sent no key")
         return reply.key
 
-    def run_sync(self, target: str | None, *, wait: bool, timeout_s: float) -> SyncSummary:
+    def run_sync(self, target: str | None, *, wait: bool, timeout_s: float) -> Sync:
         """Start a sync; with `wait`, return when every expected host answered or at timeout."""
         deadline = self._monotonic() + timeout_s
         summary = self.start_sync(target, wait_s=timeout_s if wait else 0.0)
@@ -264,14 +260,6 @@ class ControlClient:
             raise FleetError(f"the master at {self.endpoint} sent no status")
         return reply.status
 
-    # -- the contract's JSON --------------------------------------------------------------------
-
-    def sync(self, target: str | None, wait: bool, timeout_s: float) -> dict[str, Any]:
-        return sync_json(self.run_sync(target, wait=wait, timeout_s=timeout_s))
-
-    def status(self) -> dict[str, Any]:
-        return status_json(self.fleet_status())
-
 
 def _new_id() -> str:
     # 128 random bits, as a uuid4 would carry, without importing uuid (and platform) into
@@ -279,86 +267,7 @@ def _new_id() -> str:
     return os.urandom(16).hex()
 
 
-def _expect_sync(reply: ControlReply, endpoint: str) -> SyncSummary:
+def _expect_sync(reply: ControlReply, endpoint: str) -> Sync:
     if reply.sync is None:
         raise FleetError(f"the master at {endpoint} sent no sync summary")
     return reply.sync
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-def report_json(report: Report) -> dict[str, Any]:
-    document: dict[str, Any] = {
-        "ok": report.ok,
-        "pattern": report.pattern,
-        "services": {name: result.to_json() for name, result in report.services.items()},
-        "installed": {name: list(versions) for name, versions in report.installed.items()},
-        "finished_at": iso_time(report.finished_at),
-        "duration_s": round(report.duration_s, 4),
-    }
-    if report.error is not None:
-        document["error"] = report.error
-    return document
-
-
-def sync_json(summary: SyncSummary) -> dict[str, Any]:
-    """`{"sync_id", "expected", "results": {host: {"ok", "services"}}, "missing", ...}`"""
-    return {
-        "sync_id": summary.sync_id,
-        "target": summary.target,
-        "origin": summary.origin,
-        "issued_at": iso_time(summary.issued_at),
-        "expected": list(summary.expected),
-        "results": {host: report_json(report) for host, report in summary.results.items()},
-        "missing": list(summary.missing),
-        "complete": summary.complete,
-        "ok": summary.ok,
-    }
-
-
-def host_json(status: HostStatus, now: float) -> dict[str, Any]:
-    report = status.last_report
-    last_sync: dict[str, Any] | None = None
-    if report is not None:
-        last_sync = {"sync_id": report.sync_id, **report_json(report)}
-        del last_sync["installed"]
-    return {
-        "up": status.up,
-        "last_seen": iso_time(status.last_seen),
-        "last_seen_ago_s": round(max(0.0, now - status.last_seen), 3),
-        "started_at": iso_time(status.started_at),
-        "last_sync": last_sync,
-        "installed": (
-            {name: list(versions) for name, versions in report.installed.items()} if report else {}
-        ),
-    }
-
-
-def status_json(status: FleetStatus) -> dict[str, Any]:
-    """`{"hosts": {host: {"up", "last_seen", "last_sync": {...}, "installed"}}}`"""
-    return {
-        "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
-        "epoch": status.epoch,
-    }
-
-
-def key_json(key: KeyInfo) -> dict[str, Any]:
-    return {
-        "host": key.host,
-        "fingerprint": key.fingerprint,
-        "role": key.role,
-        "state": key.state,
-        "address": key.address,
-        "first_seen": iso_time(key.first_seen),
-        "last_seen": iso_time(key.last_seen),
-        "public_key": key.public_key,
-    }
-
-
-def keys_json(listing: KeyListing) -> dict[str, Any]:
-    """`{"accepted": [{"host", "fingerprint", ...}], "pending": [...], "rejected": [...]}`"""
-    return {state: [key_json(key) for key in getattr(listing, state)] for state in KEY_STATES}

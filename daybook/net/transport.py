@@ -24,12 +24,11 @@ import zmq
 
 from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
+from daybook.model.keys import fingerprint, is_public_key
 from daybook.net.keys import (
     MASTER_KEY,
     PINNED_MASTER_KEY,
     KeyPair,
-    fingerprint,
-    is_public_key,
     keys_dir,
     pin_master_key,
     read_public_key,

@@ -12,7 +12,7 @@ from fault_fleet import Figures, FleetFactory, many_files
 from waiting import wait_for
 
 from daybook.install.installer import LOCK_NAME
-from daybook.wire import SyncSummary
+from daybook.model.sync import Sync
 
 pytestmark = pytest.mark.faults
 
@@ -106,7 +106,7 @@ def test_a_master_killed_mid_sync_loses_and_duplicates_no_result(
     restarted = time.monotonic()
     fleet.start_master(same_ports=True)
 
-    def all_results() -> SyncSummary | None:
+    def all_results() -> Sync | None:
         summary = fleet.client.sync_result(started.sync_id)
         return summary if summary.complete else None
 

@@ -1,0 +1,150 @@
+"""The messages master, minions and operators exchange, as frozen types.
+
+`daybook.wire` turns them into `[topic, payload]` frames and back; here they are plain
+values with the rules their fields must pass and the invariants that tie fields together.
+"""
+
+from __future__ import annotations
+
+from daybook.model.fleet import FleetStatus
+from daybook.model.ids import blob_digest, is_valid_digest, is_valid_id
+from daybook.model.keys import Key, KeyListing, is_fingerprint, is_role
+from daybook.model.patterns import is_valid_host, is_valid_pattern
+from daybook.model.results import Report
+from daybook.model.rules import checked, record
+from daybook.model.state import EncodedState
+from daybook.model.sync import Sync
+
+# Caps on what a peer may make us allocate. A sync event for 100,000 patterns fits easily.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_WAIT_S = 24 * 3600.0
+
+OP_SYNC = "sync"
+OP_SYNC_RESULT = "sync_result"
+OP_STATUS = "status"
+# Any authenticated peer may say who it is; the answer is its key's standing.
+OP_HELLO = "hello"
+OP_KEYS_LIST = "keys.list"
+OP_KEYS_ACCEPT = "keys.accept"
+OP_KEYS_REJECT = "keys.reject"
+OP_KEYS_DELETE = "keys.delete"
+# What an operator may ask for: accepted operator keys and the master's local socket.
+OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS})
+# Key management: the master's local socket only, as salt-key runs on the master.
+KEY_OPS = frozenset({OP_KEYS_LIST, OP_KEYS_ACCEPT, OP_KEYS_REJECT, OP_KEYS_DELETE})
+# The control socket serves these and nothing else.
+CONTROL_OPS = OPERATOR_OPS | KEY_OPS | {OP_HELLO}
+
+
+def is_control_op(text: str) -> bool:
+    return text in CONTROL_OPS
+
+
+def is_valid_selector(text: str) -> bool:
+    """What `daybook keys accept|reject|delete` takes: a host name or a key fingerprint."""
+    return is_fingerprint(text) or is_valid_host(text)
+
+
+@record
+class SyncEvent:
+    """Desired state, published to every minion: apply it idempotently, report once per id.
+
+    `epoch` changes whenever the master restarts; `seq` counts every event of one epoch,
+    republishes included, so a gap means a minion missed something. Only hosts matching
+    `target` act on the event. `state` is the encoded desired state, named by
+    `state_digest`, the digest of exactly those bytes.
+    """
+
+    epoch: int
+    seq: int
+    sync_id: str = checked(is_valid_id)
+    target: str = checked(is_valid_pattern)
+    state: bytes = checked(max_len=MAX_FRAME_BYTES, repr=False)
+    state_digest: str = checked(is_valid_digest)
+    issued_at: float
+
+    def __post_init__(self) -> None:
+        if blob_digest(self.state) != self.state_digest:
+            raise ValueError("the state does not match its digest")
+
+    @classmethod
+    def carrying(
+        cls,
+        state: EncodedState,
+        *,
+        epoch: int,
+        seq: int,
+        sync_id: str,
+        target: str,
+        issued_at: float,
+    ) -> SyncEvent:
+        """The event that publishes `state`."""
+        return cls(epoch, seq, sync_id, target, state.blob, state.digest, issued_at)
+
+    @property
+    def encoded_state(self) -> EncodedState:
+        return EncodedState(self.state, self.state_digest)
+
+
+@record
+class Heartbeat:
+    """A minion saying it is alive, which process it is, and which event it last applied."""
+
+    host: str = checked(is_valid_host)
+    # A new id per minion process start: a changed id means the minion restarted.
+    boot_id: str = checked(is_valid_id)
+    started_at: float
+    sent_at: float
+    # The last event applied: (0, 0) and no digest before the first one.
+    epoch: int
+    seq: int
+    state_digest: str | None = checked(is_valid_digest)
+    busy: bool
+
+
+@record
+class ControlRequest:
+    """An operator's request. Only the operations in `CONTROL_OPS` exist.
+
+    `sync` starts a sync of the hosts matching `target` (all when None); `sync_result` asks
+    for the results of `sync_id`. With `wait_s`, the master answers as soon as every expected
+    host has reported, or when `wait_s` has passed. `hello` says which host and role the
+    sender claims; `keys.accept|reject|delete` name a key by host name or fingerprint.
+    """
+
+    request_id: str = checked(is_valid_id)
+    op: str = checked(is_control_op, max_len=64, problem="is an unknown operation")
+    target: str | None = checked(is_valid_pattern, default=None)
+    sync_id: str | None = checked(is_valid_id, default=None)
+    wait_s: float = checked(maximum=MAX_WAIT_S, default=0.0)
+    host: str | None = checked(is_valid_host, default=None)
+    role: str | None = checked(is_role, max_len=16, default=None)
+    selector: str | None = checked(is_valid_selector, default=None)
+
+    def __post_init__(self) -> None:
+        if self.op == OP_SYNC_RESULT and self.sync_id is None:
+            raise ValueError("sync_result needs a sync_id")
+        if self.op == OP_HELLO and (self.host is None or self.role is None):
+            raise ValueError("hello needs a host and a role")
+        if self.op in KEY_OPS and self.op != OP_KEYS_LIST and self.selector is None:
+            raise ValueError(f"{self.op} needs a host name or a fingerprint")
+
+
+@record
+class ControlReply:
+    """The master's answer: an error, or the sync, fleet status or keys asked for.
+
+    `key` is the sender's own key for `hello`, the key changed for `keys.*`; `invalid` marks
+    an error caused by the request's input (an unknown or ambiguous key), nothing changed.
+    """
+
+    request_id: str = checked(is_valid_id)
+    error: str | None = None
+    sync: Sync | None = None
+    status: FleetStatus | None = None
+    keys: KeyListing | None = None
+    key: Key | None = None
+    invalid: bool = False
+
+
+Message = SyncEvent | Report | Heartbeat | ControlRequest | ControlReply

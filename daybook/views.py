@@ -1,0 +1,130 @@
+"""The JSON shapes of the model: one view per concept, for every place that shows it.
+
+`daybook ... --json`, the master's HTTP API and the dashboard all render hosts, syncs,
+reports and keys through these functions, so scripts see one shape everywhere (the CLI
+contract's). Times become ISO-8601 strings in UTC; derived facts (`ok`, `missing`,
+`complete`) are computed by the model, never here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from daybook.model.fleet import FleetStatus, HostStatus
+from daybook.model.keys import KEY_STATES, Key, KeyListing
+from daybook.model.results import Report, ServiceResult, ServiceResults
+from daybook.model.sync import Sync, Tally
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def service_result_json(result: ServiceResult) -> dict[str, Any]:
+    """`{"installed": [...], "present": [...], "failed": {version: reason}}`, and `error`."""
+    document: dict[str, Any] = {
+        "installed": list(result.installed),
+        "present": list(result.present),
+        "failed": dict(result.failed),
+    }
+    if result.error is not None:
+        document["error"] = result.error
+    return document
+
+
+def service_results_json(results: ServiceResults) -> dict[str, Any]:
+    return {name: service_result_json(result) for name, result in results.items()}
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "ok": report.ok,
+        "pattern": report.pattern,
+        "services": service_results_json(report.services),
+        "installed": {name: list(versions) for name, versions in report.installed.items()},
+        "finished_at": iso_time(report.finished_at),
+        "duration_s": round(report.duration_s, 4),
+    }
+    if report.error is not None:
+        document["error"] = report.error
+    return document
+
+
+def sync_json(sync: Sync) -> dict[str, Any]:
+    """`{"sync_id", "expected", "results": {host: {"ok", "services"}}, "missing", ...}`"""
+    return {
+        "sync_id": sync.sync_id,
+        "target": sync.target,
+        "origin": sync.origin,
+        "issued_at": iso_time(sync.issued_at),
+        "expected": list(sync.expected),
+        "results": {host: report_json(report) for host, report in sync.results.items()},
+        "missing": list(sync.missing),
+        "complete": sync.complete,
+        "ok": sync.ok,
+    }
+
+
+def sync_tally_json(sync: Sync, tally: Tally) -> dict[str, Any]:
+    """One sync in a listing: its counts instead of every host's report."""
+    return {
+        "sync_id": sync.sync_id,
+        "target": sync.target,
+        "origin": sync.origin,
+        "issued_at": iso_time(sync.issued_at),
+        "hosts": {
+            "expected": tally.expected,
+            "answered": tally.answered,
+            "failed": tally.failed,
+            "missing": tally.missing,
+        },
+        "complete": tally.complete,
+        "ok": tally.ok,
+    }
+
+
+def host_json(status: HostStatus, now: float) -> dict[str, Any]:
+    report = status.last_report
+    last_sync: dict[str, Any] | None = None
+    if report is not None:
+        last_sync = {"sync_id": report.sync_id, **report_json(report)}
+        del last_sync["installed"]
+    return {
+        "up": status.up,
+        "last_seen": iso_time(status.last_seen),
+        "last_seen_ago_s": round(max(0.0, now - status.last_seen), 3),
+        "started_at": iso_time(status.started_at),
+        "last_sync": last_sync,
+        "installed": (
+            {name: list(versions) for name, versions in report.installed.items()} if report else {}
+        ),
+    }
+
+
+def status_json(status: FleetStatus) -> dict[str, Any]:
+    """`{"hosts": {host: {"up", "last_seen", "last_sync": {...}, "installed"}}}`"""
+    return {
+        "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
+        "epoch": status.epoch,
+    }
+
+
+def key_json(key: Key) -> dict[str, Any]:
+    return {
+        "host": key.host,
+        "fingerprint": key.fingerprint,
+        "role": key.role,
+        "state": key.state,
+        "address": key.address,
+        "first_seen": iso_time(key.first_seen),
+        "last_seen": iso_time(key.last_seen),
+        "public_key": key.public_key,
+    }
+
+
+def keys_json(listing: KeyListing) -> dict[str, Any]:
+    """`{"accepted": [{"host", "fingerprint", ...}], "pending": [...], "rejected": [...]}`"""
+    return {state: [key_json(key) for key in getattr(listing, state)] for state in KEY_STATES}
