@@ -54,18 +54,36 @@ def report_json(report: Report) -> dict[str, Any]:
 
 
 def sync_json(sync: Sync) -> dict[str, Any]:
-    """`{"sync_id", "expected", "results": {host: {"ok", "services"}}, "missing", ...}`"""
+    """`{"sync_id", "expected", "results": {host: {"ok", "services"}}, "missing", ...}`,
+    with `state` (running, complete or incomplete) and, once it closed, `silent`: each host
+    that had not answered then and why (`down` since when, or `no answer`). An answer that
+    came after that is in `results`, marked `late`."""
+    late = set(sync.late)
     return {
         "sync_id": sync.sync_id,
         "target": sync.target,
         "origin": sync.origin,
         "issued_at": iso_time(sync.issued_at),
         "expected": list(sync.expected),
-        "results": {host: report_json(report) for host, report in sync.results.items()},
+        "results": {
+            host: report_json(report) | ({"late": True} if host in late else {})
+            for host, report in sync.results.items()
+        },
         "missing": list(sync.missing),
         "complete": sync.complete,
         "ok": sync.ok,
+        "state": sync.state,
+        "deadline": iso_time(sync.deadline),
+        "closed_at": iso_time(sync.closed_at),
+        "silent": {host: silence_json(since) for host, since in sync.silent.items()},
     }
+
+
+def silence_json(down_since: float | None) -> dict[str, Any]:
+    """Why an expected host did not answer a sync before it closed."""
+    if down_since is None:
+        return {"reason": "no answer"}
+    return {"reason": "down", "since": iso_time(down_since)}
 
 
 def sync_tally_json(sync: Sync, tally: Tally) -> dict[str, Any]:
@@ -83,6 +101,9 @@ def sync_tally_json(sync: Sync, tally: Tally) -> dict[str, Any]:
         },
         "complete": tally.complete,
         "ok": tally.ok,
+        "state": tally.state,
+        "closed_at": iso_time(sync.closed_at),
+        "silent": list(sync.silent),
     }
 
 
@@ -105,10 +126,26 @@ def host_json(status: HostStatus, now: float) -> dict[str, Any]:
 
 
 def status_json(status: FleetStatus) -> dict[str, Any]:
-    """`{"hosts": {host: {"up", "last_seen", "last_sync": {...}, "installed"}}}`"""
+    """`{"hosts": {host: {"up", "last_seen", "last_sync": {...}, "installed"}}}`, and the
+    recent syncs with how each stands (`"syncs": [{"sync_id", "state", "silent"}, ...]`)."""
     return {
         "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
         "epoch": status.epoch,
+        "syncs": [sync_state_json(sync) for sync in reversed(status.syncs)],
+    }
+
+
+def sync_state_json(sync: Sync) -> dict[str, Any]:
+    """How one sync stands, without the answers: for listings of many syncs."""
+    return {
+        "sync_id": sync.sync_id,
+        "target": sync.target,
+        "origin": sync.origin,
+        "issued_at": iso_time(sync.issued_at),
+        "expected": len(sync.expected),
+        "state": sync.state,
+        "closed_at": iso_time(sync.closed_at),
+        "silent": {host: silence_json(since) for host, since in sync.silent.items()},
     }
 
 

@@ -25,7 +25,7 @@ from daybook.model.sync import Sync, Tally, is_newer
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS syncs (
     target     TEXT NOT NULL,
     origin     TEXT NOT NULL,
     issued_at  REAL NOT NULL,
-    request_id TEXT
+    request_id TEXT,
+    deadline   REAL,
+    closed_at  REAL
 );
 CREATE INDEX IF NOT EXISTS syncs_issued ON syncs (issued_at);
 CREATE INDEX IF NOT EXISTS syncs_request ON syncs (request_id) WHERE request_id IS NOT NULL;
@@ -56,6 +58,13 @@ CREATE TABLE IF NOT EXISTS reports (
     payload     BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reports_sync ON reports (sync_id, host);
+-- The expected hosts still silent when a sync closed, and since when each was down.
+CREATE TABLE IF NOT EXISTS silent (
+    sync_id    TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    down_since REAL,
+    PRIMARY KEY (sync_id, host)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS hosts (
     host           TEXT PRIMARY KEY,
     last_seen      REAL NOT NULL,
@@ -64,12 +73,18 @@ CREATE TABLE IF NOT EXISTS hosts (
     last_report_id TEXT
 );
 """
+# Version 1 databases lack what a sync's end is recorded with; nothing else changed.
+_UPGRADE_FROM_1 = """
+ALTER TABLE syncs ADD COLUMN deadline REAL;
+ALTER TABLE syncs ADD COLUMN closed_at REAL;
+"""
+_OPEN_INDEX = "CREATE INDEX IF NOT EXISTS syncs_open ON syncs (issued_at) WHERE closed_at IS NULL"
+_SYNC_COLUMNS = "sync_id, target, origin, issued_at, request_id, deadline, closed_at"
+SyncRow = tuple[str, str, str, float, str | None, float | None, float | None]
 
 
-def _read_sync(
-    db: sqlite3.Connection, row: tuple[str, str, str, float, str | None], path: Path
-) -> Sync:
-    sync_id, target, origin, issued_at, request_id = row
+def _read_sync(db: sqlite3.Connection, row: SyncRow, path: Path) -> Sync:
+    sync_id, target, origin, issued_at, request_id, deadline, closed_at = row
     expected = tuple(
         host
         for (host,) in db.execute(
@@ -83,6 +98,11 @@ def _read_sync(
         report = _decode_report(payload, path)
         if report is not None and is_newer(report, results.get(report.host)):
             results[report.host] = report
+    silent = dict(
+        db.execute(
+            "SELECT host, down_since FROM silent WHERE sync_id = ? ORDER BY host", (sync_id,)
+        )
+    )
     return Sync(
         sync_id=sync_id,
         target=target,
@@ -91,6 +111,9 @@ def _read_sync(
         expected=expected,
         results=dict(sorted(results.items())),
         request_id=request_id,
+        deadline=deadline,
+        closed_at=closed_at,
+        silent=silent,
     )
 
 
@@ -118,11 +141,17 @@ class ResultsDatabase:
             self._db.executescript(_SCHEMA)
             self._db.execute("BEGIN")
             self._check_schema_version()
+            self._db.execute(_OPEN_INDEX)
         except (OSError, sqlite3.Error) as exc:
             raise FleetError(f"cannot open the results database {path}: {exc}") from None
 
     def _check_schema_version(self) -> None:
         stored = self._meta("schema")
+        if stored is not None and int(stored) == 1:
+            for statement in filter(str.strip, _UPGRADE_FROM_1.split(";")):
+                self._db.execute(statement)
+            log.info("upgraded the results database %s to schema %d", self.path, SCHEMA_VERSION)
+            stored = None
         if stored is None:
             self._set_meta("schema", str(SCHEMA_VERSION).encode())
         elif int(stored) != SCHEMA_VERSION:
@@ -189,14 +218,53 @@ class ResultsDatabase:
 
     def add_sync(self, sync: Sync) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO syncs (sync_id, target, origin, issued_at, request_id) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (sync.sync_id, sync.target, sync.origin, sync.issued_at, sync.request_id),
+            f"INSERT OR REPLACE INTO syncs ({_SYNC_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            (
+                sync.sync_id,
+                sync.target,
+                sync.origin,
+                sync.issued_at,
+                sync.request_id,
+                sync.deadline,
+                sync.closed_at,
+            ),
         )
         self._db.executemany(
             "INSERT OR IGNORE INTO expected (sync_id, host) VALUES (?, ?)",
             [(sync.sync_id, host) for host in sync.expected],
         )
+
+    def close_sync(self, sync: Sync) -> None:
+        """Record how a sync ended: when, and which expected hosts were silent then."""
+        self._db.execute(
+            "UPDATE syncs SET closed_at = ? WHERE sync_id = ?", (sync.closed_at, sync.sync_id)
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO silent (sync_id, host, down_since) VALUES (?, ?, ?)",
+            [(sync.sync_id, host, since) for host, since in sync.silent.items()],
+        )
+
+    def close_forgotten(self, now: float, held: list[str]) -> int:
+        """Close, at `now`, the open syncs the loop no longer holds whose deadline passed (or
+        that never had one): a master restarted, or a busy fleet pushed them out of memory.
+        Their silent hosts are the expected ones with no answer; since when each was down is
+        not known. Returns how many were closed."""
+        marks = ",".join("?" * len(held))
+        rows = self._db.execute(
+            "SELECT sync_id FROM syncs WHERE closed_at IS NULL "  # noqa: S608
+            f"AND (deadline IS NULL OR deadline <= ?) AND sync_id NOT IN ({marks})",
+            (now, *held),
+        ).fetchall()
+        for (sync_id,) in rows:
+            self._db.execute(
+                "INSERT OR IGNORE INTO silent (sync_id, host, down_since) "
+                "SELECT e.sync_id, e.host, NULL FROM expected e WHERE e.sync_id = ? "
+                "AND NOT EXISTS (SELECT 1 FROM reports r "
+                "WHERE r.sync_id = e.sync_id AND r.host = e.host)",
+                (sync_id,),
+            )
+            self._db.execute("UPDATE syncs SET closed_at = ? WHERE sync_id = ?", (now, sync_id))
+        return len(rows)
 
     def add_report(self, report: Report, received_at: float, payload: bytes | None = None) -> bool:
         """Store a report; False if this report id was stored before (a resent duplicate).
@@ -222,14 +290,14 @@ class ResultsDatabase:
 
     def load_sync(self, sync_id: str) -> Sync | None:
         row = self._db.execute(
-            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE sync_id = ?",
+            f"SELECT {_SYNC_COLUMNS} FROM syncs WHERE sync_id = ?",  # noqa: S608
             (sync_id,),
         ).fetchone()
         return None if row is None else self._sync_from_row(row)
 
     def sync_for_request(self, request_id: str) -> Sync | None:
         row = self._db.execute(
-            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs WHERE request_id = ?",
+            f"SELECT {_SYNC_COLUMNS} FROM syncs WHERE request_id = ?",  # noqa: S608
             (request_id,),
         ).fetchone()
         return None if row is None else self._sync_from_row(row)
@@ -237,13 +305,12 @@ class ResultsDatabase:
     def latest_syncs(self, limit: int) -> list[Sync]:
         """The latest `limit` syncs with their results, oldest first."""
         rows = self._db.execute(
-            "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
-            "ORDER BY issued_at DESC LIMIT ?",
+            f"SELECT {_SYNC_COLUMNS} FROM syncs ORDER BY issued_at DESC LIMIT ?",  # noqa: S608
             (limit,),
         ).fetchall()
         return [self._sync_from_row(row) for row in reversed(rows)]
 
-    def _sync_from_row(self, row: tuple[str, str, str, float, str | None]) -> Sync:
+    def _sync_from_row(self, row: SyncRow) -> Sync:
         return _read_sync(self._db, row, self.path)
 
     def _decode_report(self, payload: bytes) -> Report | None:
@@ -302,6 +369,10 @@ class ResultsDatabase:
         if cutoff is None:
             return 0
         self._db.execute(
+            "DELETE FROM silent WHERE sync_id IN (SELECT sync_id FROM syncs WHERE issued_at <= ?)",
+            cutoff,
+        )
+        self._db.execute(
             "DELETE FROM expected WHERE sync_id IN "
             "(SELECT sync_id FROM syncs WHERE issued_at <= ?)",
             cutoff,
@@ -357,8 +428,7 @@ class ResultsReader:
     def load_sync(self, sync_id: str) -> Sync | None:
         with self._reading() as db:
             row = db.execute(
-                "SELECT sync_id, target, origin, issued_at, request_id FROM syncs "
-                "WHERE sync_id = ?",
+                f"SELECT {_SYNC_COLUMNS} FROM syncs WHERE sync_id = ?",  # noqa: S608
                 (sync_id,),
             ).fetchone()
             return None if row is None else _read_sync(db, row, self.path)
@@ -367,38 +437,56 @@ class ResultsReader:
         """The latest `limit` syncs (without their answers) and the tally of each, newest
         first, counted without decoding any report."""
         with self._reading() as db:
-            rows = db.execute(
-                "SELECT sync_id, target, origin, issued_at FROM syncs "
+            rows: list[SyncRow] = db.execute(
+                f"SELECT {_SYNC_COLUMNS} FROM syncs "  # noqa: S608
                 "ORDER BY issued_at DESC, sync_id LIMIT ?",
                 (limit,),
             ).fetchall()
             if not rows:
                 return []
             ids = [row[0] for row in rows]
-            marks = ",".join("?" * len(ids))
-            expected: dict[str, set[str]] = {sync_id: set() for sync_id in ids}
-            for sync_id, host in db.execute(
-                f"SELECT sync_id, host FROM expected WHERE sync_id IN ({marks})",  # noqa: S608
-                ids,
-            ):
-                expected[sync_id].add(host)
+            expected = _hosts_by_sync(db, "SELECT sync_id, host FROM expected", ids)
+            silent = _hosts_by_sync(db, "SELECT sync_id, host FROM silent", ids)
             # SQLite takes the bare column `ok` from the row holding max(finished_at): each
             # host's latest report, as the sync book keeps it.
             latest: dict[str, dict[str, bool]] = {sync_id: {} for sync_id in ids}
             for sync_id, host, ok, _finished in db.execute(
-                f"SELECT sync_id, host, ok, max(finished_at) FROM reports "  # noqa: S608
-                f"WHERE sync_id IN ({marks}) GROUP BY sync_id, host",
+                "SELECT sync_id, host, ok, max(finished_at) FROM reports "  # noqa: S608
+                f"WHERE sync_id IN ({','.join('?' * len(ids))}) GROUP BY sync_id, host",
                 ids,
             ):
                 latest[sync_id][host] = bool(ok)
-        tallies = []
-        for sync_id, target, origin, issued_at in rows:
-            hosts = expected[sync_id]
-            answers = latest[sync_id]
-            tally = Tally(
-                expected=len(hosts),
-                answered=sum(1 for host in hosts if host in answers),
-                failed=sum(1 for ok in answers.values() if not ok),
-            )
-            tallies.append((Sync(sync_id, target, origin, issued_at, tuple(sorted(hosts))), tally))
-        return tallies
+        return [_tallied(row, expected[row[0]], silent[row[0]], latest[row[0]]) for row in rows]
+
+
+def _hosts_by_sync(db: sqlite3.Connection, select: str, ids: list[str]) -> dict[str, set[str]]:
+    """`select` (sync ids and hosts) for the syncs `ids`, as a set of hosts per sync."""
+    hosts: dict[str, set[str]] = {sync_id: set() for sync_id in ids}
+    marks = ",".join("?" * len(ids))
+    for sync_id, host in db.execute(f"{select} WHERE sync_id IN ({marks})", ids):
+        hosts[sync_id].add(host)
+    return hosts
+
+
+def _tallied(
+    row: SyncRow, expected: set[str], silent: set[str], answers: dict[str, bool]
+) -> tuple[Sync, Tally]:
+    sync_id, target, origin, issued_at, request_id, deadline, closed_at = row
+    sync = Sync(
+        sync_id,
+        target,
+        origin,
+        issued_at,
+        tuple(sorted(expected)),
+        request_id=request_id,
+        deadline=deadline,
+        closed_at=closed_at,
+        silent=dict.fromkeys(sorted(silent)),
+    )
+    tally = Tally(
+        expected=len(expected),
+        answered=sum(1 for host in expected if host in answers),
+        failed=sum(1 for ok in answers.values() if not ok),
+        silent=len(silent),
+    )
+    return sync, tally

@@ -16,7 +16,7 @@ from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.messages import Heartbeat
 from daybook.model.patterns import HostPattern
 from daybook.model.results import Report
-from daybook.model.sync import Sync, Tally, is_newer
+from daybook.model.sync import COMPLETE, Sync, Tally, is_newer
 
 
 class Fleet:
@@ -96,6 +96,17 @@ class Fleet:
         status = self._hosts.get(host)
         return status is not None and status.up and now - status.last_seen <= self.down_after_s
 
+    def down_since(self, host: str, now: float) -> float | None:
+        """Since when `host` is shown down (None while it is up): when its heartbeats became
+        overdue, or its last sign of life if its key was cut off before that."""
+        status = self._hosts.get(host)
+        if status is None:
+            return now
+        overdue_at = status.last_seen + self.down_after_s
+        if now > overdue_at:
+            return overdue_at
+        return None if status.up else status.last_seen
+
     def live_hosts(self, now: float) -> list[str]:
         return sorted(host for host in self._hosts if self.is_up(host, now))
 
@@ -143,6 +154,11 @@ class Filed:
     before: Tally
     after: Tally
 
+    @property
+    def completed(self) -> bool:
+        """Whether this report was the last answer the sync waited for."""
+        return self.before.state != COMPLETE and self.after.state == COMPLETE
+
 
 class _Entry:
     """The book's working copy of one sync: the answers so far, by host, and their running
@@ -159,13 +175,18 @@ class _Entry:
         self.answered = 0
         self.failed = 0
         for report in sync.results.values():
-            self.file(report)
+            self.file(report, sync.closed_at or sync.issued_at)
+
+    @property
+    def open(self) -> bool:
+        return self.sync.closed_at is None
 
     def tally(self) -> Tally:
-        return Tally(expected=len(self.expected), answered=self.answered, failed=self.failed)
+        return Tally(len(self.expected), self.answered, self.failed, len(self.sync.silent))
 
-    def file(self, report: Report) -> bool:
-        """Keep the host's latest report; True if it changed the answers."""
+    def file(self, report: Report, now: float) -> bool:
+        """Keep the host's latest report; True if it changed the answers. The last answer
+        the sync waited for closes it."""
         current = self.answers.get(report.host)
         if not is_newer(report, current):
             return False
@@ -175,7 +196,15 @@ class _Entry:
             self.failed -= not current.ok
         self.failed += not report.ok
         self.answers[report.host] = report
+        if self.open and self.answered == len(self.expected):
+            self.sync = replace(self.sync, closed_at=now)
         return True
+
+    def close(self, now: float, silent: dict[str, float | None]) -> None:
+        self.sync = replace(self.sync, closed_at=now, silent=silent)
+
+    def missing(self) -> list[str]:
+        return [host for host in self.sync.expected if host not in self.answers]
 
     def snapshot(self) -> Sync:
         return self.sync.with_results(self.answers)
@@ -204,6 +233,9 @@ class SyncBook:
         return len(self._entries)
 
     def add(self, sync: Sync) -> None:
+        """Hold `sync`; one that expects nobody is closed, complete, at once."""
+        if sync.closed_at is None and not sync.expected:
+            sync = replace(sync, closed_at=sync.issued_at)
         self._entries[sync.sync_id] = _Entry(sync)
         self._entries.move_to_end(sync.sync_id)
         results = sum(len(held.answers) for held in self._entries.values())
@@ -231,14 +263,42 @@ class SyncBook:
                 return entry.snapshot()
         return None
 
-    def record(self, report: Report) -> Filed | None:
-        """File a report under its sync, if that sync is held here."""
+    def record(self, report: Report, now: float) -> Filed | None:
+        """File a report, received at `now`, under its sync if that sync is held here."""
         entry = self._entries.get(report.sync_id)
         if entry is None:
             return None
         before = entry.tally()
-        entry.file(report)
+        entry.file(report, now)
         return Filed(entry.sync, before, entry.tally())
+
+    def close_due(self, now: float, down_since: Callable[[str], float | None]) -> list[Sync]:
+        """Close the open syncs that wait in vain: their deadline passed, or every host they
+        still wait for is shown down. Each silent host is noted with since when it is down
+        (None: it was up). Returns the syncs closed, with their answers."""
+        closed = []
+        for entry in self._entries.values():
+            if not entry.open:
+                continue
+            missing = entry.missing()
+            down = {host: down_since(host) for host in missing}
+            deadline = entry.sync.deadline
+            if (deadline is not None and now >= deadline) or all(
+                since is not None for since in down.values()
+            ):
+                entry.close(now, down)
+                closed.append(entry.snapshot())
+        return closed
+
+    def open_syncs(self) -> list[str]:
+        return [sync_id for sync_id, entry in self._entries.items() if entry.open]
+
+    def nearest_deadline(self) -> float | None:
+        """The earliest deadline of an open sync (wall clock)."""
+        return min(
+            (e.sync.deadline for e in self._entries.values() if e.open and e.sync.deadline),
+            default=None,
+        )
 
     def unfinished(
         self, now: float, window_s: float, limit: int, is_up: Callable[[str], bool]
@@ -271,7 +331,7 @@ class SyncBook:
         keep: list[Waiter] = []
         for waiter in self._waiters:
             entry = self._entries.get(waiter.sync_id)
-            finished = entry is None or entry.tally().complete
+            finished = entry is None or not entry.open
             (done if finished or waiter.deadline <= monotonic_now else keep).append(waiter)
         self._waiters = keep
         return done

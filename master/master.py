@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
@@ -26,7 +26,7 @@ from daybook.model.messages import (
 )
 from daybook.model.results import Report
 from daybook.model.state import DesiredState, EncodedState
-from daybook.model.sync import Sync
+from daybook.model.sync import RUNNING, Sync
 from daybook.net.transport import Peer
 from daybook.stopping import StopFlag
 from master.access import ACCESS_OPS, Access
@@ -49,6 +49,13 @@ class MasterTuning:
     """Timing knobs of the loop; the settings provide the first, the rest rarely change."""
 
     republish_interval_s: float = 30.0
+    # An automatic sync stops waiting for answers this long after it was issued: a little
+    # over a republish, which gives every live minion a second chance to hear of it.
+    sync_deadline_s: float = 40.0
+    # How often open syncs are checked for hosts that went down (deadlines are met exactly),
+    # and the database for open syncs nobody holds any more.
+    close_check_interval_s: float = 1.0
+    forgotten_sweep_interval_s: float = 30.0
     # Changes arriving this close together make one sync.
     coalesce_s: float = 0.05
     # At start, wait this long for both watchers before publishing a state built from one.
@@ -150,6 +157,8 @@ class Master:
         self._next_republish = started + tuning.republish_interval_s
         self._host_flush_due = started + tuning.host_flush_interval_s
         self._prune_due = started
+        self._close_check_due = started
+        self._sweep_due = started
         self.counters: dict[str, int] = {
             "reports": 0,
             "duplicate_reports": 0,
@@ -254,6 +263,7 @@ class Master:
             self._refresh_deadline,
             self._syncs.next_deadline(),
             self._view_due,
+            self._close_check_due if self._syncs.open_syncs() else None,
         ]
         nearest = min(due for due in dues if due is not None)
         return max(0, math.ceil((nearest - self._monotonic()) * 1000))
@@ -275,6 +285,8 @@ class Master:
             self._republish(mono)
         elif self._catch_up_due is not None and mono >= self._catch_up_due:
             self._catch_up(mono)
+        if mono >= self._close_check_due:
+            self._close_ended_syncs(mono)
         if self._syncs.next_deadline() is not None:
             for waiter in self._syncs.release(mono):
                 self._answer_waiter(waiter)
@@ -292,6 +304,30 @@ class Master:
                 log.info("pruned %d old sync(s) from the results database", removed)
         if self._view_due is not None and mono >= self._view_due:
             self._publish_view()
+
+    def _close_ended_syncs(self, mono: float) -> None:
+        """Close the syncs that wait in vain (deadline passed, or every host they wait for is
+        down), and next check when the nearest deadline falls, or a second from now."""
+        now = self._clock()
+        for sync in self._syncs.close_due(now, lambda host: self._fleet.down_since(host, now)):
+            self._db.close_sync(sync)
+            self._metrics.sync_incomplete()
+            log.info(
+                "sync %s ended incomplete: no answer from %s",
+                sync.sync_id,
+                ", ".join(sorted(sync.silent)),
+            )
+            self._view_changed()
+        if mono >= self._sweep_due:
+            self._sweep_due = mono + self._tuning.forgotten_sweep_interval_s
+            if forgotten := self._db.close_forgotten(now, self._syncs.open_syncs()):
+                log.info("closed %d earlier sync(s) nobody was waiting on any more", forgotten)
+        self._db.commit()
+        nearest = self._syncs.nearest_deadline()
+        wait_s = self._tuning.close_check_interval_s
+        if nearest is not None:
+            wait_s = min(wait_s, max(0.0, nearest - now))
+        self._close_check_due = mono + wait_s
 
     # -- the snapshot other threads read --------------------------------------------------------
 
@@ -372,22 +408,29 @@ class Master:
         )
         self._publish(record)
 
-    def _new_sync(self, target: str, origin: str, request_id: str | None) -> Sync:
+    def _new_sync(
+        self, target: str, origin: str, request_id: str | None, deadline_s: float = 0.0
+    ) -> Sync:
         now = self._clock()
+        expected = self._fleet.expected_for(target, now)
         record = Sync(
             sync_id=uuid.uuid4().hex,
             target=target,
             origin=origin,
             issued_at=now,
-            expected=self._fleet.expected_for(target, now),
+            expected=expected,
             request_id=request_id,
+            deadline=now + (deadline_s or self._tuning.sync_deadline_s),
+            # No live host matches: nobody to wait for, so it is over as it starts.
+            closed_at=None if expected else now,
         )
         self._db.add_sync(record)
         self._syncs.add(record)
         self.counters["syncs"] += 1
         self._metrics.sync_started(origin)
-        if not record.expected:  # no live host matches: nobody to wait for
+        if not record.expected:
             self._metrics.sync_completed(ok=True)
+        self._close_check_due = min(self._close_check_due, self._monotonic())
         self._view_changed()
         return record
 
@@ -495,13 +538,14 @@ class Master:
             return
         self.counters["reports"] += 1
         self._fleet.reported(report, now)
-        filed = self._syncs.record(report)
+        filed = self._syncs.record(report, now)
         self._metrics.report_received(
             report,
             latency_s=None if filed is None else now - filed.sync.issued_at,
             sizes=self._sizes or {},
         )
-        if filed is not None and not filed.before.complete and filed.after.complete:
+        if filed is not None and filed.completed:
+            self._db.close_sync(filed.sync)
             self._metrics.sync_completed(ok=filed.after.ok)
         log.debug("report from %s for sync %s: ok=%s", report.host, report.sync_id, report.ok)
 
@@ -556,6 +600,7 @@ class Master:
             return
         if request.op == OP_STATUS:
             status = self._fleet.status(self.epoch, self._clock())
+            status = replace(status, syncs=tuple(self._syncs))
             self._control.reply(route, ControlReply(request.request_id, status=status))
             return
         if request.op == OP_SYNC:
@@ -621,7 +666,9 @@ class Master:
                     ),
                 )
                 continue
-            record = self._new_sync(request.target or ALL_HOSTS, "operator", request.request_id)
+            record = self._new_sync(
+                request.target or ALL_HOSTS, "operator", request.request_id, request.deadline_s
+            )
             self._db.commit()
             log.info(
                 "operator sync %s to %s: expecting %d host(s)",
@@ -643,7 +690,7 @@ class Master:
 
     def _answer_or_wait(self, route: Route, request: ControlRequest, record: Sync) -> None:
         current = self._syncs.get(record.sync_id) or record
-        if request.wait_s > 0 and not current.complete:
+        if request.wait_s > 0 and current.state == RUNNING:
             deadline = self._monotonic() + request.wait_s
             self._syncs.wait(Waiter(record.sync_id, request.request_id, route, deadline))
             return

@@ -77,7 +77,8 @@ class MasterMetrics:
         self.syncs_started = counter("syncs_started", "Syncs started, by origin.", ("origin",))
         self.syncs_completed = counter(
             "syncs_completed",
-            "Syncs every expected host has answered, by result: failed if any host failed.",
+            "Syncs that ended, by result: ok or failed (a host failed) when every expected "
+            "host answered, incomplete when some had not by the deadline or were down.",
             ("result",),
         )
         self.reports = counter(
@@ -129,6 +130,7 @@ class MasterMetrics:
         for result in ("ok", "failed"):
             self.syncs_completed.labels(result)
             self.reports.labels(result)
+        self.syncs_completed.labels("incomplete")
         for socket in ("results", "control"):
             self.invalid_frames.labels(socket)
 
@@ -139,6 +141,9 @@ class MasterMetrics:
 
     def sync_completed(self, ok: bool) -> None:
         self.syncs_completed.labels("ok" if ok else "failed").inc()
+
+    def sync_incomplete(self) -> None:
+        self.syncs_completed.labels("incomplete").inc()
 
     def report_received(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from daybook.model.fleet import HostStatus
 from daybook.model.ids import versions_digest
 from daybook.model.state import DesiredState
 from daybook.model.sync import Sync
-from master.database import ResultsDatabase
+from master.database import ResultsDatabase, ResultsReader
 
 
 @pytest.fixture
@@ -133,3 +134,59 @@ def test_an_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(FleetError, match="cannot open the results database"):
         ResultsDatabase(blocker / "master.db")
+
+
+def test_how_a_sync_ended_is_kept(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    db.add_sync(Sync("s1", "*", "operator", 1.0, ("a", "b", "c"), deadline=9.0))
+    db.add_report(report("a", "s1", finished_at=2.0), received_at=2.0)
+    closed = Sync("s1", "*", "operator", 1.0, ("a", "b", "c"), closed_at=9.0)
+    db.close_sync(replace(closed, silent={"b": 4.0, "c": None}))
+    db.commit()
+    loaded = db.load_sync("s1")
+    db.close()
+    assert loaded is not None
+    assert (loaded.state, loaded.deadline, loaded.closed_at) == ("incomplete", 9.0, 9.0)
+    assert dict(loaded.silent) == {"b": 4.0, "c": None}
+    ((listed, tally),) = ResultsReader(db_path).sync_tallies(5)
+    assert (listed.state, tally.state, tally.silent, tally.answered) == (
+        "incomplete",
+        "incomplete",
+        2,
+        1,
+    )
+
+
+def test_open_syncs_the_loop_forgot_are_closed_with_their_silent_hosts(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    db.add_sync(Sync("gone", "*", "auto", 1.0, ("a", "b"), deadline=5.0))
+    db.add_sync(Sync("held", "*", "auto", 2.0, ("a",), deadline=5.0))
+    db.add_sync(Sync("later", "*", "auto", 3.0, ("a",), deadline=50.0))
+    db.add_report(report("a", "gone", finished_at=2.0), received_at=2.0)
+    assert db.close_forgotten(10.0, held=["held"]) == 1
+    assert db.close_forgotten(10.0, held=["held"]) == 0
+    gone, held = db.load_sync("gone"), db.load_sync("held")
+    db.close()
+    assert gone is not None
+    assert held is not None
+    assert (gone.closed_at, dict(gone.silent), gone.state) == (10.0, {"b": None}, "incomplete")
+    assert held.state == "running"
+
+
+def test_a_version_1_database_is_upgraded_in_place(db_path: Path) -> None:
+    old = sqlite3.connect(db_path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);"
+        "CREATE TABLE syncs (sync_id TEXT PRIMARY KEY, target TEXT NOT NULL, "
+        "origin TEXT NOT NULL, issued_at REAL NOT NULL, request_id TEXT);"
+        "INSERT INTO meta VALUES ('schema', CAST('1' AS BLOB));"
+        "INSERT INTO syncs VALUES ('s0', '*', 'auto', 1.0, NULL);"
+    )
+    old.commit()
+    old.close()
+    db = ResultsDatabase(db_path)
+    loaded = db.load_sync("s0")
+    assert loaded is not None
+    assert (loaded.deadline, loaded.closed_at) == (None, None)
+    assert db.close_forgotten(5.0, held=[]) == 1
+    db.close()

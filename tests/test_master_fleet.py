@@ -67,10 +67,10 @@ def test_a_sync_is_complete_when_every_expected_host_reported() -> None:
     book = SyncBook()
     book.add(Sync("s1", "*", "operator", 1.0, ("a", "b")))
     assert not book.get("s1").complete  # type: ignore[union-attr]
-    book.record(report("a"))
-    book.record(report("c"))  # not expected: kept, but does not complete anything
+    book.record(report("a"), now=50.0)
+    book.record(report("c"), now=50.0)  # not expected: kept, but does not complete anything
     assert not book.get("s1").complete  # type: ignore[union-attr]
-    filed = book.record(report("b", ok=False))
+    filed = book.record(report("b", ok=False), now=50.0)
     assert filed is not None
     assert not filed.before.complete
     assert filed.after.complete
@@ -87,7 +87,7 @@ def test_the_book_tallies_what_the_sync_itself_counts() -> None:
     book = SyncBook()
     book.add(Sync("s1", "*", "operator", 1.0, ("a", "b", "c")))
     for each in (report("a", ok=False), report("x"), report("a", finished_at=20.0)):
-        book.record(each)
+        book.record(each, now=50.0)
     held = book.get("s1")
     assert held is not None
     assert book.tally("s1") == held.tally()
@@ -110,7 +110,7 @@ def test_waiters_are_released_on_completion_or_deadline() -> None:
     book.wait(Waiter("s2", "q2", (b"id2",), deadline=60.0))
     assert book.next_deadline() == 50.0
     assert book.release(10.0) == []
-    book.record(report("a", "s1"))
+    book.record(report("a", "s1"), now=50.0)
     assert [w.request_id for w in book.release(10.0)] == ["q1"]
     assert book.release(59.0) == []
     assert [w.request_id for w in book.release(60.0)] == ["q2"]
@@ -119,7 +119,7 @@ def test_waiters_are_released_on_completion_or_deadline() -> None:
 
 def test_reports_for_syncs_not_held_are_left_to_the_database() -> None:
     book = SyncBook()
-    assert book.record(report("a", "unknown")) is None
+    assert book.record(report("a", "unknown"), now=50.0) is None
 
 
 def test_the_book_forgets_old_syncs_but_not_while_someone_waits() -> None:
@@ -141,7 +141,7 @@ def test_the_book_holds_a_bounded_number_of_reports_but_always_the_newest_sync()
     for index in range(3):
         book.add(Sync(f"s{index}", "*", "auto", float(index), hosts))
         for host in hosts:
-            book.record(report(host, f"s{index}"))
+            book.record(report(host, f"s{index}"), now=50.0)
     # Three results each: s0 went when s2 came (six held before it).
     assert [r.sync_id for r in book] == ["s1", "s2"]
     book.wait(Waiter("s1", "q1", (b"id",), deadline=99.0))
@@ -165,7 +165,7 @@ def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
         book.add(Sync(f"s{index}", "*", "operator", 100.0 + index, ("a",)))
     book.add(Sync("old", "*", "operator", 1.0, ("a",)))
     book.add(Sync("done", "*", "operator", 104.0, ()))
-    book.record(report("a", "s4"))
+    book.record(report("a", "s4"), now=50.0)
 
     def up(host: str) -> bool:
         return True
@@ -182,3 +182,77 @@ def test_a_retried_request_finds_its_sync() -> None:
     book.add(Sync("s1", "*", "operator", 1.0, (), request_id="q1"))
     assert book.by_request("q1") is not None
     assert book.by_request("q2") is None
+
+
+# -- every sync ends --------------------------------------------------------------------------
+
+
+def test_a_sync_closes_complete_with_the_last_answer_it_waited_for() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b"), deadline=100.0))
+    book.record(report("a"), now=5.0)
+    assert book.get("s1").state == "running"  # type: ignore[union-attr]
+    filed = book.record(report("b"), now=6.0)
+    assert filed is not None
+    assert filed.completed
+    done = book.get("s1")
+    assert done is not None
+    assert (done.state, done.closed_at, dict(done.silent)) == ("complete", 6.0, {})
+    assert book.close_due(200.0, lambda host: None) == []
+    # A sync that expects nobody is complete from the start.
+    book.add(Sync("s2", "*", "auto", 7.0, ()))
+    assert book.get("s2").state == "complete"  # type: ignore[union-attr]
+
+
+def test_a_sync_closes_incomplete_at_its_deadline_naming_the_silent_hosts() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b", "c"), deadline=10.0))
+    book.record(report("a"), now=2.0)
+    book.wait(Waiter("s1", "q1", (b"id",), deadline=1e9))
+    down = {"b": 4.0}
+    assert book.close_due(9.9, down.get) == []
+    assert book.release(0.0) == []
+    (closed,) = book.close_due(10.0, down.get)
+    assert (closed.sync_id, closed.state, closed.closed_at) == ("s1", "incomplete", 10.0)
+    assert dict(closed.silent) == {"b": 4.0, "c": None}
+    assert closed.missing == ("b", "c")
+    assert not closed.complete
+    # The operator waiting on it gets an answer: the sync has ended.
+    assert [w.request_id for w in book.release(0.0)] == ["q1"]
+    assert book.close_due(11.0, down.get) == []
+
+
+def test_a_sync_closes_early_when_every_host_it_waits_for_is_down() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "auto", 1.0, ("a", "b"), deadline=1000.0))
+    book.record(report("a"), now=2.0)
+    assert book.close_due(3.0, {}.get) == []  # b is up: it may still answer
+    (closed,) = book.close_due(3.0, {"b": 2.5}.get)
+    assert closed.state == "incomplete"
+    assert dict(closed.silent) == {"b": 2.5}
+
+
+def test_a_late_answer_is_recorded_and_shown_late_without_reopening_the_sync() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b"), deadline=5.0))
+    book.record(report("a"), now=2.0)
+    book.close_due(5.0, {}.get)
+    filed = book.record(report("b", finished_at=20.0), now=21.0)
+    assert filed is not None
+    assert not filed.completed
+    late = book.get("s1")
+    assert late is not None
+    assert late.results["b"].ok
+    assert late.late == ("b",)
+    assert (late.state, late.closed_at) == ("incomplete", 5.0)
+    assert late.tally().answered == 2
+
+
+def test_a_host_is_down_since_its_heartbeats_became_overdue() -> None:
+    fleet = Fleet(down_after_s=10)
+    fleet.heard(heartbeat("web-1"), now=100.0)
+    assert fleet.down_since("web-1", 105.0) is None
+    assert fleet.down_since("web-1", 111.0) == 110.0
+    fleet.cut_off("web-1")
+    assert fleet.down_since("web-1", 101.0) == 100.0
+    assert fleet.down_since("never-seen", 50.0) == 50.0

@@ -240,6 +240,9 @@ def cmd_keys_fingerprint(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- human output --------------------------------------------------------------------------------
 
+# `daybook status` lists this many of the master's recent syncs under the hosts.
+RECENT_SYNCS_SHOWN = 5
+
 
 def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> None:
     expected: list[str] = document["expected"]
@@ -254,15 +257,29 @@ def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> 
         return
     failed = [host for host, result in results.items() if not result["ok"]]
     print(
-        f"{head}: {len(results)}/{len(expected)} answered, {len(failed)} failed, "
-        f"{len(missing)} missing ({elapsed_s:.2f} s)"
+        f"{head} {document['state']}: {len(results)}/{len(expected)} answered, "
+        f"{len(failed)} failed, {len(missing)} missing ({elapsed_s:.2f} s)"
     )
     rows = [
-        (host, "ok" if result["ok"] else "FAILED", _describe_services(result))
-        for host, result in results.items()
+        (host, _result_word(result), _describe_services(result)) for host, result in results.items()
     ]
-    rows += [(host, "MISSING", "no answer") for host in missing]
+    silent: dict[str, Any] = document.get("silent", {})
+    rows += [(host, "MISSING", _describe_silence(silent.get(host))) for host in missing]
     _print_table(("HOST", "RESULT", "SERVICES"), rows)
+
+
+def _result_word(result: dict[str, Any]) -> str:
+    word = "ok" if result["ok"] else "FAILED"
+    return f"{word} (late)" if result.get("late") else word
+
+
+def _describe_silence(silence: dict[str, Any] | None) -> str:
+    """Why a host did not answer: down since when, or no answer (or still waiting)."""
+    if silence is None:
+        return "no answer"
+    if silence["reason"] == "down":
+        return f"down since {silence['since']}"
+    return "no answer before the deadline"
 
 
 def _describe_services(result: dict[str, Any]) -> str:
@@ -311,6 +328,24 @@ def _print_status(document: dict[str, Any]) -> None:
             )
         )
     _print_table(("HOST", "STATE", "SEEN", "LAST SYNC", "INSTALLED"), rows)
+    syncs: list[dict[str, Any]] = document.get("syncs", [])
+    if syncs:
+        print()
+        _print_table(
+            ("SYNC", "ORIGIN", "ISSUED", "STATE"),
+            [
+                (sync["sync_id"][:8], sync["origin"], sync["issued_at"], _describe_state(sync))
+                for sync in syncs[:RECENT_SYNCS_SHOWN]
+            ],
+        )
+
+
+def _describe_state(sync: dict[str, Any]) -> str:
+    silent: dict[str, Any] = sync["silent"]
+    if not silent:
+        return str(sync["state"])
+    named = ", ".join(f"{host} ({_describe_silence(why)})" for host, why in silent.items())
+    return f"{len(silent)} did not answer: {named}"
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

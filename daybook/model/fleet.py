@@ -8,6 +8,7 @@ from daybook.model.ids import is_valid_id
 from daybook.model.patterns import is_valid_host
 from daybook.model.results import Report
 from daybook.model.rules import checked, record
+from daybook.model.sync import Sync
 
 
 @record
@@ -25,8 +26,10 @@ class HostStatus:
 
 @record
 class FleetStatus:
-    """Every host the master knows, at the master's clock `now`."""
+    """Every host the master knows, at the master's clock `now`, and the syncs it holds
+    (how each stands, without every host's answer)."""
 
     epoch: int
     now: float
     hosts: Mapping[str, HostStatus] = checked(key=is_valid_host)
+    syncs: tuple[Sync, ...] = ()

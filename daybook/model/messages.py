@@ -120,6 +120,8 @@ class ControlRequest:
     host: str | None = checked(is_valid_host, default=None)
     role: str | None = checked(is_role, max_len=16, default=None)
     selector: str | None = checked(is_valid_selector, default=None)
+    # `sync`: how long the sync may take before it stops waiting (0: the master's default).
+    deadline_s: float = checked(maximum=MAX_WAIT_S, default=0.0)
 
     def __post_init__(self) -> None:
         if self.op == OP_SYNC_RESULT and self.sync_id is None:

@@ -12,6 +12,9 @@ from daybook.model.rules import checked, record
 
 # Who started a sync: an operator, the master on a change it saw, or the master's start.
 SYNC_ORIGINS = frozenset({"operator", "auto", "startup"})
+# How a sync stands: waiting for answers, answered by every host it expected, or closed
+# (its deadline passed, or every host it still waited for was down) with some silent.
+RUNNING, COMPLETE, INCOMPLETE = "running", "complete", "incomplete"
 
 
 def is_sync_origin(text: str) -> bool:
@@ -21,11 +24,13 @@ def is_sync_origin(text: str) -> bool:
 @record
 class Tally:
     """How the answers to one sync add up: each expected host counts once, by its latest
-    report; `failed` counts every host that answered with a failure."""
+    report; `failed` counts every host that answered with a failure; `silent` the expected
+    hosts that had not answered when the sync closed (a late answer does not reopen it)."""
 
     expected: int
     answered: int
     failed: int
+    silent: int = 0
 
     @property
     def missing(self) -> int:
@@ -38,6 +43,12 @@ class Tally:
     @property
     def ok(self) -> bool:
         return self.complete and self.failed == 0
+
+    @property
+    def state(self) -> str:
+        if self.silent:
+            return INCOMPLETE
+        return COMPLETE if self.complete else RUNNING
 
 
 @record
@@ -53,6 +64,12 @@ class Sync:
     expected: tuple[str, ...] = checked(is_valid_host)
     results: Mapping[str, Report] = checked(key=is_valid_host, default_factory=dict)
     request_id: str | None = checked(is_valid_id, default=None)
+    # When it stops waiting (wall clock; None: when every expected host has answered).
+    deadline: float | None = None
+    # When it stopped waiting, and the hosts still silent then, each with the time it was
+    # shown down since (None: it was up, but did not answer).
+    closed_at: float | None = None
+    silent: Mapping[str, float | None] = checked(key=is_valid_host, default_factory=dict)
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -61,7 +78,20 @@ class Sync:
     def tally(self) -> Tally:
         answered = sum(1 for host in self.expected if host in self.results)
         failed = sum(1 for report in self.results.values() if not report.ok)
-        return Tally(expected=len(self.expected), answered=answered, failed=failed)
+        return Tally(len(self.expected), answered, failed, silent=len(self.silent))
+
+    @property
+    def state(self) -> str:
+        """running, complete or incomplete. A sync the master closed says so by its
+        `closed_at` even when its answers are not carried along (as in a fleet status)."""
+        if self.silent:
+            return INCOMPLETE
+        return COMPLETE if self.closed_at is not None else self.tally().state
+
+    @property
+    def late(self) -> tuple[str, ...]:
+        """Hosts that answered after the sync had closed without them."""
+        return tuple(host for host in self.silent if host in self.results)
 
     def with_report(self, report: Report) -> Sync:
         """This sync with `report` as its host's answer, unless an answer finished later is

@@ -37,7 +37,7 @@ from daybook.model.messages import (
     ControlReply,
     ControlRequest,
 )
-from daybook.model.sync import Sync
+from daybook.model.sync import RUNNING, Sync
 from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
 from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
 from daybook.wire import decode_as
@@ -46,6 +46,8 @@ from daybook.wire import decode_as
 ANSWER_TIMEOUT_S = 5.0
 # One long poll waits at most this long, so a restarted master is noticed and asked again.
 WAIT_CHUNK_S = 5.0
+# How long past a sync's deadline an operator waits for the master to close it.
+CLOSE_GRACE_S = 2.0
 # The master writes the endpoints it bound here, in its data dir (ports may be ephemeral).
 ENDPOINTS_FILE = "master.json"
 # The master's local operator socket, under its data dir.
@@ -198,7 +200,9 @@ class ControlClient:
             raise kind(f"the master refused the request: {reply.error}")
         return reply
 
-    def start_sync(self, target: str | None, wait_s: float = 0.0) -> Sync:
+    def start_sync(self, target: str | None, wait_s: float = 0.0, deadline_s: float = 0.0) -> Sync:
+        """Start a sync that stops waiting for answers after `deadline_s` (0: the master's
+        default); answer once it ends, or after `wait_s` at most."""
         reply = self._answer(
             ControlRequest(
                 _new_id(),
@@ -206,6 +210,7 @@ class ControlClient:
                 target=target,
                 wait_s=min(wait_s, WAIT_CHUNK_S),
                 host=self.host,
+                deadline_s=deadline_s,
             )
         )
         return _expect_sync(reply, self.endpoint)
@@ -239,12 +244,16 @@ class ControlClient:
         return reply.key
 
     def run_sync(self, target: str | None, *, wait: bool, timeout_s: float) -> Sync:
-        """Start a sync; with `wait`, return when every expected host answered or at timeout."""
+        """Start a sync that may take `timeout_s`; with `wait`, return once it has ended:
+        every expected host answered, or the master closed it at that deadline (or sooner,
+        every host it still waited for being down)."""
         deadline = self._monotonic() + timeout_s
-        summary = self.start_sync(target, wait_s=timeout_s if wait else 0.0)
-        while wait and not summary.complete:
-            remaining_s = deadline - self._monotonic()
-            if remaining_s <= 0:
+        summary = self.start_sync(target, wait_s=timeout_s if wait else 0.0, deadline_s=timeout_s)
+        while wait and summary.state == RUNNING:
+            # Past our deadline, the master's is just passing too: give it a moment to close
+            # the sync, so the answer says how it ended rather than "running".
+            remaining_s = max(deadline - self._monotonic(), 0.0) + CLOSE_GRACE_S
+            if self._monotonic() >= deadline + CLOSE_GRACE_S:
                 break
             try:
                 summary = self.sync_result(summary.sync_id, min(remaining_s, WAIT_CHUNK_S))
