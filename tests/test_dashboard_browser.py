@@ -258,6 +258,17 @@ def test_a_person_watches_the_fleet_sync_in_the_browser(
         assert text_of(browser, "#count-failing") == "1"
         assert (host_cell(browser, "web-evil", "last-sync") or "").startswith("failed")
         evil.close()
+
+        # A host that never answers: the sync ends at its deadline and says so, instead of
+        # waiting forever.
+        (quiet,) = live_minions(context, master, "web-quiet")
+        with master.client() as client:
+            unanswered = client.start_sync("web-quiet", deadline_s=1.0).sync_id
+        result = f'#syncs tr[data-sync="{unanswered}"] td[data-col="result"]'
+        see(browser, lambda: text_of(browser, result) == "1 did not answer", "1 did not answer")
+        hover = browser.find_element("css selector", f"{result} .pill").get_attribute("title")
+        assert hover == "no answer from web-quiet"
+        quiet.close()
     finally:
         context.destroy(linger=0)
 

@@ -25,7 +25,7 @@
     return node;
   }
 
-  const pill = (text, kind) => el("span", { class: `pill ${kind}` }, text);
+  const pill = (text, kind, title) => el("span", { class: `pill ${kind}`, title }, text);
   const dash = () => el("span", { class: "muted" }, "—");
   const byName = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
 
@@ -182,10 +182,18 @@
 
   // -- syncs ---------------------------------------------------------------------------------
 
+  // A sync always ends: running while it waits, then ok, failed on N, or N did not answer
+  // (the silent hosts on hover), never an endless "waiting".
   function syncResult(sync) {
     const hosts = sync.hosts;
-    if (hosts.failed) return pill(`failed on ${hosts.failed}`, "bad");
-    if (hosts.missing) return pill(`waiting for ${hosts.missing}`, "warn");
+    const silent = sync.silent || [];
+    const pills = [];
+    if (hosts.failed) pills.push(pill(`failed on ${hosts.failed}`, "bad"));
+    if (silent.length) {
+      pills.push(pill(`${silent.length} did not answer`, "bad", `no answer from ${silent.join(", ")}`));
+    }
+    if (pills.length) return el("span", { "data-state": sync.state }, ...pills);
+    if (sync.state === "running") return pill("running", "warn");
     return pill("ok", "good");
   }
 

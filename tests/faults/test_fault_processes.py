@@ -4,11 +4,16 @@ a minion paused through several syncs."""
 from __future__ import annotations
 
 import functools
+import json
+import re
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_fleet import Figures, FleetFactory, many_files
+from process_fleet import ProcessFleet
 from waiting import wait_for
 
 from daybook.install.installer import LOCK_NAME
@@ -165,5 +170,101 @@ def test_a_paused_minion_is_shown_down_and_catches_up_when_resumed(
     figures["recovery_s"] = time.monotonic() - resumed
     # The syncs issued before it was shown down waited for it: they have its answer now.
     wait_for(lambda: fleet.unanswered() == {}, "every sync answered by every expected host")
+    counts = fleet.reports_per_sync_and_host()
+    assert [key for key, count in counts.items() if count > 1] == []
+
+
+# -- every sync ends ------------------------------------------------------------------------
+
+
+def api_json(fleet: ProcessFleet, path: str) -> Any:
+    url = f"http://127.0.0.1:{fleet.ports['http']}{path}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def test_a_minion_killed_mid_sync_is_named_when_the_sync_ends_incomplete(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet = make_fleet(splay_s=0.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    fleet.start_minion("web-1")
+    doomed = fleet.start_minion("web-2")
+    fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+
+    fleet.push("web", "2", many_files(BIG_FILES, BIG_FILE_BYTES))
+    # A deadline far off: the sync must end because web-2 is down, not because time ran out.
+    started = fleet.client.start_sync(None, deadline_s=600.0)
+    wait_for(
+        lambda: any((p / "d002").exists() for p in fleet.partials("web-2", "web")),
+        "web-2 extracting web 2",
+        timeout_s=20,
+    )
+    doomed.kill()
+    killed = time.monotonic()
+
+    def ended() -> Sync | None:
+        summary = fleet.client.sync_result(started.sync_id)
+        return None if summary.state == "running" else summary
+
+    summary = wait_for(ended, "the sync to end without web-2", timeout_s=30)
+    figures["closed_after_kill_s"] = time.monotonic() - killed
+    assert summary.state == "incomplete"
+    assert summary.results["web-1"].ok
+    assert summary.missing == ("web-2",)
+    assert list(summary.silent) == ["web-2"]
+    assert summary.silent["web-2"] is not None, "web-2 is named as down"
+
+    document = api_json(fleet, f"/api/v1/syncs/{started.sync_id}")
+    assert document["state"] == "incomplete"
+    assert document["silent"]["web-2"]["reason"] == "down"
+    listed = api_json(fleet, "/api/v1/syncs")["syncs"]
+    assert next(s for s in listed if s["sync_id"] == started.sync_id)["state"] == "incomplete"
+    status = json.loads(fleet.cli("status", "--json").stdout)
+    shown = next(s for s in status["syncs"] if s["sync_id"] == started.sync_id)
+    assert (shown["state"], list(shown["silent"])) == ("incomplete", ["web-2"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{fleet.ports['http']}/metrics") as response:
+        metrics = response.read().decode()
+    # The automatic sync of the push waited for web-2 too, and may have ended the same way.
+    ended_incomplete = re.search(
+        r'daybook_syncs_completed_total\{result="incomplete"\} (\S+)', metrics
+    )
+    assert ended_incomplete is not None
+    assert float(ended_incomplete[1]) >= 1
+
+
+def test_a_minion_paused_past_the_deadline_answers_late(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    # Shown down only long after the deadline: the sync ends because time ran out.
+    fleet = make_fleet(splay_s=0.0, down_after_s=8.0)
+    fleet.push("web", "1")
+    fleet.map("web-*", "web")
+    fleet.start_master()
+    fleet.start_minion("web-1")
+    paused = fleet.start_minion("web-2")
+    fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+
+    fleet.push("web", "2")
+    paused.pause()
+    result = fleet.cli("sync", "--wait", "--timeout", "1", "--json")
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout)
+    assert document["state"] == "incomplete"
+    assert document["missing"] == ["web-2"]
+    assert document["silent"] == {"web-2": {"reason": "no answer"}}
+    assert document["results"]["web-1"]["ok"] is True
+
+    paused.resume()
+    resumed = time.monotonic()
+    sync_id = document["sync_id"]
+    wait_for(functools.partial(fleet.has_result, sync_id, "web-2"), "web-2's late answer")
+    figures["late_answer_after_resume_s"] = time.monotonic() - resumed
+    late = api_json(fleet, f"/api/v1/syncs/{sync_id}")
+    assert late["results"]["web-2"]["late"] is True
+    assert late["state"] == "incomplete", "a late answer does not reopen the sync"
+    assert late["closed_at"] == document["closed_at"]
     counts = fleet.reports_per_sync_and_host()
     assert [key for key, count in counts.items() if count > 1] == []
