@@ -1,5 +1,5 @@
-"""Shared test fixtures: the S3 (moto) and Consul-compatible servers, loaded as plugins, and a
-ZeroMQ context."""
+"""Shared test fixtures: the S3 (moto and SeaweedFS) and Consul-compatible servers, loaded as
+plugins, and a ZeroMQ context."""
 
 from collections.abc import Iterator
 
@@ -7,7 +7,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["s3_server", "consul_server"]
+pytest_plugins = ["s3_server", "seaweed_server", "consul_server"]
 
 # Property tests judge behaviour, never speed: on a shared 2-core machine one example can
 # take longer than Hypothesis's default 200 ms deadline without anything being wrong.

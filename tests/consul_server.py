@@ -1,14 +1,24 @@
-"""A Consul-KV-compatible HTTP server for tests: the KV and txn API plus fault hooks."""
+"""A Consul-KV-compatible HTTP server for tests: the KV and txn API plus fault hooks.
+
+Every behaviour follows Consul's source and docs (shared/consul-kv-behaviour.md), and where
+Consul is strict the double is strict too: code that passes against it must pass against a
+real agent. Switches cover what differs between deployments: ACLs and an agent default
+token, TLS with optional client certificates, Enterprise namespaces and partitions, other
+datacenters, and Consul 1.21.5's key rule.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
+import posixpath
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -16,22 +26,34 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import pytest
+import trustme
 
 FaultKind = Literal["no_leader", "rate_limited", "drop", "delay"]
 AclPolicy = Literal["read", "write", "deny"]
+# "current": 1.21.6 and later (`..` segments and edge spaces refused); "1.21.5": that release's
+# character regex (hashicorp/consul#22682, reverted in #22850); "off": the agent option
+# disable_kv_key_validation.
+KeyRules = Literal["current", "1.21.5", "off"]
 
 # Consul's defaults (agent options max_query_time, default_query_time, kv_max_value_size).
 CONSUL_MAX_QUERY_TIME_S = 600.0
 CONSUL_DEFAULT_QUERY_TIME_S = 300.0
 MAX_VALUE_BYTES = 512 * 1024
-MAX_TXN_OPS = 64
+# agent/txn_endpoint.go maxTxnOps (64 until Consul raised it).
+MAX_TXN_OPS = 128
 # structs.JitterFraction: a blocking query waits up to timeout/16 longer.
 JITTER_FRACTION = 16
 DATACENTER = "dc1"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_PARTITION = "default"
+# Consul 1.21.5's kvKeyPattern, and its answer (a plain error, so HTTP 500) quoted with %q.
+KEY_PATTERN_1_21_5 = r"^[a-zA-Z0-9,_./\-?&=]+$"
+_KEY_RE_1_21_5 = re.compile(KEY_PATTERN_1_21_5)
 # The first raft entries of a real cluster are internal (raft config, autopilot, CA...), so
 # user-visible KV indexes never start at 1; the empty store still answers index 1.
 INITIAL_RAFT_INDEX = 10
@@ -257,31 +279,63 @@ class _ReadOptions:
 
 
 class _Watch:
-    """A blocked query's interest: fired by any write that changes a key it matches."""
+    """A blocked query's interest: fired by any write to its table that changes a key it
+    matches."""
 
-    def __init__(self, matches: Callable[[str], bool]) -> None:
+    def __init__(self, store: _Store, matches: Callable[[str], bool]) -> None:
+        self.store = store
         self.matches = matches
         self.fired = False
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """Which KV table a request reaches: each datacenter has its own, and in Enterprise so
+    has each partition and namespace."""
+
+    datacenter: str = DATACENTER
+    partition: str = DEFAULT_PARTITION
+    namespace: str = DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The double's HTTPS: its certificate chain and key, and the CA whose client
+    certificates it requires (Consul's verify_incoming), if any."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(cafile=self.client_ca_file)
+        return context
+
+
 class _Store:
-    """The KV table, the tombstone graveyard and their table indexes."""
+    """One KV table (a datacenter's, or one namespace's), its graveyard and table indexes."""
 
     def __init__(self) -> None:
         self.entries: dict[str, KVEntry] = {}
         self.tombstones: dict[str, int] = {}
         self.kvs_index = 0
         self.tombstones_index = 0
-        self.raft_index = INITIAL_RAFT_INDEX
 
     def copy(self) -> _Store:
         other = _Store()
-        other.entries = dict(self.entries)
-        other.tombstones = dict(self.tombstones)
-        other.kvs_index = self.kvs_index
-        other.tombstones_index = self.tombstones_index
-        other.raft_index = self.raft_index
+        other.restore(self)
         return other
+
+    def restore(self, saved: _Store) -> None:
+        """Take `saved`'s contents back in place (a failed transaction's rollback)."""
+        self.entries = dict(saved.entries)
+        self.tombstones = dict(saved.tombstones)
+        self.kvs_index = saved.kvs_index
+        self.tombstones_index = saved.tombstones_index
 
     @property
     def table_index(self) -> int:
@@ -336,9 +390,10 @@ class _Store:
 class ConsulServer:
     """A Consul agent's KV and txn HTTP API on 127.0.0.1, with test hooks.
 
-    Query-time settings, jitter and index gaps are plain attributes read per request, so a
-    test may change them at any time. ACLs are off (every token ignored) until
-    `enable_acls()`.
+    Query-time settings, jitter, index gaps, the key rules and the agent default token are
+    plain attributes read per request, so a test may change them at any time. ACLs are off
+    (every token ignored) until `enable_acls()`; namespaces and partitions are refused as
+    open-source Consul refuses them until `enable_enterprise()`.
     """
 
     def __init__(
@@ -349,14 +404,26 @@ class ConsulServer:
         jitter: bool = True,
         random_index_gaps: bool = False,
         max_value_bytes: int = MAX_VALUE_BYTES,
+        tls: ServerTLS | None = None,
+        key_rules: KeyRules = "current",
     ) -> None:
         self.max_query_time_s = max_query_time_s
         self.default_query_time_s = default_query_time_s
         self.jitter = jitter
         self.random_index_gaps = random_index_gaps
         self.max_value_bytes = max_value_bytes
+        self.key_rules: KeyRules = key_rules
+        # acl.tokens.default: the token of requests that bring none ("" means anonymous).
+        self.default_token = ""
+        self._tls = tls
+        self._tls_context = tls.context() if tls is not None else None
         self._cond = threading.Condition(threading.RLock())
-        self._store = _Store()
+        self._stores: dict[_Scope, _Store] = {}
+        # Each datacenter has its own raft log; namespaces and partitions share their DC's.
+        self._raft_index: dict[str, int] = {DATACENTER: INITIAL_RAFT_INDEX}
+        # Enterprise namespaces and partitions by name; None while the double is open source.
+        self._namespaces: set[str] | None = None
+        self._partitions: set[str] | None = None
         self._watches: list[_Watch] = []
         self._blocked = 0
         self._epoch = 0
@@ -420,22 +487,28 @@ class ConsulServer:
         return f"{self.host}:{self.port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self._tls is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{self.scheme}://{self.address}"
 
     # -- test hooks ------------------------------------------------------------------------
 
     def reap_tombstones(self) -> None:
         """Drop every tombstone, as Consul does ~15 min after a delete: prefix indexes can fall."""
         with self._cond:
-            self._store.tombstones.clear()
+            for store in self._stores.values():
+                store.tombstones.clear()
 
     def restart(self, *, keep_data: bool = False) -> None:
         """Simulate an agent restart: drop every connection; without data, indexes restart low."""
         with self._cond:
             self._epoch += 1
             if not keep_data:
-                self._store = _Store()
+                self._stores.clear()
+                self._raft_index = dict.fromkeys(self._raft_index, INITIAL_RAFT_INDEX)
             self._cond.notify_all()
         self._close_connections()
 
@@ -449,19 +522,45 @@ class ConsulServer:
         with self._cond:
             self._faults.clear()
 
-    def put(self, key: str, value: str | bytes) -> int:
+    def add_datacenter(self, name: str) -> None:
+        """A datacenter reachable with `?dc=NAME`, with a KV table and raft log of its own."""
+        with self._cond:
+            self._raft_index.setdefault(name, INITIAL_RAFT_INDEX)
+
+    def enable_enterprise(
+        self, *, namespaces: tuple[str, ...] = (), partitions: tuple[str, ...] = ()
+    ) -> None:
+        """Answer `?ns=` and `?partition=` (or their headers) as Consul Enterprise does, each
+        namespace and partition with a KV table of its own. Only the `default` ones and
+        those named here exist."""
+        with self._cond:
+            self._namespaces = {DEFAULT_NAMESPACE, *namespaces}
+            self._partitions = {DEFAULT_PARTITION, *partitions}
+
+    def put(
+        self,
+        key: str,
+        value: str | bytes,
+        *,
+        datacenter: str = DATACENTER,
+        namespace: str = DEFAULT_NAMESPACE,
+        partition: str = DEFAULT_PARTITION,
+    ) -> int:
         """Write a key as a PUT does, but past any injected fault and ACL: a change made
         while clients see an outage. Returns the key's ModifyIndex."""
         data = value.encode() if isinstance(value, str) else value
+        scope = _Scope(datacenter, partition, namespace)
         with self._cond:
-            entry, changed = self._store.put(self._next_raft_index(), key, data, 0)
-            self._notify(changed)
+            store = self._store_for(scope)
+            entry, changed = store.put(self._next_raft_index(datacenter), key, data, 0)
+            self._notify(store, changed)
             return entry.modify_index
 
     def delete(self, key: str) -> None:
         """Delete a key as a DELETE does, past any injected fault and ACL (a tombstone stays)."""
         with self._cond:
-            self._notify(self._store.delete(self._next_raft_index(), key))
+            store = self._store_for(_Scope())
+            self._notify(store, store.delete(self._next_raft_index(DATACENTER), key))
 
     @property
     def request_log(self) -> list[LoggedRequest]:
@@ -485,18 +584,24 @@ class ConsulServer:
 
     @property
     def kv_index(self) -> int:
-        """The whole KV table's index (max of the kvs and tombstones tables)."""
+        """The default table's index (max of the kvs and tombstones tables)."""
         with self._cond:
-            return self._store.table_index
+            return self._store_for(_Scope()).table_index
 
     @property
     def raft_index(self) -> int:
         with self._cond:
-            return self._store.raft_index
+            return self._raft_index[DATACENTER]
 
-    def entries(self) -> dict[str, KVEntry]:
+    def entries(
+        self,
+        *,
+        datacenter: str = DATACENTER,
+        namespace: str = DEFAULT_NAMESPACE,
+        partition: str = DEFAULT_PARTITION,
+    ) -> dict[str, KVEntry]:
         with self._cond:
-            return dict(self._store.entries)
+            return dict(self._store_for(_Scope(datacenter, partition, namespace)).entries)
 
     def enable_acls(self, default_policy: Literal["allow", "deny"] = "deny") -> None:
         """Turn ACLs on: tokens come from `add_acl_token`, no token means `anonymous`."""
@@ -566,17 +671,20 @@ class ConsulServer:
             )
             return not self._stopping and self._epoch == epoch
 
-    def _next_raft_index(self) -> int:
+    def _next_raft_index(self, datacenter: str) -> int:
         step = random.randint(1, 5) if self.random_index_gaps else 1
-        self._store.raft_index += step
-        return self._store.raft_index
+        self._raft_index[datacenter] += step
+        return self._raft_index[datacenter]
 
-    def _notify(self, changed: set[str]) -> None:
+    def _store_for(self, scope: _Scope) -> _Store:
+        return self._stores.setdefault(scope, _Store())
+
+    def _notify(self, store: _Store, changed: set[str]) -> None:
         if not changed:
             return
         for watch in self._watches:
-            if not watch.fired and any(watch.matches(key) for key in changed):
-                watch.fired = True
+            if watch.store is store and not watch.fired:
+                watch.fired = any(watch.matches(key) for key in changed)
         self._cond.notify_all()
 
     def _query_timeout_s(self, wait_s: float | None) -> float:
@@ -591,9 +699,7 @@ class ConsulServer:
             timeout += random.uniform(0, timeout / JITTER_FRACTION)
         return timeout
 
-    def _blocking(
-        self, opts: _ReadOptions, run: Callable[[], _Reply], matches: Callable[[str], bool]
-    ) -> _Reply:
+    def _blocking(self, opts: _ReadOptions, run: Callable[[], _Reply], watch: _Watch) -> _Reply:
         """blockingquery.Query: answer at once, or hold until the index passes min_index."""
         with self._cond:
             if opts.min_index == 0:
@@ -615,25 +721,30 @@ class ConsulServer:
                         not_found = True
                     if reply.index > min_index:
                         return reply
-                    watch = _Watch(matches)
-                    self._watches.append(watch)
-                    try:
-                        while not (watch.fired or self._stopping or self._epoch != epoch):
-                            remaining = deadline - time.monotonic()
-                            if remaining <= 0:
-                                break
-                            self._cond.wait(remaining)
-                    finally:
-                        self._watches.remove(watch)
-                    if self._stopping or self._epoch != epoch:
+                    if not self._wait_for_change(watch, deadline, epoch):
                         return _Reply(0, drop=True)
                     if not watch.fired:
                         return run()  # timed out: the current state, maybe the same index
             finally:
                 self._blocked -= 1
 
+    def _wait_for_change(self, watch: _Watch, deadline: float, epoch: int) -> bool:
+        """Hold until `watch` fires or the deadline; False if a restart or stop came first."""
+        watch.fired = False
+        self._watches.append(watch)
+        try:
+            while not (watch.fired or self._stopping or self._epoch != epoch):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        finally:
+            self._watches.remove(watch)
+        return not (self._stopping or self._epoch != epoch)
+
     def _resolve_token(self, token: str) -> AclToken | _Reply | None:
-        """The caller's ACL token; None when ACLs are off; a 403 reply for an unknown token."""
+        """The caller's ACL token (the effective one: see `_Call.token`); None when ACLs are
+        off; a 403 reply for an unknown token."""
         if self._acl_default is None:
             return None
         found = self._tokens.get(token or _ANONYMOUS_SECRET)
@@ -650,16 +761,18 @@ class ConsulServer:
         ]
 
     def _visible(
-        self, entries: list[KVEntry], acl: AclToken | None, index: int, opts: _ReadOptions
+        self, entries: list[KVEntry], call: _Call, acl: AclToken | None, index: int
     ) -> tuple[list[KVEntry], list[tuple[str, str]]]:
         """A listing as the token may see it, and the read headers that go with it."""
-        headers = self._meta_headers(index, opts.consistency)
+        headers = self._meta_headers(index, call.opts.consistency)
         if acl is None:
             return entries, headers
         default = self._acl_default or "write"
         visible = [e for e in entries if acl.allows(e.key, "read", default)]
-        # Consul tells a real token that it filtered, but never the anonymous one.
-        if len(visible) < len(entries) and not acl.is_anonymous:
+        # maskResultsFilteredByACLs: a request whose token is blank after the agent default
+        # token was applied never learns that it was filtered. Any other token does, even
+        # the literal `anonymous` one.
+        if len(visible) < len(entries) and call.token:
             headers.append(("X-Consul-Results-Filtered-By-ACLs", "true"))
         return visible, headers
 
@@ -684,81 +797,124 @@ class ConsulServer:
             min_index = parsed
         return _ReadOptions(min_index, wait_s, consistency)
 
-    def handle_kv(
-        self, method: str, key: str, query: _Query, *, token: str, body: bytes, length: int
-    ) -> _Reply:
-        opts = self._read_options(query)
+    def _scope_of(self, query: _Query, headers: Message) -> _Scope | _Reply:
+        """parseEntMeta (http_ce.go in open source), then the datacenter's RPC route."""
+        with self._cond:
+            namespaces, partitions = self._namespaces, self._partitions
+            datacenters = set(self._raft_index)
+        asked = {
+            "namespace": (str(headers.get("X-Consul-Namespace") or ""), query.get("ns")),
+            "partition": (str(headers.get("X-Consul-Partition") or ""), query.get("partition")),
+        }
+        if namespaces is None or partitions is None:
+            return _open_source_refusal(asked) or self._datacenter_scope(query, datacenters)
+        namespace = asked["namespace"][1] or asked["namespace"][0] or DEFAULT_NAMESPACE
+        partition = asked["partition"][1] or asked["partition"][0] or DEFAULT_PARTITION
+        for kind, name, known in (
+            ("Namespace", namespace, namespaces),
+            ("Partition", partition, partitions),
+        ):
+            if name not in known:
+                # Enterprise's exact wording is not public; the point is a refusal, so that
+                # no test passes by writing to a namespace nobody created.
+                return _text(400, f"{kind} {_go_quote(name)} does not exist")
+        scope = self._datacenter_scope(query, datacenters)
+        if isinstance(scope, _Reply):
+            return scope
+        return _Scope(scope.datacenter, partition, namespace)
+
+    @staticmethod
+    def _datacenter_scope(query: _Query, datacenters: set[str]) -> _Scope | _Reply:
+        datacenter = query.get("dc") or DATACENTER
+        if datacenter not in datacenters:
+            return _text(500, "No path to datacenter")
+        return _Scope(datacenter)
+
+    def _key_refusal(self, key: str) -> _Reply | None:
+        """The KV endpoint's key checks, as the configured Consul version makes them."""
+        if not key or self.key_rules == "off":
+            return None
+        if self.key_rules == "1.21.5":
+            if not _KEY_RE_1_21_5.fullmatch(key):
+                # A plain error in that release, hence 500, quoted with Go's %q.
+                quoted = json.dumps(KEY_PATTERN_1_21_5)
+                return _text(500, f"invalid key name, keys should respect the {quoted} format")
+            if ".." in key:
+                return _text(500, "invalid key name, keys should not contain '..'")
+            return None
+        problem = _key_problem(key)
+        return _text(400, problem) if problem else None
+
+    def handle_kv(self, call: _Call, key: str) -> _Reply:
+        opts = self._read_options(call.query)
         if isinstance(opts, _Reply):
             return opts
-        if key:
-            problem = _key_problem(key)
-            if problem:
-                return _text(400, problem)
-        if method == "GET":
-            if query.has("keys"):
-                return self._kv_keys(key, query, token, opts)
-            return self._kv_get(key, query, token, opts)
-        if method == "PUT":
-            return self._kv_put(key, query, token=token, body=body, length=length)
-        return self._kv_delete(key, query, token)
+        call.opts = opts
+        refusal = self._key_refusal(key)
+        if refusal is not None:
+            return refusal
+        if call.method == "GET":
+            if call.query.has("keys"):
+                return self._kv_keys(call, key)
+            return self._kv_get(call, key)
+        if call.method == "PUT":
+            return self._kv_put(call, key)
+        return self._kv_delete(call, key)
 
-    def _kv_get(self, key: str, query: _Query, token: str, opts: _ReadOptions) -> _Reply:
-        recurse = query.has("recurse")
-        if not recurse and key == "":
+    def _kv_get(self, call: _Call, key: str) -> _Reply:
+        if not call.query.has("recurse") and key == "":
             return _text(400, "Missing key name")
-        pretty = query.has("pretty")
         with self._cond:
-            acl = self._resolve_token(token)
+            acl = self._resolve_token(call.token)
         if isinstance(acl, _Reply):
             return acl
-        default = self._acl_default or "write"
-
-        if recurse:
+        store = self._store_for(call.scope)
+        if call.query.has("recurse"):
 
             def run_list() -> _Reply:
-                index = self._store.list_index(key)
-                entries, headers = self._visible(self._store.listing(key), acl, index, opts)
+                index = store.list_index(key)
+                entries, headers = self._visible(store.listing(key), call, acl, index)
                 if not entries:
                     return _Reply(404, b"", headers, index=index)
+                pretty = call.query.has("pretty")
                 return _read_reply([e.to_json() for e in entries], headers, index, pretty=pretty)
 
-            return self._blocking(opts, run_list, lambda changed: changed.startswith(key))
+            watch = _Watch(store, lambda changed: changed.startswith(key))
+            return self._blocking(call.opts, run_list, watch)
+        watch = _Watch(store, lambda changed: changed == key)
+        return self._blocking(call.opts, lambda: self._read_one(call, key, acl, store), watch)
 
-        def run_one() -> _Reply:
-            if acl is not None and not acl.allows(key, "read", default):
-                return _text(403, acl.denial("read", key))
-            entry = self._store.entries.get(key)
-            if entry is None:
-                index = self._store.table_index
-                headers = self._meta_headers(index, opts.consistency)
-                return _Reply(404, b"", headers, index=index, not_found=True)
-            headers = self._meta_headers(entry.modify_index, opts.consistency)
-            if query.has("raw"):
-                return _Reply(
-                    200,
-                    entry.value,
-                    [
-                        *headers,
-                        ("Content-Type", "text/plain"),
-                        ("X-Content-Type-Options", "nosniff"),
-                        ("Content-Security-Policy", "sandbox"),
-                    ],
-                    index=entry.modify_index,
-                )
-            return _read_reply([entry.to_json()], headers, entry.modify_index, pretty=pretty)
+    def _read_one(self, call: _Call, key: str, acl: AclToken | None, store: _Store) -> _Reply:
+        if acl is not None and not acl.allows(key, "read", self._acl_default or "write"):
+            return _text(403, acl.denial("read", key))
+        entry = store.entries.get(key)
+        if entry is None:
+            index = store.table_index
+            headers = self._meta_headers(index, call.opts.consistency)
+            return _Reply(404, b"", headers, index=index, not_found=True)
+        headers = self._meta_headers(entry.modify_index, call.opts.consistency)
+        if call.query.has("raw"):
+            headers += [
+                ("Content-Type", "text/plain"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Content-Security-Policy", "sandbox"),
+            ]
+            return _Reply(200, entry.value, headers, index=entry.modify_index)
+        pretty = call.query.has("pretty")
+        return _read_reply([entry.to_json()], headers, entry.modify_index, pretty=pretty)
 
-        return self._blocking(opts, run_one, lambda changed: changed == key)
-
-    def _kv_keys(self, prefix: str, query: _Query, token: str, opts: _ReadOptions) -> _Reply:
+    def _kv_keys(self, call: _Call, prefix: str) -> _Reply:
+        query = call.query
         separator = query.get("separator") if query.has("separator") else query.get("seperator")
         with self._cond:
-            acl = self._resolve_token(token)
+            acl = self._resolve_token(call.token)
         if isinstance(acl, _Reply):
             return acl
+        store = self._store_for(call.scope)
 
         def run() -> _Reply:
-            index = self._store.list_index(prefix)
-            entries, headers = self._visible(self._store.listing(prefix), acl, index, opts)
+            index = store.list_index(prefix)
+            entries, headers = self._visible(store.listing(prefix), call, acl, index)
             # Keys past the separator fold into one "directory", listed once, in order.
             keys: dict[str, None] = {}
             for entry in entries:
@@ -769,98 +925,108 @@ class ConsulServer:
                 return _Reply(404, b"", headers, index=index)
             return _read_reply(list(keys), headers, index, pretty=query.has("pretty"))
 
-        return self._blocking(opts, run, lambda changed: changed.startswith(prefix))
+        return self._blocking(call.opts, run, _Watch(store, lambda k: k.startswith(prefix)))
 
-    def _kv_put(self, key: str, query: _Query, *, token: str, body: bytes, length: int) -> _Reply:
+    def _kv_put(self, call: _Call, key: str) -> _Reply:
         if key == "":
             return _text(400, "Missing key name")
-        if conflict := _conflicting_flags(query, ("cas", "acquire", "release")):
+        if conflict := _conflicting_flags(call.query, ("cas", "acquire", "release")):
             return conflict
-        flags = 0
-        if query.has("flags"):
-            parsed = _parse_uint64(query.get("flags"))
-            if parsed is None:
-                return _text(
-                    500,
-                    f"strconv.ParseUint: parsing {_go_quote(query.get('flags'))}: invalid syntax",
-                )
-            flags = parsed
-        cas: int | None = None
-        if query.has("cas"):
-            cas = _parse_uint64(query.get("cas"))
-            if cas is None:
-                return _text(
-                    500, f"strconv.ParseUint: parsing {_go_quote(query.get('cas'))}: invalid syntax"
-                )
-        if length > self.max_value_bytes:
+        flags = _uint_param(call.query, "flags")
+        if isinstance(flags, _Reply):
+            return flags
+        cas = _uint_param(call.query, "cas")
+        if isinstance(cas, _Reply):
+            return cas
+        if call.length > self.max_value_bytes:
             return _text(
                 413,
-                f"Request body({length} bytes) too large, max size: {self.max_value_bytes} bytes. "
-                "See https://developer.hashicorp.com/docs/agent/config/config-files"
-                "#kv_max_value_size.",
+                f"Request body({call.length} bytes) too large, max size: "
+                f"{self.max_value_bytes} bytes. See https://developer.hashicorp.com/docs/agent/"
+                "config/config-files#kv_max_value_size.",
             )
         with self._cond:
-            acl = self._resolve_token(token)
+            acl = self._resolve_token(call.token)
             if isinstance(acl, _Reply):
                 return acl
             if acl is not None and not acl.allows(key, "write", self._acl_default or "write"):
                 return _text(403, acl.denial("write", key))
-            if query.has("acquire") or query.has("release"):
-                session = query.get("acquire") or query.get("release")
+            idx = self._next_raft_index(call.scope.datacenter)
+            if call.query.has("acquire") or call.query.has("release"):
+                session = call.query.get("acquire") or call.query.get("release")
                 # The double has no sessions, so every session is unknown, as in kvsLockTxn.
-                self._next_raft_index()
                 return _text(500, f"invalid session {_go_quote(session)}")
-            idx = self._next_raft_index()
-            existing = self._store.entries.get(key)
-            if cas is not None and not _cas_matches(existing, cas):
+            store = self._store_for(call.scope)
+            if cas is not None and not _cas_matches(store.entries.get(key), cas):
                 return _json_reply(200, False)
-            _, changed = self._store.put(idx, key, body, flags)
-            self._notify(changed)
+            _, changed = store.put(idx, key, call.body, flags or 0)
+            self._notify(store, changed)
         return _json_reply(200, True)
 
-    def _kv_delete(self, key: str, query: _Query, token: str) -> _Reply:
-        if conflict := _conflicting_flags(query, ("recurse", "cas")):
+    def _kv_delete(self, call: _Call, key: str) -> _Reply:
+        if conflict := _conflicting_flags(call.query, ("recurse", "cas")):
             return conflict
-        recurse = query.has("recurse")
+        recurse = call.query.has("recurse")
         if not recurse and key == "":
             return _text(400, "Missing key name")
-        cas: int | None = None
-        if query.has("cas"):
-            cas = _parse_uint64(query.get("cas"))
-            if cas is None:
-                return _text(
-                    500, f"strconv.ParseUint: parsing {_go_quote(query.get('cas'))}: invalid syntax"
-                )
+        cas = _uint_param(call.query, "cas")
+        if isinstance(cas, _Reply):
+            return cas
         with self._cond:
-            acl = self._resolve_token(token)
+            acl = self._resolve_token(call.token)
             if isinstance(acl, _Reply):
                 return acl
             default = self._acl_default or "write"
-            if acl is not None:
-                allowed = (
-                    acl.allows_write_prefix(key, default)
-                    if recurse
-                    else acl.allows(key, "write", default)
-                )
-                if not allowed:
-                    return _text(403, acl.denial("write", key))
-            idx = self._next_raft_index()
+            if acl is not None and not (
+                acl.allows_write_prefix(key, default)
+                if recurse
+                else acl.allows(key, "write", default)
+            ):
+                return _text(403, acl.denial("write", key))
+            store = self._store_for(call.scope)
+            idx = self._next_raft_index(call.scope.datacenter)
             if recurse:
-                self._notify(self._store.delete_tree(idx, key))
+                self._notify(store, store.delete_tree(idx, key))
                 return _json_reply(200, True)
-            existing = self._store.entries.get(key)
+            existing = store.entries.get(key)
             if cas is not None and existing is not None and existing.modify_index != cas:
                 return _json_reply(200, False)
             # kvsDeleteCASTxn answers true for a missing key, whatever the index.
-            self._notify(self._store.delete(idx, key))
+            self._notify(store, store.delete(idx, key))
         return _json_reply(200, True)
 
-    def handle_txn(self, query: _Query, *, token: str, body: bytes, length: int) -> _Reply:
+    def handle_txn(self, call: _Call) -> _Reply:
+        ops = self._parse_txn(call)
+        if isinstance(ops, _Reply):
+            return ops
+        writes = sum(op.is_write for op in ops)
+        opts = self._read_options(call.query) if writes == 0 else None
+        if isinstance(opts, _Reply):
+            return opts
+        with self._cond:
+            acl = self._resolve_token(call.token)
+            if isinstance(acl, _Reply):
+                return acl
+            default = self._acl_default or "write"
+            denied = [
+                {"OpIndex": i, "What": "Permission denied"}
+                for i, op in enumerate(ops)
+                if acl is not None and not op.permitted(acl, default)
+            ]
+            if denied:
+                return _json_reply(409, {"Results": None, "Errors": denied})
+            reply = self._apply_txn(call.scope, ops, acl, writes)
+        if opts is not None and reply.status == 200:
+            reply.headers += [("X-Consul-KnownLeader", "true"), ("X-Consul-LastContact", "0")]
+        return reply
+
+    def _parse_txn(self, call: _Call) -> list[_TxnOp] | _Reply:
+        """convertOps: the request's size, its JSON, the operation count, each value's size."""
         max_len = max(MAX_VALUE_BYTES, self.max_value_bytes)
-        if length > max_len:
+        if call.length > max_len:
             return _text(413, f"Request body too large, max size: {max_len} bytes")
         try:
-            raw_ops = json.loads(body)
+            raw_ops = json.loads(call.body)
             if not isinstance(raw_ops, list):
                 raise ValueError("expected a JSON array of operations")
             ops = [_TxnOp.from_json(raw) for raw in raw_ops]
@@ -877,46 +1043,80 @@ class ConsulServer:
                     f"Value for key {_go_quote(op.key)} is too large "
                     f"({len(op.value)} > {self.max_value_bytes} bytes)",
                 )
-        writes = sum(op.is_write for op in ops)
-        opts = self._read_options(query) if writes == 0 else None
-        if isinstance(opts, _Reply):
-            return opts
-        with self._cond:
-            acl = self._resolve_token(token)
-            if isinstance(acl, _Reply):
-                return acl
-            default = self._acl_default or "write"
-            errors: list[dict[str, object]] = []
-            if acl is not None:
-                for i, op in enumerate(ops):
-                    if not op.permitted(acl, default):
-                        errors.append({"OpIndex": i, "What": "Permission denied"})
-            if errors:
-                return _json_reply(409, {"Results": None, "Errors": errors})
-            saved = self._store.copy()
-            idx = self._next_raft_index() if writes else 0
-            results: list[dict[str, object]] = []
-            changed: set[str] = set()
-            for i, op in enumerate(ops):
-                try:
-                    entries, touched = op.apply(self._store, idx)
-                except _TxnOpError as exc:
-                    errors.append({"OpIndex": i, "What": str(exc)})
-                    continue
-                changed |= touched
-                for entry, with_value in entries:
-                    if acl is None or acl.allows(entry.key, "read", default):
-                        results.append({"KV": entry.to_json(with_value=with_value)})
-            if errors:
-                raft_index = self._store.raft_index
-                self._store = saved
-                self._store.raft_index = raft_index  # the failed apply still used a raft entry
-                return _json_reply(409, {"Results": None, "Errors": errors})
-            self._notify(changed)
-            reply = _json_reply(200, {"Results": results or None, "Errors": None})
-            if opts is not None:
-                reply.headers += [("X-Consul-KnownLeader", "true"), ("X-Consul-LastContact", "0")]
-            return reply
+        return ops
+
+    def _apply_txn(
+        self, scope: _Scope, ops: list[_TxnOp], acl: AclToken | None, writes: int
+    ) -> _Reply:
+        """Every operation at one raft index, or none of them (the lock is held)."""
+        store = self._store_for(scope)
+        saved = store.copy()
+        idx = self._next_raft_index(scope.datacenter) if writes else 0
+        default = self._acl_default or "write"
+        results: list[dict[str, object]] = []
+        errors: list[dict[str, object]] = []
+        changed: set[str] = set()
+        for i, op in enumerate(ops):
+            try:
+                entries, touched = op.apply(store, idx)
+            except _TxnOpError as exc:
+                errors.append({"OpIndex": i, "What": str(exc)})
+                continue
+            changed |= touched
+            results += [
+                {"KV": entry.to_json(with_value=with_value)}
+                for entry, with_value in entries
+                if acl is None or acl.allows(entry.key, "read", default)
+            ]
+        if errors:
+            store.restore(saved)  # the failed apply still used its raft entry
+            return _json_reply(409, {"Results": None, "Errors": errors})
+        self._notify(store, changed)
+        return _json_reply(200, {"Results": results or None, "Errors": None})
+
+
+@dataclass
+class _Call:
+    """One KV or txn request as the endpoints see it."""
+
+    method: str
+    query: _Query
+    # The effective token: the request's own (`?token=`, X-Consul-Token, Bearer), else the
+    # agent default token; "" when neither, which ACLs treat as `anonymous`.
+    token: str
+    body: bytes
+    length: int
+    scope: _Scope
+    opts: _ReadOptions = field(default_factory=lambda: _ReadOptions(0, None, "leader"))
+
+
+def _open_source_refusal(asked: Mapping[str, tuple[str, str]]) -> _Reply | None:
+    """http_ce.go parseEntMeta: any namespace or partition, even `default`, is a 400."""
+    for kind, (header, param) in asked.items():
+        title = "Namespaces" if kind == "namespace" else "Partitions"
+        name = "X-Consul-Namespace" if kind == "namespace" else "X-Consul-Partition"
+        query_name = "ns" if kind == "namespace" else "partition"
+        if header:
+            return _text(400, f'Invalid header: "{name}" - {title} are a Consul Enterprise feature')
+        if param:
+            return _text(
+                400,
+                f'Invalid query parameter: "{query_name}" - {title} are a Consul Enterprise '
+                "feature",
+            )
+    return None
+
+
+def _uint_param(query: _Query, name: str) -> int | _Reply | None:
+    """A uint64 query parameter as strconv.ParseUint reads it; its error is a plain 500."""
+    if not query.has(name):
+        return None
+    value = _parse_uint64(query.get(name))
+    if value is None:
+        return _text(
+            500, f"strconv.ParseUint: parsing {_go_quote(query.get(name))}: invalid syntax"
+        )
+    return value
 
 
 class _TxnOpError(Exception):
@@ -924,6 +1124,7 @@ class _TxnOpError(Exception):
 
 
 _TXN_WRITE_VERBS = {"set", "delete", "delete-cas", "delete-tree", "cas", "lock", "unlock"}
+_TxnResult = tuple[list[tuple[KVEntry, bool]], set[str]]
 
 
 @dataclass(frozen=True)
@@ -974,52 +1175,73 @@ class _TxnOp:
             return acl.allows_write_prefix(self.key, default)
         return acl.allows(self.key, "write", default)
 
-    def apply(self, store: _Store, idx: int) -> tuple[list[tuple[KVEntry, bool]], set[str]]:
+    def apply(self, store: _Store, idx: int) -> _TxnResult:
         """state/txn.go txnKVS: (entries for the result, with-value flag) and changed keys."""
-        key = self.key
-        existing = store.entries.get(key)
-        if self.is_write and key == "" and self.verb != "delete-tree":
+        if self.is_write and self.key == "" and self.verb != "delete-tree":
             raise _TxnOpError("Must provide key")
-        if self.verb == "set":
-            entry, changed = store.put(idx, key, self.value, self.flags)
-            return [(entry, False)], changed
-        if self.verb == "cas":
-            if not _cas_matches(existing, self.index):
-                raise _TxnOpError(f"failed to set key {_go_quote(key)}, index is stale")
-            entry, changed = store.put(idx, key, self.value, self.flags)
-            return [(entry, False)], changed
-        if self.verb == "delete":
-            return [], store.delete(idx, key)
-        if self.verb == "delete-cas":
-            if existing is not None and existing.modify_index != self.index:
-                raise _TxnOpError(f"failed to delete key {_go_quote(key)}, index is stale")
-            return [], store.delete(idx, key)
+        verb = _TXN_VERBS.get(self.verb)
+        if verb is None:
+            raise _TxnOpError(f"unknown KV verb {_go_quote(self.verb)}")
+        return verb(self, store, idx)
+
+    def _set(self, store: _Store, idx: int) -> _TxnResult:
+        if self.verb == "cas" and not _cas_matches(store.entries.get(self.key), self.index):
+            raise _TxnOpError(f"failed to set key {_go_quote(self.key)}, index is stale")
+        entry, changed = store.put(idx, self.key, self.value, self.flags)
+        return [(entry, False)], changed
+
+    def _delete(self, store: _Store, idx: int) -> _TxnResult:
+        existing = store.entries.get(self.key)
         if self.verb == "delete-tree":
-            return [], store.delete_tree(idx, key)
-        if self.verb in ("lock", "unlock"):
-            raise _TxnOpError(f"invalid session {_go_quote(self.session)}")
-        if self.verb == "get":
-            if existing is None:
-                raise _TxnOpError(f"key {_go_quote(key)} doesn't exist")
-            return [(existing, True)], set()
+            return [], store.delete_tree(idx, self.key)
+        stale = existing is not None and existing.modify_index != self.index
+        if self.verb == "delete-cas" and stale:
+            raise _TxnOpError(f"failed to delete key {_go_quote(self.key)}, index is stale")
+        return [], store.delete(idx, self.key)
+
+    def _lock(self, store: _Store, idx: int) -> _TxnResult:
+        raise _TxnOpError(f"invalid session {_go_quote(self.session)}")
+
+    def _get(self, store: _Store, idx: int) -> _TxnResult:
         if self.verb == "get-tree":
-            return [(e, True) for e in store.listing(key)], set()
-        if self.verb == "check-index":
-            if existing is None:
-                raise _TxnOpError(f"key {_go_quote(key)} doesn't exist")
-            if existing.modify_index != self.index:
-                raise _TxnOpError(f"current modify index {existing.modify_index} != {self.index}")
-            return [(existing, False)], set()
+            return [(e, True) for e in store.listing(self.key)], set()
+        existing = store.entries.get(self.key)
+        if existing is None:
+            raise _TxnOpError(f"key {_go_quote(self.key)} doesn't exist")
+        return [(existing, True)], set()
+
+    def _check(self, store: _Store, idx: int) -> _TxnResult:
+        existing = store.entries.get(self.key)
         if self.verb == "check-not-exists":
             if existing is not None:
-                raise _TxnOpError(f"key {_go_quote(key)} exists")
+                raise _TxnOpError(f"key {_go_quote(self.key)} exists")
             return [], set()
         if self.verb == "check-session":
             raise _TxnOpError(
-                f'failed session check for key {_go_quote(key)}, current session "" != '
+                f'failed session check for key {_go_quote(self.key)}, current session "" != '
                 f"{_go_quote(self.session)}"
             )
-        raise _TxnOpError(f"unknown KV verb {_go_quote(self.verb)}")
+        if existing is None:
+            raise _TxnOpError(f"key {_go_quote(self.key)} doesn't exist")
+        if existing.modify_index != self.index:
+            raise _TxnOpError(f"current modify index {existing.modify_index} != {self.index}")
+        return [(existing, False)], set()
+
+
+_TXN_VERBS: dict[str, Callable[[_TxnOp, _Store, int], _TxnResult]] = {
+    "set": _TxnOp._set,
+    "cas": _TxnOp._set,
+    "delete": _TxnOp._delete,
+    "delete-cas": _TxnOp._delete,
+    "delete-tree": _TxnOp._delete,
+    "lock": _TxnOp._lock,
+    "unlock": _TxnOp._lock,
+    "get": _TxnOp._get,
+    "get-tree": _TxnOp._get,
+    "check-index": _TxnOp._check,
+    "check-not-exists": _TxnOp._check,
+    "check-session": _TxnOp._check,
+}
 
 
 def _cas_matches(existing: KVEntry | None, cas: int) -> bool:
@@ -1044,6 +1266,21 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
+def clean_path(path: str) -> str:
+    """Go's net/http cleanPath, which ServeMux applies to the escaped path before routing:
+    `//` and `.` segments collapse, `..` climbs, a trailing slash stays."""
+    if not path:
+        return "/"
+    if path[0] != "/":
+        path = "/" + path
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):  # POSIX keeps two leading slashes; Go's path.Clean does not
+        cleaned = "/" + cleaned.lstrip("/")
+    if path.endswith("/") and cleaned != "/":
+        cleaned += "/"
+    return cleaned
+
+
 class _HTTPServer(ThreadingHTTPServer):
     # Join handler threads on close, so a test never leaks a thread into the next one.
     daemon_threads = False
@@ -1054,11 +1291,22 @@ class _HTTPServer(ThreadingHTTPServer):
         pass  # a client or restart() closing a socket mid-answer is expected
 
 
+# A client that connects and never finishes its TLS handshake must not hold a thread forever.
+_HANDSHAKE_TIMEOUT_S = 10.0
+_Route = Callable[["_Handler", _Call, str], _Reply]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
 
     def setup(self) -> None:
+        context = self.server.double._tls_context
+        if context is not None:
+            # In this handler's own thread: a slow or failing handshake stalls no one else.
+            self.request.settimeout(_HANDSHAKE_TIMEOUT_S)
+            self.request = context.wrap_socket(self.request, server_side=True)
+            self.request.settimeout(None)
         super().setup()
         # Small answers must not wait out Nagle plus the client's delayed ACK (~40 ms).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1068,6 +1316,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.double._track(self.connection, add=False)
         with contextlib.suppress(OSError):  # the client or restart() closed it first
             super().finish()
+        if self.server.double._tls_context is not None:
+            # The server closes the socket it accepted, which wrap_socket() detached.
+            self.request.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -1108,50 +1359,76 @@ class _Handler(BaseHTTPRequestHandler):
             body,
         )
         double._log_request(entry)
-        reply = self._route(raw_path, query, body, length)
+        reply = self._route(raw_path, raw_query, query, body, length)
         if reply.drop:
             self.close_connection = True
             return
         entry.status = reply.status
         self._send(reply)
 
-    def _route(self, raw_path: str, query: _Query, body: bytes, length: int) -> _Reply:
-        double = self.server.double
-        fault = double._take_fault()
-        if fault is not None:
-            kind, delay_s = fault
-            if kind == "drop":
-                return _Reply(0, drop=True)
-            if kind == "no_leader":
-                return _text(500, "No cluster leader")
-            if kind == "rate_limited":
-                return _text(429, "rate limit exceeded, try again later")
-            if not double._pause(delay_s):
-                return _Reply(0, drop=True)
-        if _BAD_ESCAPE_RE.search(raw_path):
-            return _text(400, "400 Bad Request")
+    def _route(
+        self, raw_path: str, raw_query: str, query: _Query, body: bytes, length: int
+    ) -> _Reply:
+        """The layers a request crosses in the agent: Go's server, cleanhttp's printable-path
+        check, ServeMux's path cleaning, then the endpoint."""
+        reply = self._injected_fault() or self._path_refusal(raw_path, raw_query)
+        if reply is not None:
+            return reply
         path = unquote(raw_path, errors="replace")
-        # cleanhttp.PrintablePathCheckHandler wraps the whole mux.
-        if not path.isprintable():
-            return _Reply(400)
-        token = _request_token(query, self.headers)
         if path == "/v1/kv":
             return _Reply(301, b"", [("Location", "/v1/kv/")])
-        if path.startswith("/v1/kv/"):
-            reply = self._check_method(_KV_METHODS)
-            if reply is not None:
-                return reply
-            if (dc := query.get("dc")) and dc != DATACENTER:
-                return _text(500, "No path to datacenter")
-            key = path[len("/v1/kv/") :]
-            return double.handle_kv(self.command, key, query, token=token, body=body, length=length)
-        if path == "/v1/txn":
-            reply = self._check_method(("PUT",))
-            return reply or double.handle_txn(query, token=token, body=body, length=length)
-        if path == "/v1/status/leader":
-            reply = self._check_method(("GET",))
-            return reply or _json_reply(200, "127.0.0.1:8300")
+        for prefix, methods, endpoint in _ROUTES:
+            if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+                reply = self._check_method(methods)
+                if reply is not None:
+                    return reply
+                scope = self.server.double._scope_of(query, self.headers)
+                if isinstance(scope, _Reply):
+                    return scope
+                double = self.server.double
+                token = _request_token(query, self.headers) or double.default_token
+                call = _Call(self.command, query, token, body, length, scope)
+                return endpoint(self, call, path[len(prefix) :])
         return _text(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
+
+    def _injected_fault(self) -> _Reply | None:
+        double = self.server.double
+        fault = double._take_fault()
+        if fault is None:
+            return None
+        kind, delay_s = fault
+        if kind == "drop":
+            return _Reply(0, drop=True)
+        if kind == "no_leader":
+            return _text(500, "No cluster leader")
+        if kind == "rate_limited":
+            return _text(429, "rate limit exceeded, try again later")
+        return None if double._pause(delay_s) else _Reply(0, drop=True)
+
+    def _path_refusal(self, raw_path: str, raw_query: str) -> _Reply | None:
+        if _BAD_ESCAPE_RE.search(raw_path):
+            return _text(400, "400 Bad Request")  # Go's server cannot parse the URL
+        # cleanhttp.PrintablePathCheckHandler wraps the whole mux and reads the decoded path.
+        if not unquote(raw_path, errors="replace").isprintable():
+            return _Reply(400)
+        cleaned = clean_path(raw_path)
+        if cleaned != raw_path and self.command != "CONNECT":
+            location = cleaned + (f"?{raw_query}" if raw_query else "")
+            body = b""
+            if self.command in ("GET", "HEAD"):  # http.Redirect writes a note for these
+                body = f'<a href="{location}">Moved Permanently</a>.\n\n'.encode()
+            headers = [("Location", location), ("Content-Type", "text/html; charset=utf-8")]
+            return _Reply(301, body, headers)
+        return None
+
+    def _kv(self, call: _Call, key: str) -> _Reply:
+        return self.server.double.handle_kv(call, key)
+
+    def _txn(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.handle_txn(call)
+
+    def _leader(self, call: _Call, rest: str) -> _Reply:
+        return _json_reply(200, "127.0.0.1:8300")
 
     def _check_method(self, methods: tuple[str, ...]) -> _Reply | None:
         allow = ",".join(("OPTIONS", *methods))
@@ -1172,6 +1449,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
 
 
+_ROUTES: tuple[tuple[str, tuple[str, ...], _Route], ...] = (
+    ("/v1/kv/", _KV_METHODS, _Handler._kv),
+    ("/v1/txn", ("PUT",), _Handler._txn),
+    ("/v1/status/leader", ("GET",), _Handler._leader),
+)
+
+
 def _request_token(query: _Query, headers: Message) -> str:
     """parseTokenInternal: ?token=, then X-Consul-Token, then `Authorization: Bearer`."""
     if token := query.get("token"):
@@ -1182,6 +1466,56 @@ def _request_token(query: _Query, headers: Message) -> str:
     if len(parts) > 1 and parts[0].lower() == "bearer":
         return " ".join(parts[1:]).strip()
     return ""
+
+
+@dataclass(frozen=True)
+class ConsulPKI:
+    """A CA made for this test session, with a server certificate for 127.0.0.1 and
+    localhost and a client certificate, as PEM files."""
+
+    ca: trustme.CA
+    directory: Path
+    ca_file: str
+    server: ServerTLS
+    client_cert_file: str
+    client_key_file: str
+
+    @classmethod
+    def create(cls, directory: Path) -> ConsulPKI:
+        ca = trustme.CA(organization_name="Daybook test CA")
+        ca_file = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        client = ca.issue_cert("daybook-client")
+        client_cert, client_key = directory / "client.pem", directory / "client-key.pem"
+        client.cert_chain_pems[0].write_to_path(str(client_cert))
+        client.private_key_pem.write_to_path(str(client_key))
+        pki = cls(ca, directory, str(ca_file), ServerTLS("", ""), str(client_cert), str(client_key))
+        return dataclasses.replace(pki, server=pki.server_tls("127.0.0.1", "localhost"))
+
+    def server_tls(self, *names: str, require_client_cert: bool = False) -> ServerTLS:
+        """A server certificate for exactly `names` (each one a SAN)."""
+        issued = self.ca.issue_cert(*names)
+        stem = f"server-{uuid.uuid4().hex[:8]}"
+        cert, key = self.directory / f"{stem}.pem", self.directory / f"{stem}-key.pem"
+        cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        issued.private_key_pem.write_to_path(str(key))
+        client_ca = self.ca_file if require_client_cert else None
+        return ServerTLS(str(cert), str(key), client_ca)
+
+
+@pytest.fixture(scope="session")
+def consul_pki(tmp_path_factory: pytest.TempPathFactory) -> ConsulPKI:
+    """The session's test CA and certificates (made once: a few milliseconds)."""
+    return ConsulPKI.create(tmp_path_factory.mktemp("consul-pki"))
+
+
+@pytest.fixture
+def consul_tls_server(consul_pki: ConsulPKI) -> Iterator[ConsulServer]:
+    """As `consul_server`, over HTTPS with the session CA's certificate for 127.0.0.1."""
+    with ConsulServer(
+        max_query_time_s=10.0, default_query_time_s=5.0, tls=consul_pki.server
+    ) as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""Pytest fixtures for S3: a moto server speaking real HTTP on loopback, its env, and buckets."""
+"""Pytest fixtures for S3: a moto server speaking real HTTP on loopback, its env, and buckets.
+
+SeaweedFS, the real S3 server of the suite, has its fixtures in seaweed_server.py."""
 
 from __future__ import annotations
 
@@ -60,6 +62,12 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture
 def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """Point the AWS chain at the moto server with test credentials; returns the endpoint."""
+    return point_aws_at(moto_server, monkeypatch, tmp_path)
+
+
+def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The AWS chain of this test: `endpoint`, the test credentials, nothing of the
+    developer's own setup. Returns the endpoint."""
     for name in _AWS_VARS_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
     missing = tmp_path / "no-aws-config"
@@ -67,13 +75,13 @@ def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
     monkeypatch.setenv("BOTO_CONFIG", str(missing))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", TEST_REGION)
     # A proxy from the developer's environment must not sit between us and loopback.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return moto_server
+    return endpoint
 
 
 @pytest.fixture
@@ -98,10 +106,11 @@ def s3_bucket(s3_client: S3Client) -> Iterator[str]:
     name = f"daybook-test-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
     yield name
-    _delete_bucket(s3_client, name)
+    delete_bucket(s3_client, name)
 
 
-def _delete_bucket(client: S3Client, name: str) -> None:
+def delete_bucket(client: S3Client, name: str) -> None:
+    """Abort uploads, delete every object, then the bucket; a missing bucket is fine."""
     try:
         uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
         for upload in uploads:

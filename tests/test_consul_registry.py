@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import pytest
 import requests
-from consul_server import ConsulServer
+from consul_server import ConsulPKI, ConsulServer
 
-from daybook.errors import ConfigError, ConflictError, InputError, RegistryError
-from daybook.registry.base import open_registry
+from daybook.cli.main import main as cli_main
+from daybook.errors import ConfigError, ConflictError, DaybookError, InputError, RegistryError
+from daybook.registry.base import Snapshot, open_registry
 from daybook.registry.consul import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
 
 P = "daybook/hosts/"
@@ -24,19 +26,24 @@ _CONSUL_VARS = (
     "CONSUL_HTTP_ADDR",
     "CONSUL_HTTP_TOKEN",
     "CONSUL_HTTP_TOKEN_FILE",
+    "CONSUL_HTTP_AUTH",
     "CONSUL_HTTP_SSL",
     "CONSUL_HTTP_SSL_VERIFY",
     "CONSUL_CACERT",
     "CONSUL_CAPATH",
     "CONSUL_CLIENT_CERT",
     "CONSUL_CLIENT_KEY",
+    "CONSUL_TLS_SERVER_NAME",
+    "CONSUL_NAMESPACE",
+    "CONSUL_PARTITION",
 )
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
 @pytest.fixture(autouse=True)
 def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A developer's own Consul settings must not leak into the tests.
-    for name in _CONSUL_VARS:
+    # A developer's own Consul and proxy settings must not leak into the tests.
+    for name in (*_CONSUL_VARS, *_PROXY_VARS, *(v.lower() for v in _PROXY_VARS)):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -410,7 +417,7 @@ def test_no_token_with_acls_is_a_clear_error(acl_server: ConsulServer) -> None:
             reg.read()
     finally:
         reg.close()
-    assert_one_line(caught.value, acl_server.address, "CONSUL_HTTP_TOKEN", "Permission denied")
+    assert_one_line(caught.value, acl_server.address, "CONSUL_HTTP_TOKEN", "enforces ACLs")
 
 
 def test_a_token_without_read_rights_is_not_an_empty_table(
@@ -555,9 +562,10 @@ def test_endpoint_tls_settings() -> None:
         "CONSUL_CLIENT_KEY": "/k.pem",
     }
     endpoint = ConsulEndpoint.from_env("https://h:8501", env=env)
-    assert endpoint.verify == "/etc/consul/ca.pem"
-    assert endpoint.cert == ("/c.pem", "/k.pem")
-    assert ConsulEndpoint.from_env("h", env={"CONSUL_HTTP_SSL_VERIFY": "false"}).verify is False
+    assert endpoint.tls.ca_file == "/etc/consul/ca.pem"
+    assert (endpoint.tls.client_cert, endpoint.tls.client_key) == ("/c.pem", "/k.pem")
+    unverified = ConsulEndpoint.from_env("h", env={"CONSUL_HTTP_SSL_VERIFY": "false"})
+    assert unverified.tls.verify is False
     assert ConsulEndpoint.from_env("[::1]:8500", env={}).address == "[::1]:8500"
     with_token = ConsulEndpoint.from_env("h", env={"CONSUL_HTTP_TOKEN": TOKEN})
     assert with_token.token == TOKEN
@@ -584,3 +592,369 @@ def test_bad_endpoint_settings(address: str, env: dict[str, str]) -> None:
 def test_bad_key_prefixes(server: ConsulServer, prefix: str) -> None:
     with pytest.raises(ConfigError):
         ConsulRegistry(address=server.address, key_prefix=prefix)
+
+
+# Production settings (issue 15): TLS, the token, trust, scope, proxies, waits and refusals
+
+
+@pytest.fixture
+def tls_env(monkeypatch: pytest.MonkeyPatch, consul_pki: ConsulPKI) -> ConsulPKI:
+    """No trust from this machine's own CA settings: only what a test sets counts."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    return consul_pki
+
+
+def read_over(url: str) -> Snapshot:
+    reg = open_registry(url)
+    try:
+        return reg.read()
+    finally:
+        reg.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "scheme"),
+    [
+        ({"CONSUL_CACERT": "/ca.pem"}, "https"),
+        ({"CONSUL_CAPATH": "/cas"}, "https"),
+        ({"CONSUL_CLIENT_CERT": "/c.pem", "CONSUL_CLIENT_KEY": "/k.pem"}, "https"),
+        ({"CONSUL_TLS_SERVER_NAME": "consul.test"}, "https"),
+        ({"CONSUL_CACERT": "/ca.pem", "CONSUL_HTTP_ADDR": "http://h:1"}, "http"),
+        ({"CONSUL_CACERT": "/ca.pem", "CONSUL_HTTP_SSL": "false"}, "http"),
+    ],
+)
+def test_tls_settings_ask_for_tls_unless_plain_http_is_explicit(
+    env: dict[str, str], scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 15 item 1: a CA or client certificate used to be ignored over plain HTTP.
+    with caplog.at_level(logging.WARNING):
+        assert ConsulEndpoint.from_env(None, env=env).scheme == scheme
+    if scheme == "http":
+        assert "travels in clear" in caplog.text
+
+
+def test_a_ca_alone_reaches_a_tls_agent(
+    consul_tls_server: ConsulServer, tls_env: ConsulPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_CACERT", tls_env.ca_file)
+    consul_tls_server.put(P + "web-*", "a")
+    reg = open_registry(f"consul://{consul_tls_server.address}/daybook/hosts/")
+    try:
+        assert reg.read().mappings == {"web-*": ("a",)}
+        assert reg.url.startswith("consul+https://")
+    finally:
+        reg.close()
+
+
+def test_a_token_with_a_trailing_newline_is_stripped(
+    acl_server: ConsulServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15 item 2: a secret mounted from a file ends with a newline.
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", TOKEN + "\n")
+    assert read_over(f"consul://{acl_server.address}/daybook/hosts/").mappings == {}
+    assert acl_server.request_log[-1].header("X-Consul-Token") == TOKEN
+
+
+def test_a_token_that_cannot_be_a_header_is_refused_unseen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", f"{TOKEN}\r\nX-Evil: 1")
+    with pytest.raises(ConfigError) as caught:
+        ConsulRegistry(address="127.0.0.1:1", key_prefix=P)
+    assert_one_line(caught.value, "CONSUL_HTTP_TOKEN", "not shown")
+
+
+def _unreachable(server: ConsulServer) -> str:
+    with ConsulServer() as stopped:
+        return stopped.address
+
+
+FAILURES: dict[str, Callable[[ConsulServer], str]] = {
+    "unknown token": lambda s: s.address,
+    "no write right": lambda s: s.address,
+    "bad request": lambda s: s.address,
+    "no leader": lambda s: (s.inject_fault("no_leader"), s.address)[1],
+    "rate limited": lambda s: (s.inject_fault("rate_limited"), s.address)[1],
+    "dropped": lambda s: (s.inject_fault("drop"), s.address)[1],
+    "timeout": lambda s: (s.inject_fault("delay", delay_s=2.0), s.address)[1],
+    "unreachable": _unreachable,
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_the_token_never_shows_in_errors_logs_or_stderr(
+    acl_server: ConsulServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    failure: str,
+) -> None:
+    secret = {"unknown token": TOKEN + "-revoked"}.get(failure, TOKEN)
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", secret + "\n")
+    if failure == "bad request":
+        monkeypatch.setenv("CONSUL_NAMESPACE", "team")
+    address = FAILURES[failure](acl_server)
+    monkeypatch.setenv("DAYBOOK_REGISTRY", f"consul://{address}/daybook/hosts/")
+    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("DAYBOOK_CONFIG", raising=False)
+    reg = ConsulRegistry(address=address, key_prefix=P, timeout_s=0.5)
+    attempt: Callable[[], object] = partial(reg.watch, 3, 1)
+    if failure == "no write right":
+        attempt = partial(reg.update, "web-*", lambda _: ("a",))
+    with caplog.at_level(logging.DEBUG):
+        try:
+            with pytest.raises(DaybookError) as caught:
+                attempt()
+        finally:
+            reg.close()
+        if failure in ("no leader", "rate limited", "dropped"):
+            FAILURES[failure](acl_server)  # once more, for the command below
+        # The same failure through the command line, which prints it on stderr.
+        verb = ["map", "add", "web-*", "a"] if failure == "no write right" else ["map", "list"]
+        code = cli_main(verb)
+    stderr = capsys.readouterr().err
+    if failure != "timeout":  # the command's own timeout outlasts the delay
+        assert code == caught.value.exit_code
+        assert stderr.startswith("daybook: ")
+    for text in (str(caught.value), caplog.text, stderr):
+        assert secret not in text
+        assert secret[:12] not in text
+
+
+def test_the_system_trust_store_and_ssl_cert_file_are_honoured(
+    consul_tls_server: ConsulServer, tls_env: ConsulPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15 item 3: requests trusted only certifi's bundle (or REQUESTS_CA_BUNDLE).
+    monkeypatch.setenv("SSL_CERT_FILE", tls_env.ca_file)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/bundle.pem")
+    url = f"consul+https://{consul_tls_server.address}/daybook/hosts/"
+    assert read_over(url).mappings == {}
+
+
+def test_a_ca_directory_is_read_whatever_its_file_names(
+    consul_tls_server: ConsulServer,
+    tls_env: ConsulPKI,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    cas = tmp_path / "cas"
+    (cas / "nested").mkdir(parents=True)
+    (cas / "nested" / "our-consul-ca.pem").write_bytes(Path(tls_env.ca_file).read_bytes())
+    monkeypatch.setenv("CONSUL_CAPATH", str(cas))
+    assert read_over(f"consul://{consul_tls_server.address}/daybook/hosts/").mappings == {}
+
+
+def test_a_tls_server_name_reaches_an_agent_by_address(
+    tls_env: ConsulPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_CACERT", tls_env.ca_file)
+    with ConsulServer(tls=tls_env.server_tls("consul.test")) as server:
+        url = f"consul://{server.address}/daybook/hosts/"
+        with pytest.raises(RegistryError) as caught:
+            read_over(url)
+        assert_one_line(caught.value, "TLS", "CONSUL_TLS_SERVER_NAME")
+        monkeypatch.setenv("CONSUL_TLS_SERVER_NAME", "consul.test")
+        assert read_over(url).mappings == {}
+
+
+def test_a_client_certificate_is_presented(
+    tls_env: ConsulPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_CACERT", tls_env.ca_file)
+    with ConsulServer(tls=tls_env.server_tls("127.0.0.1", require_client_cert=True)) as server:
+        url = f"consul://{server.address}/daybook/hosts/"
+        with pytest.raises(RegistryError, match="TLS"):
+            read_over(url)
+        monkeypatch.setenv("CONSUL_CLIENT_CERT", tls_env.client_cert_file)
+        monkeypatch.setenv("CONSUL_CLIENT_KEY", tls_env.client_key_file)
+        assert read_over(url).mappings == {}
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_verification_can_still_be_turned_off(
+    consul_tls_server: ConsulServer, tls_env: ConsulPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSUL_HTTP_SSL", "true")
+    monkeypatch.setenv("CONSUL_HTTP_SSL_VERIFY", "false")
+    assert read_over(f"consul://{consul_tls_server.address}/daybook/hosts/").mappings == {}
+
+
+def test_unreadable_tls_files_are_config_errors(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CONSUL_CACERT", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="CONSUL_CACERT"):
+        ConsulRegistry(address="127.0.0.1:1", key_prefix=P)
+    monkeypatch.delenv("CONSUL_CACERT")
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    monkeypatch.setenv("CONSUL_CAPATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"junk\.pem"):
+        ConsulRegistry(address="127.0.0.1:1", key_prefix=P)
+
+
+def test_another_datacenter_is_read_with_dc(server: ConsulServer) -> None:
+    # Issue 15 item 4: a master could not read another datacenter's table.
+    server.add_datacenter("dc2")
+    server.put(P + "web-*", "here")
+    server.put(P + "web-*", "there", datacenter="dc2")
+    url = f"consul://{server.address}/daybook/hosts/?dc=dc2"
+    reg = open_registry(url)
+    try:
+        assert reg.read().mappings == {"web-*": ("there",)}
+        reg.update("db-*", lambda _: ("d",))
+        assert reg.url == url
+    finally:
+        reg.close()
+    assert set(server.entries(datacenter="dc2")) == {P + "web-*", P + "db-*"}
+    assert all(r.query.get("dc") == ["dc2"] for r in server.request_log)
+
+
+@pytest.mark.parametrize("where", ["env", "url"])
+def test_an_enterprise_namespace_and_partition_are_used(
+    server: ConsulServer, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    server.enable_enterprise(namespaces=("team",), partitions=("eu",))
+    server.put(P + "web-*", "default_ns")
+    server.put(P + "web-*", "team_ns", namespace="team", partition="eu")
+    url = f"consul://{server.address}/daybook/hosts/"
+    if where == "env":
+        monkeypatch.setenv("CONSUL_NAMESPACE", "team")
+        monkeypatch.setenv("CONSUL_PARTITION", "eu")
+    else:
+        url += "?ns=team&partition=eu"
+    reg = open_registry(url)
+    try:
+        assert reg.read().mappings == {"web-*": ("team_ns",)}
+        reg.update("db-*", lambda _: ("d",))
+    finally:
+        reg.close()
+    assert P + "db-*" in server.entries(namespace="team", partition="eu")
+    assert P + "db-*" not in server.entries()
+
+
+def test_a_namespace_on_open_source_consul_fails_fast(
+    server: ConsulServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15 items 4 and 8: no silently empty table, and a 400 is not worth retrying.
+    monkeypatch.setenv("CONSUL_NAMESPACE", "team")
+    reg = ConsulRegistry(address=server.address, key_prefix=P)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            reg.watch(3, 1)
+    finally:
+        reg.close()
+    assert caught.value.exit_code == 2
+    assert_one_line(
+        caught.value,
+        "HTTP 400",
+        'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature',
+        "retrying will not help",
+    )
+    assert len(server.request_log) == 1
+
+
+def test_a_bad_request_is_a_config_error_with_consuls_message(server: ConsulServer) -> None:
+    reg = ConsulRegistry(address=server.address, key_prefix=P)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            reg._list("watch", [("index", "1"), ("wait", "10")])
+    finally:
+        reg.close()
+    assert_one_line(caught.value, "HTTP 400: Invalid wait time", "retrying will not help")
+    assert len(server.request_log) == 1
+
+
+def test_loopback_bypasses_a_proxy_from_the_environment(
+    server: ConsulServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 15 item 5: HTTP_PROXY without NO_PROXY sent even 127.0.0.1 through the proxy.
+    with socket.socket() as dead_proxy:
+        dead_proxy.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{dead_proxy.getsockname()[1]}"
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("http_proxy", proxy)
+        assert read_over(f"consul://{server.address}/daybook/hosts/").mappings == {}
+        assert read_over(f"consul://localhost:{server.port}/daybook/hosts/").mappings == {}
+
+
+def test_other_hosts_still_go_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+
+        def answer_once() -> None:
+            conn, _ = proxy.accept()
+            with conn:
+                seen.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(answer_once)
+            with pytest.raises(RegistryError, match="502"):
+                read_over("consul://consul.example:8500/daybook/hosts/")
+            pending.result(timeout=10)
+    assert seen[0].startswith(b"GET http://consul.example:8500/v1/kv/daybook/hosts/?recurse")
+
+
+def test_the_watch_wait_is_capped_by_the_url(server: ConsulServer) -> None:
+    # Issue 15 item 6: a load balancer cutting idle connections at 30 s cut every watch.
+    reg = open_registry(f"consul://{server.address}/daybook/hosts/?wait=1s")
+    try:
+        reg.update("web-*", lambda _: ("a",))
+        current = reg.read()
+        server.clear_request_log()
+        started = time.monotonic()
+        assert reg.watch(current.index, timeout_s=30) == current
+        assert time.monotonic() - started < 3
+        assert reg.url.endswith("?wait=1000ms")
+    finally:
+        reg.close()
+    [request] = server.request_log
+    assert request.query["wait"] == ["1000ms"]
+
+
+@pytest.mark.parametrize(
+    "query", ["wait=30", "wait=0s", "token=abc", "datacenter=dc2", "dc=", "dc=a&dc=b"]
+)
+def test_bad_url_options_are_config_errors(query: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_registry(f"consul://127.0.0.1:1/daybook/hosts/?{query}")
+    assert "abc" not in str(caught.value)
+
+
+def test_consul_1_21_5_key_rule_is_explained(server: ConsulServer) -> None:
+    # Issue 15 item 7: the 500 of 1.21.5's key regex is no transient fault.
+    server.key_rules = "1.21.5"
+    reg = ConsulRegistry(address=server.address, key_prefix=P)
+    try:
+        assert reg.read().mappings == {}  # the prefix itself has no `*`
+        with pytest.raises(RegistryError) as caught:
+            reg.update("web-*", lambda _: ("a",))
+    finally:
+        reg.close()
+    assert_one_line(caught.value, "1.21.5", "hashicorp/consul#22682", "upgrade Consul to 1.21.6")
+    assert "transient" not in str(caught.value)
+
+
+def test_no_token_against_acls_is_not_served_as_the_whole_table(
+    acl_server: ConsulServer,
+) -> None:
+    # Issue 15 item 9: Consul filters the anonymous token's reads without saying so.
+    acl_server.put(P + "web-*", "a")
+    acl_server.put(P + "web-prod-*", "b")
+    acl_server.set_anonymous_rules(key_prefix={P: "read"}, key={P + "web-prod-*": "deny"})
+    reg = ConsulRegistry(address=acl_server.address, key_prefix=P)
+    try:
+        with pytest.raises(RegistryError) as caught:
+            reg.read()
+        # Also when the agent has a default token: Daybook cannot tell it is there.
+        acl_server.default_token = TOKEN
+        with pytest.raises(RegistryError):
+            reg.watch(3, 1)
+    finally:
+        reg.close()
+    assert_one_line(caught.value, "enforces ACLs", "no ACL token is set", "CONSUL_HTTP_TOKEN")

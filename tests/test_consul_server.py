@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,7 +14,7 @@ from itertools import pairwise
 
 import pytest
 import requests
-from consul_server import ConsulServer, parse_go_duration
+from consul_server import ConsulPKI, ConsulServer, parse_go_duration
 
 P = "daybook/hosts/"
 K = "daybook/hosts/web-prod-*"
@@ -598,14 +600,79 @@ def test_missing_key_name(server: ConsulServer, http: requests.Session) -> None:
     assert http.delete(kv_url(server, "")).status_code == 400
 
 
-@pytest.mark.parametrize(
-    "path", ["%20lead", "trail%20", "a/../b", "a/%2E%2E/b", "..", "a%01b", "a%7Fb"]
-)
+@pytest.mark.parametrize("path", ["%20lead", "trail%20", "a/%2E%2E/b", "%2E%2E", "a%01b", "a%7Fb"])
 def test_bad_keys_are_400(server: ConsulServer, path: str) -> None:
     for method in ("GET", "PUT"):
         status, _ = raw_request(server, method, f"/v1/kv/{path}", b"x")
         assert status == 400
     assert server.entries() == {}
+
+
+@pytest.mark.parametrize(
+    ("target", "location"),
+    [
+        ("/v1/kv/a//b", "/v1/kv/a/b"),
+        ("/v1/kv//a?raw", "/v1/kv/a?raw"),
+        ("/v1/kv/a/./b/", "/v1/kv/a/b/"),
+        ("/v1/kv/a/../b", "/v1/kv/b"),
+        ("/v1/kv/..", "/v1"),
+    ],
+)
+def test_unclean_paths_are_redirected_as_go_servemux_does(
+    server: ConsulServer, target: str, location: str
+) -> None:
+    # ServeMux cleans the (escaped) path before any handler runs, and answers 301 to the
+    # clean one, for every method: a PUT to a//b writes nothing.
+    for method in ("GET", "PUT", "DELETE"):
+        conn = HTTPConnection(server.host, server.port, timeout=10)
+        try:
+            conn.request(method, target, body=b"x")
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        assert response.status == 301
+        assert response.getheader("Location") == location
+    assert server.entries() == {}
+
+
+def test_escaped_slashes_are_not_cleaned(server: ConsulServer, http: requests.Session) -> None:
+    # Cleaning sees the escaped path, so %2F%2F reaches the handler and names a key a//b.
+    assert put(http, server, "a%2F%2Fb", "v").json() is True
+    assert list(server.entries()) == ["a//b"]
+    # A client following the redirect of a//b reads a/b, which is another key.
+    assert http.get(kv_url(server, "a//b")).status_code == 404
+
+
+@pytest.mark.parametrize(("path", "key"), [("a/%2E%2E/b", "a/../b"), ("%20lead", " lead")])
+def test_key_validation_can_be_disabled(server: ConsulServer, path: str, key: str) -> None:
+    # disable_kv_key_validation (1.21.6+) lets `..` segments and edge spaces through.
+    server.key_rules = "off"
+    status, _ = raw_request(server, "PUT", f"/v1/kv/{path}", b"v")
+    assert status == 200
+    assert list(server.entries()) == [key]
+
+
+KEY_RULE_1_21_5 = 'invalid key name, keys should respect the "^[a-zA-Z0-9,_./\\\\-?&=]+$" format'
+
+
+def test_consul_1_21_5_refuses_stars_in_keys_with_500(
+    server: ConsulServer, http: requests.Session
+) -> None:
+    # hashicorp/consul#22682, in 1.21.5 only: a regex on every KV request's key, answered
+    # as a plain error (500); reading the prefix, which has no `*`, still works.
+    server.key_rules = "1.21.5"
+    for response in (
+        put(http, server, K_URL),
+        http.get(kv_url(server, K_URL)),
+        http.delete(kv_url(server, K_URL)),
+        put(http, server, P + "a%20b"),
+    ):
+        assert response.status_code == 500
+        assert response.text == KEY_RULE_1_21_5
+    assert put(http, server, P + "web-1.example_com").json() is True
+    assert http.get(kv_url(server, P, "recurse")).status_code == 200
+    assert put(http, server, P + "a..b").status_code == 500
 
 
 def test_other_methods_are_405_with_allow(server: ConsulServer, http: requests.Session) -> None:
@@ -718,6 +785,36 @@ def test_acl_recursive_reads_are_filtered(acl_server: ConsulServer, http: reques
     assert root.json() == []
 
 
+def test_acl_agent_default_token_serves_requests_without_one(
+    acl_server: ConsulServer, http: requests.Session
+) -> None:
+    # acl.tokens.default: parseToken falls back to it when a request brings no token.
+    acl_server.default_token = "reader-secret"
+    assert http.get(kv_url(acl_server, P + "x")).status_code == 200
+    assert http.put(kv_url(acl_server, P + "x"), data="b").status_code == 403
+    # Its token is not blank, so Consul does say that it filtered (maskResultsFilteredByACLs).
+    listing = http.get(kv_url(acl_server, P, "recurse"))
+    assert [e["Key"] for e in listing.json()] == [P + "x"]
+    assert listing.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+    # A request's own token still wins.
+    writer = {"X-Consul-Token": "writer-secret"}
+    assert http.put(kv_url(acl_server, P + "x"), data="b", headers=writer).json() is True
+
+
+def test_acl_only_a_blank_token_hides_the_filtering(
+    acl_server: ConsulServer, http: requests.Session
+) -> None:
+    acl_server.set_anonymous_rules(key_prefix={P: "read"}, key={P + "secret": "deny"})
+    silent = http.get(kv_url(acl_server, P, "recurse"))
+    assert [e["Key"] for e in silent.json()] == [P + "x"]
+    assert "X-Consul-Results-Filtered-By-ACLs" not in silent.headers
+    assert silent.headers["X-Consul-Default-Acl-Policy"] == "deny"
+    # The literal anonymous secret is a token like any other for the header's purposes.
+    told = http.get(kv_url(acl_server, P, "recurse"), headers={"X-Consul-Token": "anonymous"})
+    assert [e["Key"] for e in told.json()] == [P + "x"]
+    assert told.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+
+
 def test_acl_recursive_delete_needs_write_on_the_whole_prefix(
     acl_server: ConsulServer, http: requests.Session
 ) -> None:
@@ -726,6 +823,155 @@ def test_acl_recursive_delete_needs_write_on_the_whole_prefix(
     assert denied.status_code == 403
     writer = {"X-Consul-Token": "writer-secret"}
     assert http.delete(kv_url(acl_server, P, "recurse"), headers=writer).json() is True
+
+
+# Datacenters, namespaces and partitions
+
+
+def test_other_datacenters_have_tables_of_their_own(
+    server: ConsulServer, http: requests.Session
+) -> None:
+    server.add_datacenter("dc2")
+    put(http, server, K_URL, "one")
+    put(http, server, K_URL, "two", "dc=dc2")
+    assert http.get(kv_url(server, K_URL, "raw")).text == "one"
+    assert http.get(kv_url(server, K_URL, "raw&dc=dc1")).text == "one"
+    assert http.get(kv_url(server, K_URL, "raw&dc=dc2")).text == "two"
+    assert server.entries(datacenter="dc2")[K].value == b"two"
+    unknown = http.get(kv_url(server, K_URL, "dc=dc9"))
+    assert unknown.status_code == 500
+    assert unknown.text == "No path to datacenter"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "message"),
+    [
+        (
+            "ns=team",
+            {},
+            'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature',
+        ),
+        (
+            "ns=default",
+            {},
+            'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature',
+        ),
+        (
+            "",
+            {"X-Consul-Namespace": "team"},
+            'Invalid header: "X-Consul-Namespace" - Namespaces are a Consul Enterprise feature',
+        ),
+        (
+            "partition=p1",
+            {},
+            'Invalid query parameter: "partition" - Partitions are a Consul Enterprise feature',
+        ),
+        (
+            "",
+            {"X-Consul-Partition": "p1"},
+            'Invalid header: "X-Consul-Partition" - Partitions are a Consul Enterprise feature',
+        ),
+    ],
+)
+def test_open_source_consul_refuses_namespaces_and_partitions(
+    server: ConsulServer,
+    http: requests.Session,
+    query: str,
+    headers: dict[str, str],
+    message: str,
+) -> None:
+    # agent/http_ce.go parseEntMeta: any value, `default` included, is a 400.
+    for response in (
+        http.get(kv_url(server, P, f"recurse&{query}"), headers=headers),
+        http.put(kv_url(server, K_URL, query), data="v", headers=headers),
+    ):
+        assert response.status_code == 400
+        assert response.text == message
+    assert server.entries() == {}
+
+
+def test_enterprise_namespaces_and_partitions_have_tables_of_their_own(
+    server: ConsulServer, http: requests.Session
+) -> None:
+    server.enable_enterprise(namespaces=("team",), partitions=("p1",))
+    put(http, server, K_URL, "team", "ns=team")
+    put(http, server, K_URL, "p1", "partition=p1")
+    assert http.get(kv_url(server, P, "recurse")).status_code == 404
+    assert http.get(kv_url(server, P, "recurse&ns=default")).status_code == 404
+    team = http.get(kv_url(server, K_URL, "raw"), headers={"X-Consul-Namespace": "team"})
+    assert team.text == "team"
+    assert http.get(kv_url(server, K_URL, "raw&partition=p1")).text == "p1"
+    assert server.entries(namespace="team")[K].value == b"team"
+    unknown = http.get(kv_url(server, P, "recurse&ns=nobody"))
+    assert unknown.status_code == 400
+    assert "nobody" in unknown.text
+
+
+def test_enterprise_namespace_writes_wake_only_their_own_watchers(
+    server: ConsulServer, http: requests.Session, background_get: Get
+) -> None:
+    server.enable_enterprise(namespaces=("team",))
+    put(http, server, K_URL)
+    idx = index_of(http.get(kv_url(server, P, "recurse")))
+    pending = background_get(P, recurse="", index=str(idx), wait="700ms")
+    server.wait_for_blocked()
+    written = time.monotonic()
+    put(http, server, K_URL, "elsewhere", "ns=team")
+    response, done = pending.result(timeout=10)
+    assert done - written >= 0.5
+    assert index_of(response) == idx
+
+
+# TLS
+
+
+@pytest.fixture
+def tls_server(consul_pki: ConsulPKI) -> Iterator[ConsulServer]:
+    with ConsulServer(tls=consul_pki.server, jitter=False) as server:
+        yield server
+
+
+def test_tls_mode_serves_https_with_the_session_ca(
+    tls_server: ConsulServer, consul_pki: ConsulPKI
+) -> None:
+    assert tls_server.url.startswith("https://")
+    with requests.Session() as session:
+        response = session.put(kv_url(tls_server, K_URL), data=VALUE, verify=consul_pki.ca_file)
+        assert response.json() is True
+        with pytest.raises(requests.exceptions.SSLError):
+            session.get(kv_url(tls_server, K_URL))  # certifi does not know the test CA
+    plain = f"http://{tls_server.address}/v1/kv/{K_URL}"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(plain, timeout=10)
+
+
+def test_tls_mode_can_require_client_certificates(consul_pki: ConsulPKI) -> None:
+    # Consul's tls.https.verify_incoming.
+    settings = consul_pki.server_tls("127.0.0.1", require_client_cert=True)
+    with ConsulServer(tls=settings) as server, requests.Session() as session:
+        url, ca = kv_url(server, P, "recurse"), consul_pki.ca_file
+        with pytest.raises(requests.exceptions.SSLError):
+            session.get(url, verify=ca)
+        client = (consul_pki.client_cert_file, consul_pki.client_key_file)
+        assert session.get(url, verify=ca, cert=client).status_code == 404
+
+
+def test_tls_certificates_name_only_what_they_were_issued_for(consul_pki: ConsulPKI) -> None:
+    settings = consul_pki.server_tls("consul.test")
+    context = ssl.create_default_context(cafile=consul_pki.ca_file)
+    with ConsulServer(tls=settings) as server:
+        address = (server.host, server.port)
+        with (
+            socket.create_connection(address, timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="consul.test") as tls,
+        ):
+            tls.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: consul.test\r\n\r\n")
+            assert tls.recv(64).startswith(b"HTTP/1.1 200")
+        with (
+            socket.create_connection(address, timeout=10) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
 # 25. Txn
@@ -772,13 +1018,16 @@ def test_failed_txn_applies_nothing(server: ConsulServer, http: requests.Session
     assert http.get(kv_url(server, K_URL)).json()[0]["ModifyIndex"] == modify
 
 
-def test_txn_with_65_operations_is_413(server: ConsulServer, http: requests.Session) -> None:
-    ops = [txn_op("set", f"{P}k{n}", b"v") for n in range(65)]
+def test_txn_with_129_operations_is_413(server: ConsulServer, http: requests.Session) -> None:
+    # maxTxnOps in agent/txn_endpoint.go: 128 in current Consul (it was 64).
+    ops = [txn_op("set", f"{P}k{n}", b"v") for n in range(129)]
     response = http.put(f"{server.url}/v1/txn", data=json.dumps(ops))
     assert response.status_code == 413
+    assert response.text == "Transaction contains too many operations (129 > 128)"
     assert server.entries() == {}
-    ops = ops[:64]
+    ops = ops[:128]
     assert http.put(f"{server.url}/v1/txn", data=json.dumps(ops)).status_code == 200
+    assert len(server.entries()) == 128
 
 
 def test_txn_is_put_only_and_reads_values(server: ConsulServer, http: requests.Session) -> None:

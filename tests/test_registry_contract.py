@@ -1,4 +1,5 @@
-"""One contract for every Registry: the Consul adapter and the embedded mappings file."""
+"""One contract for every Registry: the Consul adapter (over HTTP and TLS) and the embedded
+mappings file."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ import pytest
 from daybook.registry.base import Registry, open_registry
 
 
-@pytest.fixture(params=["file", "consul"])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+@pytest.fixture(params=["file", "consul", "consul-tls"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Registry]:
     if request.param == "file":
         reg = open_registry(f"file://{tmp_path / 'mappings.json'}")
-    else:
+    elif request.param == "consul":
         server: Any = request.getfixturevalue("consul_server")
         reg = open_registry(f"consul://{server.address}/daybook/hosts/")
+    else:
+        # As an operator would write it: the CA alone makes consul:// use TLS.
+        server = request.getfixturevalue("consul_tls_server")
+        monkeypatch.setenv("CONSUL_CACERT", request.getfixturevalue("consul_pki").ca_file)
+        reg = open_registry(f"consul://{server.address}/daybook/hosts/")
+        assert reg.url.startswith("consul+https://")
     try:
         yield reg
     finally:

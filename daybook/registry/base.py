@@ -65,14 +65,7 @@ def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry
     if parsed.scheme in ("consul", "consul+https"):
         from daybook.registry.consul import ConsulRegistry
 
-        prefix = parsed.path.lstrip("/") or key_prefix
-        if not prefix.endswith("/"):
-            prefix += "/"
-        return ConsulRegistry(
-            address=parsed.netloc or None,
-            key_prefix=prefix,
-            https=parsed.scheme == "consul+https",
-        )
+        return ConsulRegistry.from_url(url, key_prefix=key_prefix)
     if parsed.scheme == "file":
         from daybook.registry.file import FileRegistry
 

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import consul
 import requests
+import requests.adapters
 from consul.callback import CB
+from consul.exceptions import BadRequest
 
 from daybook.errors import ConfigError, ConflictError, RegistryError
 from daybook.model.mappings import MappingTable, format_services, parse_services, unique_services
 from daybook.model.patterns import check_pattern, is_valid_pattern
 from daybook.registry.base import DEFAULT_KEY_PREFIX, ServicesUpdate, Snapshot
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +44,106 @@ _MAX_DETAIL_CHARS = 300
 _STATUS_RE = re.compile(r"(\d{3}) (.*)", re.DOTALL)
 _TRUE = {"1", "t", "true"}  # Go's strconv.ParseBool, as Consul's own tools read the env
 _FALSE = {"0", "f", "false"}
+_GO_DURATION_RE = re.compile(r"(?:\d+(?:\.\d*)?(?:ms|s|m|h))+")
+_GO_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m|h)")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# What Consul's own clients read to decide on TLS; any of them asks for HTTPS.
+_TLS_VARIABLES = (
+    "CONSUL_CACERT",
+    "CONSUL_CAPATH",
+    "CONSUL_CLIENT_CERT",
+    "CONSUL_CLIENT_KEY",
+    "CONSUL_TLS_SERVER_NAME",
+)
+# Query parameters of a registry URL, and the Consul parameter each one becomes.
+_URL_OPTIONS = {"dc": "dc", "ns": "ns", "partition": "partition", "wait": None}
+# Consul 1.21.5's answer to a key outside its regex (hashicorp/consul#22682).
+_KEY_RULE_1_21_5 = "invalid key name, keys should respect the"
 
 T = TypeVar("T")
 
 _LIST_CALLBACK = CB.json(index=True, decode="Value")
+_GET_CALLBACK = CB.json(index=True, one=True, decode="Value")
+_WRITE_CALLBACK = CB.json()
+
+
+@dataclass(frozen=True)
+class ConsulTLS:
+    """How to trust the agent and prove who we are, as Consul's CLI and Go clients do."""
+
+    verify: bool = True
+    ca_file: str | None = None
+    ca_path: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    # The name the agent's certificate must carry, when it is not the address's host.
+    server_name: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ConsulTLS:
+        client_cert, client_key = env.get("CONSUL_CLIENT_CERT"), env.get("CONSUL_CLIENT_KEY")
+        if bool(client_cert) != bool(client_key):
+            raise ConfigError("set both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, or neither")
+        verify = not env.get("CONSUL_HTTP_SSL_VERIFY") or bool(
+            _env_bool(env, "CONSUL_HTTP_SSL_VERIFY")
+        )
+        return cls(
+            verify=verify,
+            ca_file=env.get("CONSUL_CACERT") or None,
+            ca_path=env.get("CONSUL_CAPATH") or None,
+            client_cert=client_cert or None,
+            client_key=client_key or None,
+            server_name=env.get("CONSUL_TLS_SERVER_NAME") or None,
+        )
+
+    def context(self) -> ssl.SSLContext:
+        """The trust of Consul's Go client: CONSUL_CACERT, else every file in CONSUL_CAPATH,
+        else the system store (which honours SSL_CERT_FILE and SSL_CERT_DIR), never
+        requests' certifi bundle."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif self.ca_file:
+            _load_ca(context, "CONSUL_CACERT", self.ca_file)
+        elif self.ca_path:
+            _load_ca_dir(context, self.ca_path)
+        else:
+            context.load_default_certs()
+        if self.client_cert and self.client_key:
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"cannot use CONSUL_CLIENT_CERT {self.client_cert} with CONSUL_CLIENT_KEY "
+                    f"{self.client_key}: {_ssl_reason(exc)}"
+                ) from None
+        return context
+
+
+def _load_ca(context: ssl.SSLContext, variable: str, path: str) -> None:
+    try:
+        context.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{variable}: cannot load CA certificates from {path}: {_ssl_reason(exc)}"
+        ) from None
+
+
+def _load_ca_dir(context: ssl.SSLContext, directory: str) -> None:
+    """Every file under the directory, whatever its name, as go-rootcerts loads them (not
+    only OpenSSL's hashed names)."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+    if not Path(directory).is_dir() or not files:
+        raise ConfigError(f"CONSUL_CAPATH {directory} holds no CA certificate files")
+    for path in files:
+        _load_ca(context, "CONSUL_CAPATH", str(path))
+
+
+def _ssl_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or "not a PEM certificate or key"
+    return exc.strerror or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -50,16 +153,21 @@ class ConsulEndpoint:
     scheme: str
     host: str
     port: int
-    # requests' `verify`: True, False, or a CA bundle file or directory.
-    verify: bool | str
-    cert: tuple[str, str] | None
-    # Kept out of repr so that logging an endpoint can never leak the secret.
+    tls: ConsulTLS
+    # Kept out of repr so that logging an endpoint can never leak a secret.
     token: str | None = field(repr=False)
+    # CONSUL_HTTP_AUTH: HTTP basic auth in front of the agent, as (user, password).
+    auth: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never appear in a message or a log line."""
+        return tuple(s for s in (self.token, self.auth[1] if self.auth else None) if s)
 
     @classmethod
     def from_env(
@@ -72,76 +180,100 @@ class ConsulEndpoint:
     ) -> ConsulEndpoint:
         """Resolve like Consul's Go client: `address`, else CONSUL_HTTP_ADDR, else 127.0.0.1:8500.
 
-        HTTPS is used if `https`, CONSUL_HTTP_SSL or an `https://` address asks for it. The
-        token is `token`, else the file named by CONSUL_HTTP_TOKEN_FILE, else
-        CONSUL_HTTP_TOKEN. CONSUL_CACERT/CONSUL_CAPATH, CONSUL_HTTP_SSL_VERIFY and
-        CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY configure TLS.
+        HTTPS is used if `https`, an `https://` address or CONSUL_HTTP_SSL=true asks for
+        it, and also when a CA, a client certificate or a TLS server name is set, unless
+        the address says `http://` or CONSUL_HTTP_SSL=false. The token is `token`, else the
+        file named by CONSUL_HTTP_TOKEN_FILE, else CONSUL_HTTP_TOKEN, stripped.
         """
         env = os.environ if env is None else env
         raw = address or env.get("CONSUL_HTTP_ADDR") or DEFAULT_ADDRESS
-        use_https = https or _env_bool(env, "CONSUL_HTTP_SSL")
-        scheme_part, sep, rest = raw.partition("://")
-        if sep:
-            scheme = scheme_part.lower()
-            if scheme == "unix":
-                raise ConfigError(f"Consul address {raw!r}: unix sockets are not supported")
-            if scheme not in ("http", "https"):
-                raise ConfigError(f"Consul address {raw!r}: unknown scheme {scheme_part!r}")
-            # As in Consul's client, an explicit request for TLS is never reverted to http.
-            use_https = use_https or scheme == "https"
-            raw = rest
-        try:
-            parts = urlsplit("//" + raw.rstrip("/"))
-            port = parts.port or DEFAULT_PORT
-        except ValueError:
-            parts, port = None, 0
-        if parts is None or not parts.hostname or parts.path or parts.query or parts.username:
-            raise ConfigError(f"Consul address {raw!r} is not HOST[:PORT]")
-
-        verify: bool | str = True
-        if env.get("CONSUL_HTTP_SSL_VERIFY") and not _env_bool(env, "CONSUL_HTTP_SSL_VERIFY"):
-            verify = False
-        ca = env.get("CONSUL_CACERT") or env.get("CONSUL_CAPATH")
-        if ca and verify:
-            verify = ca
-        cert: tuple[str, str] | None = None
-        client_cert, client_key = env.get("CONSUL_CLIENT_CERT"), env.get("CONSUL_CLIENT_KEY")
-        if client_cert or client_key:
-            if not (client_cert and client_key):
-                raise ConfigError("set both CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, or neither")
-            cert = (client_cert, client_key)
-
-        if token is None:
+        explicit, host, port = _split_address(raw)
+        tls = ConsulTLS.from_env(env)
+        scheme = _choose_scheme(explicit, https, env)
+        if token is not None:
+            token = _clean_token(token, "the ACL token given")
+        else:
             token = _token_from_file(env.get("CONSUL_HTTP_TOKEN_FILE"))
         if token is None:
-            token = env.get("CONSUL_HTTP_TOKEN") or None
-        return cls(
-            scheme="https" if use_https else "http",
-            host=parts.hostname,
-            port=port,
-            verify=verify,
-            cert=cert,
-            token=token or None,
+            token = _clean_token(env.get("CONSUL_HTTP_TOKEN") or "", "CONSUL_HTTP_TOKEN")
+        return cls(scheme, host, port, tls, token, _basic_auth(env.get("CONSUL_HTTP_AUTH")))
+
+
+def _split_address(raw: str) -> tuple[str | None, str, int]:
+    """(explicit scheme or None, host, port) of `[SCHEME://]HOST[:PORT]`."""
+    explicit: str | None = None
+    scheme_part, sep, rest = raw.partition("://")
+    if sep:
+        explicit = scheme_part.lower()
+        if explicit == "unix":
+            raise ConfigError(f"Consul address {raw!r}: unix sockets are not supported")
+        if explicit not in ("http", "https"):
+            raise ConfigError(f"Consul address {raw!r}: unknown scheme {scheme_part!r}")
+        raw = rest
+    try:
+        parts = urlsplit("//" + raw.rstrip("/"))
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        parts, port = None, 0
+    if parts is None or not parts.hostname or parts.path or parts.query or parts.username:
+        raise ConfigError(f"Consul address {raw!r} is not HOST[:PORT]")
+    return explicit, parts.hostname, port
+
+
+def _choose_scheme(explicit: str | None, https: bool, env: Mapping[str, str]) -> str:
+    ssl_flag = _env_bool(env, "CONSUL_HTTP_SSL")
+    # As in Consul's client, an explicit request for TLS is never reverted to http.
+    if https or explicit == "https" or ssl_flag:
+        return "https"
+    tls_settings = [name for name in _TLS_VARIABLES if env.get(name)]
+    if not tls_settings:
+        return "http"
+    if explicit == "http" or ssl_flag is False:
+        log.warning(
+            "%s is set, but %s asks for plain HTTP: Consul is reached without TLS and the "
+            "ACL token travels in clear",
+            " and ".join(tls_settings),
+            "CONSUL_HTTP_SSL=false" if ssl_flag is False else "the address's http://",
         )
+        return "http"
+    # A CA or a client certificate only makes sense with TLS: Consul's Go client would
+    # quietly talk plain HTTP here, and send the token in clear.
+    return "https"
 
 
-def _env_bool(env: Mapping[str, str], name: str) -> bool:
+def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
+    """A boolean variable as Go's strconv.ParseBool reads it; None when unset or empty."""
     value = env.get(name, "").strip().lower()
     if value in _TRUE:
         return True
-    if value and value not in _FALSE:
+    if value in _FALSE:
+        return False
+    if value:
         raise ConfigError(f"{name}={env[name]!r} is not a boolean (use true or false)")
-    return False
+    return None
+
+
+def _clean_token(raw: str, source: str) -> str | None:
+    """The token without the whitespace a mounted secret file leaves around it. Anything
+    else that cannot go in an HTTP header is refused, without ever showing the token."""
+    token = raw.strip()
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ConfigError(
+            f"{source} holds characters an ACL token cannot have (spaces or control "
+            "characters inside it); the token is not shown"
+        )
+    return token or None
 
 
 def _token_from_file(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        token = Path(path).read_text().strip() or None
+        text = Path(path).read_text()
         mode = Path(path).stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"cannot read CONSUL_HTTP_TOKEN_FILE {path}: {exc.strerror}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(f"cannot read CONSUL_HTTP_TOKEN_FILE {path}: {reason}") from None
     if mode & 0o004:
         log.warning(
             "CONSUL_HTTP_TOKEN_FILE %s is readable by every user, and it holds a secret: "
@@ -149,7 +281,136 @@ def _token_from_file(path: str | None) -> str | None:
             path,
             path,
         )
-    return token
+    return _clean_token(text, f"CONSUL_HTTP_TOKEN_FILE {path}")
+
+
+def _basic_auth(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    user, _, password = value.partition(":")
+    return user, password
+
+
+@dataclass(frozen=True)
+class ConsulScope:
+    """Which table the registry reads (datacenter, Enterprise namespace and partition) and
+    the longest a watch may be held open."""
+
+    datacenter: str | None = None
+    namespace: str | None = None
+    partition: str | None = None
+    max_wait_s: float | None = None
+
+    @classmethod
+    def from_query(cls, query: str, env: Mapping[str, str] | None = None) -> ConsulScope:
+        """From a registry URL's query (`dc`, `ns`, `partition`, `wait`), then
+        CONSUL_NAMESPACE and CONSUL_PARTITION."""
+        env = os.environ if env is None else env
+        values: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            if name == "token":
+                raise ConfigError(
+                    "registry URL: never put the ACL token in the URL; use CONSUL_HTTP_TOKEN "
+                    "or CONSUL_HTTP_TOKEN_FILE"
+                )
+            if name not in _URL_OPTIONS or name in values or not value:
+                raise ConfigError(
+                    f"registry URL: {name!r} is not an option; use dc=, ns=, partition= and "
+                    "wait= (a Go duration such as 20s), each once with a value"
+                )
+            values[name] = value
+        wait = values.get("wait")
+        return cls(
+            datacenter=values.get("dc"),
+            namespace=values.get("ns") or env.get("CONSUL_NAMESPACE") or None,
+            partition=values.get("partition") or env.get("CONSUL_PARTITION") or None,
+            max_wait_s=_parse_wait(wait) if wait else None,
+        )
+
+    def params(self) -> list[tuple[str, str]]:
+        """The query parameters every KV request carries."""
+        pairs = (("dc", self.datacenter), ("ns", self.namespace), ("partition", self.partition))
+        return [(name, value) for name, value in pairs if value]
+
+    def query(self) -> str:
+        pairs = self.params()
+        if self.max_wait_s is not None:
+            pairs.append(("wait", _go_duration(self.max_wait_s)))
+        return urlencode(pairs)
+
+
+def _parse_wait(text: str) -> float:
+    if not _GO_DURATION_RE.fullmatch(text):
+        raise ConfigError(f"registry URL: wait={text!r} is not a duration such as 20s or 1m30s")
+    seconds = sum(
+        float(number) * _DURATION_UNITS_S[unit]
+        for number, unit in _GO_DURATION_PART_RE.findall(text)
+    )
+    if seconds < 1:
+        raise ConfigError(f"registry URL: wait={text!r} is below one second")
+    return seconds
+
+
+def _go_duration(seconds: float) -> str:
+    # Milliseconds, at least 1: Consul takes `wait=0` as its 5-minute default.
+    return f"{max(1, int(seconds * 1000))}ms"
+
+
+class _TLSAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS with our own SSLContext: requests would add certifi's bundle (or
+    REQUESTS_CA_BUNDLE) to any context it is given, and cannot check another name."""
+
+    def __init__(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        self._context = context
+        self._server_name = server_name
+        super().__init__()
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[_HostParams, _PoolKwargs]:
+        host_params, _ = super().build_connection_pool_key_attributes(request, verify, cert)
+        verifying = self._context.verify_mode != ssl.CERT_NONE
+        pool: _PoolKwargs = {
+            "ssl_context": self._context,
+            # urllib3 sets the context's verify_mode from this on every connection.
+            "cert_reqs": "CERT_REQUIRED" if verifying else "CERT_NONE",
+        }
+        if self._server_name:
+            # The SNI name, and the one the certificate must carry (check_hostname). urllib3
+            # takes it as a pool key; the stubs' TypedDict does not list it.
+            pool["server_hostname"] = self._server_name  # type: ignore[typeddict-unknown-key]
+        return host_params, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        pass  # the context alone decides what is trusted
+
+
+def _session(endpoint: ConsulEndpoint) -> requests.Session:
+    """The HTTP session py-consul sends through: proxies, trust and credentials are decided
+    here from Consul's own variables, not by requests from the environment."""
+    session = requests.Session()
+    # Else REQUESTS_CA_BUNDLE, .netrc and proxies for loopback would come from the env.
+    session.trust_env = False
+    if not _is_loopback(endpoint.host):
+        # HTTP(S)_PROXY and NO_PROXY as Go's clients read them; they never proxy loopback.
+        session.proxies = requests.utils.get_environ_proxies(
+            f"{endpoint.scheme}://{endpoint.address}"
+        )
+    if endpoint.scheme == "https":
+        adapter = _TLSAdapter(endpoint.tls.context(), endpoint.tls.server_name)
+        session.mount("https://", adapter)
+    if endpoint.auth is not None:
+        session.auth = endpoint.auth
+    return session
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ConsulRegistry:
@@ -168,19 +429,23 @@ class ConsulRegistry:
         *,
         token: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        scope: ConsulScope | None = None,
     ) -> None:
         self._endpoint = ConsulEndpoint.from_env(address, https=https, token=token)
         self._prefix = _check_prefix(key_prefix)
+        self._scope = scope or ConsulScope.from_query("")
         self._token = self._endpoint.token
         self._client: Any = consul.Consul(
             host=f"[{self._endpoint.host}]" if ":" in self._endpoint.host else self._endpoint.host,
             port=self._endpoint.port,
             scheme=self._endpoint.scheme,
-            verify=self._endpoint.verify,
-            cert=self._endpoint.cert,
+            # py-consul passes these to requests; the session's adapter decides instead.
+            verify=True,
+            cert=None,
             # py-consul takes the timeout here only: per call it raises TypeError.
             connections_timeout=timeout_s,
         )
+        self._client.http.session = _session(self._endpoint)
         # py-consul lets CONSUL_HTTP_TOKEN override an explicit token; the token is resolved
         # above and sent explicitly on every call instead.
         self._client.token = None
@@ -188,10 +453,25 @@ class ConsulRegistry:
         # warned about again on every watch round.
         self._parsed: dict[str, tuple[int, tuple[str, ...] | None]] = {}
 
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> ConsulRegistry:
+        """`consul[+https]://[HOST:PORT][/KEY_PREFIX][?dc=&ns=&partition=&wait=]`."""
+        parsed = urlsplit(url)
+        prefix = parsed.path.lstrip("/") or key_prefix
+        return cls(
+            address=parsed.netloc or None,
+            key_prefix=prefix if prefix.endswith("/") else prefix + "/",
+            https=parsed.scheme == "consul+https",
+            scope=ConsulScope.from_query(parsed.query),
+        )
+
     @property
     def url(self) -> str:
         scheme = "consul+https" if self._endpoint.scheme == "https" else "consul"
-        return f"{scheme}://{self._endpoint.address}/{self._prefix}"
+        query = self._scope.query()
+        return f"{scheme}://{self._endpoint.address}/{self._prefix}" + (
+            f"?{query}" if query else ""
+        )
 
     @property
     def address(self) -> str:
@@ -209,40 +489,82 @@ class ConsulRegistry:
         """A blocking query on the prefix: returns when Consul's index passes `index`, or
         after about `timeout_s` (plus up to 1/16 of Consul's jitter) with the same data.
 
-        `index` 0 answers at once. The returned index can be *lower* than `index`, after a
-        Consul snapshot restore or when delete tombstones are reaped: callers must then
-        reset their index to 0 (Consul's rule), and always compare data, not indexes.
+        The registry URL's `wait` caps `timeout_s`, so a load balancer that cuts idle
+        connections never sees a watch outlast it. `index` 0 answers at once. The returned
+        index can be *lower* than `index`, after a Consul snapshot restore or when delete
+        tombstones are reaped: callers must then reset their index to 0 (Consul's rule),
+        and always compare data, not indexes.
         """
         if index <= 0:
             return self.read()
-        # Go duration in ms, at least 1: Consul takes `wait=0` as its 5-minute default.
-        wait = f"{max(1, int(timeout_s * 1000))}ms"
-        return self._list(f"watch {self._prefix}", [("index", str(index)), ("wait", wait)])
+        if self._scope.max_wait_s is not None:
+            timeout_s = min(timeout_s, self._scope.max_wait_s)
+        params = [("index", str(index)), ("wait", _go_duration(timeout_s))]
+        return self._list(f"watch {self._prefix}", params)
 
     def _list(self, action: str, params: list[tuple[str, str]]) -> Snapshot:
-        # py-consul's kv.get drops the response headers, and the ACL-filtering header is the
-        # only sign of a partial table; its HTTP client still sizes the timeout from `wait`.
+        # py-consul's kv.get drops the response headers, and they tell whether the table may
+        # be partial; its HTTP client still sizes the timeout from `wait`.
         headers, (index, entries) = self._call(
             action,
             partial(
                 self._client.http.get,
                 _keep_headers,
                 f"/v1/kv/{self._prefix}",
-                params=[("recurse", "1"), *params],
+                params=[("recurse", "1"), *params, *self._scope.params()],
                 headers=self._client.prepare_headers(self._token),
             ),
         )
+        self._check_complete(headers)
+        if entries is None:
+            # Recursive reads are filtered, not refused, so without read rights an empty
+            # answer looks like an empty table; a single-key read is refused outright.
+            self._get(action, self._prefix)
+        return self._snapshot(index, entries)
+
+    def _check_complete(self, headers: Mapping[str, str]) -> None:
+        """Refuse a table Consul may have filtered: serving part of it would send hosts to
+        less specific patterns."""
         if headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
-            # Serving part of the table would send hosts to less specific patterns.
             raise RegistryError(
                 f"Consul at {self.address} hid some keys under {self._prefix!r} from the ACL "
                 "token; it needs key:read on the whole prefix (check CONSUL_HTTP_TOKEN)"
             )
-        if entries is None:
-            # Recursive reads are filtered, not refused, so without read rights an empty
-            # answer looks like an empty table; a single-key read is refused outright.
-            self._call(action, partial(self._client.kv.get, self._prefix, token=self._token))
-        return self._snapshot(index, entries)
+        acls_on = headers.get("X-Consul-Default-Acl-Policy", "").lower() == "deny"
+        if acls_on and self._token is None:
+            # Consul filters the anonymous token's reads without saying so.
+            raise RegistryError(
+                f"Consul at {self.address} enforces ACLs (default policy deny) and no ACL token "
+                "is set: it would hide the keys the anonymous token may not read without "
+                "saying so, so the table cannot be trusted as complete; set CONSUL_HTTP_TOKEN "
+                f"or CONSUL_HTTP_TOKEN_FILE to a token with key:read on {self._prefix!r}"
+            )
+
+    def _get(self, action: str, key: str) -> Mapping[str, Any] | None:
+        _, entry = self._call(
+            action,
+            partial(
+                self._client.http.get,
+                _GET_CALLBACK,
+                f"/v1/kv/{key}",
+                params=self._scope.params(),
+                headers=self._client.prepare_headers(self._token),
+            ),
+        )
+        return entry if isinstance(entry, Mapping) else None
+
+    def _write(self, action: str, method: str, key: str, cas: int, value: str = "") -> bool:
+        http = self._client.http
+        request = partial(
+            http.put if method == "PUT" else http.delete,
+            _WRITE_CALLBACK,
+            f"/v1/kv/{key}",
+            params=[("cas", str(cas)), *self._scope.params()],
+            headers=self._client.prepare_headers(self._token),
+        )
+        if method == "PUT":
+            request = partial(request, data=value)
+        return self._call(action, request) is True
 
     def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:
         """Read the key, apply `change`, write back with check-and-set; retry on conflict.
@@ -252,9 +574,8 @@ class ConsulRegistry:
         """
         check_pattern(pattern)  # a valid pattern has no `/`, so it is exactly one key
         key = self._prefix + pattern
-        kv = self._client.kv
         for attempt in range(MAX_CAS_ATTEMPTS):
-            _, entry = self._call(f"read {key}", partial(kv.get, key, token=self._token))
+            entry = self._get(f"read {key}", key)
             modify_index = int(entry["ModifyIndex"]) if entry else 0
             current = _services_of(entry, key) if entry else ()
             wanted = unique_services(change(current))
@@ -264,12 +585,10 @@ class ConsulRegistry:
                 return ()
             if wanted:
                 value = format_services(wanted)
-                write = partial(kv.put, key, value, cas=modify_index, token=self._token)
-                written = self._call(f"write {key}", write)
+                written = self._write(f"write {key}", "PUT", key, modify_index, value)
             else:
-                delete = partial(kv.delete, key, cas=modify_index, token=self._token)
-                written = self._call(f"delete {key}", delete)
-            if written is True:
+                written = self._write(f"delete {key}", "DELETE", key, modify_index)
+            if written:
                 return wanted
             log.debug("check-and-set on %s lost a race (attempt %d)", key, attempt + 1)
             # Jittered and growing, so writers that collided do not collide again in step.
@@ -330,28 +649,35 @@ class ConsulRegistry:
         return _services_of(entry, key) or None
 
     def _call(self, action: str, request: Callable[[], T]) -> T:
-        """Run one py-consul call, turning every failure into a one-line RegistryError."""
+        """Run one py-consul call, turning every failure into a one-line DaybookError that
+        never carries a secret."""
         try:
             return request()
         except consul.ACLPermissionDenied as exc:
             raise RegistryError(self._acl_message(action, str(exc))) from None
+        except BadRequest as exc:
+            raise ConfigError(self._bad_request_message(action, str(exc))) from None
         except consul.ConsulException as exc:
             raise RegistryError(self._status_message(action, str(exc))) from None
-        except requests.exceptions.SSLError as exc:
-            raise RegistryError(
-                f"TLS with Consul at {self.address} failed: {_reason(exc)} "
-                "(check CONSUL_CACERT and the address scheme)"
-            ) from None
-        except requests.exceptions.ConnectTimeout:
-            raise RegistryError(
-                f"cannot reach Consul at {self.address}: connection timed out"
-            ) from None
-        except requests.exceptions.ReadTimeout:
-            raise RegistryError(
-                f"Consul at {self.address} did not answer in time while trying to {action}"
-            ) from None
         except requests.exceptions.RequestException as exc:
-            raise RegistryError(f"cannot reach Consul at {self.address}: {_reason(exc)}") from None
+            raise RegistryError(self._transport_message(action, exc)) from None
+
+    def _transport_message(self, action: str, exc: requests.exceptions.RequestException) -> str:
+        where = f"Consul at {self.address}"
+        reason = self._redact(_reason(exc))
+        if isinstance(exc, requests.exceptions.SSLError):
+            if "wrong version number" in reason or "record layer failure" in reason:
+                hint = "the agent may serve plain HTTP on this port: check the scheme"
+            elif "match" in reason or "mismatch" in reason:
+                hint = "set CONSUL_TLS_SERVER_NAME to a name the certificate carries"
+            else:
+                hint = "check CONSUL_CACERT or CONSUL_CAPATH, and the client certificate"
+            return f"TLS with {where} failed: {reason} ({hint})"
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return f"cannot reach {where}: connection timed out"
+        if isinstance(exc, requests.exceptions.ReadTimeout):
+            return f"{where} did not answer in time while trying to {action}"
+        return f"cannot reach {where}: {reason}"
 
     def _acl_message(self, action: str, body: str) -> str:
         detail = self._redact(body)
@@ -364,6 +690,20 @@ class ConsulRegistry:
             hint = f"the ACL token lacks key:{access} on {self._prefix!r}"
         return f"Consul at {self.address} refused to {action}: {hint} ({detail})"
 
+    def _bad_request_message(self, action: str, message: str) -> str:
+        """A 400 is Consul refusing the request itself: the same request will never pass,
+        so it is a configuration error, not a fault to retry."""
+        detail = self._redact(message.removeprefix("400 "))
+        if "Consul Enterprise feature" in detail:
+            hint = "namespaces and partitions (ns=, partition=, CONSUL_NAMESPACE, "
+            hint += "CONSUL_PARTITION) need Consul Enterprise"
+        else:
+            hint = "check the registry URL's key prefix, dc=, ns=, partition= and wait="
+        return (
+            f"Consul at {self.address} refused the request to {action} as invalid "
+            f"(HTTP 400: {detail}); retrying will not help: {hint}"
+        )
+
     def _status_message(self, action: str, message: str) -> str:
         match = _STATUS_RE.fullmatch(message)
         if match is None:
@@ -375,17 +715,22 @@ class ConsulRegistry:
             return f"value too large for {where} while trying to {action}: {detail}"
         if status == 429:
             return f"{where} is rate-limiting requests (HTTP 429) while trying to {action}"
+        if _KEY_RULE_1_21_5 in detail:
+            return (
+                f"{where} refused the key while trying to {action}: Consul 1.21.5 rejects '*' "
+                "and other characters in KV keys (hashicorp/consul#22682); upgrade Consul to "
+                "1.21.6 or later, or on 1.21.5 set disable_http_unprintable_char_filter = "
+                f"true in the agents' configuration (HTTP {status}: {detail})"
+            )
         if status >= 500:
             return f"{where} could not {action} (HTTP {status}: {detail}); usually transient"
-        if status == 400:
-            return f"{where} rejected the request to {action} as invalid: {detail}"
         return f"{where} answered HTTP {status} while trying to {action}: {detail}"
 
     def _redact(self, text: str) -> str:
-        """One line, bounded, and never the token, whatever Consul or a proxy echoes back."""
+        """One line, bounded, and never a secret, whatever Consul or a proxy echoes back."""
         line = " ".join(text.split())
-        if self._token:
-            line = line.replace(self._token, "<token>")
+        for secret in self._endpoint.secrets:
+            line = line.replace(secret, "<secret>")
         if len(line) > _MAX_DETAIL_CHARS:
             line = line[:_MAX_DETAIL_CHARS] + "..."
         return line or "no details"
@@ -421,4 +766,4 @@ def _reason(exc: requests.exceptions.RequestException) -> str:
     _, sep, tail = text.partition("): ")
     if sep and text.startswith(("HTTPConnection", "HTTPSConnection", "<")):
         text = tail
-    return text[:_MAX_DETAIL_CHARS] or type(exc).__name__
+    return text or type(exc).__name__  # bounded by _redact, after any secret is gone

@@ -1,5 +1,5 @@
-"""Consul failing under the master: errors, rate limits, dropped connections, and an index
-that goes backwards."""
+"""Consul failing under the master, over plain HTTP and TLS: errors, rate limits, dropped
+connections, and an index that goes backwards."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from consul_server import ConsulServer, FaultKind
+from consul_server import ConsulPKI, ConsulServer, FaultKind
 from fault_fleet import Figures, FleetFactory
 from process_fleet import Proc, ProcessFleet
 from waiting import wait_for
@@ -24,11 +24,20 @@ RECOVERED_READ = "are readable again after"
 RETRIES_SEEN = 4
 
 
-@pytest.fixture
-def consul() -> Iterator[ConsulServer]:
+@pytest.fixture(params=["http", "https"])
+def consul(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ConsulServer]:
+    tls = None
+    if request.param == "https":
+        pki: ConsulPKI = request.getfixturevalue("consul_pki")
+        tls = pki.server
+        # The test's own client and the fleet's processes (which inherit the environment)
+        # trust the session CA, and the CA alone makes them use TLS.
+        monkeypatch.setenv("CONSUL_CACERT", pki.ca_file)
     # Blocking queries end within about a second, so an index that went backwards (which
     # Consul reports only when a query returns) shows within the test's patience.
-    with ConsulServer(max_query_time_s=1.0, default_query_time_s=1.0) as server:
+    with ConsulServer(max_query_time_s=1.0, default_query_time_s=1.0, tls=tls) as server:
         yield server
 
 

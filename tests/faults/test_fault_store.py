@@ -1,4 +1,5 @@
-"""The store and the disk failing: S3 stopped mid-download, a tampered asset, a full disk."""
+"""The store and the disk failing: S3 (moto and SeaweedFS) stopped mid-download, a tampered
+asset, a full disk."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -19,6 +21,7 @@ from fault_fleet import Figures, FleetFactory, incompressible, many_files
 from process_fleet import ProcessFleet, asset_sha256
 from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from stoppable_s3 import StoppableS3, quiet_werkzeug
+from stoppable_seaweed import StoppableSeaweed
 from waiting import wait_for
 
 from daybook.model.names import AssetRef
@@ -38,10 +41,20 @@ HOSTS = ("web-1", "web-2")
 # -- S3 stopped during downloads ----------------------------------------------------------------
 
 
-@pytest.fixture
-def stoppable_s3(s3_env: str) -> Iterator[StoppableS3]:
-    """A moto server of this test's own, that it may stop and start again; its downloads
-    trickle at 2 MiB/s."""
+@pytest.fixture(params=["moto", "seaweed"])
+def stoppable_s3(
+    request: pytest.FixtureRequest, s3_env: str, tmp_path: Path
+) -> Iterator[StoppableS3 | StoppableSeaweed]:
+    """An S3 server of this test's own, that it may stop and start again: moto, or
+    SeaweedFS (a real one, killed and restarted on its data); downloads trickle at 2 MiB/s."""
+    if request.param == "seaweed":
+        weed = StoppableSeaweed(tmp_path / "seaweedfs", rate_bytes_per_s=2 * MIB)
+        weed.start()
+        try:
+            yield weed
+        finally:
+            weed.stop()
+        return
     restore = quiet_werkzeug()
     server = StoppableS3(rate_bytes_per_s=2 * MIB)
     server.start()
@@ -63,7 +76,7 @@ def _client(endpoint: str) -> S3Client:
 
 
 def test_s3_stopped_during_downloads_fails_clearly_then_converges(
-    stoppable_s3: StoppableS3, make_fleet: FleetFactory, figures: Figures
+    stoppable_s3: StoppableS3 | StoppableSeaweed, make_fleet: FleetFactory, figures: Figures
 ) -> None:
     client = _client(stoppable_s3.endpoint)
     bucket = f"daybook-faults-{uuid.uuid4().hex[:12]}"
@@ -127,15 +140,17 @@ def test_s3_stopped_during_downloads_fails_clearly_then_converges(
 # -- a tampered asset ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "s3", "seaweed"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "file":
         return LocalStore(tmp_path / "store")
-    request.getfixturevalue("s3_env")  # minions reach the shared moto server through env
-    return S3Store(request.getfixturevalue("s3_bucket"))
+    # Minions reach the session's moto or SeaweedFS server through the environment.
+    server = "s3" if request.param == "s3" else "seaweed"
+    request.getfixturevalue(f"{server}_env")
+    return S3Store(request.getfixturevalue(f"{server}_bucket"))
 
 
-def _tamper(store: Store, ref: AssetRef, content: bytes, request: pytest.FixtureRequest) -> None:
+def _tamper(store: Store, ref: AssetRef, content: bytes) -> None:
     """Replace the asset's bytes behind the store's back, keeping the recorded checksum."""
     if isinstance(store, LocalStore):
         # In place: the same file (inode), so the checksum recorded for it still applies.
@@ -147,20 +162,23 @@ def _tamper(store: Store, ref: AssetRef, content: bytes, request: pytest.Fixture
     info = store.stat(ref)
     assert info is not None
     assert info.sha256 is not None
-    s3_client: S3Client = request.getfixturevalue("s3_client")
-    s3_client.put_object(
-        Bucket=request.getfixturevalue("s3_bucket"),
-        Key=store.key_for(ref),
-        Body=content,
-        Metadata={"sha256": info.sha256},
-    )
+    # The env fixture of the store's S3 server (moto or SeaweedFS) named its endpoint.
+    client = _client(os.environ["AWS_ENDPOINT_URL"])
+    try:
+        client.put_object(
+            Bucket=urlsplit(store.url).netloc,
+            Key=store.key_for(ref),
+            Body=content,
+            Metadata={"sha256": info.sha256},
+        )
+    finally:
+        client.close()
 
 
 def test_a_tampered_asset_is_refused_reported_and_never_installed(
     any_store: Store,
     make_fleet: FleetFactory,
     figures: Figures,
-    request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
     fleet = make_fleet(store=any_store, splay_s=0.0)
@@ -174,7 +192,7 @@ def test_a_tampered_asset_is_refused_reported_and_never_installed(
     evil_dir = tmp_path / "evil"
     evil_dir.mkdir()
     evil = make_asset(evil_dir, "web", "2", {"bin/run": b"#!/bin/sh\necho owned\n"})
-    _tamper(any_store, AssetRef("web", "2"), evil.read_bytes(), request)
+    _tamper(any_store, AssetRef("web", "2"), evil.read_bytes())
 
     def refused() -> str | None:
         report = fleet.last_report("web-1")
