@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 
-from daybook.errors import DaybookError
+from daybook.errors import DaybookError, InputError
 from daybook.model.mappings import MappingTable
 from daybook.registry.base import Registry, Snapshot
 from master.changes import Change, Fresh, MappingsChanged
@@ -127,6 +127,17 @@ class RegistryWatcher:
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
+        if isinstance(exc, InputError):
+            # Consul refused the request itself (a 400: a namespace on open-source Consul,
+            # a key its version rejects): no retry fixes that, an operator must. Said every
+            # time, at the backoff's pace, so it is not lost in the log.
+            log.error(
+                "the registry %s refuses the mappings request: %s; keeping the last known "
+                "mappings until the configuration is fixed",
+                self._registry.url,
+                exc,
+            )
+            return
         if self.failures == 1:
             log.warning(
                 "cannot read the mappings from %s: %s; keeping the last known mappings and "

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daybook.errors import RegistryError, StoreError
+from daybook.errors import ConfigError, RegistryError, StoreError
 from daybook.model.ids import versions_digest
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
@@ -126,6 +126,19 @@ def test_changes_are_posted_and_errors_reset_the_index_and_log_once(
     assert "consul is down" in warnings[0].getMessage()
     assert "readable again" in warnings[1].getMessage()
     assert watcher.failures == 0
+
+
+def test_a_request_the_registry_refuses_is_an_error_every_time_and_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    web: MappingTable = {"web-*": ("web",)}
+    refused = ConfigError("the registry refused the request (HTTP 400): Invalid namespace")
+    posted, _calls, watcher = run_watcher([Snapshot(web, 3), refused, refused], monkeypatch)
+    assert posted == [MappingsChanged(web)]  # the last mappings stand
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert "Invalid namespace" in errors[0].getMessage()
+    assert watcher.failures == 2
 
 
 def test_the_file_registry_is_polled_and_refreshed_on_request() -> None:
