@@ -106,7 +106,7 @@ def byte_compile() -> None:
     sources again: about 70 ms of CPU a process, which no real installation pays.
     """
     root = BENCH_DIR.parent
-    for package in ("daybook", "master", "minion", "bench", "tests"):
+    for package in ("daybook", "master", "minion", "bench", "testing"):
         compileall.compile_dir(root / package, quiet=1)
 
 

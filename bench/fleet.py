@@ -7,7 +7,6 @@ apart from the master's. Every process is started here and stopped here, by its 
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import signal
@@ -24,6 +23,7 @@ from typing import IO, Any
 from bench.assets import AssetSpec, write_archive
 from bench.s3 import S3Server, create_bucket, moto_server
 from bench.timing import Options, run_checked
+from daybook_testing.consul_server import ConsulServer
 
 BUCKET = "fleet"
 KEY_PREFIX = "daybook/hosts/"
@@ -40,11 +40,11 @@ PATTERNS = 1000
 @dataclass
 class Backends:
     s3: S3Server
-    consul: Any  # tests/consul_server.py's ConsulServer
+    consul: ConsulServer
 
     @property
     def consul_address(self) -> str:
-        return str(self.consul.address)
+        return self.consul.address
 
     def s3_requests(self, identity: str) -> int:
         return self.s3.requests.count(identity)
@@ -57,14 +57,10 @@ class Backends:
         )
 
 
-def consul_double() -> Any:
-    """The Consul-KV-compatible server of the test suite (the bench runs in the dev venv)."""
-    tests = Path(__file__).resolve().parent.parent / "tests"
-    if str(tests) not in sys.path:
-        sys.path.insert(0, str(tests))
-    module = importlib.import_module("consul_server")
+def consul_double() -> ConsulServer:
+    """The Consul-KV-compatible server the tests use (the bench runs in the dev venv)."""
     # Consul's own query-time defaults, so the master's blocking watch costs what it would.
-    return module.ConsulServer()
+    return ConsulServer()
 
 
 @contextmanager

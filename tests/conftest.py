@@ -1,5 +1,5 @@
-"""Shared test fixtures: the S3 (moto) and Consul-compatible servers, loaded as plugins, and a
-ZeroMQ context."""
+"""Shared test fixtures: the S3 (moto) server, loaded as a plugin, the Consul-compatible
+server, and a ZeroMQ context."""
 
 from collections.abc import Iterator
 
@@ -7,7 +7,9 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["s3_server", "consul_server"]
+from daybook_testing.consul_server import ConsulServer
+
+pytest_plugins = ["s3_server"]
 
 # Property tests judge behaviour, never speed: on a shared 2-core machine one example can
 # take longer than Hypothesis's default 200 ms deadline without anything being wrong.
@@ -21,3 +23,14 @@ def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def consul_server() -> Iterator[ConsulServer]:
+    """A fresh, running Consul double on 127.0.0.1.
+
+    Query times are shortened (default 5 s, max 10 s, jitter on) so a forgotten `wait`
+    cannot stall a test for Consul's real five minutes; tests may change them.
+    """
+    with ConsulServer(max_query_time_s=10.0, default_query_time_s=5.0) as server:
+        yield server

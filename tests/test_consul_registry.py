@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from consul_server import ConsulServer
 
 from daybook.errors import ConfigError, ConflictError, InputError, RegistryError
 from daybook.registry.base import open_registry
 from daybook.registry.consul import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
+from daybook_testing.consul_server import ConsulServer
 
 P = "daybook/hosts/"
 TOKEN = "b1gs3cr3t-0000-4000-8000-000000000000"

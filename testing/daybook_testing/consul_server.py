@@ -1,4 +1,5 @@
-"""A Consul-KV-compatible HTTP server for tests: the KV and txn API plus fault hooks."""
+"""A Consul-KV-compatible HTTP server for tests and the bench: the KV and txn API plus
+fault hooks."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode
-
-import pytest
 
 FaultKind = Literal["no_leader", "rate_limited", "drop", "delay"]
 AclPolicy = Literal["read", "write", "deny"]
@@ -1182,14 +1181,3 @@ def _request_token(query: _Query, headers: Message) -> str:
     if len(parts) > 1 and parts[0].lower() == "bearer":
         return " ".join(parts[1:]).strip()
     return ""
-
-
-@pytest.fixture
-def consul_server() -> Iterator[ConsulServer]:
-    """A fresh, running Consul double on 127.0.0.1.
-
-    Query times are shortened (default 5 s, max 10 s, jitter on) so a forgotten `wait`
-    cannot stall a test for Consul's real five minutes; tests may change them.
-    """
-    with ConsulServer(max_query_time_s=10.0, default_query_time_s=5.0) as server:
-        yield server
