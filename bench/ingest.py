@@ -11,10 +11,14 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from bench.fleet import Fleet, backends, running
 from bench.results import Results, Target
 from bench.timing import Options
+
+if TYPE_CHECKING:
+    import zmq
 
 SECTION = "ingest"
 REPORTS_PER_S = Target(5000, at_least=True)
@@ -24,10 +28,6 @@ HOSTS = 8
 def run(results: Results, options: Options) -> None:
     import zmq
 
-    from daybook.net.keys import KeyPair
-    from daybook.net.transport import ClientCredentials, fetch_master_key, secure_client
-    from daybook.wire import Heartbeat, Report, versions_digest
-
     count = 5_000 if options.quick else 20_000
     with backends(options) as servers:
         fleet = Fleet(options, servers, "ingest")
@@ -36,50 +36,13 @@ def run(results: Results, options: Options) -> None:
             context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
             sockets: list[zmq.Socket[bytes]] = []
             try:
-                server_key = fetch_master_key(context, f"tcp://127.0.0.1:{fleet.ports['key']}")
-                hosts = [f"ingest-{index}" for index in range(HOSTS)]
                 now = time.time()
-                for host in hosts:
-                    socket = context.socket(zmq.PUSH)
-                    socket.setsockopt(zmq.LINGER, 0)
-                    secure_client(socket, ClientCredentials(KeyPair.generate(), server_key))
-                    socket.connect(f"tcp://127.0.0.1:{fleet.ports['results']}")
-                    socket.send_multipart(Heartbeat(host, uuid.uuid4().hex, now, now).encode())
-                    sockets.append(socket)
-                fleet.wait_for(
-                    functools.partial(all_up, fleet, hosts),
-                    "the load generator's hosts to be up",
-                    60.0,
-                )
-                digest = versions_digest(["1"])
-                rates = []
-                for _ in range(options.warmup + options.runs):
-                    frames = [
-                        Report(
-                            report_id=uuid.uuid4().hex,
-                            host=hosts[index % HOSTS],
-                            sync_id=uuid.uuid4().hex,
-                            epoch=1,
-                            seq=index,
-                            state_digest=digest,
-                            pattern="ingest-*",
-                            services={},
-                            installed={"svc0": ("1",)},
-                            started_at=now,
-                            finished_at=now,
-                        ).encode()
-                        for index in range(count)
-                    ]
-                    baseline = fleet.metrics().get("daybook_reports_total", 0.0)
-                    start = time.perf_counter()
-                    for index, message in enumerate(frames):
-                        sockets[index % HOSTS].send_multipart(message)
-                    fleet.wait_for(
-                        functools.partial(counted, fleet, baseline + count),
-                        f"the master to count {count:,} reports",
-                        300.0,
-                    )
-                    rates.append(count / (time.perf_counter() - start))
+                hosts = [f"ingest-{index}" for index in range(HOSTS)]
+                connect_hosts(fleet, context, sockets, hosts, now)
+                rates = [
+                    ingest_rate(fleet, sockets, hosts, count, now)
+                    for _ in range(options.warmup + options.runs)
+                ]
             finally:
                 for socket in sockets:
                     socket.close()
@@ -92,6 +55,71 @@ def run(results: Results, options: Options) -> None:
         target=REPORTS_PER_S,
         note=f"{count:,} reports a run from {HOSTS} hosts over CURVE",
     )
+
+
+def connect_hosts(
+    fleet: Fleet,
+    context: zmq.Context[zmq.Socket[bytes]],
+    sockets: list[zmq.Socket[bytes]],
+    hosts: list[str],
+    now: float,
+) -> None:
+    """A CURVE socket to the master's results port for each host, added to `sockets`, and
+    one heartbeat from each, so the master binds each key to its host and shows it up."""
+    import zmq
+
+    from daybook.net.keys import KeyPair
+    from daybook.net.transport import ClientCredentials, fetch_master_key, secure_client
+    from daybook.wire import Heartbeat
+
+    server_key = fetch_master_key(context, f"tcp://127.0.0.1:{fleet.ports['key']}")
+    for host in hosts:
+        socket = context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 0)
+        secure_client(socket, ClientCredentials(KeyPair.generate(), server_key))
+        socket.connect(f"tcp://127.0.0.1:{fleet.ports['results']}")
+        socket.send_multipart(Heartbeat(host, uuid.uuid4().hex, now, now).encode())
+        sockets.append(socket)
+    fleet.wait_for(
+        functools.partial(all_up, fleet, hosts),
+        "the load generator's hosts to be up",
+        60.0,
+    )
+
+
+def ingest_rate(
+    fleet: Fleet, sockets: list[zmq.Socket[bytes]], hosts: list[str], count: int, now: float
+) -> float:
+    """Reports a second over one run: `count` reports sent, until the master counted all."""
+    from daybook.wire import Report, versions_digest
+
+    digest = versions_digest(["1"])
+    frames = [
+        Report(
+            report_id=uuid.uuid4().hex,
+            host=hosts[index % HOSTS],
+            sync_id=uuid.uuid4().hex,
+            epoch=1,
+            seq=index,
+            state_digest=digest,
+            pattern="ingest-*",
+            services={},
+            installed={"svc0": ("1",)},
+            started_at=now,
+            finished_at=now,
+        ).encode()
+        for index in range(count)
+    ]
+    baseline = fleet.metrics().get("daybook_reports_total", 0.0)
+    start = time.perf_counter()
+    for index, message in enumerate(frames):
+        sockets[index % HOSTS].send_multipart(message)
+    fleet.wait_for(
+        functools.partial(counted, fleet, baseline + count),
+        f"the master to count {count:,} reports",
+        300.0,
+    )
+    return count / (time.perf_counter() - start)
 
 
 def all_up(fleet: Fleet, hosts: list[str]) -> bool:
