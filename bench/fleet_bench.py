@@ -10,7 +10,8 @@ import functools
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from bench.fleet import (
     MINION_ID,
@@ -80,26 +81,33 @@ def process_hosts() -> list[str]:
 
 def run_processes(results: Results, options: Options) -> None:
     hosts = process_hosts()
+    with seeded_fleet(options, "processes") as (fleet, servers):
+        started = time.monotonic()
+        fleet.start_minions(hosts)
+        fleet.wait_answering(hosts, timeout_s=300)
+        add_startup(
+            results,
+            FLEET,
+            "start-up: 100 minion processes until all answer",
+            started,
+            note="first start: keys made and accepted, 2-3 services installed each",
+            target=FLEET_STARTUP,
+        )
+        measure_process_syncs(results, options, fleet, servers)
+        measure_processes_idle(results, options, fleet, servers)
+        add_event_bytes(results, fleet)
+        measure_process_restart(results, fleet, hosts)
+
+
+@contextmanager
+def seeded_fleet(options: Options, name: str) -> Iterator[tuple[Fleet, Backends]]:
+    """The servers, seeded with the services and 1,000 patterns, and a master running."""
     with backends(options) as servers:
         seed_backends(servers, options, fleet_table(MAPPINGS, PATTERNS))
-        fleet = Fleet(options, servers, "processes")
+        fleet = Fleet(options, servers, name)
         with running(fleet):
             fleet.start_master()
-            started = time.monotonic()
-            fleet.start_minions(hosts)
-            fleet.wait_answering(hosts, timeout_s=300)
-            add_startup(
-                results,
-                FLEET,
-                "start-up: 100 minion processes until all answer",
-                started,
-                note="first start: keys made and accepted, 2-3 services installed each",
-                target=FLEET_STARTUP,
-            )
-            measure_process_syncs(results, options, fleet, servers)
-            measure_processes_idle(results, options, fleet, servers)
-            add_event_bytes(results, fleet)
-            measure_process_restart(results, fleet, hosts)
+            yield fleet, servers
 
 
 def measure_process_syncs(
@@ -197,23 +205,19 @@ def add_minion_pss(results: Results, fleet: Fleet, name: str, note: str = "") ->
 
 def run_swarm(results: Results, options: Options) -> None:
     hosts = [f"swarm-{index:04d}" for index in range(SWARM_SIZE)]
-    with backends(options) as servers:
-        seed_backends(servers, options, fleet_table(MAPPINGS, PATTERNS))
-        fleet = Fleet(options, servers, "swarm")
-        with running(fleet):
-            fleet.start_master()
-            started = time.monotonic()
-            swarm = fleet.start_swarm(SWARM_SIZE, "swarm")
-            fleet.wait_answering(hosts, timeout_s=600)
-            add_startup(
-                results,
-                SWARM,
-                f"start-up: {SWARM_SIZE:,} swarm minions until all answer",
-                started,
-                note="one process; first start: keys, 2 services installed each",
-            )
-            measure_swarm_syncs(results, options, fleet, servers)
-            measure_swarm_idle(results, options, fleet, swarm.pid)
+    with seeded_fleet(options, "swarm") as (fleet, servers):
+        started = time.monotonic()
+        swarm = fleet.start_swarm(SWARM_SIZE, "swarm")
+        fleet.wait_answering(hosts, timeout_s=600)
+        add_startup(
+            results,
+            SWARM,
+            f"start-up: {SWARM_SIZE:,} swarm minions until all answer",
+            started,
+            note="one process; first start: keys, 2 services installed each",
+        )
+        measure_swarm_syncs(results, options, fleet, servers)
+        measure_swarm_idle(results, options, fleet, swarm.pid)
 
 
 def measure_swarm_syncs(
