@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test check lint types pytest browser fault-tools bench clean
 
-$(BIN)/daybook: pyproject.toml
+# The venv: daybook with its test extras, then the harness the tests and the bench share
+# (testing/daybook_testing/__init__.py says why it is a distribution of its own).
+$(BIN)/daybook: pyproject.toml testing/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e ./testing
 	touch $@
 
 ## Run the local demo on the embedded defaults (no S3, no Consul needed).

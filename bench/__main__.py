@@ -35,41 +35,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench",
-        description="Run Daybook's benchmarks; print median/min/max per figure and write "
-        "bench/results-<timestamp>.json.",
-        epilog="sections: " + "; ".join(f"{name}: {text}" for name, (_, text) in SECTIONS.items()),
-    )
-    parser.add_argument(
-        "sections",
-        nargs="*",
-        metavar="SECTION",
-        help=f"any of {', '.join(SECTIONS)} (default: all)",
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer runs, no warm-up, fewer side contenders"
-    )
-    parser.add_argument("--runs", type=int, help="timed runs per figure (default 5, quick 2)")
-    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR, help="where the JSON goes")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "daybook-bench-cache",
-        help="generated assets are kept here between runs",
-    )
+    parser = build_parser()
     args = parser.parse_args(argv)
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     chosen = args.sections or list(SECTIONS)
-
-    daybook = Path(sys.executable).parent / "daybook"
-    if not daybook.exists():
-        found = shutil.which("daybook")
-        if found is None:
-            parser.error("no daybook command next to this Python or on PATH: run `make bench`")
-        daybook = Path(found)
+    daybook = find_daybook(parser)
 
     byte_compile()
     machine = machine_info()
@@ -98,6 +70,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run Daybook's benchmarks; print median/min/max per figure and write "
+        "bench/results-<timestamp>.json.",
+        epilog="sections: " + "; ".join(f"{name}: {text}" for name, (_, text) in SECTIONS.items()),
+    )
+    parser.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help=f"any of {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer runs, no warm-up, fewer side contenders"
+    )
+    parser.add_argument("--runs", type=int, help="timed runs per figure (default 5, quick 2)")
+    parser.add_argument("--output-dir", type=Path, default=BENCH_DIR, help="where the JSON goes")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "daybook-bench-cache",
+        help="generated assets are kept here between runs",
+    )
+    return parser
+
+
+def find_daybook(parser: argparse.ArgumentParser) -> Path:
+    """The daybook command of this environment: beside this Python, else on PATH."""
+    daybook = Path(sys.executable).parent / "daybook"
+    if daybook.exists():
+        return daybook
+    found = shutil.which("daybook")
+    if found is None:
+        parser.error("no daybook command next to this Python or on PATH: run `make bench`")
+    return Path(found)
+
+
 def byte_compile() -> None:
     """Write the bytecode an installed wheel would have, before anything is timed.
 
@@ -106,7 +116,7 @@ def byte_compile() -> None:
     sources again: about 70 ms of CPU a process, which no real installation pays.
     """
     root = BENCH_DIR.parent
-    for package in ("daybook", "master", "minion", "bench", "tests"):
+    for package in ("daybook", "master", "minion", "bench", "testing"):
         compileall.compile_dir(root / package, quiet=1)
 
 

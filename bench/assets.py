@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from daybook.files import open_atomically
+
 # Bump when the generator changes, so stale cached assets are not reused.
 GENERATOR_VERSION = 3
 BLOCK_BYTES = 1 << 20
@@ -68,10 +70,9 @@ def ensure_asset(spec: AssetSpec, cache_dir: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    with partial.open("wb") as raw:
+    # A cache, not a record: no fsync, and the mode a plain open() would give.
+    with open_atomically(path, mode=None, durable=False) as raw:
         write_archive(spec, raw)
-    partial.rename(path)
     return path
 
 

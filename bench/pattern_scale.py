@@ -75,7 +75,22 @@ def run(results: Results, options: Options) -> None:
     big = random_table(rng, 100_000)
     probes = [random_host(rng) for _ in range(200)]
     runs = options.runs
+    table = measure_table_build(results, big, runs)
+    measure_one_host(results, table, probes, runs)
+    one_pass = [timed(functools.partial(resolve_host, host, big)) for host in probes[:runs]]
+    results.add(
+        SECTION,
+        "one host vs 100,000 patterns, from scratch",
+        "s",
+        one_pass,
+        target=ONE_HOST,
+        note="resolve_host: validate + one regex scan, no table",
+    )
+    measure_plan(results, rng, runs)
 
+
+def measure_table_build(results: Results, big: MappingTable, runs: int) -> PatternTable:
+    """Build the table `runs` times; return the last one built."""
     tables: list[PatternTable] = []
     build = []
     for _ in range(runs):
@@ -85,7 +100,10 @@ def run(results: Results, options: Options) -> None:
     table = tables[-1]
     del tables[:-1]
     results.add(SECTION, "PatternTable build, 100,000 patterns", "s", build, target=TABLE_BUILD)
+    return table
 
+
+def measure_one_host(results: Results, table: PatternTable, probes: list[str], runs: int) -> None:
     per_host = []
     slowest = 0.0
     for _ in range(runs):
@@ -110,16 +128,8 @@ def run(results: Results, options: Options) -> None:
     ]
     results.add(SECTION, "one host --explain, table built", "s", explain)
 
-    one_pass = [timed(functools.partial(resolve_host, host, big)) for host in probes[:runs]]
-    results.add(
-        SECTION,
-        "one host vs 100,000 patterns, from scratch",
-        "s",
-        one_pass,
-        target=ONE_HOST,
-        note="resolve_host: validate + one regex scan, no table",
-    )
 
+def measure_plan(results: Results, rng: random.Random, runs: int) -> None:
     current = random_table(rng, 10_000)
     proposed = proposed_change(rng, current)
     # Half the fleet is named as some pattern expects, half at random.

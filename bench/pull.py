@@ -95,10 +95,9 @@ def measure_asset(
     archive: Path,
 ) -> None:
     url = presigned_url(server, BUCKET, spec.filename)
-    installs = options.workdir / "installs"
     label = f"{spec.service} ({len(spec.file_sizes):,} files, {spec.unpacked_bytes / 1e6:.0f} MB)"
     print(f"# pull: {label}, {archive.stat().st_size / 1e6:.1f} MB gzip", flush=True)
-
+    installs = options.workdir / "installs"
     # Every contender that unpacks gets its own directory, all on one file system; the
     # daybook installer puts the tree under <service>/<version>/ beside its lock file.
     directories = {
@@ -108,8 +107,21 @@ def measure_asset(
         STDLIB: installs / "stdlib",
         EXTRACTOR: installs / "extractor",
     }
-    trees = dict(directories)
-    trees[DAYBOOK] = directories[DAYBOOK] / spec.service / spec.version
+    commands = contenders(results, options, spec, url=url, archive=archive, directories=directories)
+    timings = time_contenders(options, env, spec, commands, directories)
+    add_pull_figures(results, spec, timings)
+
+
+def contenders(
+    results: Results,
+    options: Options,
+    spec: AssetSpec,
+    *,
+    url: str,
+    archive: Path,
+    directories: dict[str, Path],
+) -> dict[str, list[str]]:
+    """The command of each contender that can run here; a row says which cannot."""
     pull = [str(options.daybook), "pull", "--host", host_for(spec), "--json"]
     python = sys.executable
     commands: dict[str, list[str]] = {
@@ -131,7 +143,19 @@ def measure_asset(
     commands[DRY_RUN] = [*pull, "--install-dir", str(directories[DAYBOOK]), "--dry-run"]
     commands[EXTRACTOR] = [python, "-c", _EXTRACT_FILE, str(archive), str(directories[EXTRACTOR])]
     commands[INFLATE] = [python, "-c", _INFLATE_FILE, str(archive)]
+    return commands
 
+
+def time_contenders(
+    options: Options,
+    env: dict[str, str],
+    spec: AssetSpec,
+    commands: dict[str, list[str]],
+    directories: dict[str, Path],
+) -> dict[str, list[float]]:
+    """Round by round, each into a clean directory; each tree checked once to be whole."""
+    trees = dict(directories)
+    trees[DAYBOOK] = directories[DAYBOOK] / spec.service / spec.version
     checked: set[str] = set()
 
     def clean(name: str) -> None:
@@ -158,7 +182,10 @@ def measure_asset(
     )
     for directory in directories.values():
         shutil.rmtree(directory, ignore_errors=True)
+    return timings
 
+
+def add_pull_figures(results: Results, spec: AssetSpec, timings: dict[str, list[float]]) -> None:
     notes = {
         DRY_RUN: "fixed cost: start-up, S3 client, registry, listing",
         EXTRACTOR: "no network, no botocore",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import re
 import threading
@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from daybook_testing.s3 import aws_env, serve_moto
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -66,43 +68,24 @@ def _counting(app: Any, counter: RequestCounter) -> Any:
 
 @contextmanager
 def moto_server(workdir: Path) -> Iterator[S3Server]:
-    """A ThreadedMotoServer on 127.0.0.1, port chosen by the OS as it binds; it counts the
-    requests it serves by access key id, so clients given their own keys are counted apart."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    """A moto server on 127.0.0.1 that counts the requests it serves by access key id, so
+    clients given their own keys are counted apart."""
     counter = RequestCounter()
-    # werkzeug looks the app up on its server object for every request.
-    wsgi_server = server._server  # moto offers no hook for this
-    assert wsgi_server is not None
-    wsgi_server.app = _counting(wsgi_server.app, counter)
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with serve_moto(wrap_app=functools.partial(_counting, counter=counter)) as endpoint:
         yield S3Server(endpoint, client_env(endpoint, workdir), counter)
-    finally:
-        server.stop()
 
 
 def client_env(endpoint: str, workdir: Path) -> dict[str, str]:
+    """This environment without its AWS and daybook settings, pointed at `endpoint`."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("AWS_", "DAYBOOK_")) and name not in ("BOTO_CONFIG",)
     }
-    missing = str(workdir / "no-aws-config")
     env.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID=ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-        AWS_REGION=REGION,
-        AWS_CONFIG_FILE=missing,
-        AWS_SHARED_CREDENTIALS_FILE=missing,
-        AWS_EC2_METADATA_DISABLED="true",
-        BOTO_CONFIG=missing,
-        NO_PROXY="127.0.0.1,localhost",
+        aws_env(
+            endpoint, access_key=ACCESS_KEY, secret_key=SECRET_KEY, region=REGION, scratch=workdir
+        )
     )
     return env
 

@@ -15,8 +15,9 @@ def backoff_s(failures: int, rng: random.Random) -> float:
 
     The jitter keeps a fleet of masters (or restarts) from retrying in lockstep.
     """
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_START_S * 2.0 ** max(0, min(failures, 64) - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    from daybook import backoff  # not at the top while master/ is rewritten (#11)
+
+    return backoff.backoff_s(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S, rng=rng)
 
 
 class Pacer:

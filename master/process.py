@@ -125,6 +125,8 @@ def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
 
 
 def _write_endpoints(path: Path, endpoints: Endpoints, epoch: int) -> None:
+    from daybook.files import write_atomically  # not at the top while master/ is rewritten (#11)
+
     # Every endpoint but the local ipc:// one ends in its port.
     ports = {
         role: int(port)
@@ -132,9 +134,8 @@ def _write_endpoints(path: Path, endpoints: Endpoints, epoch: int) -> None:
         if (port := endpoint.rsplit(":", 1)[-1]).isdigit()
     }
     document = {"pid": os.getpid(), "epoch": epoch, "endpoints": endpoints, "ports": ports}
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temp, path)
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    write_atomically(path, data, mode=None, durable=False)
 
 
 def run_master(

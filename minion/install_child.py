@@ -241,9 +241,9 @@ def main() -> int:
     # The answer gets stdout to itself: anything a library prints goes to the log instead.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    logging.basicConfig(level=job.log_level, format=LOG_FORMAT)
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(max(job.log_level, logging.WARNING))
+    from daybook.logs import configure_logging  # not at the top while minion/ is rewritten (#11)
+
+    configure_logging(job.log_level)
     stop = StopFlag()
     # SIGTERM to the whole service (systemd) or Ctrl-C stops retries, like the minion's stop;
     # the minion decides when to give up on the extraction in progress.

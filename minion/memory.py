@@ -12,8 +12,6 @@ import base64
 import binascii
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from contextlib import suppress
@@ -184,11 +182,6 @@ def _applied_services(value: object) -> dict[str, AppliedService]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from daybook.files import write_atomically  # not at the top while minion/ is rewritten (#11)
+
+    write_atomically(path, data, mode=0o600, durable=False)

@@ -156,10 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="sync threads (default 8)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.verbose == 0 else logging.INFO,
-        format="swarm: %(levelname)s: %(message)s",
-    )
+    from daybook.logs import configure_logging  # not at the top: the swarm is moving (#11)
+
+    configure_logging(logging.WARNING if args.verbose == 0 else logging.INFO, program="swarm")
     if args.count < 1 or args.workers < 1:
         parser.error("--count and --workers must be at least 1")
     try:

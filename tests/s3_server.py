@@ -4,7 +4,6 @@ SeaweedFS, the real S3 server of the suite, has its fixtures in seaweed_server.p
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
+
+from daybook_testing.s3 import aws_env, serve_moto
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -43,20 +43,8 @@ _AWS_VARS_TO_CLEAR = (
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto server on 127.0.0.1; yields its endpoint URL, e.g. `http://127.0.0.1:41237`."""
-    # werkzeug logs every request at INFO, burying the lines that matter in failure output.
-    werkzeug_log = logging.getLogger("werkzeug")
-    saved_level = werkzeug_log.level
-    werkzeug_log.setLevel(logging.WARNING)
-    # Port 0: the OS picks a free port as werkzeug binds, and start() returns only once the
-    # socket is bound, so the port read back is live and nobody can race us for it.
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        werkzeug_log.setLevel(saved_level)
+    with serve_moto() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -70,17 +58,15 @@ def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     developer's own setup. Returns the endpoint."""
     for name in _AWS_VARS_TO_CLEAR:
         monkeypatch.delenv(name, raising=False)
-    missing = tmp_path / "no-aws-config"
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(missing))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
-    monkeypatch.setenv("BOTO_CONFIG", str(missing))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-    monkeypatch.setenv("AWS_REGION", TEST_REGION)
-    # A proxy from the developer's environment must not sit between us and loopback.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    env = aws_env(
+        endpoint,
+        access_key=TEST_ACCESS_KEY,
+        secret_key=TEST_SECRET_KEY,
+        region=TEST_REGION,
+        scratch=tmp_path,
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     return endpoint
 
 

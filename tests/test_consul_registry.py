@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from consul_server import ConsulPKI, ConsulServer
 
 from daybook.cli.main import main as cli_main
 from daybook.errors import ConfigError, ConflictError, DaybookError, InputError, RegistryError
 from daybook.registry.base import Snapshot, open_registry
 from daybook.registry.consul import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
+from daybook_testing.consul_server import ConsulPKI, ConsulServer
 
 P = "daybook/hosts/"
 TOKEN = "b1gs3cr3t-0000-4000-8000-000000000000"

@@ -14,7 +14,8 @@ from itertools import pairwise
 
 import pytest
 import requests
-from consul_server import ConsulPKI, ConsulServer, parse_go_duration
+
+from daybook_testing.consul_server import ConsulPKI, ConsulServer, parse_go_duration
 
 P = "daybook/hosts/"
 K = "daybook/hosts/web-prod-*"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from archives import make_asset
-from consul_server import ConsulPKI, ConsulServer
+
+from daybook_testing.consul_server import ConsulPKI, ConsulServer
 
 pytestmark = pytest.mark.e2e
 

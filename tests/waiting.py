@@ -1,27 +1,5 @@
-"""Waiting in tests: on a condition, polled against a deadline, never a blind sleep."""
+"""Waiting in tests: the harness's wait_for, which fails as an assertion by default."""
 
-from __future__ import annotations
+from daybook_testing.waiting import DEADLINE_S, wait_for
 
-import threading
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
-# Generous: a deadline only decides how long a failing test takes to say so.
-DEADLINE_S = 30.0
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `condition` until it returns something true, and return that; fail after
-    `timeout_s` naming `what` was awaited."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        pause.wait(0.02)
+__all__ = ["DEADLINE_S", "wait_for"]

@@ -15,6 +15,7 @@ from daybook.cli import plan as cli_plan
 from daybook.cli.output import emit_json
 from daybook.config import Settings, load_settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
+from daybook.logs import configure_logging, verbosity_level
 from daybook.model.mappings import unique_services
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import Candidate, HostPattern, check_host, check_pattern, resolve_host
@@ -43,7 +44,7 @@ _COMMON_FLAGS: dict[str, tuple[str, str]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(getattr(args, "verbose", 0))
+    configure_logging(verbosity_level(getattr(args, "verbose", 0)))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -66,35 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def main_entry() -> None:
     sys.exit(main())
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is when a record is emitted.
-
-    A handler bound to the stream of the moment would keep writing to a closed stream once
-    `sys.stderr` is swapped (pytest's capture, a daemon redirecting its output), from
-    background threads that outlive the command that configured logging.
-    """
-
-    @property
-    def stream(self) -> object:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: object) -> None:
-        pass
-
-
-def configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("daybook: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # Third-party libraries are chatty at INFO; their warnings still show.
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def build_parser() -> argparse.ArgumentParser:

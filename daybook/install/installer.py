@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from daybook.backoff import backoff_s
 from daybook.errors import DaybookError, LockError, StoreUnavailableError
 from daybook.model.names import AssetRef, is_valid_version, version_sort_key
 from daybook.model.results import ServiceResult, ServiceResults
@@ -45,10 +46,8 @@ def _sleep(seconds: float) -> bool:
 
 
 def retry_delay_s(retry: int, rng: random.Random) -> float:
-    """The pause before retry number `retry` (1, 2, ...): doubling, capped, and jittered
-    over its upper half so a fleet whose store came back does not retry in step."""
-    ceiling = min(RETRY_MAX_DELAY_S, RETRY_FIRST_DELAY_S * 2.0 ** min(retry - 1, 32))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    """The pause before retry number `retry` (1, 2, ...)."""
+    return backoff_s(retry, start_s=RETRY_FIRST_DELAY_S, max_s=RETRY_MAX_DELAY_S, rng=rng)
 
 
 def sorted_versions(versions: Sequence[str]) -> list[str]:

@@ -22,6 +22,7 @@ import zmq
 import zmq.utils.z85
 
 from daybook.errors import ConfigError
+from daybook.files import write_atomically
 
 KEYS_DIR = "keys"
 # Key pair names in the keys dir; one node may be master, minion and operator at once.
@@ -114,18 +115,22 @@ def load_or_create_keypair(directory: Path, name: str) -> tuple[KeyPair, bool]:
     created = False
     if not secret_path.exists():
         pair = KeyPair.generate()
-        temp = _write_certificate(directory, pair.public, pair.secret, "secret")
         try:
-            os.link(temp, secret_path)
+            write_atomically(
+                secret_path,
+                _certificate(pair.public, pair.secret),
+                mode=0o600,
+                durable=False,
+                overwrite=False,
+                prefix=".secret.",
+            )
             created = True
         except FileExistsError:
             pass  # another process made one first; use that
-        finally:
-            temp.unlink()
     pair = _read_keypair(secret_path)
     public_path = directory / f"{name}.key"
     if created or not public_path.exists():
-        os.replace(_write_certificate(directory, pair.public, None, "public"), public_path)
+        _write_public(public_path, _certificate(pair.public, None))
     return pair, created
 
 
@@ -167,18 +172,12 @@ def pin_master_key(directory: Path, public_key: str, endpoint: str) -> Path:
     private_dir(directory)
     path = directory / PINNED_MASTER_KEY
     metadata = {"endpoint": endpoint, "pinned-at": str(int(time.time()))}
-    os.replace(_write_certificate(directory, public_key, None, "public", metadata), path)
+    _write_public(path, _certificate(public_key, None, metadata))
     return path
 
 
-def _write_certificate(
-    directory: Path,
-    public: str,
-    secret: str | None,
-    kind: str,
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write a certificate to a fresh temp file (mode 0600) and return its path."""
+def _certificate(public: str, secret: str | None, metadata: dict[str, str] | None = None) -> bytes:
+    """A certificate file's text: the secret half only in a secret certificate."""
     banner = (
         "#   ZeroMQ CURVE **Secret** Certificate (daybook)\n"
         "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n"
@@ -190,16 +189,8 @@ def _write_certificate(
     lines += ["curve\n", f'    public-key = "{public}"\n']
     if secret is not None:
         lines.append(f'    secret-key = "{secret}"\n')
-    import tempfile  # only when a key is written, not on every operator command
+    return "".join(lines).encode()
 
-    # mkstemp creates the file 0600 before a byte is written, so the secret is never exposed.
-    fd, temp = tempfile.mkstemp(prefix=f".{kind}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(lines))
-        if secret is None:
-            os.chmod(temp, 0o644)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return Path(temp)
+
+def _write_public(path: Path, certificate: bytes) -> None:
+    write_atomically(path, certificate, mode=0o644, durable=False, prefix=".public.")

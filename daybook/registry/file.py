@@ -5,13 +5,12 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from daybook.errors import ConfigError, RegistryError
+from daybook.files import write_atomically
 from daybook.model.mappings import MappingTable, parse_services
 from daybook.model.patterns import is_valid_pattern
 from daybook.registry.base import ServicesUpdate, Snapshot
@@ -132,14 +131,5 @@ class FileRegistry:
             "hosts": dict(sorted(hosts.items())),
         }
         payload = json.dumps(document, indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", dir=self._path.parent)
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; mappings are not secret
-            with os.fdopen(fd, "w") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Mappings are not secret: readable by minions running as other users.
+        write_atomically(self._path, payload.encode(), mode=0o644)

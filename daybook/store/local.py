@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 from daybook.errors import AssetExistsError, AssetNotFoundError, InputError, StoreError
+from daybook.files import fsync_directory, open_atomically, write_atomically
 from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
 from daybook.store.base import AssetInfo, ProgressCallback
 
@@ -21,7 +20,7 @@ SIDECAR_SUFFIX = ".meta.json"
 # Uploads in progress; never listed, never warned about.
 TEMP_PREFIX = ".daybook-tmp-"
 COPY_CHUNK_BYTES = 1024 * 1024
-# mkstemp creates 0600 files, but minions running as another user may read a shared store.
+# Minions running as another user may read a shared store.
 ASSET_MODE = 0o644
 
 
@@ -103,32 +102,18 @@ class LocalStore:
             source_file = source.open("rb")
         except OSError as exc:
             raise InputError(f"cannot read {source}: {exc.strerror}") from exc
-        try:
-            self._root.mkdir(parents=True, exist_ok=True)
-            temp_path, inode = self._copy_to_temp(source_file, progress)
-        except OSError as exc:
-            raise StoreError(f"cannot write {ref} to {self._root}: {exc.strerror}") from exc
-        finally:
-            source_file.close()
-        try:
-            if overwrite:
-                # Sidecar first: until the rename it names an inode that is not yet the
-                # asset, so readers in between get no checksum, never a stale one.
-                self._write_sidecar(target, sha256, inode)
-                os.replace(temp_path, target)
-            else:
+        with source_file:
+            try:
+                self._root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot write {ref} to {self._root}: {exc.strerror}") from exc
+            try:
+                self._store(source_file, ref, sha256, overwrite=overwrite, progress=progress)
+            except FileExistsError:
                 # link() fails if the target exists, so of two concurrent pushes one wins.
-                try:
-                    os.link(temp_path, target)
-                except FileExistsError:
-                    raise AssetExistsError(f"{ref} already exists in {self.url}") from None
-                self._write_sidecar(target, sha256, inode)
-            _fsync_dir(self._root)
-        except OSError as exc:
-            raise StoreError(f"cannot store {ref} in {self._root}: {exc.strerror}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp_path.unlink()
+                raise AssetExistsError(f"{ref} already exists in {self.url}") from None
+            except OSError as exc:
+                raise StoreError(f"cannot store {ref} in {self._root}: {exc.strerror}") from exc
         info = self.stat(ref)
         if info is None:
             raise StoreError(f"{target} vanished right after its upload")
@@ -156,40 +141,40 @@ class LocalStore:
     def _path(self, ref: AssetRef) -> Path:
         return self._root / ref.filename
 
-    def _copy_to_temp(
-        self, source: BinaryIO, progress: ProgressCallback | None
-    ) -> tuple[Path, int]:
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._root)
-        temp_path = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as temp:
+    def _store(
+        self,
+        source: BinaryIO,
+        ref: AssetRef,
+        sha256: str,
+        *,
+        overwrite: bool,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """Copy `source` into the store as `ref`, with its sidecar, durably."""
+        target = self._path(ref)
+        with open_atomically(
+            target, mode=ASSET_MODE, overwrite=overwrite, prefix=TEMP_PREFIX
+        ) as temp:
+            try:
                 while chunk := source.read(COPY_CHUNK_BYTES):
                     temp.write(chunk)
                     if progress is not None:
                         progress(len(chunk))
-                temp.flush()
-                os.fchmod(temp.fileno(), ASSET_MODE)
-                os.fsync(temp.fileno())
-                inode = os.fstat(temp.fileno()).st_ino
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                temp_path.unlink()
-            raise
-        return temp_path, inode
+            except OSError as exc:
+                raise StoreError(f"cannot write {ref} to {self._root}: {exc.strerror}") from exc
+            inode = os.fstat(temp.fileno()).st_ino
+            if overwrite:
+                # Sidecar first: until the rename it names an inode that is not yet the
+                # asset, so readers in between get no checksum, never a stale one.
+                self._write_sidecar(target, sha256, inode)
+        if not overwrite:
+            self._write_sidecar(target, sha256, inode)
+        fsync_directory(self._root)
 
     def _write_sidecar(self, asset: Path, sha256: str, inode: int) -> None:
         payload = json.dumps({"sha256": sha256, "inode": inode}).encode()
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self._root)
-        try:
-            with os.fdopen(fd, "wb") as temp:
-                temp.write(payload)
-                os.fchmod(temp.fileno(), ASSET_MODE)
-                os.fsync(temp.fileno())
-            os.replace(name, _sidecar_path(asset))
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
+        # Not fsync_dir: the upload fsyncs the directory once, after the asset's rename.
+        write_atomically(_sidecar_path(asset), payload, mode=ASSET_MODE, prefix=TEMP_PREFIX)
 
     def _read_sha256(self, asset: Path, stat: os.stat_result) -> str | None:
         sidecar = _sidecar_path(asset)
@@ -235,14 +220,3 @@ def _sidecar_path(asset: Path) -> Path:
 def _is_sidecar(name: str) -> bool:
     asset_name = name.removesuffix(SIDECAR_SUFFIX)
     return asset_name != name and parse_asset_filename(asset_name) is not None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable: the new directory entry survives a crash."""
-    if os.name != "posix":
-        return  # directories cannot be opened for fsync elsewhere
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from consul_server import ConsulPKI, ConsulServer, FaultKind
 from fault_fleet import Figures, FleetFactory
 from process_fleet import Proc, ProcessFleet
 from waiting import wait_for
 
 from daybook.registry.consul import ConsulRegistry
+from daybook_testing.consul_server import ConsulPKI, ConsulServer, FaultKind
 
 pytestmark = pytest.mark.faults
 

@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode
 
-import pytest
 import trustme
 
 FaultKind = Literal["no_leader", "rate_limited", "drop", "delay"]
@@ -1501,29 +1500,3 @@ class ConsulPKI:
         issued.private_key_pem.write_to_path(str(key))
         client_ca = self.ca_file if require_client_cert else None
         return ServerTLS(str(cert), str(key), client_ca)
-
-
-@pytest.fixture(scope="session")
-def consul_pki(tmp_path_factory: pytest.TempPathFactory) -> ConsulPKI:
-    """The session's test CA and certificates (made once: a few milliseconds)."""
-    return ConsulPKI.create(tmp_path_factory.mktemp("consul-pki"))
-
-
-@pytest.fixture
-def consul_tls_server(consul_pki: ConsulPKI) -> Iterator[ConsulServer]:
-    """As `consul_server`, over HTTPS with the session CA's certificate for 127.0.0.1."""
-    with ConsulServer(
-        max_query_time_s=10.0, default_query_time_s=5.0, tls=consul_pki.server
-    ) as server:
-        yield server
-
-
-@pytest.fixture
-def consul_server() -> Iterator[ConsulServer]:
-    """A fresh, running Consul double on 127.0.0.1.
-
-    Query times are shortened (default 5 s, max 10 s, jitter on) so a forgotten `wait`
-    cannot stall a test for Consul's real five minutes; tests may change them.
-    """
-    with ConsulServer(max_query_time_s=10.0, default_query_time_s=5.0) as server:
-        yield server
