@@ -11,7 +11,7 @@ import pytest
 from fault_fleet import Figures, FleetFactory, many_files
 from waiting import wait_for
 
-from daybook.install.installer import LOCK_NAME
+from daybook.install.lock import LOCK_NAME
 from daybook.wire import SyncSummary
 
 pytestmark = pytest.mark.faults
