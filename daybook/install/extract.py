@@ -89,6 +89,8 @@ _PAX_TYPES = frozenset(b"xX")  # POSIX extended header; X is Solaris' older spel
 _PAX_GLOBAL_TYPE = ord("g")
 _GNU_LONG_NAME_TYPE = ord("L")
 _GNU_LONG_LINK_TYPE = ord("K")
+# Headers that describe the member after them rather than being one.
+_EXTENSION_TYPES = _PAX_TYPES | {_PAX_GLOBAL_TYPE, _GNU_LONG_NAME_TYPE, _GNU_LONG_LINK_TYPE}
 
 _POSIX_MAGIC = b"ustar\x0000"
 # What os.utime accepts (a signed 64-bit count of nanoseconds).
@@ -248,17 +250,11 @@ def _inflate(chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
                 start += data
                 if len(start) < len(_GZIP_MAGIC):
                     break
-                if not start.startswith(_GZIP_MAGIC):
-                    if members == 0:
-                        raise ExtractError("not a gzip archive")
-                    raise ExtractError("corrupt gzip data: garbage after the last gzip member")
+                _check_gzip_magic(start, members)
                 data, start = start, b""
                 gunzipper = _new_gunzipper()
                 members += 1
-            try:
-                inflated = gunzipper.decompress(data, _INFLATE_STEP)
-            except _INFLATE_ERRORS as err:
-                raise ExtractError(f"corrupt gzip data: {err}") from None
+            inflated = _inflate_step(gunzipper, data)
             if inflated:
                 yield inflated
             if gunzipper.eof:
@@ -271,7 +267,28 @@ def _inflate(chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
                 # A full step may leave output pending even when all input is used.
                 if not data and len(inflated) < _INFLATE_STEP:
                     break
-    if gunzipper is not None or (start and _GZIP_MAGIC.startswith(start)):
+    _check_gzip_end(gunzipper is not None, start, members)
+
+
+def _check_gzip_magic(start: bytes, members: int) -> None:
+    """Refuse data that does not begin a gzip member where one must begin."""
+    if not start.startswith(_GZIP_MAGIC):
+        if members == 0:
+            raise ExtractError("not a gzip archive")
+        raise ExtractError("corrupt gzip data: garbage after the last gzip member")
+
+
+def _inflate_step(gunzipper: _Gunzipper, data: bytes) -> bytes:
+    """Up to `_INFLATE_STEP` inflated bytes; the inflater's own errors become ExtractError."""
+    try:
+        return gunzipper.decompress(data, _INFLATE_STEP)
+    except _INFLATE_ERRORS as err:
+        raise ExtractError(f"corrupt gzip data: {err}") from None
+
+
+def _check_gzip_end(inside_member: bool, start: bytes, members: int) -> None:
+    """Refuse a stream that ended inside a member, with stray bytes, or with no member."""
+    if inside_member or (start and _GZIP_MAGIC.startswith(start)):
         raise ExtractError("truncated archive: the gzip data ends early")
     if start:
         raise ExtractError(
@@ -526,73 +543,79 @@ class _Counts:
 
 
 def _unpack(tar: _TarReader, writer: _Writer) -> _Counts:
-    """Walk the archive's headers, judge every member, and hand the safe ones to `writer`."""
-    tree = Tree()
-    counts = _Counts()
-    global_pax: dict[str, str] = {}
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    long_link: str | None = None
+    """Walk the archive's headers, judge every member, and hand the safe ones to `writer`.
+
+    The loop runs once per member, tens of thousands of times in an asset of small files,
+    so what every member needs stays inline here, and what only some need (extended
+    headers, errors) is in functions of its own.
+    """
+    members = _Members(tar, writer)
+    add = members.add
+    extensions = _Extensions()
     first = True
     while True:
         block = tar.block()
-        if len(block) < _BLOCK:
-            if first:
-                raise ExtractError("not a tar archive: too short")
-            raise ExtractError("truncated archive: the tar data has no end-of-archive marker")
         if block == _ZERO_BLOCK:
             break
-        if not _checksum_ok(block):
-            if first:
-                raise ExtractError("not a tar archive")
-            raise ExtractError("corrupt archive: a tar header has a bad checksum")
+        if len(block) < _BLOCK or not _checksum_ok(block):
+            raise _bad_header(block, first=first)
         first = False
         kind = block[156]
         size = _number(block[124:136])
         if size < 0:
             raise ExtractError("corrupt archive: a tar header has a negative size")
-
-        if kind in _PAX_TYPES or kind == _PAX_GLOBAL_TYPE:
-            records = _parse_pax(tar.take(_meta_size(size)))
-            (pax if kind in _PAX_TYPES else global_pax).update(records)
+        if kind in _EXTENSION_TYPES:
+            extensions.read(kind, tar.take(_meta_size(size)))
             continue
-        if kind == _GNU_LONG_NAME_TYPE:
-            long_name = _field_text(tar.take(_meta_size(size)))
-            continue
-        if kind == _GNU_LONG_LINK_TYPE:
-            long_link = _field_text(tar.take(_meta_size(size)))
-            continue
-
-        if long_name is not None:
-            name = long_name
-        elif block[257:265] == _POSIX_MAGIC and block[345] != 0:
-            name = _field_text(block[345:500]) + "/" + _field_text(block[0:100])
+        if extensions.pending:
+            name, link, size, mtime_ns = extensions.apply(block, size)
         else:
-            name = _field_text(block[0:100])
-        link = long_link if long_link is not None else _field_text(block[157:257])
-        mtime_ns = _number(block[136:148]) * 1_000_000_000
-        if pax or global_pax:
-            extended = {**global_pax, **pax}
-            name = extended.get("path", name)
-            link = extended.get("linkpath", link)
-            if "size" in extended:
-                size = _pax_size(extended["size"])
-            if "mtime" in extended:
-                mtime_ns = _pax_time_ns(extended["mtime"])
-            check_pax_records(name, extended)
-            pax = {}
-        long_name = long_link = None
+            name = _header_name(block)
+            link = _field_text(block[157:257])
+            mtime_ns = _number(block[136:148]) * 1_000_000_000
         if not _MIN_TIME_NS <= mtime_ns <= _MAX_TIME_NS:
             raise ExtractError("corrupt archive: a member's mtime is out of range")
         mode = _number(block[100:108]) & MODE_MASK
-
         if kind in _REGULAR_TYPES and name.endswith("/"):
             # How old BSD tars marked a directory; GNU tar honours it too.
             tar.skip(size + -size % _BLOCK)
             kind = _DIRECTORY_TYPE
+        add(kind, name, link, size, mode=mode, mtime_ns=mtime_ns)
+    return members.finish()
+
+
+def _bad_header(block: bytes, *, first: bool) -> ExtractError:
+    """Why a header block is not one: the first says the data is no tar at all."""
+    if len(block) < _BLOCK:
+        if first:
+            return ExtractError("not a tar archive: too short")
+        return ExtractError("truncated archive: the tar data has no end-of-archive marker")
+    if first:
+        return ExtractError("not a tar archive")
+    return ExtractError("corrupt archive: a tar header has a bad checksum")
+
+
+def _header_name(block: bytes) -> str:
+    """The member name a header holds, with the ustar prefix field when there is one."""
+    if block[257:265] == _POSIX_MAGIC and block[345] != 0:
+        return _field_text(block[345:500]) + "/" + _field_text(block[0:100])
+    return _field_text(block[0:100])
+
+
+class _Members:
+    """Admits each member by the safety rules, hands it to the writer, and counts it."""
+
+    def __init__(self, tar: _TarReader, writer: _Writer) -> None:
+        self._tar = tar
+        self._writer = writer
+        self._tree = Tree()
+        self._counts = _Counts()
+
+    def add(self, kind: int, name: str, link: str, size: int, *, mode: int, mtime_ns: int) -> None:
+        tree, writer, counts = self._tree, self._writer, self._counts
         if kind in _REGULAR_TYPES:
             verdict = tree.admit(FILE, name, "")
-            writer.file(verdict, tar, size, mode=mode, mtime_ns=mtime_ns)
+            writer.file(verdict, self._tar, size, mode=mode, mtime_ns=mtime_ns)
             counts.files += 1
             counts.file_bytes += size
         elif kind == _DIRECTORY_TYPE:
@@ -610,10 +633,57 @@ def _unpack(tar: _TarReader, writer: _Writer) -> _Counts:
             raise refused_type(name, kind)
         if verdict.path:
             counts.members += 1
-    counts.directories = tree.directories
-    tar.drain()
-    writer.finish()
-    return counts
+
+    def finish(self) -> _Counts:
+        """What was added, once the archive's end is reached; the writer finishes its work."""
+        self._counts.directories = self._tree.directories
+        self._tar.drain()
+        self._writer.finish()
+        return self._counts
+
+
+class _Extensions:
+    """Extended headers (pax, GNU long names and links) waiting for the member they describe.
+
+    A pax global header applies to every member after it; the others to the next one only.
+    """
+
+    def __init__(self) -> None:
+        self.global_pax: dict[str, str] = {}
+        self.pax: dict[str, str] = {}
+        self.long_name: str | None = None
+        self.long_link: str | None = None
+        # Whether the next member has anything to apply.
+        self.pending = False
+
+    def read(self, kind: int, data: bytes) -> None:
+        """Keep the payload of an extended header of type `kind` for the member after it."""
+        if kind == _GNU_LONG_NAME_TYPE:
+            self.long_name = _field_text(data)
+        elif kind == _GNU_LONG_LINK_TYPE:
+            self.long_link = _field_text(data)
+        else:
+            (self.pax if kind in _PAX_TYPES else self.global_pax).update(_parse_pax(data))
+        self.pending = True
+
+    def apply(self, block: bytes, size: int) -> tuple[str, str, int, int]:
+        """The name, link target, size and mtime (ns) of the member whose header is `block`."""
+        name = self.long_name if self.long_name is not None else _header_name(block)
+        link = self.long_link if self.long_link is not None else _field_text(block[157:257])
+        mtime_ns = _number(block[136:148]) * 1_000_000_000
+        if self.pax or self.global_pax:
+            records = {**self.global_pax, **self.pax}
+            name = records.get("path", name)
+            link = records.get("linkpath", link)
+            if "size" in records:
+                size = _pax_size(records["size"])
+            if "mtime" in records:
+                mtime_ns = _pax_time_ns(records["mtime"])
+            check_pax_records(name, records)
+            self.pax = {}
+        self.long_name = self.long_link = None
+        self.pending = bool(self.global_pax)
+        return name, link, size, mtime_ns
 
 
 def _meta_size(size: int) -> int:
