@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
@@ -21,8 +20,7 @@ SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
 DEFAULT_PORT = 4505
 
 
-@dataclass(frozen=True)
-class _Rule:
+class _Rule(NamedTuple):
     """How a setting is read: its environment variable, if any, and the bounds of a number."""
 
     env: str | None = None
@@ -124,6 +122,8 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file: not for `--help`, nor on the embedded defaults
+
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
