@@ -419,6 +419,35 @@ def test_dot_slash_names_and_root_entry(sandbox: Sandbox) -> None:
     assert tree(sandbox.dest) == {"sub": "dir", "sub/x": "x", "y": "y"}
 
 
+def test_a_global_pax_header_applies_to_every_later_member(sandbox: Sandbox) -> None:
+    # A global header's records hold until the end; a member's own pax header and GNU long
+    # name apply to the next member only, and override the global records for it.
+    global_mtime = pax_record("mtime", "1500000000")
+    own_mtime = pax_record("mtime", "1400000000")
+    long_name = b"long-" + b"n" * 120 + b"\0"
+    data = gzip.compress(
+        header("f1", b"0")
+        + header("global", b"g", len(global_mtime))
+        + padded(global_mtime)
+        + header("f2", b"0")
+        + header("own", b"x", len(own_mtime))
+        + padded(own_mtime)
+        + header("././@LongLink", b"L", len(long_name))
+        + padded(long_name)
+        + header("short", b"0")
+        + header("f4", b"0")
+        + END
+    )
+    extract(data, sandbox.dest)
+    mtimes = {path.name: path.stat().st_mtime for path in sandbox.dest.iterdir()}
+    assert mtimes == {
+        "f1": MTIME,
+        "f2": 1_500_000_000,
+        "long-" + "n" * 120: 1_400_000_000,
+        "f4": 1_500_000_000,
+    }
+
+
 def test_old_style_directory_entry(sandbox: Sandbox) -> None:
     data = gzip.compress(
         header("olddir/", b"\0") + header("olddir/f", b"0", 1) + padded(b"z") + END
