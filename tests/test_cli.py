@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -374,3 +375,19 @@ def test_quick_commands_do_not_import_the_heavy_packages(tmp_path: Path, argv: l
         [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False
     )
     assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr
+
+
+def test_only_the_daemons_module_reaches_up_into_master_and_minion() -> None:
+    package = Path(__file__).parent.parent / "daybook"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            if any(name.partition(".")[0] in ("master", "minion") for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"cli/daemons.py"}
