@@ -85,6 +85,7 @@ _REGULAR_TYPES = frozenset(b"0\x007")  # regular, old-style regular, contiguous
 _HARDLINK_TYPE = ord("1")
 _SYMLINK_TYPE = ord("2")
 _DIRECTORY_TYPE = ord("5")
+_LINK_TYPES = frozenset((_SYMLINK_TYPE, _HARDLINK_TYPE))
 _PAX_TYPES = frozenset(b"xX")  # POSIX extended header; X is Solaris' older spelling
 _PAX_GLOBAL_TYPE = ord("g")
 _GNU_LONG_NAME_TYPE = ord("L")
@@ -490,7 +491,8 @@ def _text(raw: bytes) -> str:
 
 
 def _field_text(field: bytes) -> str:
-    return _text(field.split(b"\0", 1)[0])
+    # _text's decoding, repeated here: this runs for every member's header.
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -571,7 +573,7 @@ def _unpack(tar: _TarReader, writer: _Writer) -> _Counts:
             name, link, size, mtime_ns = extensions.apply(block, size)
         else:
             name = _header_name(block)
-            link = _field_text(block[157:257])
+            link = _field_text(block[157:257]) if kind in _LINK_TYPES else ""
             mtime_ns = _number(block[136:148]) * 1_000_000_000
         if not _MIN_TIME_NS <= mtime_ns <= _MAX_TIME_NS:
             raise ExtractError("corrupt archive: a member's mtime is out of range")
