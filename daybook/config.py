@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
@@ -20,69 +20,86 @@ SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
 DEFAULT_PORT = 4505
 
 
+class _Rule(NamedTuple):
+    """How a setting is read: its environment variable, if any, and the bounds of a number."""
+
+    env: str | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+# The key of a setting's rule in its dataclass field's metadata.
+_RULE = "daybook.config"
+
+
+def _rule(
+    env: str | None = None, *, low: float | None = None, high: float | None = None
+) -> Mapping[str, _Rule]:
+    """A setting's rule, as the metadata of its dataclass field."""
+    return MappingProxyType({_RULE: _Rule(env, low, high)})
+
+
+def _port_rule(env: str) -> Mapping[str, _Rule]:
+    return _rule(env, low=0, high=65535)
+
+
+# Every duration is in seconds, and none is negative.
+_SECONDS = _rule(low=0)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every setting, declared once with its default. Built only by `load_settings`."""
+    """Every setting, declared once with its default, its type, its environment variable and
+    its bounds. A config file may set any of them. Built only by `load_settings`.
 
-    data_dir: Path
-    store: str
-    registry: str
-    install_dir: Path
-    hostname: str
+    The first five have no fixed default: the data dir is per user (see `default_data_dir`),
+    the store, registry and install dir live under it, and the hostname is the OS's.
+    """
+
+    data_dir: Path = field(metadata=_rule("DAYBOOK_DATA_DIR"))
+    store: str = field(metadata=_rule("DAYBOOK_STORE"))
+    registry: str = field(metadata=_rule("DAYBOOK_REGISTRY"))
+    install_dir: Path = field(metadata=_rule("DAYBOOK_INSTALL_DIR"))
+    hostname: str = field(metadata=_rule("DAYBOOK_HOSTNAME"))
     consul_key_prefix: str = DEFAULT_KEY_PREFIX
-    master: str = "127.0.0.1"
-    # The publish port; results, control and HTTP default to the next three.
-    port: int = DEFAULT_PORT
-    results_port: int = DEFAULT_PORT + 1
-    control_port: int = DEFAULT_PORT + 2
-    http_port: int = DEFAULT_PORT + 3
+    master: str = field(default="127.0.0.1", metadata=_rule("DAYBOOK_MASTER"))
+    # The publish port; results, control and HTTP default to the next three. Each port has
+    # its own variable beyond the contract, for ephemeral-port test fleets and odd firewalls.
+    port: int = field(default=DEFAULT_PORT, metadata=_port_rule("DAYBOOK_PORT"))
+    results_port: int = field(default=DEFAULT_PORT + 1, metadata=_port_rule("DAYBOOK_RESULTS_PORT"))
+    control_port: int = field(default=DEFAULT_PORT + 2, metadata=_port_rule("DAYBOOK_CONTROL_PORT"))
+    http_port: int = field(default=DEFAULT_PORT + 3, metadata=_port_rule("DAYBOOK_HTTP_PORT"))
     # The master serves its public key here, in plaintext, for minions' first contact.
-    key_port: int = DEFAULT_PORT + 4
+    key_port: int = field(default=DEFAULT_PORT + 4, metadata=_port_rule("DAYBOOK_KEY_PORT"))
     # The master binds its ZeroMQ sockets here; the HTTP API stays on loopback by default.
     bind: str = "0.0.0.0"
     http_bind: str = "127.0.0.1"
-    auto_accept: bool = False
+    auto_accept: bool = field(default=False, metadata=_rule("DAYBOOK_AUTO_ACCEPT"))
     # The master's public key (Z85), pinned by minions and operators; else learnt on first
     # contact through the key port and pinned in the data dir.
-    master_key: str | None = None
+    master_key: str | None = field(default=None, metadata=_rule("DAYBOOK_MASTER_KEY"))
     # Benchmarks only: no encryption and no key authentication between master and minions.
-    insecure_transport: bool = False
+    insecure_transport: bool = field(default=False, metadata=_rule("DAYBOOK_INSECURE_TRANSPORT"))
     # Master: how often to list the store and to republish the desired state. Each listing
     # costs the master a few ms of CPU; an operator's `sync` lists the store first anyway,
     # so `push` then `sync` never waits for the poll.
-    store_poll_interval_s: float = 5.0
-    republish_interval_s: float = 30.0
-    registry_poll_interval_s: float = 2.0
+    store_poll_interval_s: float = field(default=5.0, metadata=_SECONDS)
+    republish_interval_s: float = field(default=30.0, metadata=_SECONDS)
+    registry_poll_interval_s: float = field(default=2.0, metadata=_SECONDS)
     # Minion: heartbeats, the random delay before downloads, and parallel downloads.
-    heartbeat_interval_s: float = 5.0
-    splay_s: float = 1.0
-    max_parallel_downloads: int = 2
+    heartbeat_interval_s: float = field(default=5.0, metadata=_SECONDS)
+    splay_s: float = field(default=1.0, metadata=_SECONDS)
+    max_parallel_downloads: int = field(default=2, metadata=_rule(low=1))
     # A minion is shown down after this long without a heartbeat.
-    down_after_s: float = 15.0
+    down_after_s: float = field(default=15.0, metadata=_SECONDS)
 
     def endpoint(self, port: int, host: str | None = None) -> str:
         return f"tcp://{host or self.master}:{port}"
 
 
-# Settings a config file may hold, with the env variable for each (if any).
-_ENV_NAMES: dict[str, str] = {
-    "store": "DAYBOOK_STORE",
-    "registry": "DAYBOOK_REGISTRY",
-    "install_dir": "DAYBOOK_INSTALL_DIR",
-    "hostname": "DAYBOOK_HOSTNAME",
-    "data_dir": "DAYBOOK_DATA_DIR",
-    "master": "DAYBOOK_MASTER",
-    "port": "DAYBOOK_PORT",
-    # Beyond the contract: each port on its own, for ephemeral-port test fleets and odd firewalls.
-    "results_port": "DAYBOOK_RESULTS_PORT",
-    "control_port": "DAYBOOK_CONTROL_PORT",
-    "http_port": "DAYBOOK_HTTP_PORT",
-    "auto_accept": "DAYBOOK_AUTO_ACCEPT",
-    "key_port": "DAYBOOK_KEY_PORT",
-    "master_key": "DAYBOOK_MASTER_KEY",
-    "insecure_transport": "DAYBOOK_INSECURE_TRANSPORT",
-}
-_FIELD_TYPES: dict[str, Any] = {f.name: f.type for f in fields(Settings)}
+# Each setting's type (as annotated: a string) and rule, by name.
+_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
+_RULES: dict[str, _Rule] = {f.name: f.metadata.get(_RULE, _Rule()) for f in fields(Settings)}
 # Ports the publish port shifts when only it is set (by env or flag).
 _DERIVED_PORTS = {"results_port": 1, "control_port": 2, "http_port": 3, "key_port": 4}
 
@@ -105,6 +122,8 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file: not for `--help`, nor on the embedded defaults
+
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -116,7 +135,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FIELD_TYPES))
+    unknown = sorted(set(data) - set(_TYPES))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
     _check_config_permissions(path)
@@ -147,41 +166,62 @@ def _check_no_credentials(name: str, url: str) -> None:
         )
 
 
-def _coerce(name: str, value: object, source: str) -> object:
-    kind = _FIELD_TYPES[name]
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = int(str(value))
-            if name.endswith("port") and not 0 <= number <= 65535:
-                raise ValueError(value)
-            if name == "max_parallel_downloads" and number < 1:
-                raise ValueError(value)
-            return number
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            seconds = float(str(value))
-            if seconds < 0:
-                raise ValueError(value)
-            return seconds
-        if kind == "Path":
-            return Path(str(value)).expanduser()
-        if not isinstance(value, str):
-            raise ValueError(value)
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
         return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _parse_int(value: object) -> int:
+    if isinstance(value, bool):  # TOML's `true` is no number
+        raise ValueError(value)
+    return int(str(value))
+
+
+def _parse_float(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    return float(str(value))
+
+
+def _parse_path(value: object) -> Path:
+    return Path(str(value)).expanduser()
+
+
+def _parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value
+
+
+# By annotated type; every other type (`str`, `str | None`) must be given as a string.
+_PARSERS: dict[str, Callable[[object], object]] = {
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "Path": _parse_path,
+}
+
+
+def _coerce(name: str, value: object, source: str) -> object:
+    """`value` as the type `name` is declared with, within its bounds; `source` names where
+    it came from for the error."""
+    rule = _RULES[name]
+    try:
+        parsed = _PARSERS.get(_TYPES[name], _parse_str)(value)
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+            if rule.low is not None and parsed < rule.low:
+                raise ValueError(value)
+            if rule.high is not None and parsed > rule.high:
+                raise ValueError(value)
     except ValueError:
         raise ConfigError(f"{source}: invalid value {value!r} for {name}") from None
+    return parsed
 
 
 def load_settings(
@@ -192,23 +232,47 @@ def load_settings(
 ) -> Settings:
     """Merge file < environment < flags (`overrides`, None values ignored) into Settings."""
     env = os.environ if env is None else env
+    values = _given_values(config_path, env, overrides or {})
+    _fill_ports(values)
+    _fill_data_dir(values)
+    values["hostname"] = _checked_hostname(values.get("hostname"))
+    for name in ("store", "registry"):
+        url = values[name]
+        assert isinstance(url, str)
+        _check_no_credentials(name, url)
+    if "master_key" in values:
+        values["master_key"] = _checked_master_key(values["master_key"])
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _given_values(
+    config_path: str | None, env: Mapping[str, str], overrides: Mapping[str, object]
+) -> dict[str, object]:
+    """The settings given in the config file, then the environment, then flags, each typed."""
     values: dict[str, object] = {}
     config_file = find_config_file(config_path, env)
     if config_file is not None:
         for name, value in read_config_file(config_file).items():
             values[name] = _coerce(name, value, str(config_file))
-    for name, var in _ENV_NAMES.items():
-        if var in env:
-            values[name] = _coerce(name, env[var], var)
-    for name, value in (overrides or {}).items():
+    for name, rule in _RULES.items():
+        if rule.env is not None and rule.env in env:
+            values[name] = _coerce(name, env[rule.env], rule.env)
+    for name, value in overrides.items():
         if value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return values
+
+
+def _fill_ports(values: dict[str, object]) -> None:
     port = values.setdefault("port", DEFAULT_PORT)
     assert isinstance(port, int)
     for name, offset in _DERIVED_PORTS.items():
         # Port 0 asks the OS for free ports, for every socket alike.
         values.setdefault(name, port + offset if port else 0)
 
+
+def _fill_data_dir(values: dict[str, object]) -> None:
+    """The data dir, and the embedded store, registry and install dir under it."""
     data_dir = values.get("data_dir")
     if not isinstance(data_dir, Path):
         data_dir = default_data_dir()
@@ -216,26 +280,26 @@ def load_settings(
     values.setdefault("store", f"file://{data_dir / 'store'}")
     values.setdefault("registry", f"file://{data_dir / 'mappings.json'}")
     values.setdefault("install_dir", data_dir / "install")
-    hostname = values.get("hostname") or socket.gethostname()
+
+
+def _checked_hostname(given: object) -> str:
+    hostname = given or socket.gethostname()
     assert isinstance(hostname, str)
     try:
-        values["hostname"] = check_host(hostname)
+        return check_host(hostname)
     except Exception as exc:
         raise ConfigError(f"hostname: {exc}") from None
-    for name in ("store", "registry"):
-        url = values[name]
-        assert isinstance(url, str)
-        _check_no_credentials(name, url)
-    master_key = values.get("master_key")
-    if master_key == "":
-        values["master_key"] = None
-    elif isinstance(master_key, str):
-        from daybook.model.keys import is_public_key
 
-        if not is_public_key(master_key.strip()):
-            raise ConfigError(
-                "master_key: not a CURVE public key (40 characters of Z85, as printed by "
-                "`daybook keys fingerprint` on the master)"
-            )
-        values["master_key"] = master_key.strip()
-    return Settings(**values)  # type: ignore[arg-type]
+
+def _checked_master_key(given: object) -> str | None:
+    if given == "":
+        return None
+    assert isinstance(given, str)
+    from daybook.model.keys import is_public_key
+
+    if not is_public_key(given.strip()):
+        raise ConfigError(
+            "master_key: not a CURVE public key (40 characters of Z85, as printed by "
+            "`daybook keys fingerprint` on the master)"
+        )
+    return given.strip()

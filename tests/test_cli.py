@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,3 +346,48 @@ def test_unreachable_s3_is_one_line_exit_1(
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("DAYBOOK_STORE", "s3://some-bucket")
     assert_one_line_error(run("assets"), 1, "cannot reach S3")
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+# What an operator's quick command must not load: only the fleet commands that talk to a
+# master need zmq, only an S3 store needs boto3, and only `daybook master|minion` need the
+# process packages (`daybook.cli.daemons` imports them inside its commands).
+HEAVY_IMPORTS = ("zmq", "boto3", "botocore", "master", "minion")
+
+
+@pytest.mark.parametrize(
+    "argv", [["map", "resolve", "web-prod-1"], ["sync", "--help"]], ids=["map-resolve", "help"]
+)
+def test_quick_commands_do_not_import_the_heavy_packages(tmp_path: Path, argv: list[str]) -> None:
+    code = (
+        "import contextlib, sys\n"
+        "from daybook.cli.main import main\n"
+        "with contextlib.suppress(SystemExit):\n"
+        "    main(sys.argv[1:])\n"
+        f"heavy = {HEAVY_IMPORTS!r}\n"
+        "loaded = sorted({name.partition('.')[0] for name in sys.modules} & set(heavy))\n"
+        "print('loaded:', *loaded, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_HOSTNAME": "operator"}
+    env.pop("DAYBOOK_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr
+
+
+def test_only_the_daemons_module_reaches_up_into_master_and_minion() -> None:
+    package = Path(__file__).parent.parent / "daybook"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            if any(name.partition(".")[0] in ("master", "minion") for name in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"cli/daemons.py"}

@@ -90,3 +90,52 @@ def test_the_example_config_lists_valid_settings() -> None:
     settings = load_settings(config_path=str(example), env={})
     assert settings.store == "s3://my-assets-bucket/daybook"
     assert settings.control_port == 4507
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "expected"),
+    [
+        ("DAYBOOK_STORE", "s3://bucket/prefix", "store", "s3://bucket/prefix"),
+        ("DAYBOOK_REGISTRY", "consul://c:8500", "registry", "consul://c:8500"),
+        ("DAYBOOK_INSTALL_DIR", "/srv/apps", "install_dir", Path("/srv/apps")),
+        ("DAYBOOK_HOSTNAME", "web-1", "hostname", "web-1"),
+        ("DAYBOOK_MASTER", "m1", "master", "m1"),
+        ("DAYBOOK_PORT", "0", "http_port", 0),
+        ("DAYBOOK_KEY_PORT", "65535", "key_port", 65535),
+        ("DAYBOOK_AUTO_ACCEPT", " Yes ", "auto_accept", True),
+        ("DAYBOOK_INSECURE_TRANSPORT", "off", "insecure_transport", False),
+        ("DAYBOOK_MASTER_KEY", "", "master_key", None),
+    ],
+)
+def test_each_variable_sets_its_setting(
+    tmp_path: Path, variable: str, value: str, setting: str, expected: object
+) -> None:
+    settings = load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path), variable: value})
+    assert getattr(settings, setting) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "splay_s = -1\n",
+        "down_after_s = true\n",
+        "max_parallel_downloads = 0\n",
+        "results_port = -1\n",
+        "http_port = 65536\n",
+        "bind = 0\n",
+    ],
+)
+def test_values_outside_a_settings_type_or_bounds_are_refused(tmp_path: Path, content: str) -> None:
+    config = tmp_path / "daybook.toml"
+    config.write_text(content)
+    name = content.partition(" = ")[0]
+    with pytest.raises(ConfigError, match=f"invalid value .* for {name}"):
+        load_settings(config_path=str(config), env={"DAYBOOK_DATA_DIR": str(tmp_path)})
+
+
+def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> None:
+    config = tmp_path / "daybook.toml"
+    config.write_text("splay_s = 0.25\nmax_parallel_downloads = 4\n")
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_SPLAY_S": "9"}
+    settings = load_settings(config_path=str(config), env=env)
+    assert (settings.splay_s, settings.max_parallel_downloads) == (0.25, 4)

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from daybook.errors import ExtractError, IntegrityError
 from daybook.install import extract as extract_module
+from daybook.install import safety
 from daybook.install.extract import (
     DEFAULT_CHUNK_SIZE,
     ArchiveSummary,
@@ -418,6 +419,35 @@ def test_dot_slash_names_and_root_entry(sandbox: Sandbox) -> None:
     assert tree(sandbox.dest) == {"sub": "dir", "sub/x": "x", "y": "y"}
 
 
+def test_a_global_pax_header_applies_to_every_later_member(sandbox: Sandbox) -> None:
+    # A global header's records hold until the end; a member's own pax header and GNU long
+    # name apply to the next member only, and override the global records for it.
+    global_mtime = pax_record("mtime", "1500000000")
+    own_mtime = pax_record("mtime", "1400000000")
+    long_name = b"long-" + b"n" * 120 + b"\0"
+    data = gzip.compress(
+        header("f1", b"0")
+        + header("global", b"g", len(global_mtime))
+        + padded(global_mtime)
+        + header("f2", b"0")
+        + header("own", b"x", len(own_mtime))
+        + padded(own_mtime)
+        + header("././@LongLink", b"L", len(long_name))
+        + padded(long_name)
+        + header("short", b"0")
+        + header("f4", b"0")
+        + END
+    )
+    extract(data, sandbox.dest)
+    mtimes = {path.name: path.stat().st_mtime for path in sandbox.dest.iterdir()}
+    assert mtimes == {
+        "f1": MTIME,
+        "f2": 1_500_000_000,
+        "long-" + "n" * 120: 1_400_000_000,
+        "f4": 1_500_000_000,
+    }
+
+
 def test_old_style_directory_entry(sandbox: Sandbox) -> None:
     data = gzip.compress(
         header("olddir/", b"\0") + header("olddir/f", b"0", 1) + padded(b"z") + END
@@ -777,6 +807,128 @@ def test_a_wrong_gzip_trailer_is_refused(sandbox: Sandbox, inflater: str, offset
     data[offset] ^= 0x01
     with pytest.raises(ExtractError, match="corrupt gzip data"):
         extract(bytes(data), sandbox.dest)
+
+
+# -- the safety rules on their own -------------------------------------------------------------
+# The hostile archives above go through the whole extractor; these ask the rules directly.
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("a", "a"), ("./a//b/.", "a/b"), (".", ""), ("", ""), ("a/./b/", "a/b")],
+)
+def test_normalise_drops_dots_and_empty_components(path: str, expected: str) -> None:
+    assert safety.normalise("member", path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/etc/passwd", "absolute paths"),
+        ("a/../../b", "'..' is not allowed"),
+        ("..", "'..' is not allowed"),
+        ("x" * 256, "the path is too long"),
+        ("/".join(["d" * 200] * 21), "the path is too long"),
+        ("é" * 128, "the path is too long"),  # 128 characters, 256 bytes
+    ],
+)
+def test_normalise_refuses_what_escapes_or_cannot_exist(path: str, message: str) -> None:
+    with pytest.raises(ExtractError, match=f"unsafe member 'member': {message}"):
+        safety.normalise("member", path)
+
+
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [("l", "a"), ("l", "."), ("a/l", ".."), ("a/b/l", "../../c/d"), ("a/l", "./../x/./y")],
+)
+def test_symlink_targets_that_stay_inside(path: str, target: str) -> None:
+    safety.check_symlink_target(path, path, target)
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "message"),
+    [
+        ("l", "", "target is empty"),
+        ("l", "/", "is absolute"),
+        ("l", "..", "points outside"),
+        ("a/b/l", "../../..", "points outside"),
+        ("a/l", "b/..", "'..' after a name"),
+        ("a/l", "../b/../..", "'..' after a name"),
+    ],
+)
+def test_symlink_targets_that_could_leave(path: str, target: str, message: str) -> None:
+    with pytest.raises(ExtractError, match=message):
+        safety.check_symlink_target(path, path, target)
+
+
+def test_tree_creates_missing_parents_once_and_counts_them() -> None:
+    tree = safety.Tree()
+    assert tree.admit(safety.FILE, "a/b/f", "") == safety.Verdict("a/b/f", ["a", "a/b"], False, "")
+    assert tree.admit(safety.FILE, "a/b/g", "") == safety.Verdict("a/b/g", [], False, "")
+    assert tree.admit(safety.DIR, "./a/c", "") == safety.Verdict("a/c", ["a/c"], False, "")
+    assert tree.admit(safety.DIR, "a", "") == safety.Verdict("a", [], False, "")
+    assert tree.admit(safety.DIR, ".", "") == safety.Verdict("", [], False, "")
+    assert tree.directories == 3
+
+
+def test_tree_replaces_files_and_links_but_never_writes_through_them() -> None:
+    tree = safety.Tree()
+    tree.admit(safety.FILE, "f", "")
+    assert tree.admit(safety.LINK, "f", "g").replaces
+    assert tree.admit(safety.FILE, "f", "").replaces
+    assert tree.admit(safety.HARDLINK, "h", "f") == safety.Verdict("h", [], False, "f")
+    with pytest.raises(ExtractError, match="goes through the file 'f'"):
+        tree.admit(safety.FILE, "f/x", "")
+    tree.admit(safety.LINK, "l", ".")
+    with pytest.raises(ExtractError, match="goes through the symlink 'l'"):
+        tree.admit(safety.DIR, "l/d", "")
+
+
+@pytest.mark.parametrize(
+    ("earlier", "kind", "message"),
+    [
+        (safety.DIR, safety.FILE, "a directory of that name"),
+        (safety.DIR, safety.LINK, "a directory of that name"),
+        (safety.FILE, safety.DIR, "a non-directory of that name"),
+        (safety.LINK, safety.HARDLINK, "not a regular file extracted earlier"),
+        (safety.DIR, safety.HARDLINK, "not a regular file extracted earlier"),
+    ],
+)
+def test_tree_refuses_a_change_of_kind(earlier: str, kind: str, message: str) -> None:
+    tree = safety.Tree()
+    tree.admit(earlier, "x", "." if earlier == safety.LINK else "")
+    name, link = ("h", "x") if kind == safety.HARDLINK else ("x", "y")
+    with pytest.raises(ExtractError, match=message):
+        tree.admit(kind, name, link)
+
+
+def test_a_file_cannot_be_the_destination_itself() -> None:
+    with pytest.raises(ExtractError, match="destination directory itself"):
+        safety.Tree().admit(safety.FILE, "./", "")
+
+
+@pytest.mark.parametrize(
+    ("typeflag", "message"),
+    [
+        (b"3", "character devices are not allowed"),
+        (b"4", "block devices are not allowed"),
+        (b"6", "FIFOs are not allowed"),
+        (b"S", "sparse files are not supported"),
+        (b"Z", "unsupported member type 'Z'"),
+    ],
+)
+def test_refused_member_types_say_why(typeflag: bytes, message: str) -> None:
+    assert str(safety.refused_type("m", typeflag[0])) == f"unsafe member 'm': {message}"
+
+
+def test_pax_records_for_sparse_files_are_refused() -> None:
+    safety.check_pax_records("m", {"path": "m", "mtime": "1.5"})
+    with pytest.raises(ExtractError, match="sparse files are not supported"):
+        safety.check_pax_records("m", {"GNU.sparse.map": "0,0"})
+
+
+def test_special_mode_bits_are_not_admitted() -> None:
+    assert 0o7777 & safety.MODE_MASK == 0o777
 
 
 # -- property: whatever the members, nothing escapes ---------------------------------------------

@@ -130,7 +130,7 @@ def test_lock_excludes_a_second_process(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from daybook.install.installer import InstallLock\n"
+            "from daybook.install.lock import InstallLock\n"
             "with InstallLock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n",
@@ -166,7 +166,7 @@ def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path: Path) -> None:
             "-c",
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from daybook.install.installer import InstallLock\n"
+            "from daybook.install.lock import InstallLock\n"
             "with InstallLock(Path(sys.argv[1])):\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(60)\n",
@@ -290,7 +290,7 @@ def test_a_lock_whose_pid_cannot_be_written_still_locks_and_is_released(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patched:
-        patched.setattr("daybook.install.installer.os.write", disk_full)
+        patched.setattr("daybook.install.lock.os.write", disk_full)
         held = InstallLock(tmp_path, timeout_s=0.1)
         with held, pytest.raises(LockError), InstallLock(tmp_path, timeout_s=0.1):
             pass

@@ -1,7 +1,7 @@
-"""The fleet commands: `master`, `minion`, `sync`, `status` and `keys`.
+"""The operator's fleet commands: `sync`, `status` and `keys`, spoken to a running master.
 
-Heavy imports (zmq, the master and minion packages) happen inside the handlers, so the
-other commands and `--help` start fast.
+zmq and the operator client are imported inside the handlers, so the other commands and
+`--help` start fast. The master and minion themselves are started by `daybook.cli.daemons`.
 """
 
 from __future__ import annotations
@@ -27,25 +27,23 @@ def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     parents: list[argparse.ArgumentParser],
 ) -> None:
-    master = subparsers.add_parser(
-        "master",
+    _register_sync(subparsers, parents)
+    status = subparsers.add_parser(
+        "status",
         parents=parents,
-        help="run the master in the foreground",
-        description="Watch the mappings and the store, publish sync events to the minions, "
-        "collect their results. Stops cleanly on SIGTERM or SIGINT. With port 0 the master "
-        "picks free ports and writes them to <data dir>/master.json.",
+        help="the fleet as the master sees it",
+        description="Every host the master knows: up or down (from heartbeats), last seen, "
+        "last sync result, installed versions.",
     )
-    master.set_defaults(handler=cmd_master)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    _register_keys(subparsers, parents)
 
-    minion = subparsers.add_parser(
-        "minion",
-        parents=parents,
-        help="run a minion in the foreground",
-        description="Follow the master's sync events, install this host's missing versions "
-        "and report back. Stops cleanly on SIGTERM or SIGINT.",
-    )
-    minion.set_defaults(handler=cmd_minion)
 
+def _register_sync(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
     sync = subparsers.add_parser(
         "sync",
         parents=parents,
@@ -67,16 +65,11 @@ def register(
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(handler=cmd_sync)
 
-    status = subparsers.add_parser(
-        "status",
-        parents=parents,
-        help="the fleet as the master sees it",
-        description="Every host the master knows: up or down (from heartbeats), last seen, "
-        "last sync result, installed versions.",
-    )
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=cmd_status)
 
+def _register_keys(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
     keys = subparsers.add_parser(
         "keys",
         parents=parents,
@@ -111,18 +104,6 @@ def register(
     )
     mine.add_argument("--json", action="store_true")
     mine.set_defaults(handler=cmd_keys_fingerprint)
-
-
-def cmd_master(args: argparse.Namespace, settings: Settings) -> int:
-    from master.process import run_master
-
-    return run_master(settings)
-
-
-def cmd_minion(args: argparse.Namespace, settings: Settings) -> int:
-    from minion.process import run_minion
-
-    return run_minion(settings)
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daybook.cli.backends import open_configured_registry
 from daybook.cli.output import emit_json
 from daybook.config import Settings
 from daybook.errors import DaybookError, FleetError, InputError
@@ -269,10 +270,8 @@ def run_plan(
     propose: Callable[[MappingTable], Proposal],
 ) -> int:
     """Read the current table, build the proposal, plan it against the known hosts, print."""
-    from daybook.registry.base import open_registry
-
     given = given_hosts(args.hosts, args.hosts_file)
-    registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
+    registry = open_configured_registry(settings)
     try:
         current = registry.read().mappings
     finally:

@@ -1,4 +1,8 @@
-"""Streaming, hash-checked, path-safe extraction of gzip tar archives, and the same checks dry."""
+"""Streaming, hash-checked extraction of gzip tar archives, and the same checks dry.
+
+This module reads, inflates and parses the archive and writes the members; whether a
+member may be written at all is decided by the rules in `daybook.install.safety`.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,20 @@ import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol, cast
+from typing import Protocol, cast
 
 from daybook.errors import ExtractError, IntegrityError
+from daybook.install.safety import (
+    DIR,
+    FILE,
+    HARDLINK,
+    LINK,
+    MODE_MASK,
+    Tree,
+    Verdict,
+    check_pax_records,
+    refused_type,
+)
 
 
 class _Gunzipper(Protocol):
@@ -64,25 +79,19 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 # pax and GNU long-name payloads are held in memory; real ones are a few hundred bytes.
 _MAX_META_BYTES = 1024 * 1024
-# Linux limits; checked here so `daybook push` refuses what no host could install.
-_MAX_NAME_BYTES = 255
-_MAX_PATH_BYTES = 4095
 
 # Type flags, as the integer value of the header byte.
 _REGULAR_TYPES = frozenset(b"0\x007")  # regular, old-style regular, contiguous
 _HARDLINK_TYPE = ord("1")
 _SYMLINK_TYPE = ord("2")
 _DIRECTORY_TYPE = ord("5")
+_LINK_TYPES = frozenset((_SYMLINK_TYPE, _HARDLINK_TYPE))
 _PAX_TYPES = frozenset(b"xX")  # POSIX extended header; X is Solaris' older spelling
 _PAX_GLOBAL_TYPE = ord("g")
 _GNU_LONG_NAME_TYPE = ord("L")
 _GNU_LONG_LINK_TYPE = ord("K")
-_REFUSED_TYPES = {
-    ord("3"): "character devices are not allowed",
-    ord("4"): "block devices are not allowed",
-    ord("6"): "FIFOs are not allowed",
-    ord("S"): "sparse files are not supported",
-}
+# Headers that describe the member after them rather than being one.
+_EXTENSION_TYPES = _PAX_TYPES | {_PAX_GLOBAL_TYPE, _GNU_LONG_NAME_TYPE, _GNU_LONG_LINK_TYPE}
 
 _POSIX_MAGIC = b"ustar\x0000"
 # What os.utime accepts (a signed 64-bit count of nanoseconds).
@@ -94,10 +103,6 @@ _BUILD_DIR_MODE = 0o700
 _IMPLIED_DIR_MODE = 0o755
 # O_EXCL also refuses to follow a symlink at the final component; O_NOFOLLOW says so twice.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-_DIR = "d"
-_FILE = "f"
-_LINK = "l"
 
 
 class Readable(Protocol):
@@ -246,17 +251,11 @@ def _inflate(chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
                 start += data
                 if len(start) < len(_GZIP_MAGIC):
                     break
-                if not start.startswith(_GZIP_MAGIC):
-                    if members == 0:
-                        raise ExtractError("not a gzip archive")
-                    raise ExtractError("corrupt gzip data: garbage after the last gzip member")
+                _check_gzip_magic(start, members)
                 data, start = start, b""
                 gunzipper = _new_gunzipper()
                 members += 1
-            try:
-                inflated = gunzipper.decompress(data, _INFLATE_STEP)
-            except _INFLATE_ERRORS as err:
-                raise ExtractError(f"corrupt gzip data: {err}") from None
+            inflated = _inflate_step(gunzipper, data)
             if inflated:
                 yield inflated
             if gunzipper.eof:
@@ -269,7 +268,28 @@ def _inflate(chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
                 # A full step may leave output pending even when all input is used.
                 if not data and len(inflated) < _INFLATE_STEP:
                     break
-    if gunzipper is not None or (start and _GZIP_MAGIC.startswith(start)):
+    _check_gzip_end(gunzipper is not None, start, members)
+
+
+def _check_gzip_magic(start: bytes, members: int) -> None:
+    """Refuse data that does not begin a gzip member where one must begin."""
+    if not start.startswith(_GZIP_MAGIC):
+        if members == 0:
+            raise ExtractError("not a gzip archive")
+        raise ExtractError("corrupt gzip data: garbage after the last gzip member")
+
+
+def _inflate_step(gunzipper: _Gunzipper, data: bytes) -> bytes:
+    """Up to `_INFLATE_STEP` inflated bytes; the inflater's own errors become ExtractError."""
+    try:
+        return gunzipper.decompress(data, _INFLATE_STEP)
+    except _INFLATE_ERRORS as err:
+        raise ExtractError(f"corrupt gzip data: {err}") from None
+
+
+def _check_gzip_end(inside_member: bool, start: bytes, members: int) -> None:
+    """Refuse a stream that ended inside a member, with stray bytes, or with no member."""
+    if inside_member or (start and _GZIP_MAGIC.startswith(start)):
         raise ExtractError("truncated archive: the gzip data ends early")
     if start:
         raise ExtractError(
@@ -471,7 +491,8 @@ def _text(raw: bytes) -> str:
 
 
 def _field_text(field: bytes) -> str:
-    return _text(field.split(b"\0", 1)[0])
+    # _text's decoding, repeated here: this runs for every member's header.
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
@@ -524,98 +545,147 @@ class _Counts:
 
 
 def _unpack(tar: _TarReader, writer: _Writer) -> _Counts:
-    """Walk the archive's headers, judge every member, and hand the safe ones to `writer`."""
-    tree = _Tree()
-    counts = _Counts()
-    global_pax: dict[str, str] = {}
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    long_link: str | None = None
+    """Walk the archive's headers, judge every member, and hand the safe ones to `writer`.
+
+    The loop runs once per member, tens of thousands of times in an asset of small files,
+    so what every member needs stays inline here, and what only some need (extended
+    headers, errors) is in functions of its own.
+    """
+    members = _Members(tar, writer)
+    add = members.add
+    extensions = _Extensions()
     first = True
     while True:
         block = tar.block()
-        if len(block) < _BLOCK:
-            if first:
-                raise ExtractError("not a tar archive: too short")
-            raise ExtractError("truncated archive: the tar data has no end-of-archive marker")
         if block == _ZERO_BLOCK:
             break
-        if not _checksum_ok(block):
-            if first:
-                raise ExtractError("not a tar archive")
-            raise ExtractError("corrupt archive: a tar header has a bad checksum")
+        if len(block) < _BLOCK or not _checksum_ok(block):
+            raise _bad_header(block, first=first)
         first = False
         kind = block[156]
         size = _number(block[124:136])
         if size < 0:
             raise ExtractError("corrupt archive: a tar header has a negative size")
-
-        if kind in _PAX_TYPES or kind == _PAX_GLOBAL_TYPE:
-            records = _parse_pax(tar.take(_meta_size(size)))
-            (pax if kind in _PAX_TYPES else global_pax).update(records)
+        if kind in _EXTENSION_TYPES:
+            extensions.read(kind, tar.take(_meta_size(size)))
             continue
-        if kind == _GNU_LONG_NAME_TYPE:
-            long_name = _field_text(tar.take(_meta_size(size)))
-            continue
-        if kind == _GNU_LONG_LINK_TYPE:
-            long_link = _field_text(tar.take(_meta_size(size)))
-            continue
-
-        if long_name is not None:
-            name = long_name
-        elif block[257:265] == _POSIX_MAGIC and block[345] != 0:
-            name = _field_text(block[345:500]) + "/" + _field_text(block[0:100])
+        if extensions.pending:
+            name, link, size, mtime_ns = extensions.apply(block, size)
         else:
-            name = _field_text(block[0:100])
-        link = long_link if long_link is not None else _field_text(block[157:257])
-        mtime_ns = _number(block[136:148]) * 1_000_000_000
-        if pax or global_pax:
-            extended = {**global_pax, **pax}
-            name = extended.get("path", name)
-            link = extended.get("linkpath", link)
-            if "size" in extended:
-                size = _pax_size(extended["size"])
-            if "mtime" in extended:
-                mtime_ns = _pax_time_ns(extended["mtime"])
-            if any(key.startswith("GNU.sparse.") for key in extended):
-                raise _unsafe(name, "sparse files are not supported")
-            pax = {}
-        long_name = long_link = None
+            name = _header_name(block)
+            link = _field_text(block[157:257]) if kind in _LINK_TYPES else ""
+            mtime_ns = _number(block[136:148]) * 1_000_000_000
         if not _MIN_TIME_NS <= mtime_ns <= _MAX_TIME_NS:
             raise ExtractError("corrupt archive: a member's mtime is out of range")
-        # setuid, setgid and sticky bits are dropped: an asset has no business setting them.
-        mode = _number(block[100:108]) & 0o777
-
+        mode = _number(block[100:108]) & MODE_MASK
         if kind in _REGULAR_TYPES and name.endswith("/"):
             # How old BSD tars marked a directory; GNU tar honours it too.
             tar.skip(size + -size % _BLOCK)
             kind = _DIRECTORY_TYPE
+        add(kind, name, link, size, mode=mode, mtime_ns=mtime_ns)
+    return members.finish()
+
+
+def _bad_header(block: bytes, *, first: bool) -> ExtractError:
+    """Why a header block is not one: the first says the data is no tar at all."""
+    if len(block) < _BLOCK:
+        if first:
+            return ExtractError("not a tar archive: too short")
+        return ExtractError("truncated archive: the tar data has no end-of-archive marker")
+    if first:
+        return ExtractError("not a tar archive")
+    return ExtractError("corrupt archive: a tar header has a bad checksum")
+
+
+def _header_name(block: bytes) -> str:
+    """The member name a header holds, with the ustar prefix field when there is one."""
+    if block[257:265] == _POSIX_MAGIC and block[345] != 0:
+        return _field_text(block[345:500]) + "/" + _field_text(block[0:100])
+    return _field_text(block[0:100])
+
+
+class _Members:
+    """Admits each member by the safety rules, hands it to the writer, and counts it."""
+
+    def __init__(self, tar: _TarReader, writer: _Writer) -> None:
+        self._tar = tar
+        self._writer = writer
+        self._tree = Tree()
+        self._counts = _Counts()
+
+    def add(self, kind: int, name: str, link: str, size: int, *, mode: int, mtime_ns: int) -> None:
+        tree, writer, counts = self._tree, self._writer, self._counts
         if kind in _REGULAR_TYPES:
-            verdict = tree.admit(_FILE, name, "")
-            writer.file(verdict, tar, size, mode=mode, mtime_ns=mtime_ns)
+            verdict = tree.admit(FILE, name, "")
+            writer.file(verdict, self._tar, size, mode=mode, mtime_ns=mtime_ns)
             counts.files += 1
             counts.file_bytes += size
         elif kind == _DIRECTORY_TYPE:
-            verdict = tree.admit(_DIR, name, "")
+            verdict = tree.admit(DIR, name, "")
             writer.directory(verdict, mode=mode, mtime_ns=mtime_ns)
         elif kind == _SYMLINK_TYPE:
-            verdict = tree.admit(_LINK, name, link)
+            verdict = tree.admit(LINK, name, link)
             writer.symlink(verdict, link, mtime_ns=mtime_ns)
             counts.symlinks += 1
         elif kind == _HARDLINK_TYPE:
-            verdict = tree.admit(_HARDLINK, name, link)
+            verdict = tree.admit(HARDLINK, name, link)
             writer.hardlink(verdict)
             counts.files += 1
-        elif kind in _REFUSED_TYPES:
-            raise _unsafe(name, _REFUSED_TYPES[kind])
         else:
-            raise _unsafe(name, f"unsupported member type {chr(kind)!r}")
+            raise refused_type(name, kind)
         if verdict.path:
             counts.members += 1
-    counts.directories = tree.directories
-    tar.drain()
-    writer.finish()
-    return counts
+
+    def finish(self) -> _Counts:
+        """What was added, once the archive's end is reached; the writer finishes its work."""
+        self._counts.directories = self._tree.directories
+        self._tar.drain()
+        self._writer.finish()
+        return self._counts
+
+
+class _Extensions:
+    """Extended headers (pax, GNU long names and links) waiting for the member they describe.
+
+    A pax global header applies to every member after it; the others to the next one only.
+    """
+
+    def __init__(self) -> None:
+        self.global_pax: dict[str, str] = {}
+        self.pax: dict[str, str] = {}
+        self.long_name: str | None = None
+        self.long_link: str | None = None
+        # Whether the next member has anything to apply.
+        self.pending = False
+
+    def read(self, kind: int, data: bytes) -> None:
+        """Keep the payload of an extended header of type `kind` for the member after it."""
+        if kind == _GNU_LONG_NAME_TYPE:
+            self.long_name = _field_text(data)
+        elif kind == _GNU_LONG_LINK_TYPE:
+            self.long_link = _field_text(data)
+        else:
+            (self.pax if kind in _PAX_TYPES else self.global_pax).update(_parse_pax(data))
+        self.pending = True
+
+    def apply(self, block: bytes, size: int) -> tuple[str, str, int, int]:
+        """The name, link target, size and mtime (ns) of the member whose header is `block`."""
+        name = self.long_name if self.long_name is not None else _header_name(block)
+        link = self.long_link if self.long_link is not None else _field_text(block[157:257])
+        mtime_ns = _number(block[136:148]) * 1_000_000_000
+        if self.pax or self.global_pax:
+            records = {**self.global_pax, **self.pax}
+            name = records.get("path", name)
+            link = records.get("linkpath", link)
+            if "size" in records:
+                size = _pax_size(records["size"])
+            if "mtime" in records:
+                mtime_ns = _pax_time_ns(records["mtime"])
+            check_pax_records(name, records)
+            self.pax = {}
+        self.long_name = self.long_link = None
+        self.pending = bool(self.global_pax)
+        return name, link, size, mtime_ns
 
 
 def _meta_size(size: int) -> int:
@@ -624,150 +694,19 @@ def _meta_size(size: int) -> int:
     return size
 
 
-# -- the safety rules ----------------------------------------------------------------------------
-
-# A member kind that exists only while judging: a hard link ends up as a regular file.
-_HARDLINK = "h"
-
-
-class _Verdict(NamedTuple):
-    """How to write a member that `_Tree.admit` found safe."""
-
-    # Normalised path relative to the root; "" for the root itself, which is skipped.
-    path: str
-    # Directories to create first, outermost first.
-    parents: list[str]
-    # An earlier file or symlink at `path` that must be removed first (never written through).
-    replaces: bool
-    # For hard links: the normalised path of the file to link to.
-    target: str
-
-
-class _Tree:
-    """Everything the archive has put under the root so far; judges each member against it.
-
-    This is the one place that decides whether a member is safe. The rules, each a way an
-    archive could otherwise write outside the root:
-
-    - no absolute path and no `..` component;
-    - no path through a symlink or a file the archive made earlier;
-    - a symlink's target is relative, and any `..` components lead it, no deeper than the
-      link's own directory (a `..` after a name could cancel a symlink that points elsewhere,
-      including one the archive only adds later);
-    - a hard link only to a regular file already extracted;
-    - a directory never replaces a non-directory, nor the other way round.
-    """
-
-    def __init__(self) -> None:
-        self._kinds: dict[str, str] = {}
-        self.directories = 0
-
-    def admit(self, kind: str, name: str, link: str) -> _Verdict:
-        """Judge one member and record it; raise ExtractError naming it and the reason."""
-        path = _normalise(name, name)
-        if not path:
-            if kind == _DIR:
-                return _Verdict("", [], False, "")
-            raise _unsafe(name, "it names the destination directory itself")
-        kinds = self._kinds
-        parent = path.rpartition("/")[0]
-        parents = self._parents(name, parent) if parent and kinds.get(parent) != _DIR else []
-        existing = kinds.get(path)
-        if kind == _DIR:
-            if existing is None:
-                kinds[path] = _DIR
-                parents.append(path)
-                self.directories += 1
-            elif existing != _DIR:
-                raise _unsafe(name, "a non-directory of that name was extracted earlier")
-            return _Verdict(path, parents, False, "")
-        if existing == _DIR:
-            raise _unsafe(name, "a directory of that name was extracted earlier")
-        target = ""
-        if kind == _LINK:
-            _check_symlink_target(name, path, link)
-        elif kind == _HARDLINK:
-            target = _normalise(name, link)
-            if kinds.get(target) != _FILE:
-                raise _unsafe(
-                    name, f"hard link target {link!r} is not a regular file extracted earlier"
-                )
-        kinds[path] = _LINK if kind == _LINK else _FILE
-        return _Verdict(path, parents, existing is not None, target)
-
-    def _parents(self, name: str, parent: str) -> list[str]:
-        """The missing directories above a member, after checking none of them is a link."""
-        kinds = self._kinds
-        missing = []
-        prefix = ""
-        for part in parent.split("/"):
-            prefix = f"{prefix}/{part}" if prefix else part
-            existing = kinds.get(prefix)
-            if existing is None:
-                kinds[prefix] = _DIR
-                missing.append(prefix)
-                self.directories += 1
-            elif existing == _LINK:
-                raise _unsafe(name, f"its path goes through the symlink {prefix!r}")
-            elif existing == _FILE:
-                raise _unsafe(name, f"its path goes through the file {prefix!r}")
-        return missing
-
-
-def _normalise(name: str, path: str) -> str:
-    """`path` relative to the root, without `.` or empty components; refuse what escapes."""
-    if path.startswith("/"):
-        raise _unsafe(name, "absolute paths are not allowed")
-    parts = [part for part in path.split("/") if part and part != "."]
-    if ".." in parts:
-        raise _unsafe(name, "'..' is not allowed in paths")
-    normal = "/".join(parts)
-    # A character encodes to at most 4 bytes, so only long paths can break a length limit.
-    if len(normal) > _MAX_NAME_BYTES // 4:
-        encoded = os.fsencode(normal)
-        if len(encoded) > _MAX_PATH_BYTES or any(
-            len(part) > _MAX_NAME_BYTES for part in encoded.split(b"/")
-        ):
-            raise _unsafe(name, "the path is too long")
-    return normal
-
-
-def _check_symlink_target(name: str, path: str, target: str) -> None:
-    if not target:
-        raise _unsafe(name, "the symlink target is empty")
-    if target.startswith("/"):
-        raise _unsafe(name, f"symlink target {target!r} is absolute")
-    depth = path.count("/")
-    ups = 0
-    named = False
-    for part in target.split("/"):
-        if part == "..":
-            if named:
-                raise _unsafe(name, f"symlink target {target!r} has '..' after a name")
-            ups += 1
-            if ups > depth:
-                raise _unsafe(name, f"symlink target {target!r} points outside the archive")
-        elif part and part != ".":
-            named = True
-
-
-def _unsafe(name: str, reason: str) -> ExtractError:
-    return ExtractError(f"unsafe member {name!r}: {reason}")
-
-
 # -- writers -----------------------------------------------------------------------------------
 
 
 class _Writer(Protocol):
     def file(
-        self, verdict: _Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
+        self, verdict: Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
     ) -> None: ...
 
-    def directory(self, verdict: _Verdict, *, mode: int, mtime_ns: int) -> None: ...
+    def directory(self, verdict: Verdict, *, mode: int, mtime_ns: int) -> None: ...
 
-    def symlink(self, verdict: _Verdict, target: str, *, mtime_ns: int) -> None: ...
+    def symlink(self, verdict: Verdict, target: str, *, mtime_ns: int) -> None: ...
 
-    def hardlink(self, verdict: _Verdict) -> None: ...
+    def hardlink(self, verdict: Verdict) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -787,7 +726,7 @@ class _DiskWriter:
             self._directories[path] = (_IMPLIED_DIR_MODE, None)
 
     def file(
-        self, verdict: _Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
+        self, verdict: Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
     ) -> None:
         if verdict.parents:
             self._make_parents(verdict.parents)
@@ -808,12 +747,12 @@ class _DiskWriter:
         finally:
             os.close(fd)
 
-    def directory(self, verdict: _Verdict, *, mode: int, mtime_ns: int) -> None:
+    def directory(self, verdict: Verdict, *, mode: int, mtime_ns: int) -> None:
         if verdict.path:
             self._make_parents(verdict.parents)
             self._directories[verdict.path] = (mode, mtime_ns)
 
-    def symlink(self, verdict: _Verdict, target: str, *, mtime_ns: int) -> None:
+    def symlink(self, verdict: Verdict, target: str, *, mtime_ns: int) -> None:
         if verdict.parents:
             self._make_parents(verdict.parents)
         full = self._root + verdict.path
@@ -822,7 +761,7 @@ class _DiskWriter:
         os.symlink(target, full)
         os.utime(full, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
-    def hardlink(self, verdict: _Verdict) -> None:
+    def hardlink(self, verdict: Verdict) -> None:
         if verdict.target == verdict.path:
             return  # already satisfied, and unlinking first would lose the file
         if verdict.parents:
@@ -862,17 +801,17 @@ class _NullWriter:
     """Writes nothing: for checking an archive before it is uploaded."""
 
     def file(
-        self, verdict: _Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
+        self, verdict: Verdict, tar: _TarReader, size: int, *, mode: int, mtime_ns: int
     ) -> None:
         tar.skip(size + -size % _BLOCK)
 
-    def directory(self, verdict: _Verdict, *, mode: int, mtime_ns: int) -> None:
+    def directory(self, verdict: Verdict, *, mode: int, mtime_ns: int) -> None:
         pass
 
-    def symlink(self, verdict: _Verdict, target: str, *, mtime_ns: int) -> None:
+    def symlink(self, verdict: Verdict, target: str, *, mtime_ns: int) -> None:
         pass
 
-    def hardlink(self, verdict: _Verdict) -> None:
+    def hardlink(self, verdict: Verdict) -> None:
         pass
 
     def finish(self) -> None:

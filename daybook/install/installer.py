@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import random
@@ -16,14 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from daybook.backoff import backoff_s
-from daybook.errors import DaybookError, LockError, StoreUnavailableError
+from daybook.errors import DaybookError, StoreUnavailableError
+from daybook.install.lock import InstallLock
+from daybook.install.os_errors import describe_os_error
 from daybook.model.names import AssetRef, is_valid_version, version_sort_key
 from daybook.model.results import ServiceResult, ServiceResults
 from daybook.store.base import AssetInfo, AssetStream, Store
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".daybook.lock"
 # Staging directories start with a dot, which no version can, so a half-extracted tree is
 # never mistaken for an installed version, and a dead process's leftovers are recognisable.
 STAGING_PREFIX = ".partial-"
@@ -52,58 +51,6 @@ def retry_delay_s(retry: int, rng: random.Random) -> float:
 
 def sorted_versions(versions: Sequence[str]) -> list[str]:
     return sorted(versions, key=lambda v: (version_sort_key(v), v))
-
-
-class InstallLock:
-    """An exclusive flock on the install dir; the kernel drops it if the holder dies."""
-
-    def __init__(self, install_dir: Path, *, timeout_s: float = 600.0) -> None:
-        self._path = install_dir / LOCK_NAME
-        self._timeout_s = timeout_s
-        self._fd: int | None = None
-
-    def __enter__(self) -> InstallLock:
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LockError(
-                f"cannot create the lock {self._path}: {describe_os_error(exc, self._path.parent)}"
-            ) from exc
-        try:
-            self._acquire(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:
-            # The pid is there for people to read; the flock is the lock. A full disk must
-            # not turn into a lock that is never released, nor hide the install's own error.
-            log.debug("cannot write the pid into %s: %s", self._path, exc)
-        self._fd = fd
-        return self
-
-    def _acquire(self, fd: int) -> None:
-        deadline = time.monotonic() + self._timeout_s
-        delay_s = 0.01
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockError(
-                        f"another daybook process holds {self._path} (waited {self._timeout_s:g} s)"
-                    ) from None
-                time.sleep(delay_s)
-                delay_s = min(delay_s * 2, 0.5)
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
 
 
 class Installer:
@@ -292,14 +239,3 @@ class Installer:
                 if entry.name.startswith(STAGING_PREFIX):
                     log.info("removing stale partial install %s", entry.path)
                     shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def describe_os_error(exc: OSError, install_dir: Path) -> str:
-    """One line for a file-system failure, naming the disk when it is full."""
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device holding {install_dir}"
-    if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded on {install_dir}"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied writing under {install_dir}"
-    return f"{exc.strerror or exc} ({exc.filename or install_dir})"

@@ -16,7 +16,7 @@ from fault_fleet import Figures, FleetFactory, many_files
 from process_fleet import ProcessFleet
 from waiting import wait_for
 
-from daybook.install.installer import LOCK_NAME
+from daybook.install.lock import LOCK_NAME
 from daybook.model.sync import Sync
 
 pytestmark = pytest.mark.faults

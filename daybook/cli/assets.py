@@ -1,0 +1,274 @@
+"""The asset commands: `push` uploads tarballs, `assets` lists them, `pull` installs them here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from daybook.cli.backends import open_configured_registry, open_configured_store
+from daybook.cli.output import emit_json
+from daybook.config import Settings
+from daybook.errors import AssetExistsError, DaybookError, InputError
+from daybook.model.names import AssetRef, check_asset_filename, check_service
+from daybook.model.patterns import check_host, resolve_host
+from daybook.model.results import all_ok
+from daybook.views import service_results_json
+
+if TYPE_CHECKING:
+    from daybook.store.base import AssetStream, Store
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: list[argparse.ArgumentParser],
+) -> None:
+    push = subparsers.add_parser("push", parents=parents, help="upload NAME-VERSION.tar.gz assets")
+    push.add_argument("files", nargs="+", metavar="FILE")
+    push.add_argument("--name", help="service name (one file only)")
+    push.add_argument(
+        "--version", dest="asset_version", metavar="VERSION", help="version (one file only)"
+    )
+    push.add_argument("--force", action="store_true", help="overwrite an existing version")
+    push.add_argument("--json", action="store_true")
+    push.set_defaults(handler=cmd_push)
+
+    assets = subparsers.add_parser("assets", parents=parents, help="list what the store holds")
+    assets.add_argument("service", nargs="?")
+    assets.add_argument("--json", action="store_true")
+    assets.set_defaults(handler=cmd_assets)
+
+    pull = subparsers.add_parser(
+        "pull", parents=parents, help="install every missing version of this host's services"
+    )
+    pull.add_argument("--host", help="resolve as this host instead of the configured hostname")
+    pull.add_argument("--dry-run", action="store_true", help="show what would be installed")
+    pull.add_argument("--json", action="store_true")
+    pull.set_defaults(handler=cmd_pull)
+
+
+# -- progress on a terminal ----------------------------------------------------------------------
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+class ProgressStream:
+    """A store stream that advances a progress bar as the installer reads it."""
+
+    def __init__(self, inner: AssetStream, label: str) -> None:
+        from tqdm import tqdm
+
+        self._inner = inner
+        self.size = inner.size
+        self.sha256 = inner.sha256
+        self._bar = tqdm(total=inner.size, desc=label, unit="B", unit_scale=True, leave=False)
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self._inner.read(size)
+        self._bar.update(len(chunk))
+        return chunk
+
+    def close(self) -> None:
+        self._bar.close()
+        self._inner.close()
+
+
+# -- push ----------------------------------------------------------------------------------------
+
+
+def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+    uploads = _checked_uploads([Path(f) for f in args.files], args.name, args.asset_version)
+    store = open_configured_store(settings)
+    rows: list[dict[str, Any]] = []
+    try:
+        for path, ref, sha256 in uploads:
+            row = _push_one(store, path, ref, sha256, force=args.force)
+            rows.append(row)
+            if not args.json:
+                print(f"{ref.filename}: {row.get('error') or row['status']}")
+    finally:
+        store.close()
+    if args.json:
+        emit_json(rows)
+    return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+def _checked_uploads(
+    files: list[Path], name: str | None, version: str | None
+) -> list[tuple[Path, AssetRef, str]]:
+    """Each file with its asset and SHA-256, after checking every file before uploading any,
+    so bad input changes nothing."""
+    from daybook.install.extract import check_archive
+
+    if (name or version) and len(files) != 1:
+        raise InputError("--name and --version apply to a single file")
+    uploads: list[tuple[Path, AssetRef, str]] = []
+    for path in files:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        ref = _asset_ref_for(path, name, version)
+        try:
+            summary = check_archive(path)
+        except DaybookError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        uploads.append((path, ref, summary.sha256))
+    return uploads
+
+
+def _asset_ref_for(path: Path, name: str | None, version: str | None) -> AssetRef:
+    if name and version:
+        return AssetRef(name, version)
+    parsed = check_asset_filename(path.name)
+    return AssetRef(name or parsed.service, version or parsed.version)
+
+
+def _push_one(
+    store: Store, path: Path, ref: AssetRef, sha256: str, *, force: bool
+) -> dict[str, Any]:
+    """Upload one checked file unless the store holds the same bytes; its row of the report."""
+    row: dict[str, Any] = {
+        "name": ref.service,
+        "version": ref.version,
+        "size": path.stat().st_size,
+        "sha256": sha256,
+    }
+    existing = store.stat(ref)
+    if existing is not None and existing.sha256 == sha256 and not force:
+        row["status"] = "unchanged"
+        return row
+    try:
+        _upload(store, path, ref, sha256, overwrite=force)
+        row["status"] = "uploaded"
+    except AssetExistsError as exc:
+        row.update(status="failed", error=f"{exc}; use --force to overwrite")
+    return row
+
+
+def _upload(store: Store, path: Path, ref: AssetRef, sha256: str, *, overwrite: bool) -> None:
+    if not show_progress():
+        store.upload(path, ref, sha256=sha256, overwrite=overwrite)
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=path.stat().st_size, desc=ref.filename, unit="B", unit_scale=True, leave=False
+    ) as bar:
+
+        def advance(byte_count: int) -> None:
+            bar.update(byte_count)
+
+        store.upload(path, ref, sha256=sha256, overwrite=overwrite, progress=advance)
+
+
+# -- assets --------------------------------------------------------------------------------------
+
+
+def cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
+    service = check_service(args.service) if args.service else None
+    store = open_configured_store(settings)
+    try:
+        assets = store.list_assets(service)
+    finally:
+        store.close()
+    if args.json:
+        emit_json(
+            [
+                {
+                    "name": a.service,
+                    "version": a.version,
+                    "size": a.size,
+                    "modified": _iso(a.modified),
+                    "sha256": a.sha256,
+                    "file": a.ref.filename,
+                }
+                for a in assets
+            ]
+        )
+        return 0
+    if not assets:
+        print("no assets" + (f" for {service}" if service else "") + f" in {store.url}")
+        return 0
+    width = max(len(a.service) for a in assets)
+    for a in assets:
+        print(f"{a.service:<{width}}  {a.version:<12} {_human_size(a.size):>9}  {_iso(a.modified)}")
+    return 0
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+# -- pull ----------------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.install.installer import Installer
+
+    host = check_host(args.host) if args.host else settings.hostname
+    registry = open_configured_registry(settings)
+    try:
+        snapshot = registry.read()
+    finally:
+        registry.close()
+    resolution = resolve_host(host, snapshot.mappings)
+    store = open_configured_store(settings)
+    try:
+        installer = Installer(
+            store,
+            settings.install_dir,
+            max_parallel=settings.max_parallel_downloads,
+            wrap_stream=(lambda ref, s: ProgressStream(s, ref.filename))
+            if show_progress()
+            else None,
+        )
+        outcome = installer.sync(resolution.services, dry_run=args.dry_run)
+    finally:
+        store.close()
+    document = {
+        "host": host,
+        "pattern": resolution.pattern,
+        "ok": all_ok(outcome),
+        "services": service_results_json(outcome),
+    }
+    if args.dry_run:
+        document["dry_run"] = True
+    if args.json:
+        emit_json(document)
+    else:
+        _print_pull(document, settings.install_dir)
+    return 0 if all_ok(outcome) else 1
+
+
+def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
+    host, pattern = document["host"], document["pattern"]
+    if pattern is None:
+        print(f"{host}: no pattern matches; nothing to install")
+        return
+    verb = "would install" if document.get("dry_run") else "installed"
+    print(f"{host}: pattern {pattern} -> {len(document['services'])} service(s) in {install_dir}")
+    for name, result in document["services"].items():
+        parts = []
+        if result["installed"]:
+            parts.append(f"{verb} {', '.join(result['installed'])}")
+        if result["present"]:
+            parts.append(f"present {', '.join(result['present'])}")
+        if not result["installed"] and not result["present"] and "error" not in result:
+            parts.append("no versions in the store")
+        print(f"  {name}: {'; '.join(parts)}" if parts else f"  {name}:")
+        for version, reason in result["failed"].items():
+            print(f"  {name}: FAILED {version}: {reason}")
+        if "error" in result:
+            print(f"  {name}: FAILED: {result['error']}")
