@@ -47,12 +47,13 @@ from master.fleet import Fleet
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
-from master.master import Master, MasterTuning
+from master.master import Master
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.registry_watcher import RegistryWatcher
 from master.snapshot import FleetSnapshot, SnapshotBox
 from master.store_watcher import StoreWatcher
+from master.tuning import MasterTuning
 
 log = logging.getLogger(__name__)
 
