@@ -105,6 +105,7 @@ class OperatorDesk:
         # and the key's standing may have changed since.
         refusal = self._access.refusal(request, peer)
         if refusal is not None:
+            self._metrics.refused_operator_requests.labels(request.op).inc()
             self._control.reply(route, ControlReply(request.request_id, error=refusal))
             return
         if request.op in ACCESS_OPS:

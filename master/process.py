@@ -211,11 +211,17 @@ def run_master(
             key_service.setsockopt(zmq.LINGER, 0)
             key_service.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_FRAME_BYTES)
             endpoints["key"] = _bind(key_service, settings.bind, settings.key_port)
-        gatekeeper = Gatekeeper(zap, key_service, keyring, keypair.public if keypair else None)
-        gate_thread = threading.Thread(target=gatekeeper.run, name="gatekeeper", daemon=True)
-        gate_thread.start()
         snapshots = SnapshotBox(FleetSnapshot(epoch, time.time(), settings.down_after_s, {}))
         metrics = MasterMetrics(host_counter=lambda: snapshots.current.count_up(time.time()))
+        gatekeeper = Gatekeeper(
+            zap,
+            key_service,
+            keyring,
+            keypair.public if keypair else None,
+            on_refusal=metrics.handshake_refused,
+        )
+        gate_thread = threading.Thread(target=gatekeeper.run, name="gatekeeper", daemon=True)
+        gate_thread.start()
         http = HttpServer(
             HttpApp(
                 snapshots=snapshots,

@@ -82,6 +82,7 @@ class ResultsRecorder:
         metrics.add_total(
             metrics.invalid_frames.labels("results"), "invalid_frames.results", collector.malformed
         )
+        metrics.add_total(metrics.impostor_frames, "impostor_frames", collector.impostors)
 
     def _on_report(self, report: Report, now: float, payload: bytes) -> None:
         if not self._db.add_report(report, received_at=now, payload=payload):
