@@ -32,11 +32,11 @@ from daybook.stopping import StopFlag
 from daybook.store.base import Store, open_store
 from daybook.wire import TOPIC_SYNC
 from minion.desired import DesiredStateCache
-from minion.driver import Driver
 from minion.enrollment import Enrollment
 from minion.install_child import ChildInstaller
+from minion.loop import MinionLoop
 from minion.memory import MinionMemory
-from minion.minion import Callback, Minion
+from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 from minion.sync import Applier, Syncer, start_daemon_thread
@@ -79,23 +79,12 @@ class MinionSpec:
     install_dir: Path
 
 
-def connect_minion(
+def _connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
-    spec: MinionSpec,
-    *,
-    store: Store,
-    mailbox: Mailbox[Callback],
-    cache: DesiredStateCache,
-    stop: StopFlag,
-    spawn: Callable[[Callback], None] = start_daemon_thread,
-    persist: Callable[[Callback], None] = lambda save: save(),
-    credentials: ClientCredentials | None = None,
-    install: Callable[[Sequence[str]], ServiceResults] | None = None,
-) -> Minion:
-    """Build one minion with its own SUB and PUSH sockets, connected to the master (over
-    CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
-    in-process installer for syncs that download (a child process: see run_minion)."""
+    credentials: ClientCredentials | None,
+) -> tuple[EventSubscriber, Reporter]:
+    """One minion's SUB socket for the master's events and PUSH socket for its reports."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
@@ -115,7 +104,27 @@ def connect_minion(
     link_events.setsockopt(zmq.LINGER, 0)
     subscriber_socket.connect(settings.endpoint(settings.port))
     push_socket.connect(settings.endpoint(settings.results_port))
+    return EventSubscriber(subscriber_socket), Reporter(push_socket, link_events)
 
+
+def connect_minion(
+    context: zmq.Context[zmq.Socket[bytes]],
+    settings: Settings,
+    spec: MinionSpec,
+    *,
+    store: Store,
+    mailbox: Mailbox[LoopTask],
+    cache: DesiredStateCache,
+    stop: StopFlag,
+    spawn: Callable[[LoopTask], None] = start_daemon_thread,
+    persist: Callable[[LoopTask], None] = lambda save: save(),
+    credentials: ClientCredentials | None = None,
+    install: Callable[[Sequence[str]], ServiceResults] | None = None,
+) -> Minion:
+    """Build one minion with its own SUB and PUSH sockets, connected to the master (over
+    CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
+    in-process installer for syncs that download (a child process: see run_minion)."""
+    subscriber, reporter = _connect_sockets(context, settings, credentials)
     rng = random.Random()
 
     def splay() -> bool:
@@ -132,8 +141,8 @@ def connect_minion(
     syncer = Syncer(spec.host, Applier(installer, memory, splay, install), cache, memory)
     return Minion(
         host=spec.host,
-        subscriber=EventSubscriber(subscriber_socket),
-        reporter=Reporter(push_socket, link_events),
+        subscriber=subscriber,
+        reporter=reporter,
         syncer=syncer,
         memory=memory,
         mailbox=mailbox,
@@ -252,7 +261,7 @@ def run_minion(
         )
         # No install outlives the minion, however it stops.
         life.worker(stop=installs.kill)
-        mailbox: Mailbox[Callback] = Mailbox()
+        mailbox: Mailbox[LoopTask] = Mailbox()
         life.release(mailbox.close)
         keypair = minion_keypair(settings, spec)
         try:
@@ -278,7 +287,7 @@ def run_minion(
         life.stop.on_set(installs.stop)
         if credentials is not None:
             start_enrollment(life.context, settings, credentials, life.stop)
-        driver = Driver([minion], mailbox)
+        loop = MinionLoop([minion], mailbox)
         life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info(
             "minion %s following the master at %s (reports to port %d)",
@@ -286,12 +295,12 @@ def run_minion(
             settings.endpoint(settings.port),
             settings.results_port,
         )
-        life.run(driver.run)
-        _drain(minion, driver, installs, drain_timeout_s)
+        life.run(loop.run)
+        _drain(minion, loop, installs, drain_timeout_s)
     return 0
 
 
-def _drain(minion: Minion, driver: Driver, installs: ChildInstaller, timeout_s: float) -> None:
+def _drain(minion: Minion, loop: MinionLoop, installs: ChildInstaller, timeout_s: float) -> None:
     """Let the sync in progress finish, for `timeout_s` at most, and send the last reports
     before the sockets close."""
     if not minion.stop(timeout_s):
@@ -299,4 +308,4 @@ def _drain(minion: Minion, driver: Driver, installs: ChildInstaller, timeout_s: 
         # its sync is abandoned unreported.
         installs.kill()
         minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
-    driver.run_callbacks()
+    loop.run_tasks()

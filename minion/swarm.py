@@ -31,8 +31,8 @@ from daybook.model.patterns import check_host
 from daybook.stopping import StopFlag
 from daybook.store.base import Store, open_store
 from minion.desired import DesiredStateCache
-from minion.driver import Driver
-from minion.minion import Callback, Minion
+from minion.loop import MinionLoop
+from minion.minion import LoopTask, Minion
 from minion.process import (
     MinionSpec,
     check_master_ports,
@@ -83,7 +83,7 @@ def run_swarm(
         life.context.set(zmq.MAX_SOCKETS, count * 4 + 64)
         store = open_store(settings.store, lazy=True)
         life.release(store.close)
-        mailbox: Mailbox[Callback] = Mailbox()
+        mailbox: Mailbox[LoopTask] = Mailbox()
         life.release(mailbox.close)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="swarm-sync")
         # One thread writes every minion's memory file, off the path of their answers.
@@ -100,19 +100,19 @@ def run_swarm(
             pool=pool,
             saver=saver,
         )
-        driver = Driver(minions, mailbox)
+        loop = MinionLoop(minions, mailbox)
         life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info("swarm of %d minions following %s", count, settings.endpoint(settings.port))
         if ready is not None:
             ready(minions)
-        life.run(driver.run)
+        life.run(loop.run)
         for minion in minions:
             minion.runner.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         saver.shutdown(wait=True)
         for minion in minions:
             minion.stop(timeout_s=0)
-        driver.run_callbacks()  # the last reports go out before the sockets close
+        loop.run_tasks()  # the last reports go out before the sockets close
     return 0
 
 
@@ -122,7 +122,7 @@ def _connect_swarm(
     specs: list[MinionSpec],
     *,
     store: Store,
-    mailbox: Mailbox[Callback],
+    mailbox: Mailbox[LoopTask],
     pool: ThreadPoolExecutor,
     saver: ThreadPoolExecutor,
 ) -> list[Minion]:
@@ -130,10 +130,10 @@ def _connect_swarm(
     swarm says no hello: it is meant for a master with auto_accept, which binds each key
     to the host its first heartbeat names."""
 
-    def spawn(target: Callback) -> None:
+    def spawn(target: LoopTask) -> None:
         pool.submit(target)
 
-    def persist(save: Callback) -> None:
+    def persist(save: LoopTask) -> None:
         saver.submit(save)
 
     server_key = master_key(settings, life.context, life.stop)
