@@ -24,7 +24,7 @@ from master.served import Served
 from master.snapshot import SnapshotBox
 from master.sync_keeper import CLOSE_CHECK, SWEEP, SyncKeeper
 from master.tuning import MasterTuning
-from master.views import VIEW, ViewPublisher
+from master.view_publisher import VIEW, ViewPublisher
 
 Clock = Callable[[], float]
 

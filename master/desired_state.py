@@ -25,7 +25,7 @@ from master.scheduler import Scheduler
 from master.served import Served
 from master.sync_keeper import ALL_HOSTS, SyncKeeper
 from master.tuning import MasterTuning
-from master.views import ViewPublisher
+from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
 

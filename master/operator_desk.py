@@ -28,7 +28,7 @@ from master.metrics import MasterMetrics
 from master.refresh import RefreshRound
 from master.scheduler import Scheduler
 from master.sync_keeper import SyncKeeper
-from master.views import ViewPublisher
+from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
 

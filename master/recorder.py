@@ -18,7 +18,7 @@ from master.desired_state import DesiredStateKeeper
 from master.fleet import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.served import Served
-from master.views import ViewPublisher
+from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from master.fleet import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.scheduler import Scheduler
 from master.tuning import MasterTuning
-from master.views import ViewPublisher
+from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The view: when the loop hands the HTTP thread a new snapshot of the fleet."""
+"""The view publisher: when the loop hands the HTTP thread a new snapshot of the fleet."""
 
 from __future__ import annotations
 
