@@ -19,14 +19,18 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import zmq
 import zmq.utils.z85
 
 from daybook.mailbox import Mailbox
+from daybook.model.keys import MINION, REJECTED
 from daybook.net.transport import (
     CURVE_USER_PREFIX,
     DOMAIN_LOCAL,
+    DOMAIN_PUBLISH,
+    DOMAIN_RESULTS,
     KEY_REPLY,
     KEY_REQUEST,
     LOCAL_USER,
@@ -43,6 +47,35 @@ FLUSH_INTERVAL_S = 0.5
 # On Linux, libzmq appends the peer's credentials to an ipc:// address: `...:uid:gid:pid`.
 _PEER_CREDENTIALS_RE = re.compile(r":(\d+):(\d+):(\d+)$")
 
+# Why a handshake was refused: a key pending or rejected (held off: it will try again), an
+# operator key on a minion's socket, too many keys pending to record another, a peer that
+# is not CURVE with one well-formed key (or, on the local socket, not this user), a domain
+# no socket has, no key ring at all, or a fault in the handler itself.
+REFUSAL_REASONS = (
+    "pending",
+    "rejected",
+    "not_a_minion",
+    "too_many_pending",
+    "mechanism",
+    "other_user",
+    "domain",
+    "no_keyring",
+    "error",
+)
+
+
+class Verdict(NamedTuple):
+    """The answer to one handshake, the User-Id its peer's messages will carry, and why
+    it was refused (None when it was not)."""
+
+    admission: Admission
+    user_id: str
+    refusal: str | None = None
+
+
+def _refused(reason: str) -> Verdict:
+    return Verdict(Admission.DENY, "", reason)
+
 
 class Gatekeeper:
     def __init__(
@@ -53,12 +86,15 @@ class Gatekeeper:
         public_key: str | None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        on_refusal: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self._zap = zap
         self._key_socket = key_socket
         self._keyring = keyring
         self._key_reply = [KEY_REPLY, public_key.encode()] if public_key else None
         self._monotonic = monotonic
+        # Told each refused handshake's reason, on this thread (the metrics count them).
+        self._on_refusal = on_refusal
         self._stop = threading.Event()
         # Wakes the thread for a stop or a key ring change; otherwise it sleeps until a
         # handshake or a key request arrives, so an idle master costs nothing here.
@@ -130,7 +166,7 @@ class Gatekeeper:
                 continue
             version, request_id, domain, address, _identity, mechanism, *credentials = body
             try:
-                admission, user_id = self.decide(
+                verdict = self.decide(
                     domain.decode(errors="replace"),
                     address.decode(errors="replace"),
                     mechanism.decode(errors="replace"),
@@ -138,33 +174,55 @@ class Gatekeeper:
                 )
             except Exception:  # a bug here must hold the peer off, never let it in
                 log.exception("the ZAP handler failed; denying the handshake")
-                admission, user_id = Admission.DENY, ""
+                verdict = _refused("error")
+            admission = verdict.admission
             self.counters[_COUNTER[admission]] += 1
+            if verdict.refusal is not None:
+                self._on_refusal(verdict.refusal)
             reply = [
                 version,
                 request_id,
                 admission.value.encode(),
                 b"OK" if admission is Admission.ALLOW else b"not accepted",
-                user_id.encode() if admission is Admission.ALLOW else b"",
+                verdict.user_id.encode() if admission is Admission.ALLOW else b"",
                 b"",
             ]
             self._zap.send_multipart([*envelope, *reply])
 
     def decide(
         self, domain: str, address: str, mechanism: str, credentials: list[bytes]
-    ) -> tuple[Admission, str]:
-        """The answer to one handshake, and the User-Id its peer's messages will carry."""
+    ) -> Verdict:
+        """The answer to one handshake, the User-Id its peer's messages will carry, and
+        why it was refused if it was."""
         if domain == DOMAIN_LOCAL:
-            if mechanism != "NULL" or not _same_user(address):
-                return Admission.DENY, ""
-            return Admission.ALLOW, LOCAL_USER
+            if mechanism != "NULL":
+                return _refused("mechanism")
+            if not _same_user(address):
+                return _refused("other_user")
+            return Verdict(Admission.ALLOW, LOCAL_USER)
         if mechanism != "CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
-            return Admission.DENY, ""
+            return _refused("mechanism")
         if self._keyring is None:
-            return Admission.DENY, ""
+            return _refused("no_keyring")
         public_key = zmq.utils.z85.encode(credentials[0]).decode()
         admission = self._keyring.admit(domain, public_key, address)
-        return admission, CURVE_USER_PREFIX + public_key
+        user_id = CURVE_USER_PREFIX + public_key
+        if admission is Admission.ALLOW:
+            return Verdict(admission, user_id)
+        return Verdict(admission, user_id, self._why_not(self._keyring, domain, public_key))
+
+    @staticmethod
+    def _why_not(keyring: KeyRing, domain: str, public_key: str) -> str:
+        """Why the key ring did not admit `public_key` to `domain`."""
+        if domain not in (DOMAIN_PUBLISH, DOMAIN_RESULTS):
+            return "domain"
+        entry = keyring.get(public_key)
+        if entry is None:
+            return "too_many_pending"
+        if entry.role != MINION:
+            return "not_a_minion"
+        # Otherwise held off until accepted (if it was accepted since, it gets in next time).
+        return "rejected" if entry.state == REJECTED else "pending"
 
     # -- the key port ---------------------------------------------------------------------------
 

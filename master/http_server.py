@@ -31,7 +31,7 @@ from daybook.model.patterns import is_valid_host
 from master import api
 from master.database import ResultsReader
 from master.metrics import MasterMetrics
-from master.snapshot import SnapshotBox
+from master.snapshot import FleetSnapshot, SnapshotBox
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,7 @@ class HttpApp:
             return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {exc}")
 
     def _route(self, target: str, headers: dict[str, str]) -> Response:
-        if self.loopback_only and "host" in headers:
-            name = _host_header_name(headers["host"])
-            if not is_loopback_name(name):
-                raise HttpError(
-                    HTTPStatus.FORBIDDEN,
-                    f"this server answers requests for loopback names only, not {name[:100]!r}",
-                )
+        self._check_host_header(headers)
         parts = urlsplit(target)
         path = parts.path
         if len(path) > 1:
@@ -171,22 +165,35 @@ class HttpApp:
             limit = _limit(parse_qs(parts.query).get("limit"))
             return json_response(api.syncs_document(self.history, limit))
         if match := _HOST_ROUTE.fullmatch(path):
-            host = unquote(match.group(1))
-            if not is_valid_host(host):
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid host name {host[:100]!r}")
-            host_document = api.host_document(snapshot, host, self.clock())
-            if host_document is None:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"unknown host {host!r}")
-            return json_response(host_document)
+            return self._host(snapshot, unquote(match.group(1)))
         if match := _SYNC_ROUTE.fullmatch(path):
-            sync_id = unquote(match.group(1))
-            if not is_valid_id(sync_id):
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid sync id {sync_id[:100]!r}")
-            sync_document = api.sync_document(self.history, sync_id)
-            if sync_document is None:
-                raise HttpError(HTTPStatus.NOT_FOUND, f"unknown sync id {sync_id!r}")
-            return json_response(sync_document)
+            return self._sync(unquote(match.group(1)))
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such resource {path[:200]!r}")
+
+    def _check_host_header(self, headers: dict[str, str]) -> None:
+        if self.loopback_only and "host" in headers:
+            name = _host_header_name(headers["host"])
+            if not is_loopback_name(name):
+                raise HttpError(
+                    HTTPStatus.FORBIDDEN,
+                    f"this server answers requests for loopback names only, not {name[:100]!r}",
+                )
+
+    def _host(self, snapshot: FleetSnapshot, host: str) -> Response:
+        if not is_valid_host(host):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid host name {host[:100]!r}")
+        host_document = api.host_document(snapshot, host, self.clock())
+        if host_document is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"unknown host {host!r}")
+        return json_response(host_document)
+
+    def _sync(self, sync_id: str) -> Response:
+        if not is_valid_id(sync_id):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid sync id {sync_id[:100]!r}")
+        sync_document = api.sync_document(self.history, sync_id)
+        if sync_document is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"unknown sync id {sync_id!r}")
+        return json_response(sync_document)
 
 
 def _limit(values: list[str] | None) -> int:

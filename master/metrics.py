@@ -2,8 +2,9 @@
 
 Every master has a `CollectorRegistry` of its own, never the library's global one, so
 several masters in one process (the tests) keep separate counts. The loop thread updates
-the counters as things happen; the HTTP thread renders the registry. prometheus_client
-locks each value, and the liveness gauge is computed at scrape time from a snapshot.
+the counters as things happen, and the gatekeeper's thread its refused handshakes; the HTTP
+thread renders the registry. prometheus_client locks each value, and the liveness gauge is
+computed at scrape time from a snapshot.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from daybook.model.messages import CONTROL_OPS
 from daybook.model.results import Report
 from daybook.model.sync import SYNC_ORIGINS
+from master.gatekeeper import REFUSAL_REASONS
 
 NAMESPACE = "daybook"
 # From a sync's issue to a host's report: a no-op sync answers in milliseconds, a large
@@ -121,8 +124,31 @@ class MasterMetrics:
             registry=self.registry,
             buckets=REPORT_LATENCY_BUCKETS_S,
         )
+        self._add_security_counters(counter)
         # Running totals of the loop's own counters, to turn them into increments.
         self._seen_totals: dict[str, float] = {}
+        self._export_known_labels()
+
+    def _add_security_counters(self, counter: Callable[..., Counter]) -> None:
+        """What the security checks turn away, each counted where it is checked."""
+        self.impostor_frames = counter(
+            "impostor_frames",
+            "Reports and heartbeats dropped because the key that sent them is not bound to "
+            "the host they name.",
+        )
+        self.refused_operator_requests = counter(
+            "refused_operator_requests",
+            "Control requests refused for who sent them (the local socket, a key and its "
+            "standing), by operation.",
+            ("op",),
+        )
+        self.refused_handshakes = counter(
+            "refused_handshakes",
+            "CURVE and local-socket handshakes the gatekeeper refused or held off, by reason.",
+            ("reason",),
+        )
+
+    def _export_known_labels(self) -> None:
         # Every known label value is exported from the start, so a rate() over a counter
         # sees its first increment rather than a series appearing out of nowhere.
         for origin in sorted(SYNC_ORIGINS):
@@ -133,6 +159,10 @@ class MasterMetrics:
         self.syncs_completed.labels("incomplete")
         for socket in ("results", "control"):
             self.invalid_frames.labels(socket)
+        for op in sorted(CONTROL_OPS):
+            self.refused_operator_requests.labels(op)
+        for reason in REFUSAL_REASONS:
+            self.refused_handshakes.labels(reason)
 
     # -- events from the loop -------------------------------------------------------------------
 
@@ -165,6 +195,10 @@ class MasterMetrics:
             pulled = sum(known.get(version, 0) for version in result.installed)
             if pulled:
                 self.pulled_bytes.labels(service).inc(pulled)
+
+    def handshake_refused(self, reason: str) -> None:
+        """On the gatekeeper's thread: prometheus_client's counters take their own lock."""
+        self.refused_handshakes.labels(reason).inc()
 
     def host_succeeded_before(self, host: str, finished_at: float) -> None:
         """A success recorded before this master started (from the results database)."""

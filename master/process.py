@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 
 from daybook.config import Settings
 from daybook.errors import FleetError
+from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.net.client import ENDPOINTS_FILE, local_socket_path
 from daybook.net.keys import (
@@ -34,9 +35,9 @@ from daybook.net.transport import (
     local_server,
     secure_server,
 )
-from daybook.registry.base import open_registry
-from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store.base import open_store
+from daybook.registry.base import Registry, open_registry
+from daybook.stopping import StopFlag
+from daybook.store.base import Store, open_store
 from daybook.wire import MAX_MESSAGE_BYTES
 from master.access import Access
 from master.changes import Change, Wake
@@ -47,23 +48,28 @@ from master.fleet import Fleet
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
-from master.master import Master, MasterTuning
+from master.master import Master
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.registry_watcher import RegistryWatcher
 from master.snapshot import FleetSnapshot, SnapshotBox
 from master.store_watcher import StoreWatcher
+from master.tuning import MasterTuning
 
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "master.db"
 # Answers to operators still queued when the master stops get this long to leave.
 REPLY_LINGER_MS = 1000
+# How long a stopping master waits for each watcher's thread (it is a daemon).
+WATCHER_JOIN_TIMEOUT_S = 1.0
 # What a subscriber sends a PUB socket is its subscriptions, a few bytes each; the cap also
 # bounds the handshake's commands (a CURVE INITIATE is a few hundred bytes).
 MAX_SUBSCRIPTION_BYTES = 4096
 
 Endpoints = dict[str, str]
+# How the watcher threads hand their reads to the loop: its mailbox.
+Post = Callable[[Change], None]
 
 
 def endpoints_path(data_dir: Path) -> Path:
@@ -138,6 +144,93 @@ def _write_endpoints(path: Path, endpoints: Endpoints, epoch: int) -> None:
     write_atomically(path, data, mode=None, durable=False)
 
 
+@dataclass(frozen=True)
+class MasterSockets:
+    """The master's sockets, bound; `key` only with CURVE (it hands out the public key)."""
+
+    zap: zmq.Socket[bytes]
+    publish: zmq.Socket[bytes]
+    results: zmq.Socket[bytes]
+    control: zmq.Socket[bytes]
+    key: zmq.Socket[bytes] | None
+    endpoints: Endpoints
+
+
+def _bind_sockets(life: Lifecycle, settings: Settings, keypair: KeyPair | None) -> MasterSockets:
+    # Closed last: libzmq lets every handshake through while no ZAP handler is bound.
+    zap = life.socket(zmq.ROUTER, linger_ms=0, last=True)
+    zap.bind(ZAP_ENDPOINT)  # before any socket that needs it is bound
+    publish = life.socket(zmq.PUB, linger_ms=0)
+    results = life.socket(zmq.PULL, linger_ms=0)
+    control = life.socket(zmq.ROUTER, linger_ms=REPLY_LINGER_MS)
+    # A peer sending more than any real message is disconnected by ZeroMQ itself.
+    publish.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+    results.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    control.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    secure_server(publish, keypair, DOMAIN_PUBLISH)
+    secure_server(results, keypair, DOMAIN_RESULTS)
+    secure_server(control, keypair, DOMAIN_CONTROL)
+    endpoints: Endpoints = {
+        "publish": _bind(publish, settings.bind, settings.port),
+        "results": _bind(results, settings.bind, settings.results_port),
+        "control": _bind(control, settings.bind, settings.control_port),
+    }
+    # The same ROUTER, plaintext on ipc:// (security options apply per bind).
+    local = _bind_local(control, settings.data_dir)
+    if local is not None:
+        endpoints["local"] = local
+    key: zmq.Socket[bytes] | None = None
+    if keypair is not None:
+        key = life.socket(zmq.ROUTER, linger_ms=0)
+        key.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_FRAME_BYTES)
+        endpoints["key"] = _bind(key, settings.bind, settings.key_port)
+    return MasterSockets(zap, publish, results, control, key, endpoints)
+
+
+def _start_gatekeeper(
+    life: Lifecycle,
+    sockets: MasterSockets,
+    keypair: KeyPair | None,
+    keyring: KeyRing | None,
+    metrics: MasterMetrics,
+) -> None:
+    """The ZAP handler and the key port, on a thread of their own (see master.gatekeeper)."""
+    gatekeeper = Gatekeeper(
+        sockets.zap,
+        sockets.key,
+        keyring,
+        keypair.public if keypair else None,
+        on_refusal=metrics.handshake_refused,
+    )
+    life.start_thread(gatekeeper.run, name="gatekeeper", stop=gatekeeper.stop)
+
+
+def _start_watchers(
+    life: Lifecycle, settings: Settings, registry: Registry, store: Store, post: Post
+) -> dict[str, Callable[[], None]]:
+    """The registry and store watchers, on threads of their own; returns the refreshers
+    of those an operator sync can ask to read again."""
+    registry_watcher = RegistryWatcher(
+        registry,
+        post,
+        blocking=not settings.registry.startswith("file:"),
+        interval_s=settings.registry_poll_interval_s,
+    )
+    store_watcher = StoreWatcher(store, post, interval_s=settings.store_poll_interval_s)
+    refreshers = {StoreWatcher.SOURCE: store_watcher.refresh}
+    if registry_watcher.refreshable:  # a blocking query cannot be cut short, nor need be
+        refreshers = {RegistryWatcher.SOURCE: registry_watcher.refresh, **refreshers}
+    for watcher in (registry_watcher, store_watcher):
+        # A Consul blocking query may hold its thread a while: it is joined only so long.
+        life.start_thread(
+            watcher.run,
+            name=f"{watcher.SOURCE}-watcher",
+            stop=watcher.stop,
+            join_timeout_s=WATCHER_JOIN_TIMEOUT_S,
+        )
+    return refreshers
+
+
 def run_master(
     settings: Settings,
     *,
@@ -150,142 +243,75 @@ def run_master(
     and "key" and "local" when present}) once the sockets listen; the same endpoints go to
     `<data_dir>/master.json`.
     """
-    stop = stop or StopFlag()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
-    store = open_store(settings.store)
-    database = ResultsDatabase(settings.data_dir / DATABASE_FILE)
-    mailbox: Mailbox[Change] = Mailbox()
-    registry_watcher = RegistryWatcher(
-        registry,
-        mailbox.post,
-        blocking=not settings.registry.startswith("file:"),
-        interval_s=settings.registry_poll_interval_s,
-    )
-    store_watcher = StoreWatcher(store, mailbox.post, interval_s=settings.store_poll_interval_s)
-    watchers: list[RegistryWatcher | StoreWatcher] = [registry_watcher, store_watcher]
-    threads: list[threading.Thread] = []
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sockets: list[zmq.Socket[bytes]] = []
-    # The ZAP socket closes last: libzmq lets every handshake through while none is bound.
-    zap_sockets: list[zmq.Socket[bytes]] = []
-    gatekeeper: Gatekeeper | None = None
-    gate_thread: threading.Thread | None = None
-    keyring: KeyRing | None = None
-    http: HttpServer | None = None
-    path = endpoints_path(settings.data_dir)
-    try:
+    with Lifecycle(stop) as life:
+        registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
+        life.release(registry.close)
+        store = open_store(settings.store)
+        life.release(store.close)
+        database = ResultsDatabase(settings.data_dir / DATABASE_FILE)
+        life.release(database.close)
+        mailbox: Mailbox[Change] = Mailbox()
+        life.release(mailbox.close)
+        life.stop.on_set(lambda: mailbox.post(Wake()))
+        # libzmq leaves the local socket's file behind; operators would wait on it for nothing.
+        life.release(lambda: local_socket_path(settings.data_dir).unlink(missing_ok=True))
         epoch = database.next_epoch()
         keypair, keyring = _master_keys(settings)
-        zap = context.socket(zmq.ROUTER)
-        zap_sockets.append(zap)
-        zap.setsockopt(zmq.LINGER, 0)
-        zap.bind(ZAP_ENDPOINT)  # before any socket that needs it is bound
-        publish = context.socket(zmq.PUB)
-        results = context.socket(zmq.PULL)
-        control = context.socket(zmq.ROUTER)
-        sockets += [publish, results, control]
-        publish.setsockopt(zmq.LINGER, 0)
-        results.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        # A peer sending more than any real message is disconnected by ZeroMQ itself.
-        publish.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
-        results.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        control.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        secure_server(publish, keypair, DOMAIN_PUBLISH)
-        secure_server(results, keypair, DOMAIN_RESULTS)
-        secure_server(control, keypair, DOMAIN_CONTROL)
-        endpoints: Endpoints = {
-            "publish": _bind(publish, settings.bind, settings.port),
-            "results": _bind(results, settings.bind, settings.results_port),
-            "control": _bind(control, settings.bind, settings.control_port),
-        }
-        # The same ROUTER, plaintext on ipc:// (security options apply per bind).
-        local = _bind_local(control, settings.data_dir)
-        if local is not None:
-            endpoints["local"] = local
-        key_service: zmq.Socket[bytes] | None = None
-        if keypair is not None:
-            key_service = context.socket(zmq.ROUTER)
-            sockets.append(key_service)
-            key_service.setsockopt(zmq.LINGER, 0)
-            key_service.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_FRAME_BYTES)
-            endpoints["key"] = _bind(key_service, settings.bind, settings.key_port)
-        gatekeeper = Gatekeeper(zap, key_service, keyring, keypair.public if keypair else None)
-        gate_thread = threading.Thread(target=gatekeeper.run, name="gatekeeper", daemon=True)
-        gate_thread.start()
+        if keyring is not None:
+            life.release(keyring.save_if_dirty)
+        sockets = _bind_sockets(life, settings, keypair)
         snapshots = SnapshotBox(FleetSnapshot(epoch, time.time(), settings.down_after_s, {}))
         metrics = MasterMetrics(host_counter=lambda: snapshots.current.count_up(time.time()))
-        http = HttpServer(
-            HttpApp(
-                snapshots=snapshots,
-                history=ResultsReader(database.path),
-                metrics=metrics,
-                loopback_only=is_loopback_name(settings.http_bind),
-            ),
-            settings.http_bind,
-            settings.http_port,
-        )
-        endpoints["http"] = http.url
-
+        _start_gatekeeper(life, sockets, keypair, keyring, metrics)
+        http = _http_server(settings, snapshots, database, metrics)
+        life.worker(stop=http.close)
+        refreshers = _start_watchers(life, settings, registry, store, mailbox.post)
         master = Master(
             epoch=epoch,
-            publisher=Publisher(publish),
-            collector=Collector(results, keyring.speaks_for if keyring else None),
-            control=ControlServer(control),
+            publisher=Publisher(sockets.publish),
+            collector=Collector(sockets.results, keyring.speaks_for if keyring else None),
+            control=ControlServer(sockets.control),
             database=database,
             fleet=Fleet(settings.down_after_s, database.load_hosts()),
             mailbox=mailbox,
             tuning=MasterTuning(republish_interval_s=settings.republish_interval_s),
-            refreshers={
-                watcher.SOURCE: watcher.refresh
-                for watcher in watchers
-                if not isinstance(watcher, RegistryWatcher) or watcher.refreshable
-            },
+            refreshers=refreshers,
             metrics=metrics,
             snapshots=snapshots,
             access=Access(keyring),
         )
         master.restore()
         http.start()
-        threads = [
-            threading.Thread(target=watcher.run, name=f"{watcher.SOURCE}-watcher", daemon=True)
-            for watcher in watchers
-        ]
-        for thread in threads:
-            thread.start()
-        stop.on_set(lambda: mailbox.post(Wake()))
-        restore = stop_on_signals(stop)
-        try:
-            # Written once a signal stops the master cleanly: whoever reads it may send one.
-            _write_endpoints(path, endpoints, epoch)
-            log.info("master epoch %d listening: %s", epoch, endpoints)
-            if ready is not None:
-                ready(endpoints)
-            master.run(stop)
-        finally:
-            restore()
-    finally:
-        if http is not None:
-            http.close()
-        for watcher in watchers:
-            watcher.stop()
-        for thread in threads:
-            # A Consul blocking query may hold its thread a while; it is a daemon.
-            thread.join(timeout=1.0)
-        if gatekeeper is not None and gate_thread is not None:
-            gatekeeper.stop()
-            gate_thread.join()
-        for socket in [*sockets, *zap_sockets]:
-            socket.close()
-        if keyring is not None:
-            keyring.save_if_dirty()
-        context.term()
-        database.close()
-        mailbox.close()
-        path.unlink(missing_ok=True)
-        # libzmq leaves the socket file behind; operators would wait on it for nothing.
-        local_socket_path(settings.data_dir).unlink(missing_ok=True)
-        store.close()
-        registry.close()
+        _announce(life, settings, {**sockets.endpoints, "http": http.url}, epoch, ready)
+        life.run(master.run)
     return 0
+
+
+def _http_server(
+    settings: Settings, snapshots: SnapshotBox, database: ResultsDatabase, metrics: MasterMetrics
+) -> HttpServer:
+    app = HttpApp(
+        snapshots=snapshots,
+        history=ResultsReader(database.path),
+        metrics=metrics,
+        loopback_only=is_loopback_name(settings.http_bind),
+    )
+    return HttpServer(app, settings.http_bind, settings.http_port)
+
+
+def _announce(
+    life: Lifecycle,
+    settings: Settings,
+    endpoints: Endpoints,
+    epoch: int,
+    ready: Callable[[Endpoints], None] | None,
+) -> None:
+    """Tell operators (master.json) and the caller (`ready`) where the master listens."""
+    path = endpoints_path(settings.data_dir)
+    # Written once a signal stops the master cleanly: whoever reads it may send one.
+    _write_endpoints(path, endpoints, epoch)
+    life.release(lambda: path.unlink(missing_ok=True))
+    log.info("master epoch %d listening: %s", epoch, endpoints)
+    if ready is not None:
+        ready(endpoints)

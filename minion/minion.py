@@ -1,6 +1,6 @@
 """One minion's socket side: takes events in, hands work to its sync runner, sends reports
-and heartbeats out. Driven by a `Driver` loop, alone (a minion process) or with many
-others (the swarm)."""
+and heartbeats out. Run by a `MinionLoop`, alone (a minion process) or with many others
+(the swarm)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ from minion.sync import Job, Syncer, SyncRunner, start_daemon_thread
 
 log = logging.getLogger(__name__)
 
-# A callback for the socket thread, posted by a worker thread.
-Callback = Callable[[], None]
+# Work for the loop's thread (the one owning the sockets), posted by a sync worker thread.
+LoopTask = Callable[[], None]
 
 EVENT_BATCH = 64
 CLAIMED_MAX = 1024
 
 
 class Minion:
-    """Everything here runs on the driver's thread, which owns this minion's sockets."""
+    """Everything here runs on the loop's thread, which owns this minion's sockets."""
 
     def __init__(
         self,
@@ -42,11 +42,11 @@ class Minion:
         reporter: Reporter,
         syncer: Syncer,
         memory: MinionMemory,
-        mailbox: Mailbox[Callback],
+        mailbox: Mailbox[LoopTask],
         heartbeat_interval_s: float,
         boot_id: str,
-        spawn: Callable[[Callback], None] = start_daemon_thread,
-        persist: Callable[[Callback], None] = lambda save: save(),
+        spawn: Callable[[LoopTask], None] = start_daemon_thread,
+        persist: Callable[[LoopTask], None] = lambda save: save(),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -16,6 +16,7 @@ import zmq
 from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
 from daybook.install.installer import Installer
+from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.model.messages import MAX_FRAME_BYTES
 from daybook.model.results import ServiceResults
@@ -27,15 +28,15 @@ from daybook.net.transport import (
     secure_client,
     trusted_master_key,
 )
-from daybook.stopping import StopFlag, stop_on_signals
+from daybook.stopping import StopFlag
 from daybook.store.base import Store, open_store
 from daybook.wire import TOPIC_SYNC
 from minion.desired import DesiredStateCache
-from minion.driver import Driver
 from minion.enrollment import Enrollment
 from minion.install_child import ChildInstaller
+from minion.loop import MinionLoop
 from minion.memory import MinionMemory
-from minion.minion import Callback, Minion
+from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 from minion.sync import Applier, Syncer, start_daemon_thread
@@ -78,23 +79,12 @@ class MinionSpec:
     install_dir: Path
 
 
-def connect_minion(
+def _connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
-    spec: MinionSpec,
-    *,
-    store: Store,
-    mailbox: Mailbox[Callback],
-    cache: DesiredStateCache,
-    stop: StopFlag,
-    spawn: Callable[[Callback], None] = start_daemon_thread,
-    persist: Callable[[Callback], None] = lambda save: save(),
-    credentials: ClientCredentials | None = None,
-    install: Callable[[Sequence[str]], ServiceResults] | None = None,
-) -> Minion:
-    """Build one minion with its own SUB and PUSH sockets, connected to the master (over
-    CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
-    in-process installer for syncs that download (a child process: see run_minion)."""
+    credentials: ClientCredentials | None,
+) -> tuple[EventSubscriber, Reporter]:
+    """One minion's SUB socket for the master's events and PUSH socket for its reports."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
@@ -114,7 +104,27 @@ def connect_minion(
     link_events.setsockopt(zmq.LINGER, 0)
     subscriber_socket.connect(settings.endpoint(settings.port))
     push_socket.connect(settings.endpoint(settings.results_port))
+    return EventSubscriber(subscriber_socket), Reporter(push_socket, link_events)
 
+
+def connect_minion(
+    context: zmq.Context[zmq.Socket[bytes]],
+    settings: Settings,
+    spec: MinionSpec,
+    *,
+    store: Store,
+    mailbox: Mailbox[LoopTask],
+    cache: DesiredStateCache,
+    stop: StopFlag,
+    spawn: Callable[[LoopTask], None] = start_daemon_thread,
+    persist: Callable[[LoopTask], None] = lambda save: save(),
+    credentials: ClientCredentials | None = None,
+    install: Callable[[Sequence[str]], ServiceResults] | None = None,
+) -> Minion:
+    """Build one minion with its own SUB and PUSH sockets, connected to the master (over
+    CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
+    in-process installer for syncs that download (a child process: see run_minion)."""
+    subscriber, reporter = _connect_sockets(context, settings, credentials)
     rng = random.Random()
 
     def splay() -> bool:
@@ -131,8 +141,8 @@ def connect_minion(
     syncer = Syncer(spec.host, Applier(installer, memory, splay, install), cache, memory)
     return Minion(
         host=spec.host,
-        subscriber=EventSubscriber(subscriber_socket),
-        reporter=Reporter(push_socket, link_events),
+        subscriber=subscriber,
+        reporter=reporter,
         syncer=syncer,
         memory=memory,
         mailbox=mailbox,
@@ -212,6 +222,7 @@ def start_enrollment(
         pending_interval_s=min(2.0, max(0.2, beat_s)),
         accepted_interval_s=max(1.0, 6 * beat_s),
     )
+    # Not joined: the Context's term ends a hello in flight, and the stop flag the waits.
     threading.Thread(target=enrollment.run, args=(stop,), name="enrollment", daemon=True).start()
     return enrollment
 
@@ -219,6 +230,13 @@ def start_enrollment(
 def close_minion(minion: Minion) -> None:
     minion.subscriber.socket.close()
     minion.reporter.close()
+
+
+def client_credentials(keypair: KeyPair | None, server_key: str | None) -> ClientCredentials | None:
+    """CURVE credentials from both keys; None (plaintext) in the insecure opt-out."""
+    if keypair is None or server_key is None:
+        return None
+    return ClientCredentials(keypair, server_key)
 
 
 def run_minion(
@@ -229,74 +247,65 @@ def run_minion(
 ) -> int:
     """Run one minion in the foreground until `stop` is set or a signal arrives."""
     check_master_ports(settings)
-    stop = stop or StopFlag()
     spec = MinionSpec(settings.hostname, settings.data_dir, settings.install_dir)
     spec.data_dir.mkdir(parents=True, exist_ok=True)
-    # Downloads run in a child process, which alone loads the S3 client: the minion itself
-    # stays small for its whole life. The lazy store is for the installed-versions reads
-    # (local) of the parent's installer and is never opened here.
-    store = open_store(settings.store, lazy=True)
-    installs = ChildInstaller(
-        settings.store, spec.install_dir, max_parallel=settings.max_parallel_downloads
-    )
-    mailbox: Mailbox[Callback] = Mailbox()
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    minion: Minion | None = None
-    # From the start: a minion still waiting for its master's key stops cleanly too.
-    restore = stop_on_signals(stop)
-    try:
+    # Signals count from the start: a minion still waiting for its master's key stops too.
+    with Lifecycle(stop) as life:
+        # Downloads run in a child process, which alone loads the S3 client: the minion
+        # itself stays small for its whole life. The lazy store is for the installed-versions
+        # reads (local) of the parent's installer and is never opened here.
+        store = open_store(settings.store, lazy=True)
+        life.release(store.close)
+        installs = ChildInstaller(
+            settings.store, spec.install_dir, max_parallel=settings.max_parallel_downloads
+        )
+        # No install outlives the minion, however it stops.
+        life.worker(stop=installs.kill)
+        mailbox: Mailbox[LoopTask] = Mailbox()
+        life.release(mailbox.close)
         keypair = minion_keypair(settings, spec)
         try:
-            server_key = master_key(settings, context, stop)
+            server_key = master_key(settings, life.context, life.stop)
         except FleetError:
-            if stop.is_set():
+            if life.stop.is_set():
                 return 0
             raise
-        credentials = (
-            ClientCredentials(keypair, server_key)
-            if keypair is not None and server_key is not None
-            else None
-        )
+        credentials = client_credentials(keypair, server_key)
         minion = connect_minion(
-            context,
+            life.context,
             settings,
             spec,
             store=store,
             mailbox=mailbox,
             cache=DesiredStateCache(),
-            stop=stop,
+            stop=life.stop,
             credentials=credentials,
             install=installs.sync,
         )
+        life.closes(lambda: close_minion(minion))
         # A stopping minion's child gives up retrying downloads, as the minion itself would.
-        stop.on_set(installs.stop)
+        life.stop.on_set(installs.stop)
         if credentials is not None:
-            start_enrollment(context, settings, credentials, stop)
-        driver = Driver([minion], mailbox)
-        stop.on_set(lambda: mailbox.post(lambda: None))
+            start_enrollment(life.context, settings, credentials, life.stop)
+        loop = MinionLoop([minion], mailbox)
+        life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info(
             "minion %s following the master at %s (reports to port %d)",
             spec.host,
             settings.endpoint(settings.port),
             settings.results_port,
         )
-        try:
-            driver.run(stop)
-        finally:
-            # While it drains, a second signal ends the minion at once.
-            restore()
-        if not minion.stop(drain_timeout_s):
-            # No install outlives the minion: the child is ended and reaped (the next
-            # install removes its staging tree), and its sync is abandoned unreported.
-            installs.kill()
-            minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
-        driver.run_callbacks()  # the last reports go out before the sockets close
-    finally:
-        restore()
-        installs.kill()
-        if minion is not None:
-            close_minion(minion)
-        context.term()
-        mailbox.close()
-        store.close()
+        life.run(loop.run)
+        _drain(minion, loop, installs, drain_timeout_s)
     return 0
+
+
+def _drain(minion: Minion, loop: MinionLoop, installs: ChildInstaller, timeout_s: float) -> None:
+    """Let the sync in progress finish, for `timeout_s` at most, and send the last reports
+    before the sockets close."""
+    if not minion.stop(timeout_s):
+        # The child is ended and reaped (the next install removes its staging tree), and
+        # its sync is abandoned unreported.
+        installs.kill()
+        minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
+    loop.run_tasks()

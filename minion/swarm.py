@@ -14,6 +14,7 @@ DAYBOOK_* variables; minion N is `<prefix>-NNNN` with its files under
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import resource
 import sys
@@ -24,17 +25,18 @@ import zmq
 
 from daybook.config import Settings, load_settings
 from daybook.errors import DaybookError
+from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.model.patterns import check_host
-from daybook.net.transport import ClientCredentials
-from daybook.stopping import StopFlag, stop_on_signals
-from daybook.store.base import open_store
+from daybook.stopping import StopFlag
+from daybook.store.base import Store, open_store
 from minion.desired import DesiredStateCache
-from minion.driver import Driver
-from minion.minion import Callback, Minion
+from minion.loop import MinionLoop
+from minion.minion import LoopTask, Minion
 from minion.process import (
     MinionSpec,
     check_master_ports,
+    client_credentials,
     close_minion,
     connect_minion,
     master_key,
@@ -75,78 +77,85 @@ def run_swarm(
 ) -> int:
     """Run `count` minions until `stop` is set or a signal arrives."""
     check_master_ports(settings)
-    stop = stop or StopFlag()
     _raise_fd_limit(count * FDS_PER_MINION + 256)
-    store = open_store(settings.store, lazy=True)
-    mailbox: Mailbox[Callback] = Mailbox()
-    cache = DesiredStateCache()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="swarm-sync")
-    # One thread writes every minion's memory file, off the path of their answers.
-    saver = ThreadPoolExecutor(1, thread_name_prefix="swarm-save")
-
-    def spawn(target: Callback) -> None:
-        pool.submit(target)
-
-    def persist(save: Callback) -> None:
-        saver.submit(save)
-
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    # Per minion: SUB, PUSH, and the pair that monitors the PUSH socket's link.
-    context.set(zmq.MAX_SOCKETS, count * 4 + 64)
-    minions: list[Minion] = []
-    try:
-        # One master key for all; each minion its own key pair, in its own data dir. The
-        # swarm says no hello: it is meant for a master with auto_accept, which binds each
-        # key to the host its first heartbeat names.
-        server_key = master_key(settings, context, stop)
-        for spec in swarm_specs(settings, count, prefix):
-            spec.data_dir.mkdir(parents=True, exist_ok=True)
-            keypair = minion_keypair(settings, spec)
-            credentials = (
-                ClientCredentials(keypair, server_key)
-                if keypair is not None and server_key is not None
-                else None
-            )
-            minions.append(
-                connect_minion(
-                    context,
-                    settings,
-                    spec,
-                    store=store,
-                    mailbox=mailbox,
-                    cache=cache,
-                    stop=stop,
-                    spawn=spawn,
-                    persist=persist,
-                    credentials=credentials,
-                )
-            )
-        driver = Driver(minions, mailbox)
-        stop.on_set(lambda: mailbox.post(lambda: None))
-        restore = stop_on_signals(stop)
+    with Lifecycle(stop) as life:
+        # Per minion: SUB, PUSH, and the pair that monitors the PUSH socket's link.
+        life.context.set(zmq.MAX_SOCKETS, count * 4 + 64)
+        store = open_store(settings.store, lazy=True)
+        life.release(store.close)
+        mailbox: Mailbox[LoopTask] = Mailbox()
+        life.release(mailbox.close)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="swarm-sync")
+        # One thread writes every minion's memory file, off the path of their answers.
+        saver = ThreadPoolExecutor(1, thread_name_prefix="swarm-save")
+        for executor in (pool, saver):
+            # Joined while draining; a sync still running then is not waited for.
+            life.worker(stop=functools.partial(executor.shutdown, False, cancel_futures=True))
+        minions = _connect_swarm(
+            life,
+            settings,
+            swarm_specs(settings, count, prefix),
+            store=store,
+            mailbox=mailbox,
+            pool=pool,
+            saver=saver,
+        )
+        loop = MinionLoop(minions, mailbox)
+        life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info("swarm of %d minions following %s", count, settings.endpoint(settings.port))
         if ready is not None:
             ready(minions)
-        try:
-            driver.run(stop)
-        finally:
-            restore()
+        life.run(loop.run)
         for minion in minions:
             minion.runner.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         saver.shutdown(wait=True)
         for minion in minions:
             minion.stop(timeout_s=0)
-        driver.run_callbacks()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        saver.shutdown(wait=False, cancel_futures=True)
-        for minion in minions:
-            close_minion(minion)
-        context.term()
-        mailbox.close()
-        store.close()
+        loop.run_tasks()  # the last reports go out before the sockets close
     return 0
+
+
+def _connect_swarm(
+    life: Lifecycle,
+    settings: Settings,
+    specs: list[MinionSpec],
+    *,
+    store: Store,
+    mailbox: Mailbox[LoopTask],
+    pool: ThreadPoolExecutor,
+    saver: ThreadPoolExecutor,
+) -> list[Minion]:
+    """One master key for all; each minion its own key pair, in its own data dir. The
+    swarm says no hello: it is meant for a master with auto_accept, which binds each key
+    to the host its first heartbeat names."""
+
+    def spawn(target: LoopTask) -> None:
+        pool.submit(target)
+
+    def persist(save: LoopTask) -> None:
+        saver.submit(save)
+
+    server_key = master_key(settings, life.context, life.stop)
+    cache = DesiredStateCache()
+    minions: list[Minion] = []
+    for spec in specs:
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        minion = connect_minion(
+            life.context,
+            settings,
+            spec,
+            store=store,
+            mailbox=mailbox,
+            cache=cache,
+            stop=life.stop,
+            spawn=spawn,
+            persist=persist,
+            credentials=client_credentials(minion_keypair(settings, spec), server_key),
+        )
+        life.closes(functools.partial(close_minion, minion))
+        minions.append(minion)
+    return minions
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
+import requests
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_for
 
 from daybook import wire
@@ -23,6 +25,9 @@ from daybook.wire import TOPIC_SYNC, decode_as
 from master.process import run_master
 
 DEADLINE_S = 10.0
+
+# Each sample at /metrics by name and labels.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def fleet_settings(tmp_path: Path) -> Settings:
@@ -189,3 +194,21 @@ def live_minions(
 
 def _up(client: ControlClient) -> set[str]:
     return {host for host, entry in client.fleet_status().hosts.items() if entry.up}
+
+
+def scrape_metrics(master: RunningMaster) -> Samples:
+    """The master's /metrics as a Prometheus server reads it: over HTTP, parsed."""
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy from the environment between us and loopback
+        response = session.get(master.endpoints["http"] + "/metrics", timeout=5.0)
+    response.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value; None if /metrics does not export it."""
+    return samples.get((name, frozenset(labels.items())))

@@ -179,15 +179,31 @@ def test_zap_decisions(ring: KeyRing) -> None:
     gate = Gatekeeper(zap=None, key_socket=None, keyring=ring, public_key=None)  # type: ignore[arg-type]
     pair = KeyPair.generate()
     raw = __import__("zmq").utils.z85.decode(pair.public)
-    assert gate.decide(DOMAIN_LOCAL, "localhost:0:0:1", "NULL", []) == (Admission.ALLOW, "local")
-    assert gate.decide(DOMAIN_LOCAL, "", "CURVE", [raw])[0] is Admission.DENY
-    assert gate.decide(DOMAIN_CONTROL, "1.2.3.4", "NULL", [])[0] is Admission.DENY
+    assert gate.decide(DOMAIN_LOCAL, "localhost:0:0:1", "NULL", []) == (
+        Admission.ALLOW,
+        "local",
+        None,
+    )
+    assert gate.decide(DOMAIN_LOCAL, "", "CURVE", [raw])[::2] == (Admission.DENY, "mechanism")
+    assert gate.decide(DOMAIN_CONTROL, "1.2.3.4", "NULL", [])[::2] == (
+        Admission.DENY,
+        "mechanism",
+    )
     assert gate.decide(DOMAIN_CONTROL, "1.2.3.4", "CURVE", [b"short"])[0] is Admission.DENY
     assert gate.decide(DOMAIN_CONTROL, "1.2.3.4", "CURVE", [raw]) == (
         Admission.ALLOW,
         CURVE_USER_PREFIX + pair.public,
+        None,
     )
-    assert gate.decide(DOMAIN_RESULTS, "1.2.3.4", "CURVE", [raw])[0] is Admission.HOLD
+    # Unknown on a minion's socket: recorded pending, and held off until accepted.
+    assert gate.decide(DOMAIN_RESULTS, "1.2.3.4", "CURVE", [raw])[::2] == (
+        Admission.HOLD,
+        "pending",
+    )
+    ring.reject(pair.fingerprint)
+    assert gate.decide(DOMAIN_PUBLISH, "1.2.3.4", "CURVE", [raw]).refusal == "rejected"
+    ring.accept(pair.fingerprint)
+    assert gate.decide(DOMAIN_PUBLISH, "1.2.3.4", "CURVE", [raw]).refusal is None
 
 
 def test_the_idle_gatekeeper_wakes_to_save_changes_made_on_other_threads(

@@ -21,9 +21,11 @@ from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
 from master.fleet import Fleet
-from master.master import Master, MasterTuning
+from master.master import Master
+from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.snapshot import FleetSnapshot, SnapshotBox
+from master.tuning import MasterTuning
 
 
 @contextmanager
@@ -34,8 +36,9 @@ def running_master(
     *,
     collector: Callable[[zmq.Socket[bytes]], Collector] = Collector,
     snapshots: SnapshotBox | None = None,
-) -> Iterator[tuple[Master, zmq.Socket[bytes]]]:
-    """A master loop on its own thread, and a minion's PUSH socket connected to it."""
+) -> Iterator[tuple[MasterMetrics, zmq.Socket[bytes]]]:
+    """A master loop on its own thread, its metrics, and a minion's PUSH socket connected
+    to it."""
     name = tmp_path.name
     sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
     for kind, socket in sockets.items():
@@ -44,6 +47,7 @@ def running_master(
     minion.connect(f"inproc://{name}-{zmq.PULL}")
     mailbox: Mailbox[Change] = Mailbox()
     built: list[Master] = []
+    metrics = MasterMetrics()
     stop = StopFlag()
 
     def run() -> None:
@@ -59,6 +63,7 @@ def running_master(
             mailbox=mailbox,
             tuning=tuning,
             snapshots=snapshots,
+            metrics=metrics,
         )
         built.append(master)
         try:
@@ -70,7 +75,7 @@ def running_master(
     loop.start()
     try:
         wait_for(lambda: built, "the master to start")
-        yield built[0], minion
+        yield metrics, minion
     finally:
         stop.set()
         mailbox.post(Wake())
@@ -81,6 +86,11 @@ def running_master(
         mailbox.close()
 
 
+def heartbeats(metrics: MasterMetrics) -> float | None:
+    """How many heartbeats the master has recorded, as /metrics would say."""
+    return metrics.registry.get_sample_value("daybook_heartbeats_total")
+
+
 def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
     context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
 ) -> None:
@@ -89,8 +99,7 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
     snapshots = SnapshotBox(FleetSnapshot(1, 0.0, 3600.0, {}))
     # Every change but a heartbeat's last-seen time is published at once.
     tuning = MasterTuning(view_interval_s=0.0, heartbeat_view_interval_s=3600.0)
-    with running_master(context, tmp_path, tuning, snapshots=snapshots) as (master, minion):
-        counters = master.counters
+    with running_master(context, tmp_path, tuning, snapshots=snapshots) as (metrics, minion):
         published = snapshots.published
         minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
         wait_for(lambda: "web-1" in snapshots.current.hosts, "the new host in the snapshot")
@@ -98,7 +107,7 @@ def test_heartbeats_that_only_move_last_seen_do_not_copy_the_fleet(
         first_seen = snapshots.current.hosts["web-1"].last_seen
 
         minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
-        wait_for(lambda: counters["heartbeats"] == 2, "the second heartbeat")
+        wait_for(lambda: heartbeats(metrics) == 2, "the second heartbeat")
         assert snapshots.published == published + 1
         assert snapshots.current.hosts["web-1"].last_seen == first_seen
 
@@ -133,16 +142,15 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
         return collectors[-1]
 
     tuning = MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0)
-    with running_master(context, tmp_path, tuning, collector=counting) as (master, minion):
-        counters = master.counters
+    with running_master(context, tmp_path, tuning, collector=counting) as (metrics, minion):
         minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
-        wait_for(lambda: counters["heartbeats"] == 1, "the first heartbeat")
+        wait_for(lambda: heartbeats(metrics) == 1, "the first heartbeat")
         # Ten heartbeats within 0.2 s, each on its own: a loop reading as they come would
         # wake ten times; a quiet one reads them in one or two batches.
         for number in range(10):
             minion.send_multipart(wire.encode(heartbeat(f"web-{number + 2}", "boot1")))
             threading.Event().wait(0.02)
-        wait_for(lambda: counters["heartbeats"] == 11, "all heartbeats")
+        wait_for(lambda: heartbeats(metrics) == 11, "all heartbeats")
         (collector,) = collectors
         assert collector.batches[0] == 1
         assert len(collector.batches[1:]) <= 2, collector.batches

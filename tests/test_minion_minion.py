@@ -16,7 +16,7 @@ from daybook.model.results import Report
 from daybook.model.state import DesiredState
 from daybook.wire import decode_frames
 from minion.memory import STATE_FILE, AppliedService, MinionMemory
-from minion.minion import Callback, Minion
+from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 from minion.sync import Job, Synced
@@ -77,7 +77,7 @@ class Harness:
         self.push = FakeSocket()
         self.memory = MinionMemory(tmp_path, tmp_path / "install")
         self.syncer = RememberingSyncer(self.memory) if remembering else FakeSyncer()
-        self.mailbox: Mailbox[Callback] = Mailbox()
+        self.mailbox: Mailbox[LoopTask] = Mailbox()
         self.state_file = tmp_path / STATE_FILE
         self.minion = Minion(
             host=host,

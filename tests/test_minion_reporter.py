@@ -14,7 +14,7 @@ from daybook.mailbox import Mailbox
 from daybook.model.results import Report
 from daybook.wire import decode_frames
 from minion.memory import MinionMemory
-from minion.minion import Callback, Minion
+from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 
@@ -113,7 +113,7 @@ def test_the_latest_reports_go_again_after_a_reconnect(tmp_path: Path) -> None:
         reporter=reporter,
         syncer=None,  # type: ignore[arg-type]
         memory=memory,
-        mailbox=Mailbox[Callback](),
+        mailbox=Mailbox[LoopTask](),
         heartbeat_interval_s=1.0,
         boot_id="boot",
         monotonic=lambda: clock[0],

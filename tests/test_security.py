@@ -32,6 +32,8 @@ from inprocess_fleet import (
     fleet_settings,
     live_minions,
     minion_keypair,
+    sample,
+    scrape_metrics,
 )
 from waiting import wait_for
 
@@ -334,6 +336,89 @@ def test_plaintext_minions_are_refused(
     sub.close()
     push.close()
     web1.close()
+
+
+# -- what the checks turn away, counted at /metrics ---------------------------------------------
+
+
+def _counted(master: RunningMaster, name: str, at_least: float = 1.0, **labels: str) -> float:
+    """Wait until /metrics, read over HTTP, counts `name` at least `at_least` times."""
+
+    def value() -> float | None:
+        found = sample(scrape_metrics(master), name, **labels)
+        return found if found is not None and found >= at_least else None
+
+    return wait_for(value, f"{name}{labels} to reach {at_least:g}")
+
+
+def test_impostor_frames_are_counted_at_metrics(
+    context: zmq.Context[zmq.Socket[bytes]], trusting_master: RunningMaster
+) -> None:
+    master = trusting_master
+    (web1,) = live_minions(context, master, "web-1")
+    before = scrape_metrics(master)
+    assert sample(before, "daybook_impostor_frames_total") == 0
+    # web-1's own key, sending a heartbeat and a report for another host.
+    liar = ScriptedMinion(context, master, "web-2", keypair=minion_keypair("web-1"))
+    liar.heartbeat()
+    liar.report(
+        SyncEvent.carrying(
+            EMPTY_STATE, epoch=1, seq=1, sync_id="f" * 32, target="*", issued_at=time.time()
+        )
+    )
+    assert _counted(master, "daybook_impostor_frames_total", at_least=2) == 2
+    assert "web-2" not in _hosts(master)
+    for minion in (web1, liar):
+        minion.close()
+
+
+def test_refused_operator_requests_are_counted_by_operation_at_metrics(
+    context: zmq.Context[zmq.Socket[bytes]], trusting_master: RunningMaster
+) -> None:
+    master = trusting_master
+    (web1,) = live_minions(context, master, "web-1")
+    name = "daybook_refused_operator_requests_total"
+    before = scrape_metrics(master)
+    assert all(sample(before, name, op=op) == 0 for op in ("sync", "status", "keys.list"))
+
+    def curve_client(keypair: KeyPair) -> ControlClient:
+        credentials = ClientCredentials(keypair, master.public_key)
+        return ControlClient(master.endpoints["control"], 1.0, credentials=credentials)
+
+    # A key the master has not accepted, and an accepted minion's key, asking as operators.
+    with curve_client(KeyPair.generate()) as client, pytest.raises(FleetError):
+        client.run_sync(None, wait=False, timeout_s=1.0)
+    with curve_client(web1.keypair) as client:
+        with pytest.raises(FleetError, match="minion may not"):
+            client.fleet_status()
+        with pytest.raises(FleetError, match="local socket"):
+            client.keys()
+    assert _counted(master, name, op="sync") == 1
+    after = scrape_metrics(master)
+    assert sample(after, name, op="status") == 1
+    assert sample(after, name, op="keys.list") == 1
+    assert sample(after, name, op="sync_result") == 0
+    web1.close()
+
+
+def test_refused_handshakes_are_counted_by_reason_at_metrics(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    name = "daybook_refused_handshakes_total"
+    before = scrape_metrics(master)
+    assert sample(before, name, reason="pending") == 0
+    assert sample(before, name, reason="rejected") == 0
+    # An unknown key knocks on the minions' sockets: recorded pending and held off...
+    stranger = ScriptedMinion(context, master, "web-1")
+    stranger.heartbeat()
+    _counted(master, name, reason="pending")
+    pending = wait_for(lambda: _key(master, stranger.keypair.public, "pending"), "pending key")
+    # ...and once rejected, refused as it knocks again.
+    with master.client() as client:
+        client.change_key("keys.reject", pending.fingerprint)
+    _counted(master, name, reason="rejected")
+    assert not stranger.sub.poll(SILENCE_MS)
+    stranger.close()
 
 
 # -- the local socket and files ------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The driver: one poller loop running any number of minions on the thread that owns their
-sockets. A minion process drives one; the swarm drives a thousand."""
+"""The minion loop: one poller loop running any number of minions on the thread that owns
+their sockets. A minion process runs one minion in it; the swarm a thousand."""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import zmq
 
 from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag
-from minion.minion import Callback, Minion
+from minion.minion import LoopTask, Minion
 
 # Readable minions handled between two looks at the mailbox, so that with a thousand
 # minions the first reports leave while later events are still being read.
 SOCKETS_PER_TURN = 32
 
 
-class Driver:
+class MinionLoop:
+    """Reads each minion's SUB socket when it is readable, ticks their heartbeats, and runs
+    the tasks the sync workers post back (their reports go out on this thread)."""
+
     def __init__(
         self,
         minions: Sequence[Minion],
-        mailbox: Mailbox[Callback],
+        mailbox: Mailbox[LoopTask],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._minions = list(minions)
@@ -52,12 +55,12 @@ class Driver:
                 ready = {item for item, _ in poller.poll(self._timeout_ms(next_tick))}
                 backlog = [by_socket[item] for item in ready if isinstance(item, zmq.Socket)]
             if self._mailbox.fileno() in ready:
-                self.run_callbacks()
+                self.run_tasks()
             turn, backlog = backlog[:SOCKETS_PER_TURN], backlog[SOCKETS_PER_TURN:]
             for minion in turn:
                 minion.on_readable()
 
-    def run_callbacks(self) -> None:
+    def run_tasks(self) -> None:
         for callback in self._mailbox.drain():
             callback()
 

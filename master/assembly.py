@@ -1,0 +1,239 @@
+"""Puts the master loop's parts together: which ledger, scheduler and clocks each shares,
+and the order the loop's timers run in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from master.access import Access
+from master.broadcaster import Broadcaster
+from master.collector import Collector
+from master.control_server import ControlServer
+from master.database import ResultsDatabase
+from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
+from master.fleet import Fleet, SyncBook
+from master.housekeeping import HOST_FLUSH, PRUNE, Housekeeper
+from master.metrics import MasterMetrics
+from master.operator_desk import WAITERS, OperatorDesk
+from master.publisher import Publisher
+from master.recorder import ResultsRecorder
+from master.refresh import REFRESH, RefreshRound
+from master.scheduler import Scheduler
+from master.served import Served
+from master.snapshot import SnapshotBox
+from master.sync_keeper import CLOSE_CHECK, SWEEP, SyncKeeper
+from master.tuning import MasterTuning
+from master.view_publisher import VIEW, ViewPublisher
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """Wall-clock seconds for what is recorded and shown; monotonic ones for timers."""
+
+    wall: Clock
+    monotonic: Clock
+
+
+@dataclass(frozen=True)
+class LoopParts:
+    """The parts the master loop hands its work to, all on the loop's thread."""
+
+    timers: Scheduler
+    book: SyncBook
+    view: ViewPublisher
+    broadcaster: Broadcaster
+    syncs: SyncKeeper
+    desired: DesiredStateKeeper
+    recorder: ResultsRecorder
+    desk: OperatorDesk
+    housekeeper: Housekeeper
+
+
+@dataclass(frozen=True)
+class _Publishing:
+    view: ViewPublisher
+    broadcaster: Broadcaster
+    syncs: SyncKeeper
+    desired: DesiredStateKeeper
+
+
+def assemble(
+    *,
+    epoch: int,
+    publisher: Publisher,
+    collector: Collector,
+    control: ControlServer,
+    database: ResultsDatabase,
+    fleet: Fleet,
+    tuning: MasterTuning,
+    refreshers: Mapping[str, Callable[[], None]],
+    clocks: Clocks,
+    metrics: MasterMetrics,
+    snapshots: SnapshotBox | None,
+    access: Access,
+) -> LoopParts:
+    timers, book, served = Scheduler(), SyncBook(), Served()
+    out = _publishing(
+        epoch=epoch,
+        publisher=publisher,
+        database=database,
+        fleet=fleet,
+        tuning=tuning,
+        clocks=clocks,
+        metrics=metrics,
+        snapshots=snapshots,
+        timers=timers,
+        book=book,
+        served=served,
+    )
+    recorder = ResultsRecorder(
+        collector=collector,
+        database=database,
+        fleet=fleet,
+        book=book,
+        served=served,
+        desired=out.desired,
+        view=out.view,
+        metrics=metrics,
+        batch_limit=tuning.batch_limit,
+        clock=clocks.wall,
+    )
+    desk = _operator_desk(
+        epoch=epoch,
+        control=control,
+        access=access,
+        fleet=fleet,
+        tuning=tuning,
+        refreshers=refreshers,
+        clocks=clocks,
+        metrics=metrics,
+        timers=timers,
+        book=book,
+        out=out,
+    )
+    housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
+    parts = LoopParts(
+        timers, book, out.view, out.broadcaster, out.syncs, out.desired, recorder, desk, housekeeper
+    )
+    _add_timers(parts, tuning, clocks.monotonic())
+    return parts
+
+
+def _publishing(
+    *,
+    epoch: int,
+    publisher: Publisher,
+    database: ResultsDatabase,
+    fleet: Fleet,
+    tuning: MasterTuning,
+    clocks: Clocks,
+    metrics: MasterMetrics,
+    snapshots: SnapshotBox | None,
+    timers: Scheduler,
+    book: SyncBook,
+    served: Served,
+) -> _Publishing:
+    """The parts that decide what goes out: the snapshot, syncs, the desired state."""
+    wall, monotonic = clocks.wall, clocks.monotonic
+    view = ViewPublisher(
+        epoch=epoch,
+        fleet=fleet,
+        served=served,
+        scheduler=timers,
+        tuning=tuning,
+        clock=wall,
+        monotonic=monotonic,
+        snapshots=snapshots,
+    )
+    broadcaster = Broadcaster(publisher, epoch=epoch, metrics=metrics, monotonic=monotonic)
+    syncs = SyncKeeper(
+        book=book,
+        database=database,
+        fleet=fleet,
+        metrics=metrics,
+        view=view,
+        scheduler=timers,
+        tuning=tuning,
+        clock=wall,
+        monotonic=monotonic,
+    )
+    desired = DesiredStateKeeper(
+        served=served,
+        syncs=syncs,
+        broadcaster=broadcaster,
+        book=book,
+        fleet=fleet,
+        database=database,
+        view=view,
+        scheduler=timers,
+        tuning=tuning,
+        clock=wall,
+        monotonic=monotonic,
+    )
+    return _Publishing(view, broadcaster, syncs, desired)
+
+
+def _operator_desk(
+    *,
+    epoch: int,
+    control: ControlServer,
+    access: Access,
+    fleet: Fleet,
+    tuning: MasterTuning,
+    refreshers: Mapping[str, Callable[[], None]],
+    clocks: Clocks,
+    metrics: MasterMetrics,
+    timers: Scheduler,
+    book: SyncBook,
+    out: _Publishing,
+) -> OperatorDesk:
+    refresh = RefreshRound(
+        refreshers,
+        scheduler=timers,
+        timeout_s=tuning.refresh_timeout_s,
+        monotonic=clocks.monotonic,
+    )
+    return OperatorDesk(
+        control=control,
+        access=access,
+        book=book,
+        fleet=fleet,
+        syncs=out.syncs,
+        desired=out.desired,
+        refresh=refresh,
+        view=out.view,
+        metrics=metrics,
+        scheduler=timers,
+        batch_limit=tuning.batch_limit,
+        epoch=epoch,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
+    )
+
+
+def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> None:
+    """Every timer of the loop. When several are due in one pass they run in this order:
+    a refresh round that ran out rebuilds before its syncs start; a republish makes a
+    catch-up due with it needless; the operators waiting on a sync closed just now are
+    answered in the same pass; the snapshot goes last, with all of that in it."""
+    timers, desired, syncs, desk = parts.timers, parts.desired, parts.syncs, parts.desk
+
+    def close_ended_syncs(mono: float) -> None:
+        if syncs.close_ended(mono):
+            desk.release_waiters(mono)
+
+    timers.add(REFRESH, desk.refresh_overdue)
+    timers.add(REBUILD, desired.rebuild)
+    timers.add(REPUBLISH, desired.republish, due=started + tuning.republish_interval_s)
+    timers.add(CATCH_UP, desired.catch_up)
+    # Looking for syncs that have ended wakes the loop only while any is open.
+    timers.add(CLOSE_CHECK, close_ended_syncs, due=started, wakes=syncs.has_open_syncs)
+    timers.add(SWEEP, syncs.sweep, due=started, wakes=syncs.has_open_syncs)
+    timers.add(WAITERS, desk.release_waiters)
+    housekeeper = parts.housekeeper
+    timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
+    timers.add(PRUNE, housekeeper.prune, due=started)
+    timers.add(VIEW, parts.view.publish)

@@ -1,0 +1,55 @@
+"""The broadcaster: numbers the master's sync events and sends them through the publisher."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from daybook.model.messages import SyncEvent
+from daybook.model.state import EncodedState
+from daybook.model.sync import Sync
+from master.metrics import MasterMetrics
+from master.publisher import Publisher
+
+
+class Broadcaster:
+    """Sends a sync with the state it carries, as the next event of this master's epoch.
+
+    Minions tell a missed event by a gap in `seq` and a restarted master by a new `epoch`.
+    `last_sent` tells the loop it is busy: answers are read as they come for a while after.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        epoch: int,
+        metrics: MasterMetrics,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._publisher = publisher
+        self.epoch = epoch
+        self.seq = 0
+        self._metrics = metrics
+        self._monotonic = monotonic
+        self.last_sent = -math.inf
+
+    def send(self, sync: Sync, state: EncodedState) -> None:
+        self.seq += 1
+        event = SyncEvent.carrying(
+            state,
+            epoch=self.epoch,
+            seq=self.seq,
+            sync_id=sync.sync_id,
+            target=sync.target,
+            issued_at=sync.issued_at,
+        )
+        self._publisher.publish(event)
+        self.last_sent = self._monotonic()
+        metrics, publisher = self._metrics, self._publisher
+        metrics.add_total(metrics.published_events, "published_events", publisher.published)
+        metrics.add_total(metrics.published_bytes, "published_bytes", publisher.bytes_sent)
+
+    def drop_subscribers(self) -> None:
+        """Disconnect every subscriber, so each must pass the key check again."""
+        self._publisher.drop_subscribers()

@@ -1,0 +1,210 @@
+"""The desired-state keeper: turns the watchers' reads into the state the master serves, and
+keeps the minions up to date with it.
+
+Changes arriving close together are coalesced into one rebuild; a rebuilt state that differs
+starts a sync to every host. PUB drops events for minions that were not connected at that
+moment, so the state goes out again on an interval (with the recent syncs still missing
+answers), and at once, alone, to a minion that shows up behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from daybook import wire
+from daybook.model.messages import Heartbeat
+from daybook.model.state import DesiredState
+from daybook.model.sync import Sync
+from master.broadcaster import Broadcaster
+from master.changes import DigestsChanged, MappingsChanged
+from master.database import ResultsDatabase
+from master.fleet import Fleet, SyncBook
+from master.scheduler import Scheduler
+from master.served import Served
+from master.sync_keeper import ALL_HOSTS, SyncKeeper
+from master.tuning import MasterTuning
+from master.view_publisher import ViewPublisher
+
+log = logging.getLogger(__name__)
+
+REBUILD = "rebuild"
+REPUBLISH = "republish"
+CATCH_UP = "catch-up"
+
+
+class DesiredStateKeeper:
+    def __init__(
+        self,
+        *,
+        served: Served,
+        syncs: SyncKeeper,
+        broadcaster: Broadcaster,
+        book: SyncBook,
+        fleet: Fleet,
+        database: ResultsDatabase,
+        view: ViewPublisher,
+        scheduler: Scheduler,
+        tuning: MasterTuning,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._served = served
+        self._syncs = syncs
+        self._broadcaster = broadcaster
+        self._book = book
+        self._fleet = fleet
+        self._db = database
+        self._view = view
+        self._scheduler = scheduler
+        self._tuning = tuning
+        self._clock = clock
+        self._monotonic = monotonic
+        self._started = monotonic()
+        # The watchers that have read their source at least once.
+        self._fresh: set[str] = set()
+        self._last_republish = -math.inf
+
+    def restore(self) -> None:
+        """Serve the last desired state at once, until the watchers answer."""
+        stored = self._db.load_state()
+        if stored is None:
+            return
+        state, sync_id = stored
+        decoded = wire.decode_state(state)
+        served = self._served
+        served.mappings, served.digests = decoded.mappings, decoded.digests
+        served.state = state
+        found = self._syncs.find(sync_id)
+        if found is None:  # pruned away; keep its id so minions do not report it again
+            found = Sync(sync_id, ALL_HOSTS, "auto", self._clock(), ())
+            self._db.add_sync(found)
+            self._db.commit()
+        self._book.add(found)
+        served.sync = found
+        log.info("serving the stored desired state (sync %s) until the watchers answer", sync_id)
+        self.republish(self._monotonic())
+
+    # -- changes and rebuilds -------------------------------------------------------------------
+
+    def on_change(self, change: MappingsChanged | DigestsChanged) -> None:
+        served = self._served
+        if isinstance(change, MappingsChanged):
+            served.mappings = change.mappings
+            self._fresh.add("mappings")
+        else:
+            served.digests = change.digests
+            served.sizes = change.sizes
+            self._fresh.add("digests")
+        self._view.changed()
+        due = self._monotonic() + self._tuning.coalesce_s
+        if len(self._fresh) < 2:
+            # One watcher has answered and the other not yet: give it a moment rather than
+            # publish a state that mixes fresh and stale halves.
+            due = max(due, self._started + self._tuning.startup_grace_s)
+        self._scheduler.no_later_than(REBUILD, due)
+
+    def rebuild_pending(self) -> None:
+        """Rebuild now if changes are waiting to be, so that what they bring goes first."""
+        if self._scheduler.due(REBUILD) is not None:
+            self._scheduler.cancel(REBUILD)
+            self.rebuild()
+
+    def rebuild(self, _now: float | None = None) -> None:
+        served = self._served
+        if served.mappings is None or served.digests is None:
+            return
+        state = wire.encode_state(DesiredState(served.mappings, served.digests))
+        if served.state is not None and state.digest == served.state.digest:
+            return
+        origin = "startup" if served.sync is None else "auto"
+        served.state = state
+        sync = self._syncs.start(ALL_HOSTS, origin, request_id=None)
+        self._db.save_state(state, sync.sync_id)
+        self._db.commit()
+        served.sync = sync
+        log.info(
+            "desired state changed (%d pattern(s), %d service(s)): sync %s to %d host(s)",
+            len(served.mappings),
+            len(served.digests),
+            sync.sync_id,
+            len(sync.expected),
+        )
+        self._broadcaster.send(sync, state)
+
+    def sync_now(self, target: str | None, request_id: str, deadline_s: float) -> Sync | None:
+        """Start an operator's sync of the current state; None while there is none yet."""
+        state = self._served.state
+        if state is None:
+            return None
+        sync = self._syncs.start(target or ALL_HOSTS, "operator", request_id, deadline_s)
+        self._db.commit()
+        log.info(
+            "operator sync %s to %s: expecting %d host(s)",
+            sync.sync_id,
+            sync.target,
+            len(sync.expected),
+        )
+        self._broadcaster.send(sync, state)
+        return sync
+
+    # -- keeping minions up to date -------------------------------------------------------------
+
+    def republish(self, mono: float) -> None:
+        """Send the current state again, with every recent sync still missing answers.
+
+        The state's own sync goes last, so it is what a minion sees newest.
+        """
+        self._scheduler.cancel(CATCH_UP)
+        self._last_republish = mono
+        self._scheduler.at(REPUBLISH, mono + self._tuning.republish_interval_s)
+        state, own = self._served.state, self._served.sync
+        if state is None or own is None:
+            return
+        now = self._clock()
+        unfinished = self._book.unfinished(
+            now,
+            self._tuning.unfinished_window_s,
+            self._tuning.max_republished_syncs,
+            lambda host: self._fleet.is_up(host, now),
+        )
+        for sync in unfinished:
+            if sync.sync_id != own.sync_id:
+                self._broadcaster.send(sync, state)
+        self._broadcaster.send(own, state)
+
+    def catch_up(self, mono: float) -> None:
+        """Send the current state alone, for minions that just showed up behind.
+
+        Minions starting together share one catch-up; unfinished syncs wait for the next
+        periodic republish, which keeps a fleet start-up from multiplying the traffic.
+        """
+        self._last_republish = mono
+        state, own = self._served.state, self._served.sync
+        if state is not None and own is not None:
+            self._broadcaster.send(own, state)
+
+    def heard(self, heartbeat: Heartbeat) -> None:
+        """A minion not busy with a sync and behind the current state gets it soon."""
+        state = self._served.state
+        behind = state is not None and (
+            heartbeat.epoch != self._broadcaster.epoch or heartbeat.state_digest != state.digest
+        )
+        if behind and not heartbeat.busy:
+            due = max(
+                self._monotonic() + self._tuning.catch_up_delay_s,
+                self._last_republish + self._tuning.min_republish_gap_s,
+            )
+            self._scheduler.no_later_than(CATCH_UP, due)
+
+    def cut_off(self, host: str | None) -> None:
+        """A minion's key lost its standing: no event reaches it from now on, and no sync
+        waits for it. (Its reports and heartbeats are already dropped: the collector checks
+        every message's key.) The others reconnect; a catch-up soon after serves them."""
+        self._broadcaster.drop_subscribers()
+        if host is not None:
+            self._fleet.cut_off(host)
+            self._view.changed()
+        self._scheduler.at(CATCH_UP, self._monotonic() + self._tuning.resubscribe_grace_s)
+        log.warning("cut off %s: its key is no longer accepted", host or "a minion")

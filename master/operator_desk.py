@@ -1,0 +1,210 @@
+"""The operator desk: answers every request on the control socket.
+
+Who may ask for what is `Access`'s to say, checked on every request. A sync waits for a
+refresh round, so it goes out with what the registry and the store hold now; an operator
+who waits on a sync gets the answer once it ends, or when the wait is over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from daybook.model.messages import (
+    OP_STATUS,
+    OP_SYNC,
+    OP_SYNC_RESULT,
+    ControlReply,
+    ControlRequest,
+)
+from daybook.model.sync import RUNNING, Sync
+from daybook.net.transport import Peer
+from master.access import ACCESS_OPS, Access
+from master.control_server import ControlServer, Route
+from master.desired_state import DesiredStateKeeper
+from master.fleet import Fleet, SyncBook, Waiter
+from master.metrics import MasterMetrics
+from master.refresh import RefreshRound
+from master.scheduler import Scheduler
+from master.sync_keeper import SyncKeeper
+from master.view_publisher import ViewPublisher
+
+log = logging.getLogger(__name__)
+
+# The timer that answers the operators whose wait is over.
+WAITERS = "waiters"
+
+Handler = Callable[[Route, ControlRequest], None]
+
+
+class OperatorDesk:
+    def __init__(
+        self,
+        *,
+        control: ControlServer,
+        access: Access,
+        book: SyncBook,
+        fleet: Fleet,
+        syncs: SyncKeeper,
+        desired: DesiredStateKeeper,
+        refresh: RefreshRound,
+        view: ViewPublisher,
+        metrics: MasterMetrics,
+        scheduler: Scheduler,
+        batch_limit: int,
+        epoch: int,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._control = control
+        self._access = access
+        self._book = book
+        self._fleet = fleet
+        self._syncs = syncs
+        self._desired = desired
+        self._refresh = refresh
+        self._view = view
+        self._metrics = metrics
+        self._scheduler = scheduler
+        self._batch_limit = batch_limit
+        self._epoch = epoch
+        self._clock = clock
+        self._monotonic = monotonic
+        # Syncs asked for while a refresh round is under way, in order.
+        self._queue: list[tuple[Route, ControlRequest]] = []
+        self._handlers: dict[str, Handler] = {
+            OP_STATUS: self._status,
+            OP_SYNC: self._sync,
+            OP_SYNC_RESULT: self._sync_result,
+        }
+
+    def serve(self) -> None:
+        """Answer (or queue, or hold) every request waiting on the control socket."""
+        requests = self._control.receive_batch(self._batch_limit)
+        metrics = self._metrics
+        metrics.add_total(
+            metrics.invalid_frames.labels("control"),
+            "invalid_frames.control",
+            self._control.malformed,
+        )
+        if requests:  # a key accepted or deleted changes who is up
+            self._view.changed()
+        for route, request, peer in requests:
+            metrics.operator_requests.inc()
+            try:
+                self._handle(route, request, peer)
+            except Exception as exc:  # one bad request must not stop the master
+                log.exception("operator request %s failed", request.op)
+                self._control.reply(
+                    route, ControlReply(request.request_id, error=f"internal error: {exc}")
+                )
+
+    def _handle(self, route: Route, request: ControlRequest, peer: Peer) -> None:
+        # Checked on every request: a CURVE session is authenticated once, when it starts,
+        # and the key's standing may have changed since.
+        refusal = self._access.refusal(request, peer)
+        if refusal is not None:
+            self._metrics.refused_operator_requests.labels(request.op).inc()
+            self._control.reply(route, ControlReply(request.request_id, error=refusal))
+            return
+        if request.op in ACCESS_OPS:
+            answer = self._access.answer(request, peer)
+            self._control.reply(route, answer.reply)
+            if answer.cut_off:
+                self._desired.cut_off(answer.host)
+            return
+        handler = self._handlers.get(request.op)
+        if handler is None:
+            error = f"operation {request.op} is refused"
+            self._control.reply(route, ControlReply(request.request_id, error=error))
+            return
+        handler(route, request)
+
+    def _status(self, route: Route, request: ControlRequest) -> None:
+        status = self._fleet.status(self._epoch, self._clock())
+        status = replace(status, syncs=tuple(self._book))
+        self._control.reply(route, ControlReply(request.request_id, status=status))
+
+    def _sync(self, route: Route, request: ControlRequest) -> None:
+        sync = self._syncs.find_request(request.request_id)
+        if sync is not None:  # a retry of a request that already started its sync
+            self._answer_or_wait(route, request, sync)
+            return
+        queued = [item for item in self._queue if item[1].request_id != request.request_id]
+        self._queue = [*queued, (route, request)]  # a retry takes the newest route
+        self._refresh.start()
+        if not self._refresh.under_way:
+            self._start_queued()
+
+    def _sync_result(self, route: Route, request: ControlRequest) -> None:
+        assert request.sync_id is not None
+        sync = self._syncs.find(request.sync_id)
+        if sync is None:
+            error = f"unknown sync id {request.sync_id}"
+            self._control.reply(route, ControlReply(request.request_id, error=error))
+            return
+        self._book.add(sync)
+        self._answer_or_wait(route, request, sync)
+
+    # -- syncs after a refresh round ------------------------------------------------------------
+
+    def source_fresh(self, source: str) -> None:
+        if self._refresh.fresh(source) and self._queue:
+            self._start_queued()
+
+    def refresh_overdue(self, _now: float) -> None:
+        self._refresh.give_up()
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        self._refresh.end()
+        self._desired.rebuild_pending()  # what the refresh found goes out first
+        queue, self._queue = self._queue, []
+        for route, request in queue:
+            sync = self._desired.sync_now(request.target, request.request_id, request.deadline_s)
+            if sync is None:
+                error = (
+                    "the master has not read the mappings and the store yet; try again in a moment"
+                )
+                self._control.reply(route, ControlReply(request.request_id, error=error))
+                continue
+            self._answer_or_wait(route, request, sync)
+
+    def refuse_queued(self) -> None:
+        """The master is stopping: the syncs not started yet will not be."""
+        queue, self._queue = self._queue, []
+        for route, request in queue:
+            error = "the master is stopping"
+            self._control.reply(route, ControlReply(request.request_id, error=error))
+
+    # -- operators waiting on a sync ------------------------------------------------------------
+
+    def _answer_or_wait(self, route: Route, request: ControlRequest, sync: Sync) -> None:
+        current = self._book.get(sync.sync_id) or sync
+        if request.wait_s > 0 and current.state == RUNNING:
+            deadline = self._monotonic() + request.wait_s
+            self._book.wait(Waiter(sync.sync_id, request.request_id, route, deadline))
+            self._scheduler.no_later_than(WAITERS, deadline)
+            return
+        self._control.reply(route, ControlReply(request.request_id, sync=current))
+
+    def release_waiters(self, mono: float) -> None:
+        """Answer the operators whose sync has ended or whose wait is over."""
+        for waiter in self._book.release(mono):
+            self._answer(waiter)
+        self._scheduler.at(WAITERS, self._book.next_deadline())
+
+    def answer_all(self) -> None:
+        """The master is stopping: every waiting operator gets the sync as it stands."""
+        for waiter in self._book.release_all():
+            self._answer(waiter)
+        self._scheduler.cancel(WAITERS)
+
+    def _answer(self, waiter: Waiter) -> None:
+        sync = self._syncs.find(waiter.sync_id)
+        if sync is None:
+            reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
+        else:
+            reply = ControlReply(waiter.request_id, sync=sync)
+        self._control.reply(waiter.route, reply)

@@ -1,0 +1,52 @@
+"""The master loop's timing knobs, shared by the parts it dispatches to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MasterTuning:
+    """Timing knobs of the loop; the settings provide the first, the rest rarely change."""
+
+    republish_interval_s: float = 30.0
+    # An automatic sync stops waiting for answers this long after it was issued: a little
+    # over a republish, which gives every live minion a second chance to hear of it.
+    sync_deadline_s: float = 40.0
+    # How often open syncs are checked for hosts that went down (deadlines are met exactly),
+    # and the database for open syncs nobody holds any more.
+    close_check_interval_s: float = 1.0
+    forgotten_sweep_interval_s: float = 30.0
+    # Changes arriving this close together make one sync.
+    coalesce_s: float = 0.05
+    # At start, wait this long for both watchers before publishing a state built from one.
+    startup_grace_s: float = 3.0
+    # A minion that shows up behind gets a republish this soon, but never more often.
+    catch_up_delay_s: float = 0.05
+    min_republish_gap_s: float = 0.5
+    # Unfinished syncs younger than this are republished, at most this many at once.
+    unfinished_window_s: float = 600.0
+    max_republished_syncs: int = 8
+    batch_limit: int = 5000
+    host_flush_interval_s: float = 1.0
+    keep_syncs: int = 10_000
+    prune_interval_s: float = 3600.0
+    # An operator sync first has the polling watchers read their sources once more, so
+    # `map set ...; sync` syncs the new mapping; but it waits for them no longer than this.
+    refresh_timeout_s: float = 2.0
+    # The snapshot the HTTP API reads is published this soon after a change, but never
+    # more often, nor taking more than a tenth of the loop's time in a large fleet.
+    view_interval_s: float = 0.2
+    # Heartbeats that only move a host's last-seen time refresh the snapshot this seldom
+    # (and at least four times within down_after_s): readers judge liveness at their own
+    # clock, so copying a large fleet on every batch of heartbeats would buy nothing.
+    heartbeat_view_interval_s: float = 2.0
+    # After subscribers are dropped (a key deleted), the state is sent again this soon,
+    # once the minions still accepted have reconnected.
+    resubscribe_grace_s: float = 0.5
+    # With nobody waiting on a sync and nothing published for `busy_window_s`, the results
+    # socket is read at most every `quiet_collect_interval_s`: a fleet's heartbeats, sent
+    # one by one at their own times, then wake the loop a couple of times a second in
+    # batches instead of once each. Answers an operator waits for are read as they come.
+    quiet_collect_interval_s: float = 0.5
+    busy_window_s: float = 5.0

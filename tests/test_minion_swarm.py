@@ -1,0 +1,68 @@
+"""The swarm (many real minions in one process) starts against a real master, and stops
+through the same shutdown sequence as a minion process."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from archives import make_asset
+from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings
+from waiting import wait_for
+
+from daybook.model.names import AssetRef
+from daybook.registry.base import open_registry
+from daybook.stopping import StopFlag
+from daybook.store.local import LocalStore
+from minion.minion import Minion
+from minion.swarm import run_swarm
+
+
+def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
+    path = make_asset(tmp_path, "web", "1")
+    LocalStore(tmp_path / "store").upload(
+        path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    open_registry(f"file://{tmp_path / 'mappings.json'}").update("swarm-*", lambda _: ("web",))
+    master = RunningMaster(fleet_settings(tmp_path))
+    stop = StopFlag()
+    started: list[Sequence[Minion]] = []
+    outcome: list[int] = []
+    settings = replace(
+        master.settings,
+        data_dir=tmp_path / "swarm-root",
+        install_dir=tmp_path / "unused",
+        port=master.port("publish"),
+        results_port=master.port("results"),
+        control_port=master.port("control"),
+        key_port=master.port("key"),
+    )
+    swarm = threading.Thread(
+        target=lambda: outcome.append(run_swarm(settings, 3, stop=stop, ready=started.append))
+    )
+    swarm.start()
+    try:
+        with master.client() as client:
+
+            def synced() -> bool:
+                hosts = client.fleet_status().hosts
+                return len(hosts) == 3 and all(
+                    h.up and h.last_report is not None and h.last_report.ok for h in hosts.values()
+                )
+
+            wait_for(synced, "three swarm minions up and synced")
+        (minions,) = started
+        assert [minion.host for minion in minions] == ["swarm-0000", "swarm-0001", "swarm-0002"]
+        assert all(
+            (settings.data_dir / "swarm" / m.host / "install" / "web").is_dir() for m in minions
+        )
+    finally:
+        stop.set()
+        swarm.join(DEADLINE_S)
+        master.shutdown()
+    assert not swarm.is_alive()
+    assert outcome == [0]
+    assert all(minion.socket.closed for minion in minions)
