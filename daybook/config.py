@@ -86,6 +86,10 @@ class Settings:
     store_poll_interval_s: float = field(default=5.0, metadata=_SECONDS)
     republish_interval_s: float = field(default=30.0, metadata=_SECONDS)
     registry_poll_interval_s: float = field(default=2.0, metadata=_SECONDS)
+    # Master: an automatic sync stops waiting for answers this long after it was issued (an
+    # operator's sync, after its --timeout), and ends incomplete naming the silent hosts.
+    # A little over a republish, which gives every live minion a second chance to hear it.
+    sync_deadline_s: float = field(default=40.0, metadata=_rule("DAYBOOK_SYNC_DEADLINE_S", low=1))
     # Minion: heartbeats, the random delay before downloads, and parallel downloads.
     heartbeat_interval_s: float = field(default=5.0, metadata=_SECONDS)
     splay_s: float = field(default=1.0, metadata=_SECONDS)

@@ -275,7 +275,10 @@ def run_master(
             database=database,
             fleet=Fleet(settings.down_after_s, database.load_hosts()),
             mailbox=mailbox,
-            tuning=MasterTuning(republish_interval_s=settings.republish_interval_s),
+            tuning=MasterTuning(
+                republish_interval_s=settings.republish_interval_s,
+                sync_deadline_s=settings.sync_deadline_s,
+            ),
             refreshers=refreshers,
             metrics=metrics,
             snapshots=snapshots,
