@@ -1,5 +1,5 @@
 """A daemon's lifecycle: the zmq Context its composition root owns, and the one shutdown
-sequence every daemon (master, minion, swarm) goes through.
+sequence every daemon process goes through.
 
 From the first moment, SIGTERM and SIGINT set the stop flag. The loop sees it and drains
 on its own; after that a second signal ends the process at once. Then, always in this order:

@@ -1,6 +1,6 @@
 """Decoded desired states, kept by digest so a republished state is decoded only once.
 
-One cache may serve many minions in one process (the swarm): the first to need a state
+One cache may serve many minions sharing a process: the first to need a state
 decodes and ranks it, the others find it ready.
 """
 

@@ -7,8 +7,8 @@ child holds that memory only while it installs. A fresh interpreter rather than 
 the minion runs libzmq's threads and Python threads of its own, and a forked child could
 inherit a lock (a module's import lock, a stream's) held by a thread that does not exist in
 it. The interpreter's start costs about 50 ms of CPU per sync that downloads; a no-op sync
-starts no child. The swarm keeps installing in-process: its thousand minions share one
-store client.
+starts no child. Minions that share one process (a load test's thousand) install
+in-process instead, through one shared store client.
 
 Parent to child, on stdin: one JSON line, the job; then `stop` lines, asking the child to
 give up retrying because the minion is stopping. End of file means the minion is gone: the

@@ -1,5 +1,5 @@
 """The minion loop: one poller loop running any number of minions on the thread that owns
-their sockets. A minion process runs one minion in it; the swarm a thousand."""
+their sockets. A minion process runs one minion in it; a load test runs a thousand in one."""
 
 from __future__ import annotations
 

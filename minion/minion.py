@@ -1,6 +1,6 @@
 """One minion's socket side: takes events in, hands work to its sync runner, sends reports
 and heartbeats out. Run by a `MinionLoop`, alone (a minion process) or with many others
-(the swarm)."""
+sharing its process."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class Minion:
         self._memory = memory
         self._mailbox = mailbox
         # Runs the memory's file write: inline after each sync in a minion process, on a
-        # shared background thread in the swarm.
+        # background thread shared by the minions of one process.
         self._persist = persist
         self._heartbeat_interval_s = heartbeat_interval_s
         self.boot_id = boot_id
@@ -133,7 +133,7 @@ class Minion:
         # memory at once so the next sync plans with them. Changed services go to disk at
         # once: they spare a restarted minion its store listings. A no-op only adds its
         # report, which waits for the next heartbeat: a burst of syncs costs one write, and
-        # a swarm's thousand minions do not all write as the next sync comes in. Losing it
+        # a thousand minions sharing a process do not all write as the next sync comes in. Losing it
         # in a crash costs at most a report sent twice, which the master drops.
         self._syncer.remember(synced)
         if synced.applied:

@@ -72,7 +72,7 @@ def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> N
 
 @dataclass(frozen=True)
 class MinionSpec:
-    """Who one minion is and where it keeps its files; the swarm makes many."""
+    """Who one minion is and where it keeps its files; a process may run many."""
 
     host: str
     data_dir: Path

@@ -25,7 +25,7 @@ class EventSubscriber:
         events: list[SyncEvent] = []
         # Ask whether a message waits instead of reading until zmq.Again: raising and
         # catching that costs several times the question, once per socket per event, and a
-        # swarm has a thousand sockets readable at once.
+        # process of a thousand minions has a thousand sockets readable at once.
         while len(events) < limit and self._waiting():
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)

@@ -37,7 +37,7 @@ def test_another_program_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     configure_logging(logging.WARNING, program="swarm")
-    logging.getLogger("minion.swarm").warning("slow")
+    logging.getLogger("daybook_testing.swarm").warning("slow")
     assert stderr.getvalue() == "swarm: WARNING: slow\n"
 
 

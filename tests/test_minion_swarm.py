@@ -17,8 +17,8 @@ from daybook.model.names import AssetRef
 from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
 from daybook.store.local import LocalStore
+from daybook_testing.swarm import run_swarm
 from minion.minion import Minion
-from minion.swarm import run_swarm
 
 
 def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:

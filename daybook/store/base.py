@@ -120,7 +120,7 @@ class LazyStore:
     def __init__(self, url: str) -> None:
         self._url = url
         self._store: Store | None = None
-        # Syncs may run on several threads (the swarm); only one opens the store.
+        # Syncs may run on several threads (minions sharing a process); only one opens it.
         self._lock = threading.Lock()
 
     @property

@@ -155,14 +155,22 @@ class Fleet:
         return minion
 
     def start_swarm(self, count: int, prefix: str, **extra: str) -> Proc:
-        """`count` minions in one process (minion.swarm), named `PREFIX-NNNN`."""
+        """`count` minions in one process (daybook_testing.swarm), named `PREFIX-NNNN`."""
         env = self.env(
             DAYBOOK_DATA_DIR=str(self.root / "swarm"),
             DAYBOOK_MASTER=self.master_host,
             **self.port_env(),
             **extra,
         )
-        argv = [sys.executable, "-m", "minion.swarm", "--count", str(count), "--prefix", prefix]
+        argv = [
+            sys.executable,
+            "-m",
+            "daybook_testing.swarm",
+            "--count",
+            str(count),
+            "--prefix",
+            prefix,
+        ]
         swarm = self.spawn(f"swarm-{prefix}", argv, env)
         self.swarms.append(swarm)
         return swarm

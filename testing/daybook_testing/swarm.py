@@ -4,7 +4,7 @@ Each minion has its own host name, data dir, install dir and sockets, and runs t
 as a minion process; they share one zmq Context, one poller loop, one store client, one
 decoded-state cache and a small pool of sync threads.
 
-    python -m minion.swarm --count 1000 [--prefix swarm]
+    python -m daybook_testing.swarm --count 1000 [--prefix swarm]
 
 takes its other settings (master, ports, store, data dir) from the usual config file and
 DAYBOOK_* variables; minion N is `<prefix>-NNNN` with its files under
@@ -159,7 +159,7 @@ def _connect_swarm(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minion.swarm", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m daybook_testing.swarm", description=__doc__)
     parser.add_argument("--count", type=int, required=True, help="how many minions")
     parser.add_argument("--prefix", default="swarm", help="host name prefix (default swarm)")
     parser.add_argument("--workers", type=int, default=8, help="sync threads (default 8)")
