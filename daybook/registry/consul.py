@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import re
 import ssl
 import time
@@ -22,6 +21,7 @@ import requests.adapters
 from consul.callback import CB
 from consul.exceptions import BadRequest
 
+from daybook.backoff import backoff_s
 from daybook.errors import ConfigError, ConflictError, RegistryError
 from daybook.model.mappings import MappingTable, format_services, parse_services, unique_services
 from daybook.model.patterns import check_pattern, is_valid_pattern
@@ -39,6 +39,7 @@ DEFAULT_PORT = 8500
 DEFAULT_TIMEOUT_S = 10.0
 # Check-and-set attempts before update() gives up, and the cap of the jittered backoff.
 MAX_CAS_ATTEMPTS = 20
+FIRST_CAS_BACKOFF_S = 0.005
 MAX_CAS_BACKOFF_S = 0.2
 _MAX_DETAIL_CHARS = 300
 _STATUS_RE = re.compile(r"(\d{3}) (.*)", re.DOTALL)
@@ -592,7 +593,9 @@ class ConsulRegistry:
                 return wanted
             log.debug("check-and-set on %s lost a race (attempt %d)", key, attempt + 1)
             # Jittered and growing, so writers that collided do not collide again in step.
-            time.sleep(random.uniform(0, min(MAX_CAS_BACKOFF_S, 0.005 * 2**attempt)))
+            time.sleep(
+                backoff_s(attempt + 1, start_s=FIRST_CAS_BACKOFF_S, max_s=MAX_CAS_BACKOFF_S)
+            )
         raise ConflictError(
             f"gave up updating {pattern!r} in Consul at {self.address}: "
             f"{MAX_CAS_ATTEMPTS} concurrent writes won the check-and-set first"
