@@ -18,6 +18,7 @@ from waiting import wait_for
 
 from daybook.install.lock import LOCK_NAME
 from daybook.model.sync import Sync
+from daybook_testing.processes import Proc
 
 pytestmark = pytest.mark.faults
 
@@ -133,16 +134,22 @@ def test_a_master_killed_mid_sync_loses_and_duplicates_no_result(
     figures["reports"] = sum(counts.values())
 
 
-def test_a_paused_minion_is_shown_down_and_catches_up_when_resumed(
-    make_fleet: FleetFactory, figures: Figures
-) -> None:
-    fleet = make_fleet(splay_s=0.0)
+def web_1_and_2(make_fleet: FleetFactory, **options: Any) -> tuple[ProcessFleet, Proc]:
+    """A master and minions web-1 and web-2, both with web 1 installed; and web-2's process."""
+    fleet = make_fleet(splay_s=0.0, **options)
     fleet.push("web", "1")
     fleet.map("web-*", "web")
     fleet.start_master()
     fleet.start_minion("web-1")
-    paused = fleet.start_minion("web-2")
+    web_2 = fleet.start_minion("web-2")
     fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+    return fleet, web_2
+
+
+def test_a_paused_minion_is_shown_down_and_catches_up_when_resumed(
+    make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet, paused = web_1_and_2(make_fleet)
 
     paused.pause()
     paused_at = time.monotonic()
@@ -186,13 +193,7 @@ def api_json(fleet: ProcessFleet, path: str) -> Any:
 def test_a_minion_killed_mid_sync_is_named_when_the_sync_ends_incomplete(
     make_fleet: FleetFactory, figures: Figures
 ) -> None:
-    fleet = make_fleet(splay_s=0.0)
-    fleet.push("web", "1")
-    fleet.map("web-*", "web")
-    fleet.start_master()
-    fleet.start_minion("web-1")
-    doomed = fleet.start_minion("web-2")
-    fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+    fleet, doomed = web_1_and_2(make_fleet)
 
     fleet.push("web", "2", many_files(BIG_FILES, BIG_FILE_BYTES))
     # A deadline far off: the sync must end because web-2 is down, not because time ran out.
@@ -239,13 +240,7 @@ def test_a_minion_paused_past_the_deadline_answers_late(
     make_fleet: FleetFactory, figures: Figures
 ) -> None:
     # Shown down only long after the deadline: the sync ends because time ran out.
-    fleet = make_fleet(splay_s=0.0, down_after_s=8.0)
-    fleet.push("web", "1")
-    fleet.map("web-*", "web")
-    fleet.start_master()
-    fleet.start_minion("web-1")
-    paused = fleet.start_minion("web-2")
-    fleet.wait_converged(["web-1", "web-2"], {"web": ["1"]})
+    fleet, paused = web_1_and_2(make_fleet, down_after_s=8.0)
 
     fleet.push("web", "2")
     paused.pause()
