@@ -11,7 +11,6 @@ from pathlib import Path
 import requests
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import wait_for
 
 from daybook import wire
 from daybook.config import Settings
@@ -22,6 +21,7 @@ from daybook.net.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
 from daybook.net.transport import ClientCredentials, secure_client
 from daybook.stopping import StopFlag
 from daybook.wire import TOPIC_SYNC, decode_as
+from daybook_testing.waiting import wait_for
 from master.process import run_master
 
 DEADLINE_S = 10.0

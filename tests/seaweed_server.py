@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, delete_bucket, point_aws_at
-from waiting import wait_for
+
+from daybook_testing.waiting import wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import zmq
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
-from waiting import wait_for
 
 from daybook.cli.main import main
+from daybook_testing.waiting import wait_for
 
 
 @dataclass

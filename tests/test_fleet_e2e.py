@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from process_fleet import Proc, ProcessFleet
-from waiting import wait_for
 
 from daybook.registry.file import FileRegistry
 from daybook.store.local import LocalStore
+from daybook_testing.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

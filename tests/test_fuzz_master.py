@@ -22,7 +22,6 @@ from archives import make_asset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
-from waiting import wait_for
 
 from daybook import wire
 from daybook.model.messages import ControlRequest, Heartbeat
@@ -33,6 +32,7 @@ from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json
 from daybook.wire import PROTOCOL_VERSION, TOPIC_HEARTBEAT, TOPIC_REPORT, TOPIC_REQUEST, TOPIC_SYNC
+from daybook_testing.waiting import wait_for
 
 TOPICS = [TOPIC_SYNC, TOPIC_REPORT, TOPIC_HEARTBEAT, TOPIC_REQUEST, b"control.reply", b""]
 

@@ -25,7 +25,6 @@ from inprocess_fleet import (
     minion_keypair,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from waiting import wait_for
 
 from daybook import wire
 from daybook.config import Settings
@@ -36,6 +35,7 @@ from daybook.net.transport import secure_client
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
+from daybook_testing.waiting import wait_for
 
 
 def push_asset(tmp_path: Path, service: str, version: str) -> int:

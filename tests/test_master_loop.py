@@ -9,13 +9,13 @@ from pathlib import Path
 
 import zmq
 from messages import heartbeat
-from waiting import wait_for
 
 from daybook import wire
 from daybook.mailbox import Mailbox
 from daybook.model.messages import Heartbeat
 from daybook.model.results import Report
 from daybook.stopping import StopFlag
+from daybook_testing.waiting import wait_for
 from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer

@@ -15,7 +15,6 @@ import pytest
 import zmq
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, ScriptedMinion, fleet_settings, live_minions
-from waiting import wait_for
 
 from daybook import wire
 from daybook.config import Settings
@@ -25,6 +24,7 @@ from daybook.net.client import ControlClient, MasterUnreachable, control_endpoin
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
+from daybook_testing.waiting import wait_for
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings
-from waiting import wait_for
 
 from daybook.model.names import AssetRef
 from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
 from daybook.store.local import LocalStore
 from daybook_testing.swarm import run_swarm
+from daybook_testing.waiting import wait_for
 from minion.minion import Minion
 
 

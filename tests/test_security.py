@@ -35,7 +35,6 @@ from inprocess_fleet import (
     sample,
     scrape_metrics,
 )
-from waiting import wait_for
 
 from daybook import wire
 from daybook.cli.main import main
@@ -59,6 +58,7 @@ from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
 from daybook.store.local import LocalStore
 from daybook.views import status_json
+from daybook_testing.waiting import wait_for
 from master.keyring import KeyRing
 from minion.process import run_minion
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 from fault_fleet import Figures, FleetFactory
 from process_fleet import Proc, ProcessFleet
-from waiting import wait_for
 
 from daybook.registry.consul import ConsulRegistry
 from daybook_testing.consul_server import ConsulPKI, ConsulServer, FaultKind
+from daybook_testing.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from fault_fleet import Figures, FleetFactory
-from waiting import wait_for
+
+from daybook_testing.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

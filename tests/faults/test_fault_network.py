@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fault_fleet import Figures, FleetFactory, many_files
 from netns import NetworkLab, lab_unavailable
-from waiting import wait_for
+
+from daybook_testing.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 

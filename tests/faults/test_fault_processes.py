@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fault_fleet import Figures, FleetFactory, many_files
 from process_fleet import ProcessFleet
-from waiting import wait_for
 
 from daybook.install.lock import LOCK_NAME
 from daybook.model.sync import Sync
 from daybook_testing.processes import Proc
+from daybook_testing.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 

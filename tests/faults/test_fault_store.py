@@ -22,12 +22,12 @@ from process_fleet import ProcessFleet, asset_sha256
 from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
 from stoppable_s3 import StoppableS3, quiet_werkzeug
 from stoppable_seaweed import StoppableSeaweed
-from waiting import wait_for
 
 from daybook.model.names import AssetRef
 from daybook.store.base import Store
 from daybook.store.local import LocalStore
 from daybook.store.s3 import S3Store
+from daybook_testing.waiting import wait_for
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
