@@ -20,6 +20,7 @@ from typing import Any
 
 from daybook import wire
 from daybook.errors import InputError, WireError
+from daybook.files import write_atomically
 from daybook.model.keys import (
     ACCEPTED,
     MAX_ADDRESS_LEN,
@@ -403,6 +404,4 @@ class KeyRing:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    from daybook.files import write_atomically  # not at the top while master/ is rewritten (#11)
-
     write_atomically(path, data, mode=0o600, durable=False)

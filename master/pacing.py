@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import threading
 
+from daybook import backoff
+
 BACKOFF_START_S = 0.25
 BACKOFF_MAX_S = 60.0
 
@@ -15,8 +17,6 @@ def backoff_s(failures: int, rng: random.Random) -> float:
 
     The jitter keeps a fleet of masters (or restarts) from retrying in lockstep.
     """
-    from daybook import backoff  # not at the top while master/ is rewritten (#11)
-
     return backoff.backoff_s(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S, rng=rng)
 
 

@@ -15,6 +15,7 @@ import zmq
 
 from daybook.config import Settings
 from daybook.errors import FleetError
+from daybook.files import write_atomically
 from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.net.client import ENDPOINTS_FILE, local_socket_path
@@ -131,8 +132,6 @@ def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
 
 
 def _write_endpoints(path: Path, endpoints: Endpoints, epoch: int) -> None:
-    from daybook.files import write_atomically  # not at the top while master/ is rewritten (#11)
-
     # Every endpoint but the local ipc:// one ends in its port.
     ports = {
         role: int(port)

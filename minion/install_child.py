@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING
 from daybook import wire
 from daybook.errors import DaybookError, WireError
 from daybook.install.installer import Installer
+from daybook.logs import configure_logging
 from daybook.model.names import is_valid_service
 from daybook.model.results import ServiceResults
 from daybook.model.rules import checked, record
@@ -47,9 +48,6 @@ log = logging.getLogger(__name__)
 STOP_LINE = b"stop\n"
 # The child's exit status when its minion went away in the middle of an install.
 EXIT_ORPHANED = 3
-# The CLI's log format, so the child's lines read like the minion's own in its log.
-LOG_FORMAT = "daybook: %(levelname)s: %(message)s"
-NOISY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 class InstallChildError(DaybookError):
@@ -241,8 +239,6 @@ def main() -> int:
     # The answer gets stdout to itself: anything a library prints goes to the log instead.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    from daybook.logs import configure_logging  # not at the top while minion/ is rewritten (#11)
-
     configure_logging(job.log_level)
     stop = StopFlag()
     # SIGTERM to the whole service (systemd) or Ctrl-C stops retries, like the minion's stop;

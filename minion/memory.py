@@ -20,6 +20,7 @@ from typing import Any
 
 from daybook import wire
 from daybook.errors import WireError
+from daybook.files import write_atomically
 from daybook.model.ids import is_valid_digest, is_valid_id
 from daybook.model.names import is_valid_service, is_valid_version
 from daybook.model.results import Report
@@ -182,6 +183,4 @@ def _applied_services(value: object) -> dict[str, AppliedService]:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    from daybook.files import write_atomically  # not at the top while minion/ is rewritten (#11)
-
     write_atomically(path, data, mode=0o600, durable=False)

@@ -593,9 +593,7 @@ class ConsulRegistry:
                 return wanted
             log.debug("check-and-set on %s lost a race (attempt %d)", key, attempt + 1)
             # Jittered and growing, so writers that collided do not collide again in step.
-            time.sleep(
-                backoff_s(attempt + 1, start_s=FIRST_CAS_BACKOFF_S, max_s=MAX_CAS_BACKOFF_S)
-            )
+            time.sleep(backoff_s(attempt + 1, start_s=FIRST_CAS_BACKOFF_S, max_s=MAX_CAS_BACKOFF_S))
         raise ConflictError(
             f"gave up updating {pattern!r} in Consul at {self.address}: "
             f"{MAX_CAS_ATTEMPTS} concurrent writes won the check-and-set first"

@@ -26,6 +26,7 @@ import zmq
 from daybook.config import Settings, load_settings
 from daybook.errors import DaybookError
 from daybook.lifecycle import Lifecycle
+from daybook.logs import configure_logging
 from daybook.mailbox import Mailbox
 from daybook.model.patterns import check_host
 from daybook.stopping import StopFlag
@@ -165,8 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="sync threads (default 8)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
-    from daybook.logs import configure_logging  # not at the top: the swarm is moving (#11)
-
     configure_logging(logging.WARNING if args.verbose == 0 else logging.INFO, program="swarm")
     if args.count < 1 or args.workers < 1:
         parser.error("--count and --workers must be at least 1")
