@@ -1,4 +1,4 @@
-"""One minion's socket side: takes events in, hands work to its sync runner, sends reports
+"""One minion's socket side: takes events in, hands work to its sync worker, sends reports
 and heartbeats out. Run by a `MinionLoop`, alone (a minion process) or with many others
 sharing its process."""
 
@@ -20,7 +20,7 @@ from daybook.wire import TOPIC_REPORT
 from minion.memory import MinionMemory
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
-from minion.sync import Job, Syncer, SyncRunner, start_daemon_thread
+from minion.sync import PendingSync, Syncer, SyncWorker, start_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class Minion:
         self.boot_id = boot_id
         self._clock = clock
         self.started_at = clock()
-        self.runner = SyncRunner(self._work, spawn)
+        self.worker = SyncWorker(self._work, spawn)
         self._targets: dict[str, bool] = {}
-        # Sync ids already handed to the runner for a report, so a republished event is
+        # Sync ids already handed to the worker for a report, so a republished event is
         # applied again (idempotently) but reported only once.
         self._claimed: OrderedDict[str, None] = OrderedDict.fromkeys(memory.reported())
         # The last event seen, for gap and restart detection; and the last one applied.
@@ -110,7 +110,7 @@ class Minion:
             self._claimed[event.sync_id] = None
             while len(self._claimed) > CLAIMED_MAX:
                 self._claimed.popitem(last=False)
-        self.runner.submit(event, report)
+        self.worker.submit(event, report)
 
     def _targets_me(self, target: str) -> bool:
         verdict = self._targets.get(target)
@@ -126,7 +126,7 @@ class Minion:
 
     # -- work (on the sync thread) and its results (back on this thread) ----------------------
 
-    def _work(self, job: Job) -> None:
+    def _work(self, job: PendingSync) -> None:
         synced = self._syncer.run(job)
         self._mailbox.post(functools.partial(self._finished, job.event, synced.reports))
         # The reports are on their way; now remember them (and the applied digests), in
@@ -170,15 +170,15 @@ class Minion:
             epoch=applied.epoch if applied else 0,
             seq=applied.seq if applied else 0,
             state_digest=applied.state_digest if applied else None,
-            busy=self.runner.busy,
+            busy=self.worker.busy,
         )
 
     # -- stopping -------------------------------------------------------------------------------
 
     def stop(self, timeout_s: float) -> bool:
         """Stop taking work and wait up to `timeout_s` for the sync in progress."""
-        self.runner.cancel()
-        finished = self.runner.wait_idle(timeout_s)
+        self.worker.cancel()
+        finished = self.worker.wait_idle(timeout_s)
         if not finished:
             log.warning("a sync is still running after %.0f s; stopping anyway", timeout_s)
         self._memory.save()

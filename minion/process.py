@@ -39,7 +39,7 @@ from minion.memory import MinionMemory
 from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
-from minion.sync import Applier, Syncer, start_daemon_thread
+from minion.sync import ServiceApplier, Syncer, start_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def connect_minion(
         # A download retry waits no longer than the minion keeps running.
         pause=lambda seconds: not stop.wait(seconds),
     )
-    syncer = Syncer(spec.host, Applier(installer, memory, splay, install), cache, memory)
+    syncer = Syncer(spec.host, ServiceApplier(installer, memory, splay, install), cache, memory)
     return Minion(
         host=spec.host,
         subscriber=subscriber,
@@ -307,5 +307,5 @@ def _drain(minion: Minion, loop: MinionLoop, installs: ChildInstaller, timeout_s
         # The child is ended and reaped (the next install removes its staging tree), and
         # its sync is abandoned unreported.
         installs.kill()
-        minion.runner.wait_idle(CHILD_REAP_TIMEOUT_S)
+        minion.worker.wait_idle(CHILD_REAP_TIMEOUT_S)
     loop.run_tasks()

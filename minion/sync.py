@@ -2,7 +2,7 @@
 
 `plan` decides per service whether anything can have changed (the event's versions digest
 against the digest of what this host last installed completely); only changed services
-cost a store listing, a splay delay and downloads. `SyncRunner` runs one sync at a time
+cost a store listing, a splay delay and downloads. `SyncWorker` runs one sync at a time
 and coalesces events that arrive meanwhile into one run of the newest state.
 """
 
@@ -81,7 +81,7 @@ class Outcome:
         return any(r.installed or not r.ok for r in self.services.values())
 
 
-class Applier:
+class ServiceApplier:
     """Brings one host's services up to a desired state through the installer."""
 
     def __init__(
@@ -144,7 +144,7 @@ def _clipped(result: ServiceResult) -> ServiceResult:
 
 
 @dataclass
-class Job:
+class PendingSync:
     """The newest event to apply, and every sync id to report once it is applied."""
 
     event: SyncEvent
@@ -171,7 +171,7 @@ class Syncer:
     def __init__(
         self,
         host: str,
-        applier: Applier,
+        applier: ServiceApplier,
         cache: DesiredStateCache,
         memory: MinionMemory,
         clock: Callable[[], float] = time.time,
@@ -182,7 +182,7 @@ class Syncer:
         self._memory = memory
         self._clock = clock
 
-    def run(self, job: Job) -> Synced:
+    def run(self, job: PendingSync) -> Synced:
         event = job.event
         started = self._clock()
         outcome: Outcome | None = None
@@ -243,18 +243,18 @@ def start_daemon_thread(target: Callable[[], None]) -> None:
     threading.Thread(target=target, name="minion-sync", daemon=True).start()
 
 
-class SyncRunner:
+class SyncWorker:
     """One sync at a time; events arriving meanwhile are merged into one pending job."""
 
     def __init__(
         self,
-        work: Callable[[Job], None],
+        work: Callable[[PendingSync], None],
         spawn: Callable[[Callable[[], None]], None] = start_daemon_thread,
     ) -> None:
         self._work = work
         self._spawn = spawn
         self._lock = threading.Condition()
-        self._pending: Job | None = None
+        self._pending: PendingSync | None = None
         self._running = False
         self._cancelled = False
 
@@ -267,7 +267,7 @@ class SyncRunner:
             if self._cancelled:
                 return
             if self._pending is None:
-                self._pending = Job(event, [])
+                self._pending = PendingSync(event, [])
             else:
                 self._pending.event = event  # events are desired state: the newest wins
             if report and event.sync_id not in self._pending.report_for:

@@ -19,7 +19,7 @@ from minion.memory import STATE_FILE, AppliedService, MinionMemory
 from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
-from minion.sync import Job, Synced
+from minion.sync import PendingSync, Synced
 
 STATE = wire.encode_state(DesiredState({"web-*": ("web",)}, {}))
 
@@ -46,10 +46,10 @@ class FakeSocket:
 
 class FakeSyncer:
     def __init__(self) -> None:
-        self.jobs: list[Job] = []
+        self.jobs: list[PendingSync] = []
 
-    def run(self, job: Job) -> Synced:
-        self.jobs.append(Job(job.event, list(job.report_for)))
+    def run(self, job: PendingSync) -> Synced:
+        self.jobs.append(PendingSync(job.event, list(job.report_for)))
         return Synced([report("web-1", sync_id) for sync_id in job.report_for], {})
 
     def remember(self, synced: Synced) -> None:
@@ -64,7 +64,7 @@ class RememberingSyncer(FakeSyncer):
         self.memory = memory
         self.applied: dict[str, AppliedService | None] = {}
 
-    def run(self, job: Job) -> Synced:
+    def run(self, job: PendingSync) -> Synced:
         return Synced(super().run(job).reports, dict(self.applied))
 
     def remember(self, synced: Synced) -> None:

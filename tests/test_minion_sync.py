@@ -31,7 +31,7 @@ from daybook.store.local import LocalStore
 from minion.desired import DesiredStateCache
 from minion.install_child import EXIT_ORPHANED, ChildInstaller, InstallChildError, InstallJob
 from minion.memory import AppliedService, MinionMemory
-from minion.sync import Applier, Cancelled, Job, Syncer, SyncRunner, plan
+from minion.sync import Cancelled, PendingSync, ServiceApplier, Syncer, SyncWorker, plan
 
 WAIT_S = 10.0
 
@@ -85,7 +85,9 @@ class Fixture:
         self.memory = MinionMemory(tmp_path / "data", self.install_dir)
         self.splays = 0
         self.splay_result = True
-        self.applier = Applier(Installer(self.store, self.install_dir), self.memory, self.splay)
+        self.applier = ServiceApplier(
+            Installer(self.store, self.install_dir), self.memory, self.splay
+        )
 
     def splay(self) -> bool:
         self.splays += 1
@@ -217,7 +219,7 @@ def test_an_install_child_answers_exactly_as_the_installer_would(tmp_path: Path)
     (tmp_path / "b").mkdir()
     in_process, in_child = Fixture(tmp_path / "a"), Fixture(tmp_path / "b")
     children = ChildInstaller(in_child.local.url, in_child.install_dir, max_parallel=2)
-    in_child.applier = Applier(
+    in_child.applier = ServiceApplier(
         Installer(in_child.store, in_child.install_dir),
         in_child.memory,
         in_child.splay,
@@ -335,7 +337,7 @@ def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
     push(fx.local, fx.tmp_path, "web", "1")
     state = wire.encode_state(desired_for(fx.local, {"web-*": ("web",)}))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
-    synced = syncer.run(Job(event_for(state, "s2"), ["s1", "s2"]))
+    synced = syncer.run(PendingSync(event_for(state, "s2"), ["s1", "s2"]))
     reports = synced.reports
     assert not (fx.tmp_path / "data" / "minion-state.json").exists()  # nothing written yet
     syncer.remember(synced)
@@ -351,21 +353,21 @@ def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
     assert restarted.applied("web") is not None
 
     # A republish of a reported sync changes nothing: no report.
-    assert syncer.run(Job(event_for(state, "s2", seq=2), [])).reports == []
+    assert syncer.run(PendingSync(event_for(state, "s2", seq=2), [])).reports == []
 
 
 def test_work_done_for_an_already_reported_sync_is_reported(fx: Fixture) -> None:
     push(fx.local, fx.tmp_path, "web", "1")
     state = wire.encode_state(desired_for(fx.local, {"web-*": ("web",)}))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
-    reports = syncer.run(Job(event_for(state, "s1"), [])).reports
+    reports = syncer.run(PendingSync(event_for(state, "s1"), [])).reports
     assert [r.sync_id for r in reports] == ["s1"]
 
 
 def test_a_state_that_cannot_be_decoded_gives_an_error_report(fx: Fixture) -> None:
     bad = EncodedState(b"garbage", blob_digest(b"garbage"))
     syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
-    (report,) = syncer.run(Job(event_for(bad), ["s1"])).reports
+    (report,) = syncer.run(PendingSync(event_for(bad), ["s1"])).reports
     assert not report.ok
     assert report.error is not None
     assert "zlib" in report.error
@@ -413,25 +415,25 @@ def test_the_outbox_keeps_only_the_latest_reports(tmp_path: Path) -> None:
     assert memory.reported() == ["s2", "s3", "s4", "s5"]
 
 
-# -- runner -----------------------------------------------------------------------------------
+# -- worker -----------------------------------------------------------------------------------
 
 
 def test_events_arriving_during_a_sync_coalesce_into_one_run_of_the_newest() -> None:
     state = wire.encode_state(DesiredState({}, {}))
     started = threading.Event()
     release = threading.Event()
-    jobs: list[Job] = []
+    jobs: list[PendingSync] = []
     done = threading.Event()
 
-    def work(job: Job) -> None:
-        jobs.append(Job(job.event, list(job.report_for)))
+    def work(job: PendingSync) -> None:
+        jobs.append(PendingSync(job.event, list(job.report_for)))
         if len(jobs) == 1:
             started.set()
             assert release.wait(WAIT_S)
         else:
             done.set()
 
-    runner = SyncRunner(work)
+    runner = SyncWorker(work)
     runner.submit(event_for(state, "s1", seq=1), report=True)
     assert started.wait(WAIT_S)
     assert runner.busy
@@ -449,8 +451,8 @@ def test_events_arriving_during_a_sync_coalesce_into_one_run_of_the_newest() -> 
 
 
 def test_a_cancelled_runner_takes_no_more_work() -> None:
-    ran: list[Job] = []
-    runner = SyncRunner(ran.append, spawn=lambda target: target())
+    ran: list[PendingSync] = []
+    runner = SyncWorker(ran.append, spawn=lambda target: target())
     runner.cancel()
     runner.submit(event_for(wire.encode_state(DesiredState({}, {}))), report=True)
     assert ran == []
@@ -460,12 +462,12 @@ def test_a_cancelled_runner_takes_no_more_work() -> None:
 def test_a_crashing_job_does_not_kill_the_runner() -> None:
     calls: list[int] = []
 
-    def work(job: Job) -> None:
+    def work(job: PendingSync) -> None:
         calls.append(job.event.seq)
         if job.event.seq == 1:
             raise RuntimeError("bug")
 
-    runner = SyncRunner(work, spawn=lambda target: target())
+    runner = SyncWorker(work, spawn=lambda target: target())
     state = wire.encode_state(DesiredState({}, {}))
     runner.submit(event_for(state, seq=1), report=True)
     runner.submit(event_for(state, seq=2), report=True)

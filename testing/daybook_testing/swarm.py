@@ -108,7 +108,7 @@ def run_swarm(
             ready(minions)
         life.run(loop.run)
         for minion in minions:
-            minion.runner.cancel()
+            minion.worker.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         saver.shutdown(wait=True)
         for minion in minions:
