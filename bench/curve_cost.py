@@ -32,8 +32,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from daybook.errors import FleetError
 from daybook.model.names import AssetRef
 from daybook.net.client import ControlClient
+from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 
@@ -112,20 +114,20 @@ class LocalFleet:
             DAYBOOK_AUTO_ACCEPT="1",
         )
 
-        def endpoints() -> dict[str, Any] | None:
+        def endpoints() -> MasterEndpoints | None:
             if master.poll() is not None:
                 raise SystemExit(f"curve_cost: the master died; see {self.root}/master.log")
             try:
-                document: dict[str, Any] = json.loads((self.master_dir / "master.json").read_text())
-            except (FileNotFoundError, ValueError):
+                written = read_endpoints(self.master_dir)
+            except FleetError:
                 return None
-            return document if document["pid"] == master.pid else None
+            return written if written.pid == master.pid else None
 
-        document = wait_for(endpoints, "the master")
-        self.local = document["endpoints"]["local"]
+        announced = wait_for(endpoints, "the master")
+        self.local = announced.endpoints["local"]
         ports = {
             "DAYBOOK_PORT" if role == "publish" else f"DAYBOOK_{role.upper()}_PORT": str(port)
-            for role, port in document["ports"].items()
+            for role, port in announced.ports.items()
         }
         for host in self.hosts:
             self._spawn(

@@ -3,7 +3,6 @@ owns the zmq Context and runs the loop until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,10 +14,14 @@ import zmq
 
 from daybook.config import Settings
 from daybook.errors import FleetError
-from daybook.files import write_atomically
 from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
-from daybook.net.client import ENDPOINTS_FILE, local_socket_path
+from daybook.net.endpoints import (
+    MasterEndpoints,
+    endpoints_path,
+    local_socket_path,
+    write_endpoints,
+)
 from daybook.net.keys import (
     KEYRING_FILE,
     MASTER_KEY,
@@ -73,10 +76,6 @@ Endpoints = dict[str, str]
 Post = Callable[[Change], None]
 
 
-def endpoints_path(data_dir: Path) -> Path:
-    return data_dir / ENDPOINTS_FILE
-
-
 def _bind(socket: zmq.Socket[bytes], host: str, port: int) -> str:
     # Port 0 asks the OS for a free port; ZeroMQ spells that `*`.
     endpoint = f"tcp://{host}:{port or '*'}"
@@ -129,18 +128,6 @@ def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
             "for trials and tests only"
         )
     return keypair, KeyRing.load(directory / KEYRING_FILE, auto_accept=settings.auto_accept)
-
-
-def _write_endpoints(path: Path, endpoints: Endpoints, epoch: int) -> None:
-    # Every endpoint but the local ipc:// one ends in its port.
-    ports = {
-        role: int(port)
-        for role, endpoint in endpoints.items()
-        if (port := endpoint.rsplit(":", 1)[-1]).isdigit()
-    }
-    document = {"pid": os.getpid(), "epoch": epoch, "endpoints": endpoints, "ports": ports}
-    data = (json.dumps(document, indent=2) + "\n").encode()
-    write_atomically(path, data, mode=None, durable=False)
 
 
 @dataclass(frozen=True)
@@ -310,10 +297,9 @@ def _announce(
     ready: Callable[[Endpoints], None] | None,
 ) -> None:
     """Tell operators (master.json) and the caller (`ready`) where the master listens."""
-    path = endpoints_path(settings.data_dir)
     # Written once a signal stops the master cleanly: whoever reads it may send one.
-    _write_endpoints(path, endpoints, epoch)
-    life.release(lambda: path.unlink(missing_ok=True))
+    write_endpoints(settings.data_dir, MasterEndpoints.bound(endpoints, epoch))
+    life.release(lambda: endpoints_path(settings.data_dir).unlink(missing_ok=True))
     log.info("master epoch %d listening: %s", epoch, endpoints)
     if ready is not None:
         ready(endpoints)

@@ -21,6 +21,7 @@ from daybook.config import Settings
 from daybook.errors import FleetError
 from daybook.model.names import AssetRef
 from daybook.net.client import ControlClient, MasterUnreachable, control_endpoint
+from daybook.net.endpoints import read_endpoints
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
@@ -294,3 +295,13 @@ def test_an_operator_sync_reads_the_registry_and_store_again_first(
         web1.close()
     finally:
         master.shutdown()
+
+
+def test_a_damaged_master_json_is_one_clear_error(tmp_path: Path) -> None:
+    damaged = '{"pid": 1, "epoch": 2, "endpoints": {}, "ports": {"control": 70000}}'
+    (tmp_path / "master.json").write_text(damaged)
+    with pytest.raises(FleetError, match=r"master\.json: .*'ports\[control\]' is out of range"):
+        read_endpoints(tmp_path)
+    (tmp_path / "master.json").write_text("{not json")
+    with pytest.raises(FleetError, match="cannot read the master's endpoints"):
+        read_endpoints(tmp_path)

@@ -44,7 +44,8 @@ from daybook.model.keys import Key, KeyListing
 from daybook.model.messages import Heartbeat, SyncEvent
 from daybook.model.names import AssetRef
 from daybook.model.state import DesiredState
-from daybook.net.client import ControlClient, MasterUnreachable, local_socket_path
+from daybook.net.client import ControlClient, MasterUnreachable
+from daybook.net.endpoints import local_socket_path
 from daybook.net.keys import (
     KEYRING_FILE,
     PINNED_MASTER_KEY,

@@ -141,7 +141,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _local_client(settings: Settings) -> ControlClient:
-    from daybook.net.client import ControlClient, local_endpoint, local_socket_path
+    from daybook.net.client import ControlClient, local_endpoint
+    from daybook.net.endpoints import local_socket_path
 
     endpoint = local_endpoint(settings)
     if endpoint is None:

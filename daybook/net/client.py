@@ -13,12 +13,9 @@ CURVE with this node's operator key, which the master must have accepted.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import zmq
 
@@ -38,6 +35,7 @@ from daybook.model.messages import (
     ControlRequest,
 )
 from daybook.model.sync import RUNNING, Sync
+from daybook.net.endpoints import endpoints_path, local_socket_path, read_endpoints
 from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
 from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
 from daybook.wire import decode_as
@@ -48,18 +46,10 @@ ANSWER_TIMEOUT_S = 5.0
 WAIT_CHUNK_S = 5.0
 # How long past a sync's deadline an operator waits for the master to close it.
 CLOSE_GRACE_S = 2.0
-# The master writes the endpoints it bound here, in its data dir (ports may be ephemeral).
-ENDPOINTS_FILE = "master.json"
-# The master's local operator socket, under its data dir.
-LOCAL_SOCKET = Path("run") / "control.sock"
 
 
 class MasterUnreachable(FleetError):
     """No answer from the master within the time allowed."""
-
-
-def local_socket_path(data_dir: Path) -> Path:
-    return data_dir / LOCAL_SOCKET
 
 
 def local_endpoint(settings: Settings) -> str | None:
@@ -102,32 +92,10 @@ def control_endpoint(settings: Settings) -> str:
     """
     if settings.control_port:
         return settings.endpoint(settings.control_port)
-    path = settings.data_dir / ENDPOINTS_FILE
-    port = read_master_ports(path).get("control")
+    port = read_endpoints(settings.data_dir).ports.get("control")
     if not port:
-        raise FleetError(f"{path} names no control port")
+        raise FleetError(f"{endpoints_path(settings.data_dir)} names no control port")
     return settings.endpoint(port)
-
-
-def read_master_ports(path: Path) -> dict[str, int]:
-    """The ports a running master bound, from its `master.json`."""
-    try:
-        document: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FleetError(
-            f"the control port is 0 (ephemeral) and {path} does not exist: start the master "
-            "with this data dir, or set the ports"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise FleetError(f"cannot read the master's endpoints from {path}: {exc}") from None
-    ports = document.get("ports") if isinstance(document, dict) else None
-    if not isinstance(ports, dict):
-        raise FleetError(f"{path} holds no ports")
-    return {
-        str(role): port
-        for role, port in ports.items()
-        if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-    }
 
 
 class ControlClient:

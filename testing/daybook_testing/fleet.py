@@ -5,21 +5,21 @@ operator's client, and stopping them all, minions first, whatever state they wer
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from daybook.errors import FleetError
 from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.net.client import ControlClient
+from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook_testing.processes import STOP_TIMEOUT_S, Proc, stop_together
 from daybook_testing.waiting import DEADLINE_S, POLL_S, wait_for
 
 T = TypeVar("T")
 
-MASTER_FILE = "master.json"
 # A fleet's minions make their keys as they start; the master takes every one.
 MASTER_ENV = {"DAYBOOK_AUTO_ACCEPT": "1"}
 
@@ -119,22 +119,21 @@ class Fleet:
             **extra,
         )
         master = self.master = self.spawn("master", [*self.command, "master"], env)
-        endpoints = self.master_dir / MASTER_FILE
 
-        def started() -> dict[str, Any] | None:
+        def started() -> MasterEndpoints | None:
             self.check_alive(master)
             try:
-                document: dict[str, Any] = json.loads(endpoints.read_text())
-            except (FileNotFoundError, ValueError):
+                written = read_endpoints(self.master_dir)
+            except FleetError:  # not written yet, or half: the master writes it atomically
                 return None
-            return document if document.get("pid") == master.pid else None
+            return written if written.pid == master.pid else None
 
-        document = self.wait_for(started, "the master's endpoints", timeout_s)
-        self.ports = document["ports"]
+        announced = self.wait_for(started, "the master's endpoints", timeout_s)
+        self.ports = dict(announced.ports)
         if self._client is not None:
             self._client.close()
         # An operator on the master's host: its local socket, where it has one.
-        endpoint = document["endpoints"].get("local") or document["endpoints"]["control"]
+        endpoint = announced.endpoints.get("local") or announced.endpoints["control"]
         self._client = ControlClient(endpoint, timeout_s=self._client_timeout_s)
         return master
 
