@@ -12,8 +12,8 @@ from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
 from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
-from master.fleet import Fleet, SyncBook
 from master.housekeeping import HOST_FLUSH, PRUNE, Housekeeper
+from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.operator_desk import WAITERS, OperatorDesk
 from master.publisher import Publisher

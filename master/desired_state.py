@@ -20,7 +20,7 @@ from daybook.model.sync import Sync
 from master.broadcaster import Broadcaster
 from master.changes import DigestsChanged, MappingsChanged
 from master.database import ResultsDatabase
-from master.fleet import Fleet, SyncBook
+from master.ledger import Fleet, SyncBook
 from master.scheduler import Scheduler
 from master.served import Served
 from master.sync_keeper import ALL_HOSTS, SyncKeeper

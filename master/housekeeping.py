@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from master.database import ResultsDatabase
-from master.fleet import Fleet
+from master.ledger import Fleet
 from master.scheduler import Scheduler
 from master.tuning import MasterTuning
 

@@ -17,7 +17,7 @@ from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
-from master.fleet import Fleet
+from master.ledger import Fleet
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.snapshot import SnapshotBox

@@ -23,7 +23,7 @@ from daybook.net.transport import Peer
 from master.access import ACCESS_OPS, Access
 from master.control_server import ControlServer, Route
 from master.desired_state import DesiredStateKeeper
-from master.fleet import Fleet, SyncBook, Waiter
+from master.ledger import Fleet, SyncBook, Waiter
 from master.metrics import MasterMetrics
 from master.refresh import RefreshRound
 from master.scheduler import Scheduler

@@ -48,10 +48,10 @@ from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase, ResultsReader
-from master.fleet import Fleet
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
+from master.ledger import Fleet
 from master.master import Master
 from master.metrics import MasterMetrics
 from master.publisher import Publisher

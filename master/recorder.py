@@ -15,7 +15,7 @@ from daybook.model.results import Report
 from master.collector import Collector
 from master.database import ResultsDatabase
 from master.desired_state import DesiredStateKeeper
-from master.fleet import Fleet, SyncBook
+from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.served import Served
 from master.view_publisher import ViewPublisher

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from daybook.model.sync import Sync
 from master.database import ResultsDatabase
-from master.fleet import Fleet, SyncBook
+from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.scheduler import Scheduler
 from master.tuning import MasterTuning

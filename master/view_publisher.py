@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from master.fleet import Fleet
+from master.ledger import Fleet
 from master.scheduler import Scheduler
 from master.served import Served
 from master.snapshot import FleetSnapshot, SnapshotBox

@@ -20,7 +20,7 @@ from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
-from master.fleet import Fleet
+from master.ledger import Fleet
 from master.master import Master
 from master.metrics import MasterMetrics
 from master.publisher import Publisher

@@ -1,0 +1,2 @@
+"""Where mappings live: the `Registry` protocol (`base`), Consul (`consul`) and a local
+file (`file`), chosen by `open_registry(url)`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from messages import heartbeat, report
 
 from daybook.model.sync import Sync
-from master.fleet import Fleet, SyncBook, Waiter
+from master.ledger import Fleet, SyncBook, Waiter
 
 
 def test_hosts_are_up_while_heartbeats_keep_coming() -> None:
