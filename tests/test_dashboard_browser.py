@@ -174,16 +174,8 @@ def host_cell(driver: WebDriver, host: str, column: str) -> str | None:
     return text_of(driver, f'#hosts tr[data-host="{host}"] td[data-col="{column}"]')
 
 
-def test_a_person_watches_the_fleet_sync_in_the_browser(
-    browser: WebDriver,
-    fleet: tuple[RunningMaster, dict[str, InProcessMinion]],
-    tmp_path: Path,
-) -> None:
-    master, minions = fleet
-    browser.get(master.endpoints["http"] + "/")
-    assert browser.title == "Daybook · fleet"
-
-    # Both hosts up, with the version the store holds installed.
+def see_both_hosts_up_with_web_1(browser: WebDriver) -> None:
+    """Both hosts up, with the version the store holds installed, and the page live."""
     for host in ("web-1", "web-2"):
         see(browser, lambda h=host: host_cell(browser, h, "status") == "up", f"{host} up")
         see(
@@ -201,9 +193,10 @@ def test_a_person_watches_the_fleet_sync_in_the_browser(
         lambda: text_of(browser, '#services tr[data-service="web"] td[data-col="newest"]') == "1",
         "web's newest version",
     )
-    browser.execute_script("window.__noReload = 'still the same page';")
 
-    # A new version pushed to the store reaches both hosts, and the page, by itself.
+
+def see_a_pushed_version_reach_both_hosts(browser: WebDriver, tmp_path: Path) -> None:
+    """A new version pushed to the store reaches both hosts, and the page, by itself."""
     push(tmp_path, "web", "2")
     for host in ("web-1", "web-2"):
         see(
@@ -219,7 +212,9 @@ def test_a_person_watches_the_fleet_sync_in_the_browser(
         "no host lagging behind web 2",
     )
 
-    # An operator sync shows up in the recent syncs, answered by both.
+
+def see_an_operator_sync_answered_by_both(browser: WebDriver, master: RunningMaster) -> None:
+    """An operator sync shows up in the recent syncs, answered by both."""
     with master.client() as client:
         sync_id = client.run_sync(None, wait=True, timeout_s=DEADLINE_S).sync_id
     row = f'#syncs tr[data-sync="{sync_id}"]'
@@ -228,54 +223,84 @@ def test_a_person_watches_the_fleet_sync_in_the_browser(
     assert text_of(browser, f'{row} td[data-col="origin"]') == "operator"
     assert text_of(browser, f'{row} td[data-col="sync"]') == sync_id[:8]
 
-    # A failure, with its reason shown as text even when it looks like markup.
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        (evil,) = live_minions(context, master, "web-evil")
-        event = evil.next_event()
-        evil.push.send_multipart(
-            wire.encode(
-                Report(
-                    report_id="evil-1",
-                    host="web-evil",
-                    sync_id=event.sync_id,
-                    epoch=event.epoch,
-                    seq=event.seq,
-                    state_digest=event.state_digest,
-                    pattern="web-*",
-                    services={"web": ServiceResult(present=("1",), failed={"2": HOSTILE_REASON})},
-                    installed={"web": ("1",)},
-                    started_at=event.issued_at,
-                    finished_at=event.issued_at + 0.1,
-                )
+
+def see_a_failure_shown_as_text(
+    browser: WebDriver, master: RunningMaster, context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A failure, with its reason shown as text even when it looks like markup."""
+    (evil,) = live_minions(context, master, "web-evil")
+    event = evil.next_event()
+    evil.push.send_multipart(
+        wire.encode(
+            Report(
+                report_id="evil-1",
+                host="web-evil",
+                sync_id=event.sync_id,
+                epoch=event.epoch,
+                seq=event.seq,
+                state_digest=event.state_digest,
+                pattern="web-*",
+                services={"web": ServiceResult(present=("1",), failed={"2": HOSTILE_REASON})},
+                installed={"web": ("1",)},
+                started_at=event.issued_at,
+                finished_at=event.issued_at + 0.1,
             )
         )
-        failure = '#failures li[data-host="web-evil"]'
-        see(browser, lambda: HOSTILE_REASON in (text_of(browser, failure) or ""), "the reason")
-        assert "web-evil · web 2" in (text_of(browser, failure) or "")
-        assert browser.find_elements("css selector", "#failures img, #failures b") == []
-        assert browser.execute_script("return window.__pwned === undefined;") is True
-        assert text_of(browser, "#count-failing") == "1"
-        assert (host_cell(browser, "web-evil", "last-sync") or "").startswith("failed")
-        evil.close()
+    )
+    failure = '#failures li[data-host="web-evil"]'
+    see(browser, lambda: HOSTILE_REASON in (text_of(browser, failure) or ""), "the reason")
+    assert "web-evil · web 2" in (text_of(browser, failure) or "")
+    assert browser.find_elements("css selector", "#failures img, #failures b") == []
+    assert browser.execute_script("return window.__pwned === undefined;") is True
+    assert text_of(browser, "#count-failing") == "1"
+    assert (host_cell(browser, "web-evil", "last-sync") or "").startswith("failed")
+    evil.close()
 
-        # A host that never answers: the sync ends at its deadline and says so, instead of
-        # waiting forever.
-        (quiet,) = live_minions(context, master, "web-quiet")
-        with master.client() as client:
-            unanswered = client.start_sync("web-quiet", deadline_s=1.0).sync_id
-        result = f'#syncs tr[data-sync="{unanswered}"] td[data-col="result"]'
-        see(browser, lambda: text_of(browser, result) == "1 did not answer", "1 did not answer")
-        hover = browser.find_element("css selector", f"{result} .pill").get_attribute("title")
-        assert hover == "no answer from web-quiet"
-        quiet.close()
-    finally:
-        context.destroy(linger=0)
 
-    # A minion that stops is shown down once its heartbeats are overdue.
+def see_a_sync_to_a_silent_host_end_at_its_deadline(
+    browser: WebDriver, master: RunningMaster, context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A host that never answers: its sync ends at the deadline and says so, instead of waiting."""
+    (quiet,) = live_minions(context, master, "web-quiet")
+    with master.client() as client:
+        unanswered = client.start_sync("web-quiet", deadline_s=1.0).sync_id
+    result = f'#syncs tr[data-sync="{unanswered}"] td[data-col="result"]'
+    see(browser, lambda: text_of(browser, result) == "1 did not answer", "1 did not answer")
+    hover = browser.find_element("css selector", f"{result} .pill").get_attribute("title")
+    assert hover == "no answer from web-quiet"
+    quiet.close()
+
+
+def see_a_stopped_minion_shown_down(
+    browser: WebDriver, minions: dict[str, InProcessMinion]
+) -> None:
+    """A minion that stops is shown down once its heartbeats are overdue; the other stays up."""
     minions["web-2"].close()
     see(browser, lambda: host_cell(browser, "web-2", "status") == "down", "web-2 down")
     assert host_cell(browser, "web-1", "status") == "up"
+
+
+def test_a_person_watches_the_fleet_sync_in_the_browser(
+    browser: WebDriver,
+    fleet: tuple[RunningMaster, dict[str, InProcessMinion]],
+    tmp_path: Path,
+) -> None:
+    master, minions = fleet
+    browser.get(master.endpoints["http"] + "/")
+    assert browser.title == "Daybook · fleet"
+    see_both_hosts_up_with_web_1(browser)
+    # Every later change must arrive in this same page, without a reload.
+    browser.execute_script("window.__noReload = 'still the same page';")
+
+    see_a_pushed_version_reach_both_hosts(browser, tmp_path)
+    see_an_operator_sync_answered_by_both(browser, master)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        see_a_failure_shown_as_text(browser, master, context)
+        see_a_sync_to_a_silent_host_end_at_its_deadline(browser, master, context)
+    finally:
+        context.destroy(linger=0)
+    see_a_stopped_minion_shown_down(browser, minions)
 
     assert browser.execute_script("return window.__noReload;") == "still the same page"
     browser.save_screenshot(str(tmp_path / "dashboard.png"))

@@ -428,18 +428,10 @@ def test_readers_on_many_threads_while_the_fleet_reports(
 # -- metrics ----------------------------------------------------------------------------------
 
 
-def test_metrics_move_with_syncs_reports_and_bad_frames(
-    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, api: Api, tmp_path: Path
-) -> None:
-    before = api.metrics()
-    assert metric(before, "daybook_hosts", state="up") == 0
-    assert metric(before, "daybook_syncs_completed_total", result="failed") == 0
-    assert ("daybook_syncs_completed_total", frozenset({("result", "failed")})) in before
-
-    size = push_asset(tmp_path, "web", "2")
-    web1, web2 = live_minions(context, master, "web-1", "web-2")
-    wait_for(lambda: metric(api.metrics(), "daybook_hosts", state="up") == 2, "two hosts up")
-    wait_for(lambda: web_service(api).get("newest") == "2", "web 2 listed")
+def sync_with_web_2_failing(
+    master: RunningMaster, web1: ScriptedMinion, web2: ScriptedMinion
+) -> Report:
+    """An operator sync, installed by web-1 and failed by web-2; returns web-1's report."""
     sync_id = operator_sync(master)
     good = send_report(
         web1,
@@ -455,7 +447,11 @@ def test_metrics_move_with_syncs_reports_and_bad_frames(
     )
     with master.client() as client:
         wait_for(lambda: client.sync_result(sync_id).complete, "both reports")
+    return good
 
+
+def see_the_failed_sync_and_its_reports_counted(api: Api, size: int, good: Report) -> None:
+    """The sync, both reports, the failure, the bytes pulled and the latency in /metrics."""
     samples = wait_for(
         lambda: (
             (s := api.metrics())
@@ -489,9 +485,13 @@ def test_metrics_move_with_syncs_reports_and_bad_frames(
     assert metric(samples, "daybook_heartbeats_total") >= 2
     assert metric(samples, "daybook_published_events_total") >= 1
 
+
+def see_bad_frames_counted(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, api: Api
+) -> None:
+    """Garbage from an accepted key reaches the master, is dropped there, and is counted."""
     hostile = context.socket(zmq.PUSH)
     hostile.setsockopt(zmq.LINGER, 0)
-    # An accepted key sending garbage: the frames reach the master and are dropped there.
     secure_client(hostile, master.credentials(minion_keypair("web-hostile")))
     hostile.connect(master.endpoints["results"])
     hostile.send_multipart([b"report", b"\xc1"])
@@ -501,6 +501,23 @@ def test_metrics_move_with_syncs_reports_and_bad_frames(
         "the bad frames counted",
     )
     hostile.close()
+
+
+def test_metrics_move_with_syncs_reports_and_bad_frames(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster, api: Api, tmp_path: Path
+) -> None:
+    before = api.metrics()
+    assert metric(before, "daybook_hosts", state="up") == 0
+    assert metric(before, "daybook_syncs_completed_total", result="failed") == 0
+    assert ("daybook_syncs_completed_total", frozenset({("result", "failed")})) in before
+
+    size = push_asset(tmp_path, "web", "2")
+    web1, web2 = live_minions(context, master, "web-1", "web-2")
+    wait_for(lambda: metric(api.metrics(), "daybook_hosts", state="up") == 2, "two hosts up")
+    wait_for(lambda: web_service(api).get("newest") == "2", "web 2 listed")
+    good = sync_with_web_2_failing(master, web1, web2)
+    see_the_failed_sync_and_its_reports_counted(api, size, good)
+    see_bad_frames_counted(context, master, api)
     for minion in (web1, web2):
         minion.close()
 

@@ -57,58 +57,61 @@ def _wait_for_service(fleet: ProcessFleet, service: str) -> None:
     wait_for(reported, f"web-1 reporting {service}")
 
 
-def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
-    consul: ConsulServer, make_fleet: FleetFactory, figures: Figures
-) -> None:
-    fleet = make_fleet(registry=ConsulRegistry(consul.address), splay_s=0.0)
-    extra = ("api", "db", "cache", "queue")
-    for service in ("web", *extra):
-        fleet.push(service, "1")
-    fleet.map("web-*", "web")
-    master = fleet.start_master()
-    fleet.start_minion("web-1")
-    fleet.wait_converged(["web-1"], {"web": ["1"]})
-
-    faults: list[FaultKind] = ["no_leader", "rate_limited", "drop"]
-    services = ["web"]
-    web_versions = ["1"]
-    for outage, (kind, added) in enumerate(zip(faults, extra, strict=False), start=1):
-        consul.clear_request_log()
-        consul.inject_fault(kind, count=100_000)
-        wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, f"the master retrying ({kind})")
-
-        # The master keeps serving the last mappings it read: a new version still goes out.
-        version = str(outage + 1)
-        fleet.push("web", version)
-        web_versions.append(version)
-        fleet.wait_converged(["web-1"], {"web": web_versions})
-        # A change made during the outage, which the master cannot see yet.
-        services.append(added)
-        consul.put(PREFIX + "web-*", ",".join(services))
-        report = fleet.last_report("web-1")
-        assert report is not None
-        assert added not in report.services
-
-        consul.clear_faults()
-        recovered = time.monotonic()
-        _wait_for_service(fleet, added)
-        figures[f"{kind}_recovery_s"] = time.monotonic() - recovered
-        fleet.wait_converged(["web-1"], {s: ["1"] for s in services if s != "web"})
-
-        log = master.log()
-        assert log.count(FAILED_READ) == outage, f"one line per outage, not per retry:\n{log}"
-        wait_for(functools.partial(_logged, master, RECOVERED_READ, outage), "the recovery logged")
-
-    # Consul still down when the master restarts: it serves the desired state it stored.
+def start_an_outage(consul: ConsulServer, kind: FaultKind, *, label: str) -> None:
+    """Consul starts failing with `kind`, and the master is seen retrying several times."""
     consul.clear_request_log()
-    consul.inject_fault("no_leader", count=100_000)
-    wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, "the master retrying (down)")
+    consul.inject_fault(kind, count=100_000)
+    wait_for(lambda: _failed_requests(consul) >= RETRIES_SEEN, f"the master retrying ({label})")
+
+
+def map_a_service_unseen(consul: ConsulServer, fleet: ProcessFleet, services: list[str]) -> None:
+    """The last of `services` mapped during the outage, which the master cannot see yet."""
+    added = services[-1]
+    consul.put(PREFIX + "web-*", ",".join(services))
+    report = fleet.last_report("web-1")
+    assert report is not None
+    assert added not in report.services
+
+
+def see_web_1_catch_up(
+    consul: ConsulServer,
+    fleet: ProcessFleet,
+    figures: Figures,
+    kind: FaultKind,
+    services: list[str],
+) -> None:
+    """Once Consul answers again, the service mapped meanwhile reaches web-1, the rest stay."""
+    added = services[-1]
+    consul.clear_faults()
+    recovered = time.monotonic()
+    _wait_for_service(fleet, added)
+    figures[f"{kind}_recovery_s"] = time.monotonic() - recovered
+    fleet.wait_converged(["web-1"], {s: ["1"] for s in services if s != "web"})
+
+
+def see_each_outage_logged_once(master: Proc, outage: int) -> None:
+    """After `outage` outages: one failure line for each, not one per retry, and each recovery."""
+    log = master.log()
+    assert log.count(FAILED_READ) == outage, f"one line per outage, not per retry:\n{log}"
+    wait_for(functools.partial(_logged, master, RECOVERED_READ, outage), "the recovery logged")
+
+
+def restart_the_master_while_consul_is_down(
+    consul: ConsulServer,
+    fleet: ProcessFleet,
+    master: Proc,
+    figures: Figures,
+    services: list[str],
+    web_versions: list[str],
+) -> Proc:
+    """Consul still down when the master restarts: it serves the desired state it stored."""
+    start_an_outage(consul, "no_leader", label="down")
     master.kill()
     restarted = time.monotonic()
     master = fleet.start_master(same_ports=True)
-    web_versions.append(str(len(web_versions) + 1))
-    fleet.push("web", web_versions[-1])
-    fleet.wait_converged(["web-1"], {"web": web_versions})
+    versions = [*web_versions, str(len(web_versions) + 1)]
+    fleet.push("web", versions[-1])
+    fleet.wait_converged(["web-1"], {"web": versions})
     figures["master_restart_while_down_s"] = time.monotonic() - restarted
     report = fleet.last_report("web-1")
     assert report is not None
@@ -116,9 +119,15 @@ def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
     consul.clear_faults()
     wait_for(functools.partial(_logged, master, RECOVERED_READ, 1), "the recovery logged")
     assert master.log().count(FAILED_READ) == 1
+    return master
 
-    # An index that goes backwards: reaped tombstones lower the prefix's index below the
-    # one the master holds, with no error at all.
+
+def follow_an_index_that_goes_backwards(
+    consul: ConsulServer, fleet: ProcessFleet, figures: Figures, services: list[str]
+) -> int:
+    """An index that goes backwards: the master starts over; returns the index it had held."""
+    # Reaped tombstones lower the prefix's index below the one the master holds, with no
+    # error at all.
     consul.clear_request_log()
     consul.put(PREFIX + "old-*", "web")
     consul.delete(PREFIX + "old-*")
@@ -133,14 +142,18 @@ def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
         lambda: any("index" not in r.query for r in consul.request_log if r.method == "GET"),
         "the master starting over from index 0",
     )
-    services.append("queue")
-    consul.put(PREFIX + "web-*", ",".join(services))
+    consul.put(PREFIX + "web-*", ",".join([*services, "queue"]))
     assert consul.kv_index > high
     moved = time.monotonic()
     _wait_for_service(fleet, "queue")
     figures["index_backwards_recovery_s"] = time.monotonic() - moved
+    return high
 
-    # A restarted Consul that lost its data, repopulated: every index is lower than before.
+
+def catch_up_with_a_consul_that_lost_its_data(
+    consul: ConsulServer, fleet: ProcessFleet, master: Proc, figures: Figures, high: int
+) -> None:
+    """A restarted Consul that lost its data, repopulated: every index is lower than before."""
     consul.clear_request_log()
     consul.inject_fault("drop", count=100_000)
     consul.restart()
@@ -157,3 +170,37 @@ def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
     wait_for(dropped_the_rest, "the mappings read after the restart")
     figures["restart_recovery_s"] = time.monotonic() - restarted
     assert master.log().count(FAILED_READ) == 2, "this master's two outages, once each"
+
+
+def test_consul_faults_keep_the_last_mappings_log_once_and_catch_up(
+    consul: ConsulServer, make_fleet: FleetFactory, figures: Figures
+) -> None:
+    fleet = make_fleet(registry=ConsulRegistry(consul.address), splay_s=0.0)
+    extra = ("api", "db", "cache", "queue")
+    for service in ("web", *extra):
+        fleet.push(service, "1")
+    fleet.map("web-*", "web")
+    master = fleet.start_master()
+    fleet.start_minion("web-1")
+    fleet.wait_converged(["web-1"], {"web": ["1"]})
+
+    faults: list[FaultKind] = ["no_leader", "rate_limited", "drop"]
+    services = ["web"]
+    web_versions = ["1"]
+    for outage, (kind, added) in enumerate(zip(faults, extra, strict=False), start=1):
+        start_an_outage(consul, kind, label=kind)
+        # The master keeps serving the last mappings it read: a new version still goes out.
+        version = str(outage + 1)
+        fleet.push("web", version)
+        web_versions.append(version)
+        fleet.wait_converged(["web-1"], {"web": web_versions})
+        services.append(added)
+        map_a_service_unseen(consul, fleet, services)
+        see_web_1_catch_up(consul, fleet, figures, kind, services)
+        see_each_outage_logged_once(master, outage)
+
+    master = restart_the_master_while_consul_is_down(
+        consul, fleet, master, figures, services, web_versions
+    )
+    high = follow_an_index_that_goes_backwards(consul, fleet, figures, services)
+    catch_up_with_a_consul_that_lost_its_data(consul, fleet, master, figures, high)
