@@ -73,17 +73,22 @@ def point_aws_at(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 @pytest.fixture
 def s3_client(moto_server: str) -> Iterator[S3Client]:
     """A client for setting up and inspecting buckets, configured explicitly, not from env."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_server,
-        region_name=TEST_REGION,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-    )
+    client = client_for(moto_server)
     try:
         yield client
     finally:
         client.close()
+
+
+def client_for(endpoint: str) -> S3Client:
+    """An S3 client for `endpoint` with the test credentials, whatever the environment says."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=TEST_REGION,
+        aws_access_key_id=TEST_ACCESS_KEY,
+        aws_secret_access_key=TEST_SECRET_KEY,
+    )
 
 
 @pytest.fixture

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
-from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, delete_bucket, point_aws_at
+from s3_server import TEST_ACCESS_KEY, TEST_SECRET_KEY, client_for, delete_bucket, point_aws_at
 
 from daybook_testing.waiting import wait_for
 
@@ -155,16 +154,6 @@ class SeaweedS3:
             process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def seaweed_client(endpoint: str) -> S3Client:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=TEST_REGION,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-    )
-
-
 @pytest.fixture(scope="session")
 def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """SeaweedFS for the whole session, started on first use (a second or two)."""
@@ -184,7 +173,7 @@ def seaweed_env(seaweed_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch, tmp_
 
 @pytest.fixture
 def seaweed_s3_client(seaweed_server: SeaweedS3) -> Iterator[S3Client]:
-    client = seaweed_client(seaweed_server.endpoint)
+    client = client_for(seaweed_server.endpoint)
     try:
         yield client
     finally:

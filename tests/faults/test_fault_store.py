@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 from archives import make_asset
 from fault_fleet import Figures, FleetFactory, incompressible, many_files
 from process_fleet import ProcessFleet, asset_sha256
-from s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY
+from s3_server import client_for
 from stoppable_s3 import StoppableS3, quiet_werkzeug
 from stoppable_seaweed import StoppableSeaweed
 
@@ -30,7 +29,7 @@ from daybook.store.s3 import S3Store
 from daybook_testing.waiting import wait_for
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+    pass
 
 pytestmark = pytest.mark.faults
 
@@ -65,20 +64,10 @@ def stoppable_s3(
         restore()
 
 
-def _client(endpoint: str) -> S3Client:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=TEST_REGION,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
-    )
-
-
 def test_s3_stopped_during_downloads_fails_clearly_then_converges(
     stoppable_s3: StoppableS3 | StoppableSeaweed, make_fleet: FleetFactory, figures: Figures
 ) -> None:
-    client = _client(stoppable_s3.endpoint)
+    client = client_for(stoppable_s3.endpoint)
     bucket = f"daybook-faults-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     store = S3Store(bucket, client=client)
@@ -163,7 +152,7 @@ def _tamper(store: Store, ref: AssetRef, content: bytes) -> None:
     assert info is not None
     assert info.sha256 is not None
     # The env fixture of the store's S3 server (moto or SeaweedFS) named its endpoint.
-    client = _client(os.environ["AWS_ENDPOINT_URL"])
+    client = client_for(os.environ["AWS_ENDPOINT_URL"])
     try:
         client.put_object(
             Bucket=urlsplit(store.url).netloc,
