@@ -9,6 +9,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
+from daybook.model.leadership import Term
 from daybook.model.mappings import MappingTable
 
 DEFAULT_KEY_PREFIX = "daybook/hosts/"
@@ -50,6 +51,42 @@ class Registry(Protocol):
         Returns the current snapshot either way; callers compare data, not just indexes.
         `index` 0 answers at once.
         """
+        ...
+
+    def close(self) -> None: ...
+
+
+class Leadership(Protocol):
+    """The fleet's leader lock, which at most one master holds at a time.
+
+    Implementations: `ConsulLeadership` (a lock key such as `daybook/leader` acquired
+    through a Consul session with a TTL that `renew` keeps alive) and `FileLeadership` (a
+    lease beside the mappings file that the kernel releases when its holder dies). Each
+    acquisition starts a new `Term` whose number is larger than every earlier one.
+    """
+
+    def acquire(self, holder: str) -> Term | None:
+        """Try once to take the lock for `holder` (this master's address). The new term
+        if it was taken, None if another master holds it (or lock-delay still runs)."""
+        ...
+
+    def renew(self) -> bool:
+        """Keep the held term alive (renew the session). False when it is gone: the
+        session was invalidated or destroyed, or the lock is someone else's; the caller
+        must step down at once."""
+        ...
+
+    def release(self) -> None:
+        """Give the lock up now (on SIGTERM), so a standby takes over without waiting."""
+        ...
+
+    def leader(self) -> Term | None:
+        """Who leads now, as the lock says; None when nobody holds it."""
+        ...
+
+    def depose(self, term: Term) -> None:
+        """Hasten a takeover from a holder that stopped answering: end `term`'s session
+        (Consul) so the lock frees. Safe to call on a term that already ended."""
         ...
 
     def close(self) -> None: ...

@@ -1,0 +1,26 @@
+"""Leadership of a fleet's masters: the numbered term one master holds at a time."""
+
+from __future__ import annotations
+
+from daybook.model.rules import MAX_TEXT_LEN, checked, record
+
+# A master's address as minions and operators reach it: HOST[:PUBLISH_PORT].
+MAX_ADDRESS_LEN = 300
+
+
+@record
+class Term:
+    """One leadership: its number, which only grows across the fleet (Consul's LockIndex
+    on the leader key, or the counter in the embedded lease), the master holding it (the
+    address minions reach it at), when it began, and the backend's handle on it (the
+    Consul session id; empty for the embedded lease) so a standby can depose a dead holder."""
+
+    number: int = checked(minimum=1)
+    holder: str = checked(max_len=MAX_ADDRESS_LEN)
+    since: float
+    session: str = checked(max_len=MAX_TEXT_LEN, default="")
+
+
+def is_newer_term(candidate: int, seen: int) -> bool:
+    """Fencing: act only on a term at least as new as the newest one seen."""
+    return candidate >= seen
