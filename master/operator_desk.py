@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from daybook.model.messages import (
     OP_STATUS,
+    OP_STORE_CHANGED,
     OP_SYNC,
     OP_SYNC_RESULT,
     ControlReply,
@@ -32,6 +33,8 @@ from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
 
+# The source name of the store watcher (master.store_watcher.StoreWatcher.SOURCE).
+STORE = "store"
 # The timer that answers the operators whose wait is over.
 WAITERS = "waiters"
 
@@ -77,6 +80,7 @@ class OperatorDesk:
             OP_STATUS: self._status,
             OP_SYNC: self._sync,
             OP_SYNC_RESULT: self._sync_result,
+            OP_STORE_CHANGED: self._store_changed,
         }
 
     def serve(self) -> None:
@@ -146,6 +150,11 @@ class OperatorDesk:
             return
         self._book.add(sync)
         self._answer_or_wait(route, request, sync)
+
+    def _store_changed(self, route: Route, request: ControlRequest) -> None:
+        # The listing that follows starts the automatic sync, if the store did change.
+        self._refresh.read_again(STORE)
+        self._control.reply(route, ControlReply(request.request_id))
 
     # -- syncs after a refresh round ------------------------------------------------------------
 

@@ -46,6 +46,13 @@ class RefreshRound:
         for refresh in self._refreshers.values():
             refresh()
 
+    def read_again(self, source: str) -> None:
+        """Ask the watcher of `source` for a fresh read, outside any round: its change, if
+        any, reaches the loop as the poll's would, only sooner."""
+        refresh = self._refreshers.get(source)
+        if refresh is not None:
+            refresh()
+
     def fresh(self, source: str) -> bool:
         """`source` has read once more; True when no watcher is awaited any more."""
         self._awaiting.discard(source)

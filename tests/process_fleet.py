@@ -38,7 +38,7 @@ FLEET_ENV: dict[str, str] = {}
 
 CONFIG = """
 bind = "{bind}"
-store_poll_interval_s = 0.2
+store_poll_interval_s = {store_poll_s}
 registry_poll_interval_s = 0.2
 republish_interval_s = {republish_s}
 heartbeat_interval_s = {heartbeat_s}
@@ -70,9 +70,11 @@ class ProcessFleet(Fleet):
         down_after_s: float = 2.0,
         heartbeat_s: float = 0.3,
         bind: str = "127.0.0.1",
+        store_poll_s: float = 0.2,
     ) -> None:
         config = CONFIG.format(
             bind=bind,
+            store_poll_s=store_poll_s,
             splay_s=splay_s,
             republish_s=republish_s,
             down_after_s=down_after_s,

@@ -36,6 +36,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAYBOOK_HOSTNAME", "web-prod-1")
     monkeypatch.delenv("DAYBOOK_CONFIG", raising=False)
+    # No master here to learn a key from: a push's note to the master fails at once.
+    monkeypatch.setenv("DAYBOOK_KEY_PORT", "0")
 
     def invoke(*argv: str) -> Result:
         capsys.readouterr()
@@ -151,6 +153,14 @@ def test_push_is_idempotent_and_never_overwrites_without_force(run: Run, build: 
     assert refused.code == 1
     assert "--force" in refused.json()[0]["error"]
     assert run("push", str(changed), "--force", "--json").json()[0]["status"] == "uploaded"
+
+
+def test_push_with_no_master_to_tell_is_a_note(run: Run, build: Path) -> None:
+    result = run("push", str(make_asset(build, "web", "1")))
+    assert result.code == 0, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("daybook: note: the master was not told of the push")
 
 
 def test_push_with_explicit_name_and_version(run: Run, build: Path) -> None:

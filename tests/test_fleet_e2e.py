@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from archives import make_asset
 from process_fleet import Proc, ProcessFleet
 
 from daybook.registry.file import FileRegistry
@@ -119,6 +120,30 @@ def test_new_assets_and_mapping_changes_reach_minions_with_no_operator(fleet: Pr
         "a report for the new pattern",
     )
     assert list(report.services) == ["solo"]
+
+
+def test_a_push_reaches_the_minions_with_no_operator_and_no_store_poll(tmp_path: Path) -> None:
+    # The master would not list the store again for an hour: only the push can tell it.
+    fleet = ProcessFleet(
+        tmp_path,
+        store=LocalStore(tmp_path / "store"),
+        registry=FileRegistry(tmp_path / "mappings.json"),
+        splay_s=0.1,
+        store_poll_s=3600.0,
+    )
+    try:
+        fleet.push("web", "1")
+        fleet.map("web-*", "web")
+        fleet.start_master()
+        fleet.start_minion("web-1")
+        fleet.wait_converged(["web-1"], {"web": ["1"]})
+
+        pushed = fleet.cli("push", str(make_asset(tmp_path / "assets", "web", "2")))
+        assert pushed.returncode == 0, pushed.stderr
+        assert pushed.stderr == ""
+        fleet.wait_converged(["web-1"], {"web": ["1", "2"]})
+    finally:
+        close(fleet)
 
 
 def test_a_minion_started_after_the_event_catches_up(fleet: ProcessFleet) -> None:

@@ -389,6 +389,9 @@ def test_refused_operator_requests_are_counted_by_operation_at_metrics(
     # A key the master has not accepted, and an accepted minion's key, asking as operators.
     with curve_client(KeyPair.generate()) as client, pytest.raises(FleetError):
         client.run_sync(None, wait=False, timeout_s=1.0)
+    # `push` telling the master of new assets is an operator's request like the others.
+    with curve_client(KeyPair.generate()) as client, pytest.raises(FleetError):
+        client.store_changed()
     with curve_client(web1.keypair) as client:
         with pytest.raises(FleetError, match="minion may not"):
             client.fleet_status()
@@ -399,6 +402,7 @@ def test_refused_operator_requests_are_counted_by_operation_at_metrics(
     assert sample(after, name, op="status") == 1
     assert sample(after, name, op="keys.list") == 1
     assert sample(after, name, op="sync_result") == 0
+    assert sample(after, name, op="store.changed") == 1
     web1.close()
 
 

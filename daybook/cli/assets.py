@@ -20,6 +20,10 @@ from daybook.views import service_results_json
 if TYPE_CHECKING:
     from daybook.store.base import AssetStream, Store
 
+# How long `push` waits for a master to hear of it: a push with no master near must not
+# hang, and the master's store poll is the safety net.
+NOTIFY_TIMEOUT_S = 1.0
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -94,7 +98,21 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
     if args.json:
         emit_json(rows)
+    if any(row["status"] == "uploaded" for row in rows):
+        _tell_master(settings)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
+
+
+def _tell_master(settings: Settings) -> None:
+    """Have a master list the store now, so the fleet installs what was pushed at once;
+    without an answer the master's store poll finds it a little later."""
+    from daybook.net.client import operator_client
+
+    try:
+        with operator_client(settings, timeout_s=NOTIFY_TIMEOUT_S) as client:
+            client.store_changed()
+    except (DaybookError, OSError) as exc:
+        print(f"daybook: note: the master was not told of the push ({exc})", file=sys.stderr)
 
 
 def _checked_uploads(

@@ -28,8 +28,10 @@ OP_KEYS_LIST = "keys.list"
 OP_KEYS_ACCEPT = "keys.accept"
 OP_KEYS_REJECT = "keys.reject"
 OP_KEYS_DELETE = "keys.delete"
+# `daybook push` saying the store holds something new: the master lists it at once.
+OP_STORE_CHANGED = "store.changed"
 # What an operator may ask for: accepted operator keys and the master's local socket.
-OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS})
+OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS, OP_STORE_CHANGED})
 # Key management: the master's local socket only, as salt-key runs on the master.
 KEY_OPS = frozenset({OP_KEYS_LIST, OP_KEYS_ACCEPT, OP_KEYS_REJECT, OP_KEYS_DELETE})
 # The control socket serves these and nothing else.
@@ -108,7 +110,8 @@ class ControlRequest:
 
     `sync` starts a sync of the hosts matching `target` (all when None); `sync_result` asks
     for the results of `sync_id`. With `wait_s`, the master answers as soon as every expected
-    host has reported, or when `wait_s` has passed. `hello` says which host and role the
+    host has reported, or when `wait_s` has passed. `store.changed` has the master list the
+    store now rather than at its next poll. `hello` says which host and role the
     sender claims; `keys.accept|reject|delete` name a key by host name or fingerprint.
     """
 

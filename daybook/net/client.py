@@ -29,6 +29,7 @@ from daybook.model.messages import (
     OP_HELLO,
     OP_KEYS_LIST,
     OP_STATUS,
+    OP_STORE_CHANGED,
     OP_SYNC,
     OP_SYNC_RESULT,
     ControlReply,
@@ -72,7 +73,7 @@ def operator_client(settings: Settings, timeout_s: float = ANSWER_TIMEOUT_S) -> 
         return ControlClient(endpoint, timeout_s, host=settings.hostname)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        server_key = trusted_master_key(settings, context)
+        server_key = trusted_master_key(settings, context, timeout_s=timeout_s)
     finally:
         context.term()
     keypair, _ = load_or_create_keypair(keys_dir(settings.data_dir), OPERATOR_KEY)
@@ -230,6 +231,10 @@ class ControlClient:
                 if self._monotonic() >= deadline:
                     raise
         return summary
+
+    def store_changed(self) -> None:
+        """Tell the master the store holds something new, so it lists the store now."""
+        self._answer(ControlRequest(_new_id(), OP_STORE_CHANGED, host=self.host))
 
     def fleet_status(self) -> FleetStatus:
         reply = self._answer(ControlRequest(_new_id(), OP_STATUS, host=self.host))

@@ -183,10 +183,12 @@ def trusted_master_key(
     context: zmq.Context[zmq.Socket[bytes]],
     *,
     wait: Callable[[float], bool] | None = None,
+    timeout_s: float = KEY_FETCH_TIMEOUT_S,
 ) -> str:
     """The master's key: one already trusted, else fetched from the key port and pinned.
 
-    Without `wait` one fetch is tried; with it (a minion starting before its master), the
+    Without `wait` one fetch is tried (answered within `timeout_s`, at most the usual
+    wait); with it (a minion starting before its master), the
     fetch is retried with back-off until `wait(delay)` returns True (stop requested).
     """
     known = known_master_key(settings)
@@ -202,7 +204,7 @@ def trusted_master_key(
     attempts = 0
     while True:
         try:
-            key = fetch_master_key(context, endpoint)
+            key = fetch_master_key(context, endpoint, min(timeout_s, KEY_FETCH_TIMEOUT_S))
             break
         except FleetError as exc:
             if wait is None:
