@@ -94,6 +94,11 @@ class Settings:
     heartbeat_interval_s: float = field(default=5.0, metadata=_SECONDS)
     splay_s: float = field(default=1.0, metadata=_SECONDS)
     max_parallel_downloads: int = field(default=2, metadata=_rule(low=1))
+    # Master, with an S3 store: how long the download URLs it signs for minions stay valid.
+    # Minions hold no store credentials; a URL is asked for just before its download.
+    download_url_expiry_s: float = field(
+        default=300.0, metadata=_rule("DAYBOOK_DOWNLOAD_URL_EXPIRY_S", low=1, high=7 * 24 * 3600)
+    )
     # A minion is shown down after this long without a heartbeat.
     down_after_s: float = field(default=15.0, metadata=_SECONDS)
 

@@ -9,6 +9,8 @@ when it starts; a key's standing may change during it):
   (pending) with the host it claims.
 - `sync`, `sync_result`, `status`: the local socket, or an accepted operator key.
 - `keys.*`: the local socket only.
+- `downloads`: an accepted minion key, for the host bound to it (any host asked for in the
+  insecure opt-out, which authenticates nobody).
 - anything else does not get past the wire's allow-list.
 """
 
@@ -17,9 +19,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from daybook.model.keys import OPERATOR
+from daybook.model.keys import ACCEPTED, MINION, OPERATOR
 from daybook.model.messages import (
     KEY_OPS,
+    OP_DOWNLOADS,
     OP_HELLO,
     OP_KEYS_ACCEPT,
     OP_KEYS_DELETE,
@@ -75,6 +78,8 @@ class Access:
                 "keys are managed only on the master's local socket: run `daybook keys` on "
                 "the master's host, as the master's user"
             )
+        if request.op == OP_DOWNLOADS:
+            return None if self.minion_host(request, peer) else "downloads are for accepted minions"
         if request.op in OPERATOR_OPS:
             if peer.local:
                 return None
@@ -82,6 +87,17 @@ class Access:
                 return None
             return self._not_an_operator(request, peer)
         return f"operation {request.op} is refused"
+
+    def minion_host(self, request: ControlRequest, peer: Peer) -> str | None:
+        """The host an accepted minion's key is bound to; None for any other peer."""
+        if self.keyring is None:
+            return request.host  # the insecure opt-out: nobody is authenticated
+        if peer.public_key is None:
+            return None
+        entry = self.keyring.get(peer.public_key)
+        if entry is None or entry.role != MINION or entry.state != ACCEPTED:
+            return None
+        return entry.host
 
     def _not_an_operator(self, request: ControlRequest, peer: Peer) -> str:
         if self.keyring is None or peer.public_key is None:

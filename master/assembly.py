@@ -12,6 +12,7 @@ from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
 from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
+from master.download_desk import DownloadDesk, Signer
 from master.housekeeping import HOST_FLUSH, PRUNE, Housekeeper
 from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
@@ -54,6 +55,7 @@ class LoopParts:
 
 @dataclass(frozen=True)
 class _Publishing:
+    served: Served
     view: ViewPublisher
     broadcaster: Broadcaster
     syncs: SyncKeeper
@@ -74,8 +76,9 @@ def assemble(
     metrics: MasterMetrics,
     snapshots: SnapshotBox | None,
     access: Access,
+    signer: Signer | None = None,
 ) -> LoopParts:
-    timers, book, served = Scheduler(), SyncBook(), Served()
+    timers, book = Scheduler(), SyncBook()
     out = _publishing(
         epoch=epoch,
         publisher=publisher,
@@ -87,14 +90,13 @@ def assemble(
         snapshots=snapshots,
         timers=timers,
         book=book,
-        served=served,
     )
     recorder = ResultsRecorder(
         collector=collector,
         database=database,
         fleet=fleet,
         book=book,
-        served=served,
+        served=out.served,
         desired=out.desired,
         view=out.view,
         metrics=metrics,
@@ -113,13 +115,13 @@ def assemble(
         timers=timers,
         book=book,
         out=out,
+        signer=signer,
     )
     housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
     parts = LoopParts(
         timers, book, out.view, out.broadcaster, out.syncs, out.desired, recorder, desk, housekeeper
     )
-    _add_timers(parts, tuning, clocks.monotonic())
-    return parts
+    return _add_timers(parts, tuning, clocks.monotonic())
 
 
 def _publishing(
@@ -134,10 +136,10 @@ def _publishing(
     snapshots: SnapshotBox | None,
     timers: Scheduler,
     book: SyncBook,
-    served: Served,
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
     wall, monotonic = clocks.wall, clocks.monotonic
+    served = Served()
     view = ViewPublisher(
         epoch=epoch,
         fleet=fleet,
@@ -173,7 +175,7 @@ def _publishing(
         clock=wall,
         monotonic=monotonic,
     )
-    return _Publishing(view, broadcaster, syncs, desired)
+    return _Publishing(served, view, broadcaster, syncs, desired)
 
 
 def _operator_desk(
@@ -189,6 +191,7 @@ def _operator_desk(
     timers: Scheduler,
     book: SyncBook,
     out: _Publishing,
+    signer: Signer | None,
 ) -> OperatorDesk:
     refresh = RefreshRound(
         refreshers,
@@ -199,6 +202,13 @@ def _operator_desk(
     return OperatorDesk(
         control=control,
         access=access,
+        downloads=DownloadDesk(
+            served=out.served,
+            signer=signer,
+            expiry_s=tuning.download_url_expiry_s,
+            metrics=metrics,
+            clock=clocks.wall,
+        ),
         book=book,
         fleet=fleet,
         syncs=out.syncs,
@@ -214,11 +224,12 @@ def _operator_desk(
     )
 
 
-def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> None:
+def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopParts:
     """Every timer of the loop. When several are due in one pass they run in this order:
     a refresh round that ran out rebuilds before its syncs start; a republish makes a
     catch-up due with it needless; the operators waiting on a sync closed just now are
-    answered in the same pass; the snapshot goes last, with all of that in it."""
+    answered in the same pass; the snapshot goes last, with all of that in it. Returns
+    `parts`."""
     timers, desired, syncs, desk = parts.timers, parts.desired, parts.syncs, parts.desk
 
     def close_ended_syncs(mono: float) -> None:
@@ -237,3 +248,4 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> None:
     timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
     timers.add(PRUNE, housekeeper.prune, due=started)
     timers.add(VIEW, parts.view.publish)
+    return parts

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from daybook.model.mappings import MappingTable
+from daybook.model.names import AssetRef
+from daybook.store.base import AssetInfo
 
 
 @dataclass(frozen=True)
@@ -17,12 +19,16 @@ class MappingsChanged:
 
 @dataclass(frozen=True)
 class DigestsChanged:
-    """Per service, the digest of the versions the store holds; sent only on change."""
+    """Per service, the digest of the versions the store holds; sent only on change (of the
+    digests, or of an asset's size or SHA-256)."""
 
     digests: Mapping[str, str]
     # Per service, each version's archive size in bytes, for the HTTP API and the metrics.
     # Not part of equality: the digests say whether anything changed.
     sizes: Mapping[str, Mapping[str, int]] = field(default_factory=dict, compare=False)
+    # Every asset listed, with its SHA-256, for signed downloads; sent also when only a
+    # version's bytes changed (the digests then do not).
+    assets: Mapping[AssetRef, AssetInfo] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class DesiredStateKeeper:
         else:
             served.digests = change.digests
             served.sizes = change.sizes
+            served.assets = change.assets
             self._fresh.add("digests")
         self._view.changed()
         due = self._monotonic() + self._tuning.coalesce_s

@@ -17,6 +17,7 @@ from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
+from master.download_desk import Signer
 from master.ledger import Fleet
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
@@ -49,6 +50,7 @@ class Master:
         metrics: MasterMetrics | None = None,
         snapshots: SnapshotBox | None = None,
         access: Access | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.epoch = epoch
         self._collector = collector
@@ -70,6 +72,7 @@ class Master:
             snapshots=snapshots,
             # Who may ask for what; without a key ring, only the local socket may operate.
             access=access or Access(None),
+            signer=signer,
         )
         self.snapshots = parts.view.snapshots
         # The results socket is read as messages come while the master is busy, and in

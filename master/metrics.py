@@ -142,6 +142,12 @@ class MasterMetrics:
             "standing), by operation.",
             ("op",),
         )
+        self.refused_downloads = counter(
+            "refused_downloads",
+            "Signed download URLs refused to a minion, for a service its host is not mapped "
+            "to, by the host asking.",
+            ("host",),
+        )
         self.refused_handshakes = counter(
             "refused_handshakes",
             "CURVE and local-socket handshakes the gatekeeper refused or held off, by reason.",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from daybook.model.messages import (
+    OP_DOWNLOADS,
     OP_STATUS,
     OP_STORE_CHANGED,
     OP_SYNC,
@@ -24,6 +25,7 @@ from daybook.net.transport import Peer
 from master.access import ACCESS_OPS, Access
 from master.control_server import ControlServer, Route
 from master.desired_state import DesiredStateKeeper
+from master.download_desk import DownloadDesk
 from master.ledger import Fleet, SyncBook, Waiter
 from master.metrics import MasterMetrics
 from master.refresh import RefreshRound
@@ -47,6 +49,7 @@ class OperatorDesk:
         *,
         control: ControlServer,
         access: Access,
+        downloads: DownloadDesk,
         book: SyncBook,
         fleet: Fleet,
         syncs: SyncKeeper,
@@ -62,6 +65,7 @@ class OperatorDesk:
     ) -> None:
         self._control = control
         self._access = access
+        self._downloads = downloads
         self._book = book
         self._fleet = fleet
         self._syncs = syncs
@@ -111,6 +115,11 @@ class OperatorDesk:
         if refusal is not None:
             self._metrics.refused_operator_requests.labels(request.op).inc()
             self._control.reply(route, ControlReply(request.request_id, error=refusal))
+            return
+        if request.op == OP_DOWNLOADS:
+            host = self._access.minion_host(request, peer)
+            assert host is not None  # `refusal` lets no other peer through
+            self._control.reply(route, self._downloads.answer(request, host))
             return
         if request.op in ACCESS_OPS:
             answer = self._access.answer(request, peer)

@@ -41,13 +41,14 @@ from daybook.net.transport import (
 )
 from daybook.registry.base import Registry, open_registry
 from daybook.stopping import StopFlag
-from daybook.store.base import Store, open_store
+from daybook.store.base import Presigner, Store, open_store
 from daybook.wire import MAX_MESSAGE_BYTES
 from master.access import Access
 from master.changes import Change, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase, ResultsReader
+from master.download_desk import Signer
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
@@ -217,6 +218,12 @@ def _start_watchers(
     return refreshers
 
 
+def _signer(store: Store) -> Signer | None:
+    """With S3, minions download through URLs the master signs: they hold no credentials.
+    A local store has no URLs; minions read its directory."""
+    return store.presign if isinstance(store, Presigner) else None
+
+
 def run_master(
     settings: Settings,
     *,
@@ -264,11 +271,13 @@ def run_master(
             tuning=MasterTuning(
                 republish_interval_s=settings.republish_interval_s,
                 sync_deadline_s=settings.sync_deadline_s,
+                download_url_expiry_s=settings.download_url_expiry_s,
             ),
             refreshers=refreshers,
             metrics=metrics,
             snapshots=snapshots,
             access=Access(keyring),
+            signer=_signer(store),
         )
         master.restore()
         http.start()

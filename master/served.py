@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from daybook.model.mappings import MappingTable
+from daybook.model.names import AssetRef
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
+from daybook.store.base import AssetInfo
 
 
 @dataclass
@@ -24,5 +26,7 @@ class Served:
     digests: Mapping[str, str] | None = None
     # Per service, each version's archive size in bytes, for the HTTP API and the metrics.
     sizes: Mapping[str, Mapping[str, int]] | None = None
+    # Every asset the store lists, with its SHA-256: what signed downloads are checked against.
+    assets: Mapping[AssetRef, AssetInfo] | None = None
     state: EncodedState | None = None
     sync: Sync | None = None

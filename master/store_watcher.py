@@ -6,9 +6,11 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from daybook.errors import DaybookError
 from daybook.model.ids import versions_digest
+from daybook.model.names import AssetRef
 from daybook.store.base import AssetInfo, Store
 from master.changes import Change, DigestsChanged, Fresh
 from master.pacing import Pacer, backoff_s
@@ -32,8 +34,16 @@ def sizes_of(assets: Iterable[AssetInfo]) -> dict[str, dict[str, int]]:
     return dict(sorted(sizes.items()))
 
 
+Listing = dict[AssetRef, AssetInfo]
+
+
 class StoreWatcher:
-    """Lists the store every `interval_s` and posts `DigestsChanged` when a digest differs.
+    """Lists the store every `interval_s` and posts `DigestsChanged` when a digest, or an
+    asset's size or SHA-256, differs.
+
+    A listing without SHA-256s (S3 keeps them in each object's metadata) is completed with
+    one HEAD per asset not seen before, or changed since: signed downloads are checked
+    against the master's SHA-256, never one that comes with the download.
 
     `refresh()` asks for a listing now; `Fresh("store")` follows once it is done.
     """
@@ -53,6 +63,7 @@ class StoreWatcher:
         self._pacer = Pacer()
         self._rng = random.Random()
         self.last: dict[str, str] | None = None
+        self.listing: Listing = {}
         self.failures = 0
 
     def refresh(self) -> None:
@@ -65,7 +76,7 @@ class StoreWatcher:
         while not self._pacer.stopped:
             refresh = self._pacer.take_refresh()
             try:
-                assets = self._store.list_assets()
+                assets = self._with_sha256(self._store.list_assets())
                 digests = digests_of(assets)
             except Exception as exc:  # a watcher thread must outlive any backend failure
                 self._failed(exc)
@@ -76,12 +87,27 @@ class StoreWatcher:
             if self.failures:
                 log.warning("the store %s is readable again", self._store.url)
                 self.failures = 0
-            if digests != self.last:
-                self.last = digests
-                self._post(DigestsChanged(digests, sizes_of(assets)))
+            listing = {asset.ref: asset for asset in assets}
+            if digests != self.last or listing != self.listing:
+                self.last, self.listing = digests, listing
+                self._post(DigestsChanged(digests, sizes_of(assets), listing))
             if refresh:
                 self._post(Fresh(self.SOURCE))
             self._pacer.pause(self._interval_s)
+
+    def _with_sha256(self, assets: list[AssetInfo]) -> list[AssetInfo]:
+        """The assets, each with the SHA-256 recorded at push time where the store has one;
+        asked for only when an asset is new or its size or time changed."""
+        return [self._completed(asset) if asset.sha256 is None else asset for asset in assets]
+
+    def _completed(self, asset: AssetInfo) -> AssetInfo:
+        known = self.listing.get(asset.ref)
+        if known is not None and replace(known, sha256=None) == asset:
+            return known
+        head = self._store.stat(asset.ref)
+        if head is not None and head.size == asset.size:
+            return replace(asset, sha256=head.sha256)
+        return asset
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1

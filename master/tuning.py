@@ -13,6 +13,8 @@ class MasterTuning:
     # An automatic sync stops waiting for answers this long after it was issued: a little
     # over a republish, which gives every live minion a second chance to hear of it.
     sync_deadline_s: float = 40.0
+    # How long the download URLs signed for minions stay valid.
+    download_url_expiry_s: float = 300.0
     # How often open syncs are checked for hosts that went down (deadlines are met exactly),
     # and the database for open syncs nobody holds any more.
     close_check_interval_s: float = 1.0

@@ -196,6 +196,12 @@ class ScriptedStore:
     def __init__(self, script: list[list[AssetInfo] | Exception]) -> None:
         self.script = script
         self.on_last: Callable[[], None] = lambda: None
+        self.heads: list[AssetRef] = []
+
+    def stat(self, ref: AssetRef) -> AssetInfo:
+        # As S3: the SHA-256 comes with a HEAD, not with the listing.
+        self.heads.append(ref)
+        return AssetInfo(ref, size=1, modified=1.0, sha256=ref.version * 64)
 
     def list_assets(self, service: str | None = None) -> list[AssetInfo]:
         step = self.script.pop(0)
@@ -222,10 +228,30 @@ def test_the_store_watcher_posts_only_changes_and_survives_errors(
     watcher = StoreWatcher(store, posted.append, interval_s=0.0)
     store.on_last = watcher.stop
     watcher.run()
-    assert [change.digests for change in posted if isinstance(change, DigestsChanged)] == [
+    changes = [change for change in posted if isinstance(change, DigestsChanged)]
+    assert [change.digests for change in changes] == [
         {"web": versions_digest(["1"])},
         {"web": versions_digest(["1", "2"])},
     ]
+    # Each asset's SHA-256 is asked for once, and kept with the listing's size and time.
+    assert store.heads == [AssetRef("web", "1"), AssetRef("web", "2")]
+    assert changes[-1].assets[AssetRef("web", "2")] == AssetInfo(
+        AssetRef("web", "2"), size=1, modified=0.0, sha256="2" * 64
+    )
+
+
+def test_the_store_watcher_posts_a_version_whose_bytes_changed() -> None:
+    replaced = AssetInfo(AssetRef("web", "1"), size=1, modified=5.0)
+    store = ScriptedStore([[asset("web", "1")], [replaced]])
+    posted: list[Change] = []
+    watcher = StoreWatcher(store, posted.append, interval_s=0.0)
+    store.on_last = watcher.stop
+    watcher.run()
+    changes = [change for change in posted if isinstance(change, DigestsChanged)]
+    # The same versions, so the same digests; but the listing differs, so it goes out.
+    assert len(changes) == 2
+    assert changes[0].digests == changes[1].digests
+    assert store.heads == [AssetRef("web", "1")] * 2
 
 
 def test_an_unexpected_exception_does_not_kill_a_watcher(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,9 +6,11 @@ values with the rules their fields must pass and the invariants that tie fields 
 
 from __future__ import annotations
 
+from daybook.model.downloads import Download
 from daybook.model.fleet import FleetStatus
 from daybook.model.ids import blob_digest, is_valid_digest, is_valid_id
 from daybook.model.keys import Key, KeyListing, is_fingerprint, is_role
+from daybook.model.names import is_valid_service, is_valid_version
 from daybook.model.patterns import is_valid_host, is_valid_pattern
 from daybook.model.results import Report
 from daybook.model.rules import checked, record
@@ -30,12 +32,17 @@ OP_KEYS_REJECT = "keys.reject"
 OP_KEYS_DELETE = "keys.delete"
 # `daybook push` saying the store holds something new: the master lists it at once.
 OP_STORE_CHANGED = "store.changed"
+# A minion asking for one service's versions, and signed URLs for those it names: only for
+# the services its host's winning pattern maps.
+OP_DOWNLOADS = "downloads"
+# How many versions one `downloads` request may name.
+MAX_DOWNLOAD_VERSIONS = 1000
 # What an operator may ask for: accepted operator keys and the master's local socket.
 OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS, OP_STORE_CHANGED})
 # Key management: the master's local socket only, as salt-key runs on the master.
 KEY_OPS = frozenset({OP_KEYS_LIST, OP_KEYS_ACCEPT, OP_KEYS_REJECT, OP_KEYS_DELETE})
 # The control socket serves these and nothing else.
-CONTROL_OPS = OPERATOR_OPS | KEY_OPS | {OP_HELLO}
+CONTROL_OPS = OPERATOR_OPS | KEY_OPS | {OP_HELLO, OP_DOWNLOADS}
 
 
 def is_control_op(text: str) -> bool:
@@ -112,7 +119,8 @@ class ControlRequest:
     for the results of `sync_id`. With `wait_s`, the master answers as soon as every expected
     host has reported, or when `wait_s` has passed. `store.changed` has the master list the
     store now rather than at its next poll. `hello` says which host and role the
-    sender claims; `keys.accept|reject|delete` name a key by host name or fingerprint.
+    sender claims; `downloads` asks for `service`'s versions and URLs for `versions`;
+    `keys.accept|reject|delete` name a key by host name or fingerprint.
     """
 
     request_id: str = checked(is_valid_id)
@@ -125,6 +133,9 @@ class ControlRequest:
     selector: str | None = checked(is_valid_selector, default=None)
     # `sync`: how long the sync may take before it stops waiting (0: the master's default).
     deadline_s: float = checked(maximum=MAX_WAIT_S, default=0.0)
+    # `downloads`: the service, and the versions to sign URLs for (none: the listing only).
+    service: str | None = checked(is_valid_service, default=None)
+    versions: tuple[str, ...] = checked(is_valid_version, default=())
 
     def __post_init__(self) -> None:
         if self.op == OP_SYNC_RESULT and self.sync_id is None:
@@ -133,6 +144,10 @@ class ControlRequest:
             raise ValueError("hello needs a host and a role")
         if self.op in KEY_OPS and self.op != OP_KEYS_LIST and self.selector is None:
             raise ValueError(f"{self.op} needs a host name or a fingerprint")
+        if self.op == OP_DOWNLOADS and self.service is None:
+            raise ValueError("downloads needs a service")
+        if len(self.versions) > MAX_DOWNLOAD_VERSIONS:
+            raise ValueError(f"at most {MAX_DOWNLOAD_VERSIONS} versions per request")
 
 
 @record
@@ -150,6 +165,8 @@ class ControlReply:
     keys: KeyListing | None = None
     key: Key | None = None
     invalid: bool = False
+    # `downloads`: every version of the service the master lists, signed where asked.
+    downloads: tuple[Download, ...] = ()
 
 
 Message = SyncEvent | Report | Heartbeat | ControlRequest | ControlReply

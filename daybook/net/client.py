@@ -22,10 +22,12 @@ import zmq
 from daybook import wire
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError, WireError
+from daybook.model.downloads import Download
 from daybook.model.fleet import FleetStatus
 from daybook.model.keys import Key, KeyListing
 from daybook.model.messages import (
     MAX_FRAME_BYTES,
+    OP_DOWNLOADS,
     OP_HELLO,
     OP_KEYS_LIST,
     OP_STATUS,
@@ -198,6 +200,14 @@ class ControlClient:
         if reply.key is None:
             raise FleetError(f"the master at {self.endpoint} sent no key standing")
         return reply.key
+
+    def downloads(self, service: str, versions: tuple[str, ...] = ()) -> tuple[Download, ...]:
+        """A minion's request: every version of `service` the master lists, with a signed
+        URL for each of `versions`."""
+        request = ControlRequest(
+            _new_id(), OP_DOWNLOADS, host=self.host, service=service, versions=versions
+        )
+        return self._answer(request).downloads
 
     def keys(self) -> KeyListing:
         reply = self._answer(ControlRequest(_new_id(), OP_KEYS_LIST))

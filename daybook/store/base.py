@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
@@ -81,6 +81,15 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """A store that can hand out URLs to read an asset without its credentials (S3)."""
+
+    def presign(self, ref: AssetRef, expiry_s: float) -> str:
+        """A URL that GETs `ref` for `expiry_s` seconds."""
+        ...
 
 
 def open_store(url: str, *, lazy: bool = False) -> Store:

@@ -165,6 +165,10 @@ class S3Store:
                 retries=retries,
                 max_pool_connections=tuning.max_pool_connections,
                 user_agent_extra="daybook",
+                # Requests are SigV4 anyway; this makes the download URLs the master signs
+                # SigV4 too (botocore presigns with the legacy SigV2 otherwise, which most
+                # regions refuse), and caps their expiry at a week.
+                signature_version="s3v4",
             )
             # botocore itself reads AWS_DEFAULT_REGION and the profile, but not AWS_REGION.
             region = (
@@ -328,6 +332,17 @@ class S3Store:
             sha256=response.get("Metadata", {}).get(SHA256_METADATA_KEY),
             where=f"s3://{self._bucket}/{key}",
         )
+
+    def presign(self, ref: AssetRef, expiry_s: float) -> str:
+        """A URL that GETs `ref` without credentials for `expiry_s`: signed here, with this
+        store's credentials, without a request to S3."""
+        with self._translate_errors():
+            url: str = self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self._bucket, "Key": self.key_for(ref)},
+                ExpiresIn=max(1, int(expiry_s)),
+            )
+        return url
 
     def close(self) -> None:
         if self._owns_client:
