@@ -99,6 +99,9 @@ class Settings:
     download_url_expiry_s: float = field(
         default=300.0, metadata=_rule("DAYBOOK_DOWNLOAD_URL_EXPIRY_S", low=1, high=7 * 24 * 3600)
     )
+    # Minion, with an S3 store: download through the URLs the master signs (no credentials
+    # on the minion); false reads the bucket with the minion's own AWS credentials.
+    signed_downloads: bool = field(default=True, metadata=_rule("DAYBOOK_SIGNED_DOWNLOADS"))
     # A minion is shown down after this long without a heartbeat.
     down_after_s: float = field(default=15.0, metadata=_SECONDS)
 

@@ -8,7 +8,9 @@ the minion runs libzmq's threads and Python threads of its own, and a forked chi
 inherit a lock (a module's import lock, a stream's) held by a thread that does not exist in
 it. The interpreter's start costs about 50 ms of CPU per sync that downloads; a no-op sync
 starts no child. Minions that share one process (a load test's thousand) install
-in-process instead, through one shared store client.
+in-process instead, through one shared store client; so does a minion whose S3 downloads
+go through the URLs its master signs (minion/downloads.py): with no S3 client to keep out,
+it has nothing to gain from a child.
 
 Parent to child, on stdin: one JSON line, the job; then `stop` lines, asking the child to
 give up retrying because the minion is stopping. End of file means the minion is gone: the

@@ -30,8 +30,10 @@ from daybook.net.transport import (
 )
 from daybook.stopping import StopFlag
 from daybook.store.base import Store, open_store
+from daybook.store.signed import SignedStore
 from daybook.wire import TOPIC_SYNC
 from minion.desired import DesiredStateCache
+from minion.downloads import ask_master
 from minion.enrollment import Enrollment
 from minion.install_child import ChildInstaller
 from minion.loop import MinionLoop
@@ -251,16 +253,6 @@ def run_minion(
     spec.data_dir.mkdir(parents=True, exist_ok=True)
     # Signals count from the start: a minion still waiting for its master's key stops too.
     with Lifecycle(stop) as life:
-        # Downloads run in a child process, which alone loads the S3 client: the minion
-        # itself stays small for its whole life. The lazy store is for the installed-versions
-        # reads (local) of the parent's installer and is never opened here.
-        store = open_store(settings.store, lazy=True)
-        life.release(store.close)
-        installs = ChildInstaller(
-            settings.store, spec.install_dir, max_parallel=settings.max_parallel_downloads
-        )
-        # No install outlives the minion, however it stops.
-        life.worker(stop=installs.kill)
         mailbox: Mailbox[LoopTask] = Mailbox()
         life.release(mailbox.close)
         keypair = minion_keypair(settings, spec)
@@ -271,6 +263,7 @@ def run_minion(
                 return 0
             raise
         credentials = client_credentials(keypair, server_key)
+        store, installs = minion_store(life, settings, spec, credentials)
         minion = connect_minion(
             life.context,
             settings,
@@ -280,11 +273,9 @@ def run_minion(
             cache=DesiredStateCache(),
             stop=life.stop,
             credentials=credentials,
-            install=installs.sync,
+            install=installs.sync if installs else None,
         )
         life.closes(lambda: close_minion(minion))
-        # A stopping minion's child gives up retrying downloads, as the minion itself would.
-        life.stop.on_set(installs.stop)
         if credentials is not None:
             start_enrollment(life.context, settings, credentials, life.stop)
         loop = MinionLoop([minion], mailbox)
@@ -300,12 +291,43 @@ def run_minion(
     return 0
 
 
-def _drain(minion: Minion, loop: MinionLoop, installs: ChildInstaller, timeout_s: float) -> None:
+def minion_store(
+    life: Lifecycle, settings: Settings, spec: MinionSpec, credentials: ClientCredentials | None
+) -> tuple[Store, ChildInstaller | None]:
+    """The store a minion installs from, and the child process that installs for it if any.
+
+    An S3 store is read through URLs the master signs (`signed_downloads`): no credentials
+    and no S3 client, so installs run in the minion itself. Otherwise downloads run in a
+    child process, which alone loads the store's client, so the minion stays small for its
+    whole life; the lazy store then serves only the parent's installed-versions reads.
+    """
+    if settings.signed_downloads and settings.store.startswith("s3:") and settings.control_port:
+        ask = ask_master(
+            life.context, settings.endpoint(settings.control_port), spec.host, credentials
+        )
+        return SignedStore(settings.store, ask, pause=lambda s: not life.stop.wait(s)), None
+    store = open_store(settings.store, lazy=True)
+    life.release(store.close)
+    installs = ChildInstaller(
+        settings.store, spec.install_dir, max_parallel=settings.max_parallel_downloads
+    )
+    # No install outlives the minion, however it stops.
+    life.worker(stop=installs.kill)
+    # A stopping minion's child gives up retrying downloads, as the minion itself would.
+    life.stop.on_set(installs.stop)
+    return store, installs
+
+
+def _drain(
+    minion: Minion, loop: MinionLoop, installs: ChildInstaller | None, timeout_s: float
+) -> None:
     """Let the sync in progress finish, for `timeout_s` at most, and send the last reports
     before the sockets close."""
     if not minion.stop(timeout_s):
         # The child is ended and reaped (the next install removes its staging tree), and
-        # its sync is abandoned unreported.
-        installs.kill()
+        # its sync is abandoned unreported. An install in this process gives up at its
+        # next pause, the stop flag being set.
+        if installs is not None:
+            installs.kill()
         minion.worker.wait_idle(CHILD_REAP_TIMEOUT_S)
     loop.run_tasks()

@@ -105,6 +105,7 @@ class ProcessFleet(Fleet):
         wrap: Sequence[str] = (),
         set_hostname: bool = True,
         install_dir: Path | None = None,
+        without: Sequence[str] = (),
         **extra: str,
     ) -> Proc:
         """Start a minion; `wrap` prefixes its command (`ip netns exec NS ...`)."""
@@ -114,6 +115,7 @@ class ProcessFleet(Fleet):
             host,
             wrap=wrap,
             set_hostname=set_hostname,
+            without=without,
             DAYBOOK_INSTALL_DIR=str(self.install_dir(host)),
             **extra,
         )

@@ -159,21 +159,25 @@ def test_bytes_that_do_not_match_the_masters_sha256_are_refused(
     assert not (tmp_path / "install" / "web" / "1").exists()
 
 
-def test_the_install_child_downloads_without_loading_botocore(flaky_server: str) -> None:
+def test_a_minion_installs_through_signed_urls_without_loading_botocore(
+    flaky_server: str, tmp_path: Path
+) -> None:
     FlakyHandler.cut = False
     data = FlakyHandler.body
+    # What a minion process imports, then an install through the signed store, as it runs one.
     script = f"""
 import sys
+from pathlib import Path
+import minion.process, minion.downloads
+from daybook.install.installer import Installer
 from daybook.model.downloads import Download
 from daybook.store.signed import SignedStore
-import minion.install_child
-from daybook.model.names import AssetRef
 
 def ask(service, versions):
     return (Download("web", "1", {len(data)}, {sha256_of(data)!r}, {flaky_server!r}),)
 
-stream = SignedStore("s3://bucket", ask).open(AssetRef("web", "1"))
-assert len(stream.read()) == {len(data)}
+results = Installer(SignedStore("s3://bucket", ask), Path({str(tmp_path)!r})).sync(["web"])
+assert results["web"].installed == ("1",), results
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("botocore", "boto3"))
 assert not loaded, loaded
 """
@@ -181,3 +185,4 @@ assert not loaded, loaded
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "web" / "1" / "bin" / "run").is_file()

@@ -138,16 +138,27 @@ class Fleet:
         return master
 
     def start_minion(
-        self, host: str, *, wrap: Sequence[str] = (), set_hostname: bool = True, **extra: str
+        self,
+        host: str,
+        *,
+        wrap: Sequence[str] = (),
+        set_hostname: bool = True,
+        without: Sequence[str] = (),
+        **extra: str,
     ) -> Proc:
         """Start a minion with its data in `root/HOST`; `wrap` prefixes its command
-        (`ip netns exec NS ...`)."""
+        (`ip netns exec NS ...`); variables starting with any of `without` are left out of
+        its environment (`AWS_`: a minion with no store credentials)."""
         env = self.env(
             DAYBOOK_DATA_DIR=str(self.root / host),
             DAYBOOK_MASTER=self.master_host,
             **self.port_env(),
             **extra,
         )
+        if without:
+            env = {
+                name: value for name, value in env.items() if not name.startswith(tuple(without))
+            }
         if set_hostname:
             env["DAYBOOK_HOSTNAME"] = host
         minion = self.minions[host] = self.spawn(host, [*self.command, "minion"], env, wrap)
