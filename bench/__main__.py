@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import fleet_bench, ingest, pattern_scale, pull, startup
+from bench import fleet_bench, ingest, pattern_scale, pull, push, startup
 from bench.results import HEADER, Results, machine_info, render_table
 from bench.timing import Options
 
@@ -28,6 +28,11 @@ SECTIONS: dict[str, tuple[Section, str]] = {
     "swarm": (
         fleet_bench.run_swarm,
         "1,000 minions in one process: no-op sync --wait, master memory and idle CPU",
+    ),
+    "push": (
+        push.run,
+        "a push reaching 3 and 20 minions with no operator; each install's CPU, signed URLs "
+        "against minions' own credentials",
     ),
     "ingest": (ingest.run, "reports a second the master ingests from a CURVE load generator"),
 }

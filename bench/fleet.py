@@ -154,10 +154,21 @@ class Fleet(harness.Fleet):
         )
 
     def start_minion(
-        self, host: str, *, wrap: Sequence[str] = (), set_hostname: bool = True, **extra: str
+        self,
+        host: str,
+        *,
+        wrap: Sequence[str] = (),
+        set_hostname: bool = True,
+        without: Sequence[str] = (),
+        **extra: str,
     ) -> Proc:
         return super().start_minion(
-            host, wrap=wrap, set_hostname=set_hostname, **identity(MINION_ID), **extra
+            host,
+            wrap=wrap,
+            set_hostname=set_hostname,
+            without=without,
+            **identity(MINION_ID),
+            **extra,
         )
 
     def start_minions(self, hosts: Sequence[str]) -> None:

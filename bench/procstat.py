@@ -17,6 +17,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of the children the process has waited for."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[13]) + int(fields[14])) / _TICKS_PER_S
+
+
 def rss_bytes(pid: int) -> int:
     return _status_kib(pid, "VmRSS:") * 1024
 
