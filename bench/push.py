@@ -113,8 +113,9 @@ def service_of(fleet: Fleet) -> str:
 
 
 def installed(fleet: Fleet, version: int) -> bool:
+    service = service_of(fleet)
     return all(
-        (fleet.root / host / "install" / service_of(fleet) / str(version)).is_dir() for host in fleet.minions
+        (fleet.root / host / "install" / service / str(version)).is_dir() for host in fleet.minions
     )
 
 

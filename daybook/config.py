@@ -93,6 +93,13 @@ class Settings:
     # Minion: heartbeats, the random delay before downloads, and parallel downloads.
     heartbeat_interval_s: float = field(default=5.0, metadata=_SECONDS)
     splay_s: float = field(default=1.0, metadata=_SECONDS)
+    # Master: how many hosts may start downloading each second after an event. The event
+    # asks the hosts it reaches to spread their starts over hosts / rate seconds (each
+    # minion capped by its splay_s): a handful of hosts starts at once, a large fleet is
+    # spread over the whole splay as before.
+    download_starts_per_s: float = field(
+        default=100.0, metadata=_rule("DAYBOOK_DOWNLOAD_STARTS_PER_S", low=1)
+    )
     max_parallel_downloads: int = field(default=2, metadata=_rule(low=1))
     # Master, with an S3 store: how long the download URLs it signs for minions stay valid.
     # Minions hold no store credentials; a URL is asked for just before its download.

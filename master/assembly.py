@@ -150,7 +150,13 @@ def _publishing(
         monotonic=monotonic,
         snapshots=snapshots,
     )
-    broadcaster = Broadcaster(publisher, epoch=epoch, metrics=metrics, monotonic=monotonic)
+    broadcaster = Broadcaster(
+        publisher,
+        epoch=epoch,
+        metrics=metrics,
+        monotonic=monotonic,
+        download_starts_per_s=tuning.download_starts_per_s,
+    )
     syncs = SyncKeeper(
         book=book,
         database=database,

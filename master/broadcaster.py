@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from daybook.model.messages import SyncEvent
+from daybook.model.messages import MAX_SPREAD_S, SyncEvent
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
 from master.metrics import MasterMetrics
@@ -26,8 +26,10 @@ class Broadcaster:
         epoch: int,
         metrics: MasterMetrics,
         monotonic: Callable[[], float],
+        download_starts_per_s: float = 100.0,
     ) -> None:
         self._publisher = publisher
+        self._download_starts_per_s = download_starts_per_s
         self.epoch = epoch
         self.seq = 0
         self._metrics = metrics
@@ -43,12 +45,18 @@ class Broadcaster:
             sync_id=sync.sync_id,
             target=sync.target,
             issued_at=sync.issued_at,
+            spread_s=self.spread_s(sync),
         )
         self._publisher.publish(event)
         self.last_sent = self._monotonic()
         metrics, publisher = self._metrics, self._publisher
         metrics.add_total(metrics.published_events, "published_events", publisher.published)
         metrics.add_total(metrics.published_bytes, "published_bytes", publisher.bytes_sent)
+
+    def spread_s(self, sync: Sync) -> float:
+        """The window the hosts a sync expects should spread their download starts over:
+        S3 takes a few hundred new requests a second at once, and a fleet far more spread."""
+        return min(round(len(sync.expected) / self._download_starts_per_s, 3), MAX_SPREAD_S)
 
     def drop_subscribers(self) -> None:
         """Disconnect every subscriber, so each must pass the key check again."""

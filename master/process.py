@@ -272,6 +272,7 @@ def run_master(
                 republish_interval_s=settings.republish_interval_s,
                 sync_deadline_s=settings.sync_deadline_s,
                 download_url_expiry_s=settings.download_url_expiry_s,
+                download_starts_per_s=settings.download_starts_per_s,
             ),
             refreshers=refreshers,
             metrics=metrics,

@@ -15,6 +15,8 @@ class MasterTuning:
     sync_deadline_s: float = 40.0
     # How long the download URLs signed for minions stay valid.
     download_url_expiry_s: float = 300.0
+    # Hosts that may start downloading each second: an event's spread is hosts / rate.
+    download_starts_per_s: float = 100.0
     # How often open syncs are checked for hosts that went down (deadlines are met exactly),
     # and the database for open syncs nobody holds any more.
     close_check_interval_s: float = 1.0

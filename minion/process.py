@@ -129,8 +129,9 @@ def connect_minion(
     subscriber, reporter = _connect_sockets(context, settings, credentials)
     rng = random.Random()
 
-    def splay() -> bool:
-        return not stop.wait(rng.uniform(0, settings.splay_s)) if settings.splay_s > 0 else True
+    def splay(spread_s: float | None) -> bool:
+        window_s = settings.splay_s if spread_s is None else min(spread_s, settings.splay_s)
+        return not stop.wait(rng.uniform(0, window_s)) if window_s > 0 else True
 
     memory = MinionMemory(spec.data_dir, spec.install_dir)
     installer = Installer(

@@ -88,18 +88,21 @@ class ServiceApplier:
         self,
         installer: Installer,
         memory: MinionMemory,
-        splay: Callable[[], bool],
+        splay: Callable[[float | None], bool],
         install: Callable[[Sequence[str]], ServiceResults] | None = None,
     ) -> None:
         self._installer = installer
         self._memory = memory
-        # Waits the random pre-download delay; False if the minion is stopping meanwhile.
+        # Waits the random pre-download delay within the event's spread (None: the minion's
+        # own splay); False if the minion is stopping meanwhile.
         self._splay = splay
         # Installs the changed services: the installer itself, or a child process running
         # it (a minion process: see minion.install_child). It may raise Cancelled.
         self._install = install or installer.sync
 
-    def apply(self, desired: DesiredState, resolution: Resolution) -> Outcome:
+    def apply(
+        self, desired: DesiredState, resolution: Resolution, spread_s: float | None = None
+    ) -> Outcome:
         services = resolution.services
         installed = {s: tuple(v) for s, v in self._installer.installed(services).items()}
         steps = plan(services, desired, self._memory.applied, installed)
@@ -110,7 +113,7 @@ class ServiceApplier:
         applied: dict[str, AppliedService | None] = {}
         if steps.changed:
             # Spread the fleet's downloads; a no-op sync answers at once instead.
-            if not self._splay():
+            if not self._splay(spread_s):
                 raise Cancelled
             outcome = self._install(steps.changed)
             for service in steps.changed:
@@ -189,7 +192,7 @@ class Syncer:
         error: str | None = None
         try:
             _desired, table = self._cache.get(event.encoded_state)
-            outcome = self._applier.apply(_desired, table.resolve(self._host))
+            outcome = self._applier.apply(_desired, table.resolve(self._host), event.spread_s)
         except DaybookError as exc:  # a malformed state, the install lock, ...
             error = clip_text(str(exc))
             log.warning("sync %s failed: %s", event.sync_id, error)

@@ -84,13 +84,15 @@ class Fixture:
         self.install_dir = tmp_path / "install"
         self.memory = MinionMemory(tmp_path / "data", self.install_dir)
         self.splays = 0
+        self.spreads: list[float | None] = []
         self.splay_result = True
         self.applier = ServiceApplier(
             Installer(self.store, self.install_dir), self.memory, self.splay
         )
 
-    def splay(self) -> bool:
+    def splay(self, spread_s: float | None) -> bool:
         self.splays += 1
+        self.spreads.append(spread_s)
         return self.splay_result
 
     def apply(self, mappings: dict[str, tuple[str, ...]], host: str = "web-1") -> Any:
@@ -354,6 +356,17 @@ def test_the_syncer_reports_once_per_sync_id_and_remembers(fx: Fixture) -> None:
 
     # A republish of a reported sync changes nothing: no report.
     assert syncer.run(PendingSync(event_for(state, "s2", seq=2), [])).reports == []
+
+
+def test_downloads_start_within_the_spread_the_event_asks_for(fx: Fixture) -> None:
+    push(fx.local, fx.tmp_path, "web", "1")
+    state = wire.encode_state(desired_for(fx.local, {"web-*": ("web",)}))
+    syncer = Syncer("web-1", fx.applier, DesiredStateCache(), fx.memory)
+    event = SyncEvent.carrying(
+        state, epoch=1, seq=1, sync_id="s1", target="*", issued_at=1.0, spread_s=0.03
+    )
+    syncer.run(PendingSync(event, ["s1"]))
+    assert fx.spreads == [0.03]
 
 
 def test_work_done_for_an_already_reported_sync_is_reported(fx: Fixture) -> None:

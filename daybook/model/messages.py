@@ -54,6 +54,10 @@ def is_valid_selector(text: str) -> bool:
     return is_fingerprint(text) or is_valid_host(text)
 
 
+# The longest spread an event asks for: beyond an hour, downloads are throttled by the store.
+MAX_SPREAD_S = 3600.0
+
+
 @record
 class SyncEvent:
     """Desired state, published to every minion: apply it idempotently, report once per id.
@@ -71,6 +75,10 @@ class SyncEvent:
     state: bytes = checked(max_len=MAX_FRAME_BYTES, repr=False)
     state_digest: str = checked(is_valid_digest)
     issued_at: float
+    # The window over which the master wants the hosts that download to spread their
+    # starts, sized to the fleet; a minion waits a random part of it, never more than its
+    # own `splay_s`. None: the minion's `splay_s` alone.
+    spread_s: float | None = checked(minimum=0, maximum=MAX_SPREAD_S, default=None)
 
     def __post_init__(self) -> None:
         if blob_digest(self.state) != self.state_digest:
@@ -86,9 +94,10 @@ class SyncEvent:
         sync_id: str,
         target: str,
         issued_at: float,
+        spread_s: float | None = None,
     ) -> SyncEvent:
         """The event that publishes `state`."""
-        return cls(epoch, seq, sync_id, target, state.blob, state.digest, issued_at)
+        return cls(epoch, seq, sync_id, target, state.blob, state.digest, issued_at, spread_s)
 
     @property
     def encoded_state(self) -> EncodedState:
