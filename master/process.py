@@ -268,12 +268,7 @@ def run_master(
             database=database,
             fleet=Fleet(settings.down_after_s, database.load_hosts()),
             mailbox=mailbox,
-            tuning=MasterTuning(
-                republish_interval_s=settings.republish_interval_s,
-                sync_deadline_s=settings.sync_deadline_s,
-                download_url_expiry_s=settings.download_url_expiry_s,
-                download_starts_per_s=settings.download_starts_per_s,
-            ),
+            tuning=tuning_from(settings),
             refreshers=refreshers,
             metrics=metrics,
             snapshots=snapshots,
@@ -313,3 +308,13 @@ def _announce(
     log.info("master epoch %d listening: %s", epoch, endpoints)
     if ready is not None:
         ready(endpoints)
+
+
+def tuning_from(settings: Settings) -> MasterTuning:
+    """The knobs of the loop that the settings give; the rest keep their defaults."""
+    return MasterTuning(
+        republish_interval_s=settings.republish_interval_s,
+        sync_deadline_s=settings.sync_deadline_s,
+        download_url_expiry_s=settings.download_url_expiry_s,
+        download_starts_per_s=settings.download_starts_per_s,
+    )

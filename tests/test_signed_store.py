@@ -19,8 +19,9 @@ from daybook.errors import StoreError
 from daybook.install.installer import Installer
 from daybook.model.downloads import Download
 from daybook.model.names import AssetRef
+from daybook.store.http_stream import HttpAssetStream
 from daybook.store.s3 import S3Store
-from daybook.store.signed import HttpAssetStream, SignedStore
+from daybook.store.signed import SignedStore
 from daybook_testing.waiting import wait_for
 
 REF = AssetRef("web", "1")
