@@ -32,6 +32,19 @@ def service_result_json(result: ServiceResult) -> dict[str, Any]:
     }
     if result.error is not None:
         document["error"] = result.error
+    # The release lifecycle's fields appear only where it is switched on.
+    if result.removed:
+        document["removed"] = list(result.removed)
+    if result.current is not None:
+        document["current"] = result.current
+    if result.previous is not None:
+        document["previous"] = result.previous
+    if result.hook is not None:
+        document["hook"] = {
+            "ok": result.hook.ok,
+            "exit": result.hook.exit,
+            "output": result.hook.output,
+        }
     return document
 
 

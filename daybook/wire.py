@@ -113,6 +113,7 @@ def encode_state(state: DesiredState) -> EncodedState:
     ordered = DesiredState(
         mappings={pattern: state.mappings[pattern] for pattern in sorted(state.mappings)},
         digests={service: state.digests[service] for service in sorted(state.digests)},
+        pins={service: state.pins[service] for service in sorted(state.pins)},
     )
     blob = zlib.compress(payload(ordered), 9)
     return EncodedState(blob, blob_digest(blob))
@@ -179,6 +180,7 @@ def decode_state(state: EncodedState) -> DesiredState:
             for pattern, services in desired.mappings.items()
         },
         digests=desired.digests,
+        pins=desired.pins,
     )
 
 

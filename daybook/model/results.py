@@ -15,18 +15,37 @@ from daybook.model.rules import checked, record
 
 
 @record
+class HookResult:
+    """How a host's hook for a service ran after `current` moved: its exit status (None
+    when it could not start or ran past its time limit, said in `output`) and the tail of
+    what it printed."""
+
+    ok: bool
+    exit: int | None = None
+    output: str = ""
+
+
+@record
 class ServiceResult:
     """What one run did for one service: versions installed by it, already present, and
-    failed (with why). `error` is set when the service's versions could not be listed."""
+    failed (with why). `error` is set when the service's versions could not be listed.
+
+    With the release lifecycle switched on it also says which versions retention removed,
+    where `current` points (and `previous`, when this run moved it), and how the hook ran.
+    """
 
     installed: tuple[str, ...] = checked(is_valid_version, default=())
     present: tuple[str, ...] = checked(is_valid_version, default=())
     failed: Mapping[str, str] = checked(key=is_valid_version, default_factory=dict)
     error: str | None = None
+    removed: tuple[str, ...] = checked(is_valid_version, default=())
+    current: str | None = checked(is_valid_version, default=None)
+    previous: str | None = checked(is_valid_version, default=None)
+    hook: HookResult | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.error is None
+        return not self.failed and self.error is None and (self.hook is None or self.hook.ok)
 
 
 # Per service, by name: what one install run, pull or sync did.

@@ -9,18 +9,21 @@ from daybook.model.ids import EMPTY_DIGEST, is_valid_digest
 from daybook.model.mappings import MappingTable
 from daybook.model.names import is_valid_service
 from daybook.model.patterns import is_valid_pattern
+from daybook.model.pins import Pin
 from daybook.model.rules import checked, record
 
 
 @record
 class DesiredState:
-    """What every host should have: the mapping table and each service's versions digest.
+    """What every host should have: the mapping table, each service's versions digest,
+    and the pins (by service) that say which version `current` points at.
 
     A service missing from `digests` has no versions in the store (`EMPTY_DIGEST`).
     """
 
     mappings: MappingTable = checked(is_valid_service, key=is_valid_pattern)
     digests: Mapping[str, str] = checked(is_valid_digest, key=is_valid_service)
+    pins: Mapping[str, Pin] = checked(key=is_valid_service, default_factory=dict)
 
     def digest_for(self, service: str) -> str:
         return self.digests.get(service, EMPTY_DIGEST)
