@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from daybook.errors import ConfigError
 from daybook.model.leadership import Term
 from daybook.model.mappings import MappingTable
+from daybook.model.pins import Pin
 
 DEFAULT_KEY_PREFIX = "daybook/hosts/"
 
@@ -21,11 +22,13 @@ ServicesUpdate = Callable[[tuple[str, ...]], tuple[str, ...]]
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The whole mapping table at one point, with the backend's change index."""
+    """The whole mapping table at one point, with the pins stored beside it and the
+    backend's change index."""
 
     mappings: MappingTable
     # Opaque, increases on change (Consul's X-Consul-Index; a generation for the file).
     index: int
+    pins: Mapping[str, Pin] = field(default_factory=dict)
 
 
 class Registry(Protocol):
