@@ -78,6 +78,10 @@ class Settings:
     # The master's public key (Z85), pinned by minions and operators; else learnt on first
     # contact through the key port and pinned in the data dir.
     master_key: str | None = field(default=None, metadata=_rule("DAYBOOK_MASTER_KEY"))
+    # Master: the key pair file (a ZeroMQ secret certificate, mode 0600) every master of
+    # one fleet shares, so minions pin one key whichever master they meet; None uses this
+    # master's own `<data dir>/keys/master.key_secret`, created on first start.
+    master_key_file: Path | None = field(default=None, metadata=_rule("DAYBOOK_MASTER_KEY_FILE"))
     # Benchmarks only: no encryption and no key authentication between master and minions.
     insecure_transport: bool = field(default=False, metadata=_rule("DAYBOOK_INSECURE_TRANSPORT"))
     # Master: how often to list the store and to republish the desired state. Each listing
@@ -224,6 +228,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "int": _parse_int,
     "float": _parse_float,
     "Path": _parse_path,
+    "Path | None": _parse_path,
 }
 
 

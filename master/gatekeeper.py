@@ -87,6 +87,7 @@ class Gatekeeper:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         on_refusal: Callable[[str], None] = lambda _reason: None,
+        saves_keyring: bool = True,
     ) -> None:
         self._zap = zap
         self._key_socket = key_socket
@@ -99,7 +100,10 @@ class Gatekeeper:
         # Wakes the thread for a stop or a key ring change; otherwise it sleeps until a
         # handshake or a key request arrives, so an idle master costs nothing here.
         self._wakes: Mailbox[None] = Mailbox()
-        if keyring is not None:
+        # A key ring in a shared store is written by a thread of its own (a write may
+        # wait on the network, and a handshake must not); one in a local file, from here.
+        self._saves_keyring = keyring is not None and saves_keyring
+        if keyring is not None and self._saves_keyring:
             keyring.when_dirty(lambda: self._wakes.post(None))
         self.counters: dict[str, int] = {
             "allowed": 0,
@@ -129,7 +133,7 @@ class Gatekeeper:
                     self._answer_zap()
                 if self._key_socket is not None and self._key_socket in ready:
                     self._serve_key(self._key_socket)
-                if self._keyring is None or not self._keyring.dirty:
+                if self._keyring is None or not self._saves_keyring or not self._keyring.dirty:
                     flush_due = None
                 elif flush_due is None:
                     flush_due = self._monotonic() + FLUSH_INTERVAL_S
@@ -137,7 +141,7 @@ class Gatekeeper:
                     flush_due = None
                     self._keyring.save_if_dirty()
         finally:
-            if self._keyring is not None:
+            if self._keyring is not None and self._saves_keyring:
                 self._keyring.when_dirty(lambda: None)
             self._wakes.close()
 

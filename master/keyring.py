@@ -1,5 +1,15 @@
 """The key ring: every minion and operator key the master knows, accepted, pending or
-rejected, and the host name bound to each, kept in `<data dir>/keys/keyring.json` (0600).
+rejected, and the host name bound to each.
+
+The ring lives in the registry backend's key store (see daybook.registry.keystore), shared
+by every master of the fleet, so a key accepted on one master is accepted on all. This
+master keeps the whole table in memory: the ZAP handler's `admit` reads memory only and
+never waits on the network. Operators' changes are written through with check-and-set
+before they are answered; the ZAP thread's notes (a new pending key, a time seen) are
+written later by a thread of their own (`save`); other masters' changes come in through
+`merge`, fed by a watch on the store. Without a store (tests, and the old single-master
+layout) the table is kept in `<data dir>/keys/keyring.json` (0600), which a master with
+an empty shared store imports once.
 
 Two threads use it: the ZAP handler asks `admit` during each CURVE handshake, and the
 master loop asks `speaks_for` about every report and heartbeat and changes standings on
@@ -19,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from daybook import wire
-from daybook.errors import InputError, WireError
+from daybook.errors import ConflictError, DaybookError, InputError, WireError
 from daybook.files import write_atomically
 from daybook.model.keys import (
     ACCEPTED,
@@ -35,6 +45,7 @@ from daybook.model.keys import (
 )
 from daybook.model.patterns import is_valid_host
 from daybook.net.transport import CURVE_USER_PREFIX, DOMAIN_CONTROL, DOMAIN_PUBLISH, DOMAIN_RESULTS
+from daybook.registry.keystore import KeySnapshot, KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +53,11 @@ FORMAT_VERSION = 1
 # Unknown keys are recorded up to this many; beyond, they are held off unrecorded, so a
 # stream of fresh keys cannot grow the table without bound.
 MAX_PENDING = 1000
-# A key seen again is noted (address, time) no more often than this.
+# A key seen again is noted (address, time) no more often than this; with a shared store
+# that is also the most often one key's "last seen" costs a write.
 TOUCH_INTERVAL_S = 60.0
+# Check-and-set attempts of one operator change before it gives up.
+MAX_CAS_ATTEMPTS = 10
 
 
 class KeySelectionError(InputError):
@@ -77,8 +91,11 @@ class KeyRing:
         entries: Iterable[Key] = (),
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        store: KeyStore | None = None,
     ) -> None:
         self.path = path
+        # The shared key ring; when set, it is where changes go (`path` is then unused).
+        self.store = store
         self.auto_accept = auto_accept
         self._max_pending = max_pending
         self._clock = clock
@@ -91,6 +108,11 @@ class KeyRing:
         # Told when the table first differs from its file, so a saver need not poll.
         self._on_dirty: Callable[[], None] | None = None
         self._full_warned = False
+        # The store's version of each key this table took from it or wrote to it (absent:
+        # not in the store yet), which the next check-and-set on that key names.
+        self._versions: dict[str, int] = {}
+        # Keys changed here and not written to the store yet.
+        self._unsaved: set[str] = set()
         for entry in entries:
             holder = self._bound.get((entry.role, entry.host)) if entry.host else None
             if entry.state == ACCEPTED and holder is not None:
@@ -104,6 +126,7 @@ class KeyRing:
             else:
                 self._put(entry)
         self._dirty = False
+        self._unsaved.clear()
 
     @classmethod
     def load(cls, path: Path, *, auto_accept: bool) -> KeyRing:
@@ -123,6 +146,30 @@ class KeyRing:
             except WireError as exc:
                 log.warning("%s: skipping an invalid entry: %s", path, exc)
         return cls(path, auto_accept=auto_accept, entries=entries)
+
+    @classmethod
+    def open(
+        cls, store: KeyStore, *, auto_accept: bool, legacy_path: Path | None = None
+    ) -> KeyRing:
+        """The ring shared through `store`, read once. When the store is empty and this
+        master still has a key ring file of its own (`legacy_path`, from before keys were
+        shared), its keys are imported first, once: later the store is not empty."""
+        snapshot = store.read()
+        if not snapshot.keys and legacy_path is not None and legacy_path.exists():
+            legacy = cls.load(legacy_path, auto_accept=auto_accept)
+            imported = sum(store.write(entry, 0) is not None for entry in legacy._keys.values())
+            log.warning(
+                "imported %d of the %d keys of %s into the shared key ring %s; that file is "
+                "no longer used",
+                imported,
+                len(legacy._keys),
+                legacy_path,
+                store.url,
+            )
+            snapshot = store.read()
+        ring = cls(None, auto_accept=auto_accept, store=store)
+        ring.merge(snapshot)
+        return ring
 
     # -- the ZAP handler's questions -----------------------------------------------------------
 
@@ -249,39 +296,94 @@ class KeyRing:
         )
 
     def accept(self, selector: str) -> KeyChange:
-        with self._lock:
-            entry = self._select(selector, prefer=(PENDING, REJECTED))
+        def accepted(entry: Key) -> Key:
             if entry.state == ACCEPTED:
-                return KeyChange(entry, cut_off=False)
+                return entry
             if entry.host is not None:
                 holder = self._bound.get((entry.role, entry.host))
-                if holder is not None:
+                if holder is not None and holder != entry.public_key:
                     raise KeySelectionError(
                         f"{entry.host} already has an accepted {entry.role} key "
                         f"{fingerprint(holder)}; delete that one first"
                     )
-            entry = self._put(replace(entry, state=ACCEPTED))
-        self.save()
-        log.warning("accepted the %s", entry.describe())
+            return replace(entry, state=ACCEPTED)
+
+        before, entry = self._change(selector, (PENDING, REJECTED), accepted)
+        assert entry is not None
+        if before is not entry:
+            log.warning("accepted the %s", entry.describe())
         return KeyChange(entry, cut_off=False)
 
     def reject(self, selector: str) -> KeyChange:
-        with self._lock:
-            entry = self._select(selector, prefer=(ACCEPTED, PENDING))
-            was_accepted = entry.state == ACCEPTED
-            entry = self._put(replace(entry, state=REJECTED))
-        self.save()
+        before, entry = self._change(
+            selector, (ACCEPTED, PENDING), lambda e: replace(e, state=REJECTED)
+        )
+        assert entry is not None
         log.warning("rejected the %s", entry.describe())
-        return KeyChange(entry, cut_off=was_accepted and entry.role == MINION)
+        return KeyChange(entry, cut_off=before.state == ACCEPTED and entry.role == MINION)
 
     def delete(self, selector: str) -> KeyChange:
-        with self._lock:
-            entry = self._select(selector, prefer=(ACCEPTED, PENDING, REJECTED))
-            self._remove(entry)
-            self._mark_dirty()
-        self.save()
+        entry, _ = self._change(selector, (ACCEPTED, PENDING, REJECTED), lambda e: None)
         log.warning("deleted the %s", entry.describe())
         return KeyChange(entry, cut_off=entry.state == ACCEPTED and entry.role == MINION)
+
+    def _change(
+        self, selector: str, prefer: tuple[str, ...], decide: Callable[[Key], Key | None]
+    ) -> tuple[Key, Key | None]:
+        """Apply an operator's change to the entry `selector` names: `decide` gives the
+        entry as it should be (None: deleted; the same entry: nothing to do) or raises.
+
+        With a shared store the change is written with check-and-set before it counts;
+        when another master changed the entry meanwhile, the store is read again and the
+        change decided again on what is there now (which may refuse it). Returns the
+        entry before and after.
+        """
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            with self._lock:
+                before = self._select(selector, prefer)
+                after = decide(before)
+                version = self._versions.get(before.public_key, 0)
+                if after is before:
+                    return before, after
+                if self.store is None:
+                    self._apply(before, after, None)
+            if self.store is None:
+                self.save()
+                return before, after
+            written = self._write_through(before, after, version)
+            if written is not None:
+                with self._lock:
+                    self._apply(before, after, written)
+                return before, after
+            log.info("the key %s changed on another master; deciding again", before.fingerprint)
+            self.merge(self.store.read())
+        raise ConflictError(
+            f"gave up changing the key {selector}: other masters changed it "
+            f"{MAX_CAS_ATTEMPTS} times meanwhile"
+        )
+
+    def _write_through(self, before: Key, after: Key | None, version: int) -> int | None:
+        """Write one change to the store; its new version (0 once deleted), None when the
+        check-and-set lost."""
+        assert self.store is not None
+        if after is None:
+            return 0 if self.store.delete(before.public_key, version) else None
+        return self.store.write(after, version)
+
+    def _apply(self, before: Key, after: Key | None, version: int | None) -> None:
+        """Make an operator's change in the table (under the lock); `version` is the
+        store's new version of the entry, None without a store."""
+        if after is None:
+            self._remove(before)
+            self._versions.pop(before.public_key, None)
+            self._unsaved.discard(before.public_key)
+            if self.store is None:
+                self._mark_dirty()
+            return
+        self._put(after, changed=self.store is None)
+        if version is not None:
+            self._versions[after.public_key] = version
+            self._unsaved.discard(after.public_key)
 
     def _select(self, selector: str, prefer: tuple[str, ...]) -> Key:
         """The one entry `selector` (a fingerprint, or a host name) names.
@@ -338,7 +440,8 @@ class KeyRing:
         address = address[:MAX_ADDRESS_LEN] if address else None
         return self._put(Key(public_key, role, state, host, address, now, now))
 
-    def _put(self, entry: Key) -> Key:
+    def _put(self, entry: Key, *, changed: bool = True) -> Key:
+        """Put `entry` in the table; `changed` says the store does not have it yet."""
         old = self._keys.get(entry.public_key)
         if old is not None:
             self._remove(old)
@@ -347,7 +450,9 @@ class KeyRing:
             self._bound[(entry.role, entry.host)] = entry.public_key
         if entry.state == PENDING:
             self._full_warned = False
-        self._mark_dirty()
+        if changed:
+            self._unsaved.add(entry.public_key)
+            self._mark_dirty()
         return entry
 
     def _remove(self, entry: Key) -> None:
@@ -359,6 +464,7 @@ class KeyRing:
         address = address[:MAX_ADDRESS_LEN] if address else entry.address
         if address != entry.address or now - entry.last_seen >= TOUCH_INTERVAL_S:
             self._keys[entry.public_key] = replace(entry, address=address, last_seen=now)
+            self._unsaved.add(entry.public_key)
             self._mark_dirty()
 
     def _mark_dirty(self) -> None:
@@ -380,14 +486,24 @@ class KeyRing:
         self._on_dirty = notify
 
     def save_if_dirty(self) -> None:
-        if self._dirty:
-            self.save()
+        self.flush()
 
-    def save(self) -> None:
-        """Write the table (owner-only, atomically). Standing changes are saved at once;
-        the ZAP thread's notes (a new pending key, a time seen) on its next flush."""
+    def flush(self) -> bool:
+        """`save` if anything changed; False when saving failed (it is tried again)."""
+        if self._dirty:
+            return self.save()
+        return True
+
+    def save(self) -> bool:
+        """Write the table's changes: to the shared store (each changed key with
+        check-and-set) or to the file (owner-only, atomically). Standing changes are
+        written at once; the ZAP thread's notes (a new pending key, a time seen) on the
+        next flush. False when the store or the file could not be written: the changes
+        stay marked and are tried again."""
+        if self.store is not None:
+            return self._save_to_store(self.store)
         if self.path is None:
-            return
+            return True
         with self._write_lock:
             with self._lock:
                 self._dirty = False
@@ -401,6 +517,89 @@ class KeyRing:
                 with self._lock:
                     self._mark_dirty()
                 log.error("cannot save the key ring %s: %s", self.path, exc)
+                return False
+        return True
+
+    def _save_to_store(self, store: KeyStore) -> bool:
+        with self._write_lock:
+            with self._lock:
+                batch = [
+                    (self._keys[key], self._versions.get(key, 0))
+                    for key in sorted(self._unsaved)
+                    if key in self._keys
+                ]
+                self._unsaved.clear()
+                self._dirty = False
+            lost = False
+            for number, (entry, version) in enumerate(batch):
+                try:
+                    written = store.write(entry, version)
+                except DaybookError as exc:
+                    with self._lock:
+                        for unsaved, _ in batch[number:]:
+                            if unsaved.public_key in self._keys:
+                                self._unsaved.add(unsaved.public_key)
+                        self._mark_dirty()
+                    log.error("cannot write to the shared key ring %s: %s", store.url, exc)
+                    return False
+                if written is None:
+                    lost = True  # another master changed the entry first: its change stands
+                    continue
+                with self._lock:
+                    self._versions[entry.public_key] = max(
+                        written, self._versions.get(entry.public_key, 0)
+                    )
+        if lost:
+            try:
+                self.merge(store.read())
+            except DaybookError as exc:
+                log.error("cannot read the shared key ring %s: %s", store.url, exc)
+                return False
+        return True
+
+    # -- other masters' changes -----------------------------------------------------------------
+
+    def merge(self, snapshot: KeySnapshot) -> int:
+        """Take the store's current keys in: another master's accept, reject, delete or
+        new pending key. A change of this master's not written yet stands over the
+        entry it was made on; over an entry another master changed since, theirs stands.
+        Returns how many entries changed here."""
+        changed = 0
+        with self._lock:
+            for public_key, stored in snapshot.keys.items():
+                based_on = self._versions.get(public_key, 0)
+                if public_key in self._unsaved:
+                    if based_on == stored.version:
+                        continue
+                    self._unsaved.discard(public_key)
+                self._versions[public_key] = stored.version
+                if self._keys.get(public_key) != stored.key:
+                    changed += 1
+                    self._take(stored.key)
+            for public_key in [k for k in self._versions if k not in snapshot.keys]:
+                # It was in the store and is gone: deleted on another master.
+                changed += 1
+                self._versions.pop(public_key)
+                self._unsaved.discard(public_key)
+                entry = self._keys.get(public_key)
+                if entry is not None:
+                    self._remove(entry)
+            if not self._unsaved:
+                self._dirty = False
+        return changed
+
+    def _take(self, entry: Key) -> None:
+        """Put another master's entry in the table (under the lock)."""
+        holder = self._bound.get((entry.role, entry.host)) if entry.host else None
+        if entry.state == ACCEPTED and holder not in (None, entry.public_key):
+            log.warning(
+                "the shared key ring has two accepted %s keys for %s, %s and %s; delete one",
+                entry.role,
+                entry.host,
+                fingerprint(holder or ""),
+                entry.fingerprint,
+            )
+        self._put(entry, changed=False)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ from daybook.net.keys import (
     MASTER_KEY,
     KeyPair,
     keys_dir,
+    load_keypair_file,
     load_or_create_keypair,
     private_dir,
 )
@@ -40,6 +41,7 @@ from daybook.net.transport import (
     secure_server,
 )
 from daybook.registry.base import Registry, open_registry
+from daybook.registry.keystore import open_keystore
 from daybook.stopping import StopFlag
 from daybook.store.base import Presigner, Store, open_store
 from daybook.wire import MAX_MESSAGE_BYTES
@@ -52,6 +54,7 @@ from master.download_desk import Signer
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
+from master.keyring_sync import KeyRingWatcher, KeyRingWriter
 from master.ledger import Fleet
 from master.master import Master
 from master.metrics import MasterMetrics
@@ -103,8 +106,9 @@ def _bind_local(socket: zmq.Socket[bytes], data_dir: Path) -> str | None:
     return endpoint
 
 
-def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
-    """The master's key pair and key ring; none of either with the insecure opt-out."""
+def _master_keys(life: Lifecycle, settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
+    """The master's key pair and the fleet's key ring; none of either with the insecure
+    opt-out. The key ring is the one in the registry backend, shared by every master."""
     if settings.insecure_transport:
         log.warning(
             "INSECURE TRANSPORT (insecure_transport = true): no encryption, no key "
@@ -114,8 +118,36 @@ def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
             settings.results_port,
         )
         return None, None
+    keypair = _master_keypair(settings)
+    if settings.auto_accept:
+        log.warning(
+            "auto_accept is on: every new minion key is accepted without an operator; "
+            "for trials and tests only"
+        )
+    store = open_keystore(settings.registry, key_prefix=settings.consul_key_prefix)
+    life.release(store.close)
+    legacy = keys_dir(settings.data_dir) / KEYRING_FILE
+    keyring = KeyRing.open(store, auto_accept=settings.auto_accept, legacy_path=legacy)
+    listing = keyring.listing()
+    log.info(
+        "the key ring is shared through %s: %d accepted, %d pending, %d rejected",
+        store.url,
+        len(listing.accepted),
+        len(listing.pending),
+        len(listing.rejected),
+    )
+    return keypair, keyring
+
+
+def _master_keypair(settings: Settings) -> KeyPair:
+    """The fleet's shared key pair (`master_key_file`), else this master's own."""
     directory = keys_dir(settings.data_dir)
-    keypair, created = load_or_create_keypair(directory, MASTER_KEY)
+    if settings.master_key_file is not None:
+        private_dir(directory)  # the local socket and the old key ring live there too
+        keypair = load_keypair_file(settings.master_key_file, "master_key_file")
+        created = False
+    else:
+        keypair, created = load_or_create_keypair(directory, MASTER_KEY)
     log.log(
         logging.WARNING if created else logging.INFO,
         "%s master key %s (public key %s)",
@@ -123,12 +155,23 @@ def _master_keys(settings: Settings) -> tuple[KeyPair | None, KeyRing | None]:
         keypair.fingerprint,
         keypair.public,
     )
-    if settings.auto_accept:
-        log.warning(
-            "auto_accept is on: every new minion key is accepted without an operator; "
-            "for trials and tests only"
-        )
-    return keypair, KeyRing.load(directory / KEYRING_FILE, auto_accept=settings.auto_accept)
+    return keypair
+
+
+def _start_keyring_sync(life: Lifecycle, keyring: KeyRing) -> None:
+    """The threads that write this master's key notes to the shared store and follow the
+    other masters' changes (see master.keyring_sync)."""
+    assert keyring.store is not None
+    writer = KeyRingWriter(keyring)
+    life.start_thread(writer.run, name="keyring-writer", stop=writer.stop)
+    watcher = KeyRingWatcher(keyring, keyring.store)
+    # A Consul blocking query may hold its thread a while: it is joined only so long.
+    life.start_thread(
+        watcher.run,
+        name="keyring-watcher",
+        stop=watcher.stop,
+        join_timeout_s=WATCHER_JOIN_TIMEOUT_S,
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +231,8 @@ def _start_gatekeeper(
         keyring,
         keypair.public if keypair else None,
         on_refusal=metrics.handshake_refused,
+        # A shared key ring is written by a thread of its own, never by the ZAP handler.
+        saves_keyring=keyring is None or keyring.store is None,
     )
     life.start_thread(gatekeeper.run, name="gatekeeper", stop=gatekeeper.stop)
 
@@ -250,9 +295,11 @@ def run_master(
         # libzmq leaves the local socket's file behind; operators would wait on it for nothing.
         life.release(lambda: local_socket_path(settings.data_dir).unlink(missing_ok=True))
         epoch = database.next_epoch()
-        keypair, keyring = _master_keys(settings)
+        keypair, keyring = _master_keys(life, settings)
         if keyring is not None:
             life.release(keyring.save_if_dirty)
+            if keyring.store is not None:
+                _start_keyring_sync(life, keyring)
         sockets = _bind_sockets(life, settings, keypair)
         snapshots = SnapshotBox(FleetSnapshot(epoch, time.time(), settings.down_after_s, {}))
         metrics = MasterMetrics(host_counter=lambda: snapshots.current.count_up(time.time()))

@@ -855,11 +855,15 @@ def test_a_namespace_on_open_source_consul_fails_fast(
     assert len(server.request_log) == 1
 
 
-def test_a_bad_request_is_a_config_error_with_consuls_message(server: ConsulServer) -> None:
+def test_a_bad_request_is_a_config_error_with_consuls_message(
+    server: ConsulServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = ConsulRegistry(address=server.address, key_prefix=P)
+    # A wait without its unit: what Consul refuses as a bad request.
+    monkeypatch.setattr("daybook.registry.consul._go_duration", lambda seconds: "10")
     try:
         with pytest.raises(ConfigError) as caught:
-            reg._list("watch", [("index", "1"), ("wait", "10")])
+            reg.watch(1, 10.0)
     finally:
         reg.close()
     assert_one_line(caught.value, "HTTP 400: Invalid wait time", "retrying will not help")

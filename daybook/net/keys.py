@@ -134,6 +134,20 @@ def load_or_create_keypair(directory: Path, name: str) -> tuple[KeyPair, bool]:
     return pair, created
 
 
+def load_keypair_file(path: Path, setting: str) -> KeyPair:
+    """The key pair in a secret certificate file named by `setting` (such as the
+    `master_key_file` every master of a fleet shares). Refused, in one line, when it is
+    missing, unreadable, or readable by others."""
+    try:
+        check_private_file(path)
+        path.open("rb").close()
+    except FileNotFoundError:
+        raise ConfigError(f"{setting} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path} is not readable: {exc.strerror}") from None
+    return _read_keypair(path)
+
+
 def _read_keypair(path: Path) -> KeyPair:
     import zmq.auth  # not at module level: an operator on the local socket reads no keys
 

@@ -484,7 +484,8 @@ class ConsulRegistry:
 
     def read(self) -> Snapshot:
         """The whole table from one recursive GET; a missing prefix is an empty table."""
-        return self._list(f"read {self._prefix}", [])
+        index, entries = self.list_entries(self._prefix, 0, 0.0)
+        return self._snapshot(index, entries)
 
     def watch(self, index: int, timeout_s: float) -> Snapshot:
         """A blocking query on the prefix: returns when Consul's index passes `index`, or
@@ -496,39 +497,58 @@ class ConsulRegistry:
         tombstones are reaped: callers must then reset their index to 0 (Consul's rule),
         and always compare data, not indexes.
         """
-        if index <= 0:
-            return self.read()
-        if self._scope.max_wait_s is not None:
-            timeout_s = min(timeout_s, self._scope.max_wait_s)
-        params = [("index", str(index)), ("wait", _go_duration(timeout_s))]
-        return self._list(f"watch {self._prefix}", params)
+        index, entries = self.list_entries(self._prefix, index, timeout_s)
+        return self._snapshot(index, entries)
 
-    def _list(self, action: str, params: list[tuple[str, str]]) -> Snapshot:
+    def list_entries(
+        self, prefix: str, index: int, timeout_s: float
+    ) -> tuple[Any, list[dict[str, Any]] | None]:
+        """The raw entries under `prefix` (any prefix of this Consul, such as the key
+        ring's) and the X-Consul-Index: at once when `index` is 0, else a blocking query
+        as `watch` describes. None for an empty prefix. Refused when ACLs hide a part."""
+        action = f"watch {prefix}" if index > 0 else f"read {prefix}"
+        params: list[tuple[str, str]] = []
+        if index > 0:
+            if self._scope.max_wait_s is not None:
+                timeout_s = min(timeout_s, self._scope.max_wait_s)
+            params = [("index", str(index)), ("wait", _go_duration(timeout_s))]
         # py-consul's kv.get drops the response headers, and they tell whether the table may
         # be partial; its HTTP client still sizes the timeout from `wait`.
-        headers, (index, entries) = self._call(
+        headers, (raw_index, entries) = self._call(
             action,
             partial(
                 self._client.http.get,
                 _keep_headers,
-                f"/v1/kv/{self._prefix}",
+                f"/v1/kv/{prefix}",
                 params=[("recurse", "1"), *params, *self._scope.params()],
                 headers=self._client.prepare_headers(self._token),
             ),
         )
-        self._check_complete(headers)
+        self._check_complete(headers, prefix)
         if entries is None:
             # Recursive reads are filtered, not refused, so without read rights an empty
             # answer looks like an empty table; a single-key read is refused outright.
-            self._get(action, self._prefix)
-        return self._snapshot(index, entries)
+            self._get(action, prefix)
+        return raw_index, entries
 
-    def _check_complete(self, headers: Mapping[str, str]) -> None:
+    def get_entry(self, key: str) -> Mapping[str, Any] | None:
+        """One key's raw entry (`Value` decoded to bytes, `ModifyIndex`), None if missing."""
+        return self._get(f"read {key}", key)
+
+    def write_entry(self, key: str, value: str, cas: int) -> bool:
+        """PUT with check-and-set (`cas` 0 creates); False when the key changed meanwhile."""
+        return self._write(f"write {key}", "PUT", key, cas, value)
+
+    def delete_entry(self, key: str, cas: int) -> bool:
+        """DELETE with check-and-set; False when the key changed meanwhile."""
+        return self._write(f"delete {key}", "DELETE", key, cas)
+
+    def _check_complete(self, headers: Mapping[str, str], prefix: str) -> None:
         """Refuse a table Consul may have filtered: serving part of it would send hosts to
         less specific patterns."""
         if headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
             raise RegistryError(
-                f"Consul at {self.address} hid some keys under {self._prefix!r} from the ACL "
+                f"Consul at {self.address} hid some keys under {prefix!r} from the ACL "
                 "token; it needs key:read on the whole prefix (check CONSUL_HTTP_TOKEN)"
             )
         acls_on = headers.get("X-Consul-Default-Acl-Policy", "").lower() == "deny"
@@ -538,7 +558,7 @@ class ConsulRegistry:
                 f"Consul at {self.address} enforces ACLs (default policy deny) and no ACL token "
                 "is set: it would hide the keys the anonymous token may not read without "
                 "saying so, so the table cannot be trusted as complete; set CONSUL_HTTP_TOKEN "
-                f"or CONSUL_HTTP_TOKEN_FILE to a token with key:read on {self._prefix!r}"
+                f"or CONSUL_HTTP_TOKEN_FILE to a token with key:read on {prefix!r}"
             )
 
     def _get(self, action: str, key: str) -> Mapping[str, Any] | None:
