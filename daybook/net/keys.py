@@ -145,7 +145,12 @@ def load_keypair_file(path: Path, setting: str) -> KeyPair:
         raise ConfigError(f"{setting} {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"{setting} {path} is not readable: {exc.strerror}") from None
-    return _read_keypair(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
+    try:
+        return _read_keypair(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
 
 
 def _read_keypair(path: Path) -> KeyPair:
