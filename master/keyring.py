@@ -113,6 +113,9 @@ class KeyRing:
         self._versions: dict[str, int] = {}
         # Keys changed here and not written to the store yet.
         self._unsaved: set[str] = set()
+        # Set while the table is this master's copy, not yet checked against the store.
+        self._provisional = False
+        self._copy_lock = threading.Lock()
         for entry in entries:
             holder = self._bound.get((entry.role, entry.host)) if entry.host else None
             if entry.state == ACCEPTED and holder is not None:
@@ -130,46 +133,58 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: Path, *, auto_accept: bool) -> KeyRing:
-        try:
-            document: Any = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            return cls(path, auto_accept=auto_accept)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read the key ring {path}: {exc}") from None
-        if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
-            raise InputError(f"{path} is not a key ring this master knows")
-        entries = []
-        for item in document.get("keys", []):
-            try:
-                # Checked as if it came off the network: the file may have been edited.
-                entries.append(wire.from_builtins(Key, item))
-            except WireError as exc:
-                log.warning("%s: skipping an invalid entry: %s", path, exc)
+        entries, _ = _read_entries(path)
         return cls(path, auto_accept=auto_accept, entries=entries)
 
     @classmethod
-    def open(
-        cls, store: KeyStore, *, auto_accept: bool, legacy_path: Path | None = None
-    ) -> KeyRing:
-        """The ring shared through `store`, read once. When the store is empty and this
-        master still has a key ring file of its own (`legacy_path`, from before keys were
-        shared), its keys are imported first, once: later the store is not empty."""
-        snapshot = store.read()
-        if not snapshot.keys and legacy_path is not None and legacy_path.exists():
-            legacy = cls.load(legacy_path, auto_accept=auto_accept)
-            imported = sum(store.write(entry, 0) is not None for entry in legacy._keys.values())
-            log.warning(
-                "imported %d of the %d keys of %s into the shared key ring %s; that file is "
-                "no longer used",
-                imported,
-                len(legacy._keys),
-                legacy_path,
-                store.url,
-            )
+    def open(cls, store: KeyStore, *, auto_accept: bool, cache_path: Path | None = None) -> KeyRing:
+        """The ring shared through `store`, with this master's copy of it at `cache_path`.
+
+        The copy lets a master restarted while the store is unreachable (Consul down)
+        still admit the keys it knew; the store's answer replaces it as soon as it comes.
+        A file there from before keys were shared (a single master's own key ring) is
+        imported once into an empty store; a copy of the shared ring never is, so keys
+        deleted on other masters meanwhile do not come back.
+        """
+        ring = cls(cache_path, auto_accept=auto_accept, store=store)
+        try:
             snapshot = store.read()
-        ring = cls(None, auto_accept=auto_accept, store=store)
+            if not snapshot.keys and cache_path is not None and ring._import(store, cache_path):
+                snapshot = store.read()
+        except DaybookError as exc:
+            entries, _ = _read_entries(cache_path) if cache_path else ([], False)
+            log.warning(
+                "cannot read the shared key ring %s (%s): admitting the %d keys of this "
+                "master's copy %s until it answers",
+                store.url,
+                exc,
+                len(entries),
+                cache_path,
+            )
+            with ring._lock:
+                for entry in entries:
+                    ring._put(entry, changed=False)
+                ring._provisional = True
+                ring._dirty = False
+            return ring
         ring.merge(snapshot)
         return ring
+
+    def _import(self, store: KeyStore, path: Path) -> bool:
+        """Import a single master's own key ring file into the empty store."""
+        entries, shared = _read_entries(path)
+        if shared or not entries:
+            return False
+        imported = sum(store.write(entry, 0) is not None for entry in entries)
+        log.warning(
+            "imported %d of the %d keys of %s into the shared key ring %s; from now on that "
+            "file is only this master's copy of the shared one",
+            imported,
+            len(entries),
+            path,
+            store.url,
+        )
+        return True
 
     # -- the ZAP handler's questions -----------------------------------------------------------
 
@@ -354,6 +369,7 @@ class KeyRing:
             if written is not None:
                 with self._lock:
                     self._apply(before, after, written)
+                self._save_copy(self.store)
                 return before, after
             log.info("the key %s changed on another master; deciding again", before.fingerprint)
             self.merge(self.store.read())
@@ -501,7 +517,9 @@ class KeyRing:
         next flush. False when the store or the file could not be written: the changes
         stay marked and are tried again."""
         if self.store is not None:
-            return self._save_to_store(self.store)
+            saved = self._save_to_store(self.store)
+            self._save_copy(self.store)
+            return saved
         if self.path is None:
             return True
         with self._write_lock:
@@ -566,6 +584,13 @@ class KeyRing:
         Returns how many entries changed here."""
         changed = 0
         with self._lock:
+            if self._provisional:
+                # The copy's keys the store does not have were deleted meanwhile.
+                self._provisional = False
+                for entry in list(self._keys.values()):
+                    if not (entry.public_key in snapshot.keys or entry.public_key in self._unsaved):
+                        changed += 1
+                        self._remove(entry)
             for public_key, stored in snapshot.keys.items():
                 based_on = self._versions.get(public_key, 0)
                 if public_key in self._unsaved:
@@ -581,12 +606,30 @@ class KeyRing:
                 changed += 1
                 self._versions.pop(public_key)
                 self._unsaved.discard(public_key)
-                entry = self._keys.get(public_key)
-                if entry is not None:
-                    self._remove(entry)
+                gone = self._keys.get(public_key)
+                if gone is not None:
+                    self._remove(gone)
             if not self._unsaved:
                 self._dirty = False
+        if changed and self.store is not None:
+            self._save_copy(self.store)
         return changed
+
+    def _save_copy(self, store: KeyStore) -> None:
+        """Write this master's copy of the shared ring (see `open`), marked as a copy."""
+        if self.path is None:
+            return
+        with self._copy_lock:
+            with self._lock:
+                document = {
+                    "format": FORMAT_VERSION,
+                    "shared": store.url,
+                    "keys": [wire.to_builtins(key) for key in self._keys.values()],
+                }
+            try:
+                _write_private(self.path, json.dumps(document, indent=1).encode())
+            except OSError as exc:
+                log.error("cannot save this master's copy of the key ring %s: %s", self.path, exc)
 
     def _take(self, entry: Key) -> None:
         """Put another master's entry in the table (under the lock)."""
@@ -600,6 +643,27 @@ class KeyRing:
                 entry.fingerprint,
             )
         self._put(entry, changed=False)
+
+
+def _read_entries(path: Path) -> tuple[list[Key], bool]:
+    """The entries of a key ring file (none if it is missing), and whether it is a
+    master's copy of a shared ring rather than a single master's own."""
+    try:
+        document: Any = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return [], False
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the key ring {path}: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
+        raise InputError(f"{path} is not a key ring this master knows")
+    entries = []
+    for item in document.get("keys", []):
+        try:
+            # Checked as if it came off the network: the file may have been edited.
+            entries.append(wire.from_builtins(Key, item))
+        except WireError as exc:
+            log.warning("%s: skipping an invalid entry: %s", path, exc)
+    return entries, bool(document.get("shared"))
 
 
 def _write_private(path: Path, data: bytes) -> None:

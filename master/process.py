@@ -126,8 +126,8 @@ def _master_keys(life: Lifecycle, settings: Settings) -> tuple[KeyPair | None, K
         )
     store = open_keystore(settings.registry, key_prefix=settings.consul_key_prefix)
     life.release(store.close)
-    legacy = keys_dir(settings.data_dir) / KEYRING_FILE
-    keyring = KeyRing.open(store, auto_accept=settings.auto_accept, legacy_path=legacy)
+    copy = keys_dir(settings.data_dir) / KEYRING_FILE
+    keyring = KeyRing.open(store, auto_accept=settings.auto_accept, cache_path=copy)
     listing = keyring.listing()
     log.info(
         "the key ring is shared through %s: %d accepted, %d pending, %d rejected",

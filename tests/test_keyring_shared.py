@@ -5,6 +5,7 @@ both stores, and two real `daybook master` processes sharing one file registry a
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from process_fleet import ProcessFleet
 import daybook_testing.fleet
 from daybook.config import load_settings
 from daybook.errors import ConfigError, DaybookError
-from daybook.model.keys import ACCEPTED, PENDING, REJECTED, Key
+from daybook.model.keys import ACCEPTED, PENDING, REJECTED, Key, KeyListing
 from daybook.net.client import ControlClient
 from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook.net.keys import KeyPair, load_keypair_file, load_or_create_keypair
@@ -368,3 +369,34 @@ def test_an_unreadable_master_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not readable: Is a directory"):
         load_keypair_file(tmp_path / "fleet", "master_key_file")
     assert load_keypair_file(path, "master_key_file").public
+
+
+def test_a_master_restarted_while_consul_is_down_admits_from_its_copy(
+    consul_server: ConsulServer, tmp_path: Path
+) -> None:
+    url = f"consul://{consul_server.address}"
+    copy = tmp_path / "keys" / "keyring.json"
+    copy.parent.mkdir()
+    stays, goes = KeyPair.generate(), KeyPair.generate()
+    store = open_keystore(url)
+    ring = KeyRing.open(store, auto_accept=False, cache_path=copy)
+    for pair, host in ((stays, "web-1"), (goes, "web-2")):
+        ring.hello(pair.public, host, "minion", "10.0.0.1")
+        ring.accept(host)
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    # While this master is down, another one deletes a key; then Consul goes down too.
+    store.delete(goes.public, store.read().keys[goes.public].version)
+    consul_server.inject_fault("no_leader", count=100_000)
+    again = KeyRing.open(open_keystore(url), auto_accept=False, cache_path=copy)
+    for pair in (stays, goes):
+        assert again.admit(DOMAIN_PUBLISH, pair.public, "10.0.0.1") is Admission.ALLOW
+    # Consul answers again: its table replaces the copy, and the deleted key is gone.
+    consul_server.clear_faults()
+    again.merge(store.read())
+    assert again.admit(DOMAIN_PUBLISH, stays.public, "10.0.0.1") is Admission.ALLOW
+    assert again.get(goes.public) is None
+    # A copy of the shared ring is never imported: an emptied store stays empty.
+    store.delete(stays.public, store.read().keys[stays.public].version)
+    assert KeyRing.open(store, auto_accept=False, cache_path=copy).listing() == KeyListing()
+    assert store.read().keys == {}
+    store.close()

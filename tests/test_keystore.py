@@ -200,7 +200,7 @@ def test_an_old_keyring_is_imported_once_into_an_empty_store(
     old.parent.mkdir()
     KeyRing(old, auto_accept=False, entries=[minion_key("web-1", ACCEPTED), operator]).save()
     with caplog.at_level(logging.WARNING, logger="master.keyring"):
-        ring = KeyRing.open(opener(), auto_accept=False, legacy_path=old)
+        ring = KeyRing.open(opener(), auto_accept=False, cache_path=old)
     assert any("imported 2 of the 2 keys" in r.getMessage() for r in caplog.records)
     assert ring.is_operator(operator.public_key)
     assert len(opener().read().keys) == 2
@@ -209,6 +209,6 @@ def test_an_old_keyring_is_imported_once_into_an_empty_store(
     other = tmp_path / "master-2" / "keyring.json"
     other.parent.mkdir()
     KeyRing(other, auto_accept=False, entries=[minion_key("web-9", ACCEPTED)]).save()
-    second = KeyRing.open(opener(), auto_accept=False, legacy_path=other)
+    second = KeyRing.open(opener(), auto_accept=False, cache_path=other)
     assert second.listing() == ring.listing()
     assert len(opener().read().keys) == 2
