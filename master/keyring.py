@@ -582,15 +582,9 @@ class KeyRing:
         new pending key. A change of this master's not written yet stands over the
         entry it was made on; over an entry another master changed since, theirs stands.
         Returns how many entries changed here."""
-        changed = 0
         with self._lock:
-            if self._provisional:
-                # The copy's keys the store does not have were deleted meanwhile.
-                self._provisional = False
-                for entry in list(self._keys.values()):
-                    if not (entry.public_key in snapshot.keys or entry.public_key in self._unsaved):
-                        changed += 1
-                        self._remove(entry)
+            changed = self._drop_unconfirmed(snapshot)
+            self._write_back_if_lost(snapshot)
             for public_key, stored in snapshot.keys.items():
                 based_on = self._versions.get(public_key, 0)
                 if public_key in self._unsaved:
@@ -614,6 +608,42 @@ class KeyRing:
         if changed and self.store is not None:
             self._save_copy(self.store)
         return changed
+
+    def _drop_unconfirmed(self, snapshot: KeySnapshot) -> int:
+        """On the first answer after starting from this master's copy (under the lock):
+        the copy's keys the store does not have were deleted meanwhile."""
+        if not self._provisional:
+            return 0
+        self._provisional = False
+        dropped = 0
+        for entry in list(self._keys.values()):
+            if not (entry.public_key in snapshot.keys or entry.public_key in self._unsaved):
+                dropped += 1
+                self._remove(entry)
+        return dropped
+
+    def _write_back_if_lost(self, snapshot: KeySnapshot) -> None:
+        """A store that lost its data (a Consul restarted empty, or restored from an old
+        snapshot) has none of the keys this master knows, and an index below their
+        versions, which Consul never gives otherwise: deletes raise the index. Then the
+        keys are written back rather than forgotten (under the lock)."""
+        known = self._versions
+        if not known or snapshot.index >= max(known.values()):
+            return
+        if any(public_key in snapshot.keys for public_key in known):
+            return
+        log.warning(
+            "the shared key ring %s lost its keys (its index went back to %d from %d): "
+            "writing back the %d keys this master knows",
+            self.store.url if self.store is not None else "",
+            snapshot.index,
+            max(known.values()),
+            len(known),
+        )
+        self._unsaved.update(k for k in known if k in self._keys)
+        self._versions = {}
+        self._dirty = False
+        self._mark_dirty()
 
     def _save_copy(self, store: KeyStore) -> None:
         """Write this master's copy of the shared ring (see `open`), marked as a copy."""

@@ -400,3 +400,28 @@ def test_a_master_restarted_while_consul_is_down_admits_from_its_copy(
     assert KeyRing.open(store, auto_accept=False, cache_path=copy).listing() == KeyListing()
     assert store.read().keys == {}
     store.close()
+
+
+def test_keys_lost_by_a_consul_restarted_empty_are_written_back(
+    consul_server: ConsulServer,
+) -> None:
+    store = open_keystore(f"consul://{consul_server.address}")
+    ring = KeyRing.open(store, auto_accept=False)
+    minion, deleted = KeyPair.generate(), KeyPair.generate()
+    for pair, host in ((minion, "web-1"), (deleted, "web-2")):
+        ring.hello(pair.public, host, "minion", "10.0.0.1")
+        ring.accept(host)
+    # A delete raises the index (its tombstone): it is honoured, however alone it is.
+    store.delete(deleted.public, store.read().keys[deleted.public].version)
+    ring.merge(store.read())
+    assert ring.get(deleted.public) is None
+    for number in range(20):  # indexes well above what a fresh Consul starts from
+        consul_server.put("daybook/other", str(number).encode())
+    ring.hello(deleted.public, "web-2", "minion", "10.0.0.1")
+    ring.accept("web-2")
+    consul_server.restart()
+    ring.merge(store.read())
+    assert ring.admit(DOMAIN_PUBLISH, minion.public, "10.0.0.1") is Admission.ALLOW
+    assert ring.flush()
+    assert {k.key.host for k in store.read().keys.values()} == {"web-1", "web-2"}
+    store.close()
