@@ -38,8 +38,12 @@ class FileKeyStore:
         self._path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._poll_interval_s = poll_interval_s
-        # Entries already warned about, by (name, version): the file is read on every poll.
-        self._warned: set[tuple[str, object]] = set()
+        # Parsed entries by name, with the raw entry they came from (None: invalid, warned
+        # about once), so a watch round checks only what changed.
+        self._parsed: dict[str, tuple[object, StoredKey | None]] = {}
+        # The generation last read, and what the file looked like then: a watch polls the
+        # file's signature and reads it only when that changes.
+        self._seen: tuple[int, tuple[int, int, int] | None] = (0, None)
 
     @property
     def url(self) -> str:
@@ -50,28 +54,40 @@ class FileKeyStore:
         return self._path
 
     def read(self) -> KeySnapshot:
+        signature = self._signature()
         generation, entries = self._load()
+        self._seen = (generation, signature)
         keys: dict[str, StoredKey] = {}
+        parsed: dict[str, tuple[object, StoredKey | None]] = {}
         for name, item in entries.items():
-            stored = self._parse(name, item)
+            cached = self._parsed.get(name)
+            stored = cached[1] if cached and cached[0] == item else self._parse(name, item)
+            parsed[name] = (item, stored)
             if stored is not None:
                 keys[stored.key.public_key] = stored
+        self._parsed = parsed
         return KeySnapshot(keys=keys, index=generation)
 
     def watch(self, index: int, timeout_s: float) -> KeySnapshot:
+        if index <= 0:
+            return self.read()
         deadline = time.monotonic() + timeout_s
-        signature = self._signature()
+        seen_index, seen_signature = self._seen
+        # What the file looked like when `index` was handed out; unknown: look now.
+        baseline = seen_signature if seen_index == index else None
         while True:
-            try:
-                snapshot = self.read()
-            except ConfigError:
-                # An editor writing in place can be caught half-way; look again shortly.
-                if time.monotonic() >= deadline:
-                    raise
-            else:
-                changed = snapshot.index != index or self._signature() != signature
-                if index <= 0 or changed or time.monotonic() >= deadline:
-                    return snapshot
+            expired = time.monotonic() >= deadline
+            if baseline is None or self._signature() != baseline or expired:
+                try:
+                    snapshot = self.read()
+                except ConfigError:
+                    # An editor writing in place can be caught half-way; look again shortly.
+                    if expired:
+                        raise
+                else:
+                    if snapshot.index != index or baseline is not None or expired:
+                        return snapshot
+                    baseline = self._seen[1]
             time.sleep(min(self._poll_interval_s, max(0.0, deadline - time.monotonic())))
 
     def write(self, key: Key, version: int) -> int | None:
@@ -111,9 +127,7 @@ class FileKeyStore:
                 raise ValueError("has no version")
             key = check_name(name, wire.from_builtins(Key, item.get("key")))
         except (ValueError, WireError) as exc:
-            if (name, version) not in self._warned:
-                self._warned.add((name, version))
-                log.warning("skipping the invalid key entry %r in %s: %s", name, self._path, exc)
+            log.warning("skipping the invalid key entry %r in %s: %s", name, self._path, exc)
             return None
         return StoredKey(key, version)
 
