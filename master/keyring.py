@@ -94,7 +94,8 @@ class KeyRing:
         store: KeyStore | None = None,
     ) -> None:
         self.path = path
-        # The shared key ring; when set, it is where changes go (`path` is then unused).
+        # The shared key ring; when set, it is where changes go, and `path` holds this
+        # master's copy of it (see `open`).
         self.store = store
         self.auto_accept = auto_accept
         self._max_pending = max_pending
