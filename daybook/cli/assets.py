@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # How long `push` waits for a master to hear of it: a push with no master near must not
 # hang, and the master's store poll is the safety net.
 NOTIFY_TIMEOUT_S = 1.0
+# A failed hook's last lines that `pull` prints (all of its output tail is in --json).
+HOOK_LINES_SHOWN = 5
 
 
 def register(
@@ -313,3 +315,8 @@ def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
         lifecycle = describe_lifecycle(result)
         if lifecycle:
             print(f"  {name}: {lifecycle}")
+        hook = result.get("hook")
+        if hook is not None and not hook["ok"]:
+            # The end of what the failed hook said, where an operator looks first.
+            for line in hook["output"].splitlines()[-HOOK_LINES_SHOWN:]:
+                print(f"    | {line}")
