@@ -195,6 +195,16 @@ def test_a_failing_hook_fails_the_service_and_current_stays(tmp_path: Path) -> N
     assert (result.current, result.previous) == ("2", "1")
     assert os.readlink(host.web / "current") == "2"
     assert log.read_text() == "1 from \n2 from 1\n"
+    # Every later run says so too (not only the one that moved the link), without running
+    # the hook again, until the operator clears the mark.
+    later = host.pull()
+    assert not later.ok
+    assert later.hook is not None
+    assert later.hook.exit == 1
+    assert later.current == "2"
+    assert log.read_text() == "1 from \n2 from 1\n"
+    (host.web / f"{HOOK_FAILED_PREFIX}2").unlink()
+    assert host.pull().ok
 
 
 def test_a_failing_hook_with_revert_moves_current_back_and_runs_again(tmp_path: Path) -> None:
@@ -214,11 +224,14 @@ def test_a_failing_hook_with_revert_moves_current_back_and_runs_again(tmp_path: 
     assert os.readlink(host.web / "current") == "1"
     assert log.read_text() == "1 from \n2 from 1\n1 from 2\n"
 
-    # The failed version is marked: the next run does not try it (and fail) again...
+    # The failed version is marked: the next run does not try it again, and says it failed.
     again = host.pull()
-    assert again.ok
-    assert again.hook is None
+    assert not again.ok
+    assert again.hook is not None
+    assert "the service stays failed" in again.hook.output
     assert again.current == "1"
+    assert again.previous is None
+    assert log.read_text() == "1 from \n2 from 1\n1 from 2\n"
     assert (host.web / f"{HOOK_FAILED_PREFIX}2").exists()
     # ...but a newer version is tried.
     host.push("3")

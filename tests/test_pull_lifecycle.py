@@ -130,6 +130,8 @@ def test_a_failing_hook_fails_the_pull(
     lines = failed.out.splitlines()
     assert "  web: current 1; hook FAILED (exit 4)" in lines
     assert "    | bad" in lines
+    # It stays failed on the next pull, until current moves on (or the mark is deleted).
+    assert run("pull").code == 1
     assert os.readlink(tmp_path / "data" / "install" / "web" / "current") == "1"
 
 

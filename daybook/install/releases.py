@@ -19,6 +19,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from daybook import wire
+from daybook.errors import WireError
 from daybook.install.hooks import HookRun, HookRunner, output_tail
 from daybook.install.installer import (
     LINK_TEMP_PREFIX,
@@ -41,8 +43,11 @@ from daybook.model.results import HookResult, ServiceResult, ServiceResults
 
 log = logging.getLogger(__name__)
 
-# A version whose hook failed and was reverted is marked so: `current` does not move to it
-# again on the next run (and fail and revert on every sync) until the mark is deleted.
+# A version whose hook failed when `current` moved to it is marked so, with the hook's
+# result: each later run reports that failure (the service stays failed, in every sync's
+# report, not only the one that happened to move the link) until `current` moves to another
+# version or the operator deletes the mark; with the revert on, `current` never moves to a
+# marked version again.
 HOOK_FAILED_PREFIX = ".hook-failed-"
 
 # Called at each step of a link switch or removal: tests crash the run there.
@@ -144,18 +149,24 @@ class ReleaseKeeper:
         self, service_dir: Path, result: ServiceResult, pinned: str | None
     ) -> ServiceResult:
         installed = installed_versions(service_dir)
-        marked = hook_failed_versions(service_dir)
-        candidates = [v for v in installed if v not in marked]
-        before = read_current(service_dir)
+        failures = hook_failures(service_dir)
+        wanted = choose_current(installed, pinned)
+        # With the revert on, `current` never moves to a version whose hook failed again:
+        # it would fail and move back on every sync.
+        candidates = [v for v in installed if v not in failures] if self._revert else installed
         target = choose_current(candidates, pinned)
+        before = read_current(service_dir)
         if target is None or target == before:
-            return dataclasses.replace(result, current=before)
+            # The version that should run had its hook fail: the service stays failed.
+            earlier = failures.get(wanted) if wanted is not None else None
+            return dataclasses.replace(result, current=before, hook=earlier)
         switch_current(service_dir, target, self._checkpoint)
         log.info("%s: current -> %s (was %s)", service_dir.name, target, before)
         hook = self._run_hook(service_dir, target, before)
         if hook is None or hook.ok:
             return dataclasses.replace(result, current=target, previous=before, hook=hook)
         if not self._revert or before is None or before not in installed:
+            mark_hook_failure(service_dir, target, hook)
             return dataclasses.replace(result, current=target, previous=before, hook=hook)
         return self._revert_to(service_dir, result, target, before, hook)
 
@@ -168,7 +179,6 @@ class ReleaseKeeper:
         hook: HookResult,
     ) -> ServiceResult:
         """Move `current` back after `failed`'s hook failed, and run the hook for `before`."""
-        (service_dir / f"{HOOK_FAILED_PREFIX}{failed}").touch()
         switch_current(service_dir, before, self._checkpoint)
         log.warning("%s: hook failed for %s; current back to %s", service_dir.name, failed, before)
         again = self._run_hook(service_dir, before, failed)
@@ -178,15 +188,13 @@ class ReleaseKeeper:
             f"hook ran again for it: {outcome}]\n"
         )
         tail = "" if again is None else again.output
-        combined = output_tail(
-            (hook.output + note + tail).encode("utf-8", errors="replace"),
+        combined = HookResult(
+            ok=False,
+            exit=hook.exit,
+            output=output_tail((hook.output + note + tail).encode("utf-8", errors="replace")),
         )
-        return dataclasses.replace(
-            result,
-            current=before,
-            previous=None,
-            hook=HookResult(ok=False, exit=hook.exit, output=combined),
-        )
+        mark_hook_failure(service_dir, failed, combined)
+        return dataclasses.replace(result, current=before, previous=None, hook=combined)
 
     def _run_hook(self, service_dir: Path, version: str, previous: str | None) -> HookResult | None:
         return self._hooks.run(
@@ -235,12 +243,35 @@ def read_current(service_dir: Path) -> str | None:
     return target if "/" not in target and (service_dir / target).is_dir() else None
 
 
-def hook_failed_versions(service_dir: Path) -> set[str]:
+def hook_failures(service_dir: Path) -> dict[str, HookResult]:
+    """The versions whose hook failed when `current` moved to them, with how it failed."""
     try:
         names = os.listdir(service_dir)
     except FileNotFoundError:
-        return set()
-    return {n[len(HOOK_FAILED_PREFIX) :] for n in names if n.startswith(HOOK_FAILED_PREFIX)}
+        return {}
+    failures: dict[str, HookResult] = {}
+    for name in names:
+        if name.startswith(HOOK_FAILED_PREFIX):
+            version = name[len(HOOK_FAILED_PREFIX) :]
+            failures[version] = _read_failure(service_dir / name, version)
+    return failures
+
+
+def _read_failure(path: Path, version: str) -> HookResult:
+    try:
+        earlier = wire.from_json(HookResult, path.read_bytes())
+    except (OSError, WireError):  # a mark cut short by a crash still says it failed
+        earlier = HookResult(ok=False)
+    note = (
+        f"[daybook: the hook failed when current moved to {version}; the service stays failed "
+        f"until current moves on or {path} is deleted]\n"
+    )
+    output = output_tail((note + earlier.output).encode("utf-8", errors="replace"))
+    return HookResult(ok=False, exit=earlier.exit, output=output)
+
+
+def mark_hook_failure(service_dir: Path, version: str, hook: HookResult) -> None:
+    (service_dir / f"{HOOK_FAILED_PREFIX}{version}").write_bytes(wire.to_json(hook))
 
 
 def switch_current(
