@@ -157,6 +157,16 @@ class Settings:
         )
 
     @property
+    def release_lifecycle_on(self) -> bool:
+        """True when any service has retention or the `current` link switched on."""
+        overrides = self.services.values()
+        return (
+            self.keep_versions > 0
+            or self.activate
+            or any(o.keep_versions or o.activate for o in overrides)
+        )
+
+    @property
     def hooks_path(self) -> Path:
         return self.hooks_dir if self.hooks_dir is not None else self.data_dir / "hooks"
 

@@ -116,10 +116,7 @@ def _connect_sockets(
 def release_keeper(settings: Settings, spec: MinionSpec) -> ReleaseKeeper | None:
     """The release lifecycle (retention, `current`, hooks) when it is on for any service;
     None leaves installs exactly as they were without it, and loads nothing for it."""
-    if not (
-        settings.release_policy("").enabled
-        or any(settings.release_policy(name).enabled for name in settings.services)
-    ):
+    if not settings.release_lifecycle_on:
         return None
     from daybook.install.hooks import HookRunner
     from daybook.install.releases import ReleaseKeeper

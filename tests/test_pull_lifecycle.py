@@ -15,7 +15,9 @@ import pytest
 from archives import make_asset
 
 from daybook.cli.main import main
+from daybook.config import load_settings
 from daybook.model.pins import Pin
+from daybook.model.releases import ReleasePolicy
 from daybook.registry.base import Snapshot
 from daybook.registry.file import FileRegistry
 
@@ -234,3 +236,33 @@ def test_nothing_configured_is_todays_output(
         "failed": {},
     }
     assert sorted(os.listdir(install_dir / "web")) == ["1", "2", "3"]
+
+
+def test_the_settings_and_their_defaults(tmp_path: Path) -> None:
+    plain = load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path)})
+    assert not plain.release_lifecycle_on
+    assert plain.hooks_path == tmp_path / "hooks"  # no config file: in the data dir
+    assert (plain.hook_timeout_s, plain.revert_on_hook_failure) == (60.0, False)
+    assert plain.release_policy("web") == ReleasePolicy(keep_versions=0, activate=False)
+
+    config = tmp_path / "etc" / "daybook.toml"
+    config.parent.mkdir()
+    config.write_text("activate = true\n[services.db]\nactivate = false\nkeep_versions = 2\n")
+    env = {
+        "DAYBOOK_DATA_DIR": str(tmp_path),
+        "DAYBOOK_KEEP_VERSIONS": "4",
+        "DAYBOOK_HOOK_TIMEOUT_S": "2.5",
+    }
+    settings = load_settings(config_path=str(config), env=env)
+    assert settings.release_lifecycle_on
+    assert settings.hooks_path == tmp_path / "etc" / "hooks"  # beside the config file
+    assert settings.hook_timeout_s == 2.5
+    assert settings.release_policy("web") == ReleasePolicy(keep_versions=4, activate=True)
+    assert settings.release_policy("db") == ReleasePolicy(keep_versions=2, activate=False)
+    only_one = load_settings(
+        config_path=str(config),
+        env={"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_ACTIVATE": "no"},
+    )
+    assert only_one.release_lifecycle_on  # db keeps 2
+    env_dir = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_HOOKS_DIR": "/opt/hooks"}
+    assert load_settings(config_path=str(config), env=env_dir).hooks_path == Path("/opt/hooks")
