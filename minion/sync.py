@@ -126,7 +126,8 @@ class ServiceApplier:
         host: str = "",
     ) -> Outcome:
         services = resolution.services
-        pinned = pinned_versions(desired.pins, services, host)
+        # Pins matter only to the release lifecycle: without it, every version is installed.
+        pinned = pinned_versions(desired.pins, services, host) if self._keeper else {}
         installed = {s: tuple(v) for s, v in self._installer.installed(services).items()}
         steps = plan(services, desired, self._memory.applied, installed, pinned)
         results: dict[str, ServiceResult] = {

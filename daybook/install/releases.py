@@ -69,7 +69,8 @@ class Settled:
 
 class ReleaseKeeper:
     """Keeps each service's versions on a host as its policy says: the `current` link, the
-    hook after it moves, and retention. The caller holds the install lock."""
+    hook after it moves, and retention. `settle_all` takes the install lock; `settle` is
+    for a caller that holds it."""
 
     def __init__(
         self,
