@@ -35,6 +35,8 @@ def service_result_json(result: ServiceResult) -> dict[str, Any]:
     # The release lifecycle's fields appear only where it is switched on.
     if result.removed:
         document["removed"] = list(result.removed)
+    if result.kept:
+        document["kept"] = dict(result.kept)
     if result.current is not None:
         document["current"] = result.current
     if result.previous is not None:

@@ -9,20 +9,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daybook.cli.backends import open_configured_registry, open_configured_store
-from daybook.cli.output import emit_json
+from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import check_host, resolve_host
+from daybook.model.releases import pinned_versions
 from daybook.model.results import all_ok
 from daybook.views import service_results_json
 
 if TYPE_CHECKING:
+    from daybook.install.releases import ReleaseKeeper
     from daybook.store.base import AssetStream, Store
 
 # How long `push` waits for a master to hear of it: a push with no master near must not
 # hang, and the master's store poll is the safety net.
 NOTIFY_TIMEOUT_S = 1.0
+# A failed hook's last lines that `pull` prints (all of its output tail is in --json).
+HOOK_LINES_SHOWN = 5
 
 
 def register(
@@ -242,6 +246,9 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         registry.close()
     resolution = resolve_host(host, snapshot.mappings)
+    pinned = pinned_versions(snapshot.pins, resolution.services, host)
+    keeper = release_keeper(settings)
+    selections = keeper.selections(resolution.services, pinned)
     store = open_configured_store(settings)
     try:
         installer = Installer(
@@ -252,7 +259,9 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
             if show_progress()
             else None,
         )
-        outcome = installer.sync(resolution.services, dry_run=args.dry_run)
+        outcome = installer.sync(resolution.services, selections, dry_run=args.dry_run)
+        if not args.dry_run:
+            outcome = keeper.settle_all(installer, outcome, pinned).results
     finally:
         store.close()
     document = {
@@ -268,6 +277,19 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_pull(document, settings.install_dir)
     return 0 if all_ok(outcome) else 1
+
+
+def release_keeper(settings: Settings) -> ReleaseKeeper:
+    """The release lifecycle as this host's settings configure it (a no-op when off)."""
+    from daybook.install.hooks import HookRunner
+    from daybook.install.releases import ReleaseKeeper
+
+    return ReleaseKeeper(
+        settings.install_dir,
+        settings.release_policy,
+        HookRunner(settings.hooks_path, timeout_s=settings.hook_timeout_s),
+        revert_on_hook_failure=settings.revert_on_hook_failure,
+    )
 
 
 def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
@@ -290,3 +312,11 @@ def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
             print(f"  {name}: FAILED {version}: {reason}")
         if "error" in result:
             print(f"  {name}: FAILED: {result['error']}")
+        lifecycle = describe_lifecycle(result)
+        if lifecycle:
+            print(f"  {name}: {lifecycle}")
+        hook = result.get("hook")
+        if hook is not None and not hook["ok"]:
+            # The end of what the failed hook said, where an operator looks first.
+            for line in hook["output"].splitlines()[-HOOK_LINES_SHOWN:]:
+                print(f"    | {line}")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from daybook.cli.output import emit_json
+from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError
 from daybook.model.patterns import check_pattern
@@ -280,6 +280,9 @@ def _describe_services(result: dict[str, Any]) -> str:
             bits.append(f"FAILED {version}: {reason}")
         if service.get("error"):
             bits.append(f"FAILED: {service['error']}")
+        lifecycle = describe_lifecycle(service)
+        if lifecycle:
+            bits.append(lifecycle)
         parts.append(f"{name}: {'; '.join(bits) or 'no versions'}")
     return " | ".join(parts) or "no services"
 
