@@ -34,6 +34,7 @@ from daybook.model.names import AssetRef
 from daybook.store.base import AssetInfo, Store, open_store
 from daybook.store.local import LocalStore
 from daybook.store.s3 import S3Store, S3Tuning, _parse_timestamp
+from daybook.store.s3_reads import S3ReadsStore, reads_config_from_environment
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -47,7 +48,16 @@ TEST_TUNING = S3Tuning(
     list_page_size=2,
     max_attempts=2,
 )
-STORE_KINDS = ["local", "s3", "s3-prefixed", "seaweed"]
+# `-reads`: the same store with its reads through obstore (S3ReadsStore).
+STORE_KINDS = [
+    "local",
+    "s3",
+    "s3-prefixed",
+    "s3-reads",
+    "s3-reads-prefixed",
+    "seaweed",
+    "seaweed-reads",
+]
 # Backends whose conditional write is atomic: S3 itself and SeaweedFS make If-None-Match
 # one step, LocalStore uses link(). moto checks and then writes, so a race there would test
 # moto rather than the store; the deterministic faked-HEAD tests cover moto instead.
@@ -89,7 +99,12 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
         key = f"{prefix}/{name}" if prefix else name
         client.put_object(Bucket=bucket, Key=key, Body=data)
 
-    store = S3Store(bucket, prefix, tuning=TEST_TUNING)
+    if "-reads" in request.param:
+        config = reads_config_from_environment()
+        assert config is not None, "the test environment should settle the AWS chain"
+        store = S3ReadsStore(bucket, prefix, config=config, tuning=TEST_TUNING)
+    else:
+        store = S3Store(bucket, prefix, tuning=TEST_TUNING)
     yield StoreCase(store, plant_object)
     store.close()
 
