@@ -119,7 +119,10 @@ class SyncEvent:
 
     def addresses(self, host: str) -> bool:
         """Whether `host`, matching the target, is one this event is addressed to."""
-        return self.hosts is None or host.lower() in self.hosts
+        if self.hosts is None:
+            return True
+        name = host.lower()  # host names compare without case, as patterns match them
+        return any(name == addressed.lower() for addressed in self.hosts)
 
     @property
     def encoded_state(self) -> EncodedState:
