@@ -92,8 +92,8 @@ def run_batch(
     current: Rollout,
     number: int,
     *,
-    failing: set[str] = frozenset(),
-    silent: set[str] = frozenset(),
+    failing: frozenset[str] = frozenset(),
+    silent: frozenset[str] = frozenset(),
 ) -> Rollout:
     """Start the next batch and close it: `failing` hosts answer failed, `silent` ones not."""
     batch = current.next_batch(now=1e9)
@@ -163,7 +163,7 @@ def test_rollout_transitions(
     current = rollout(max_failures)
     seen = []
     for number, (failing, silent) in enumerate(batches, start=1):
-        current = run_batch(current, number, failing=set(failing), silent=set(silent))
+        current = run_batch(current, number, failing=frozenset(failing), silent=frozenset(silent))
         seen.append(current.state)
     assert seen == states
     assert dict(current.failed) == failed
@@ -180,7 +180,7 @@ def test_rollout_transitions(
 
 
 def test_a_halted_rollout_names_synced_failed_and_unreached() -> None:
-    current = run_batch(run_batch(rollout(), 1), 2, failing={"m04"})
+    current = run_batch(run_batch(rollout(), 1), 2, failing=frozenset({"m04"}))
     assert current.halted
     assert current.synced == ("m00", "m01", "m02", "m03", "m05")
     assert dict(current.failed) == {"m04": FAILED}
@@ -253,7 +253,7 @@ def test_the_summary_is_a_sync_under_the_rollout_id() -> None:
 
 def test_a_rollout_travels_on_the_wire() -> None:
     pin = Pin("web", "1.2", previous="1.1", hosts=("m00",))
-    current = replace(run_batch(rollout(), 1, silent={"m02"}), pin=pin)
+    current = replace(run_batch(rollout(), 1, silent=frozenset({"m02"})), pin=pin)
     reply = ControlReply("q1", rollout=current)
     back = wire.decode_frames(wire.encode(reply))
     assert back == reply
