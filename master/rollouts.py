@@ -172,7 +172,13 @@ class RolloutDriver:
                 current = self._start_due_batch(current, now)
             if current is not rollout:
                 self._keep(current)
-        due = [due for r in self._rollouts.values() if (due := r.next_batch_due()) is not None]
+        # A rollout waiting for a refresh round is started by its end, not by this timer.
+        due = [
+            due
+            for r in self._rollouts.values()
+            if r.rollout_id not in self._awaiting_refresh
+            and (due := r.next_batch_due()) is not None
+        ]
         self._scheduler.at(ROLLOUTS, None if not due else self._mono_at(min(due), now))
 
     def refreshed(self) -> None:

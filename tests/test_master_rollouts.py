@@ -5,6 +5,7 @@ store records every pin the rollout writes."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from daybook.stopping import StopFlag
 from daybook.wire import TOPIC_SYNC, decode_as
 from daybook_testing.waiting import wait_for
 from master.access import Access
-from master.changes import Change, DigestsChanged, MappingsChanged, Wake
+from master.changes import Change, DigestsChanged, Fresh, MappingsChanged, Wake
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
@@ -133,6 +134,8 @@ class Harness:
     client: ControlClient
     minions: Minions
     pins: MemoryPins
+    # When the master asked its (only) watcher for a fresh read.
+    refreshes: list[float]
 
 
 @pytest.fixture
@@ -156,6 +159,11 @@ def harness(
     mailbox: Mailbox[Change] = Mailbox()
     stop, minions_stop = StopFlag(), threading.Event()
     built: list[Master] = []
+    refreshes: list[float] = []
+
+    def refresh() -> None:
+        refreshes.append(time.monotonic())
+        mailbox.post(Fresh("mappings"))
 
     def run() -> None:
         database = ResultsDatabase(tmp_path / "master.db")
@@ -170,6 +178,9 @@ def harness(
             tuning=MasterTuning(startup_grace_s=0.0, quiet_collect_interval_s=0.05),
             pins=pins,
             access=EveryoneOperates(),
+            # A watcher that answers a refresh at once: operator syncs, and the batches of a
+            # rollout carrying a pin, wait for a refresh round.
+            refreshers={"mappings": refresh},
         )
         built.append(master)
         try:
@@ -189,7 +200,7 @@ def harness(
         minions.heartbeat()
         wait_for(lambda: len(client.fleet_status().hosts) == len(HOSTS), "every minion known")
         server.start()
-        yield Harness(client, minions, pins)
+        yield Harness(client, minions, pins, refreshes)
     finally:
         minions_stop.set()
         if server.is_alive():
@@ -308,6 +319,9 @@ def test_a_pin_widens_batch_by_batch_and_reaches_every_host_at_the_end(
         Pin("web", "2.0", previous="1.0", hosts=HOSTS),
         Pin("web", "2.0", previous="1.0", hosts=None),
     ]
+    # One refresh round for the operator's request, and one after each widening, so that
+    # each batch goes out with the pin that reaches it.
+    assert len(harness.refreshes) == 1 + len(rollout.batches)
 
 
 def test_a_halted_pin_rollout_leaves_unreached_hosts_on_the_previous_version(
