@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import msgspec
 import pytest
 from messages import report
 
 from daybook import wire
-from daybook.errors import InputError
-from daybook.model.messages import ControlReply
+from daybook.errors import InputError, WireError
+from daybook.model.messages import ControlReply, ControlRequest, SyncEvent
 from daybook.model.pins import Pin
 from daybook.model.rollout import (
     ABORTED,
@@ -25,6 +26,7 @@ from daybook.model.rollout import (
     split_batches,
     start_rollout,
 )
+from daybook.model.state import DesiredState
 from daybook.model.sync import Sync
 
 TEN = tuple(f"m{i:02d}" for i in range(10))
@@ -257,3 +259,28 @@ def test_a_rollout_travels_on_the_wire() -> None:
     reply = ControlReply("q1", rollout=current)
     back = wire.decode_frames(wire.encode(reply))
     assert back == reply
+
+
+def test_rolling_requests_are_checked_on_the_wire() -> None:
+    good = ControlRequest("q1", "sync", batch="30%", max_failures=2, batch_wait_s=5.0)
+    assert wire.decode_frames(wire.encode(good)) == good
+    for bad in ({"batch": "0"}, {"batch": "101%"}, {"max_failures": -1}, {"batch_wait_s": -1.0}):
+        body = msgspec.msgpack.decode(wire.payload(good)) | bad
+        with pytest.raises(WireError):
+            wire.decode(ControlRequest, msgspec.msgpack.encode(body))
+    with pytest.raises(ValueError, match="needs a sync_id"):
+        ControlRequest("q2", "sync.abort")
+    with pytest.raises(ValueError, match="rolling sync"):
+        ControlRequest("q3", "sync", pin=Pin("web", "1.0"))
+
+
+def test_an_event_from_an_older_master_addresses_every_matching_host() -> None:
+    state = wire.encode_state(DesiredState({"*": ("web",)}, {}))
+    event = SyncEvent.carrying(state, epoch=1, seq=1, sync_id="s1", target="*", issued_at=1.0)
+    body = msgspec.msgpack.decode(wire.payload(event))
+    del body["hosts"]
+    decoded = wire.decode(SyncEvent, msgspec.msgpack.encode(body))
+    assert decoded.hosts is None
+    assert decoded.addresses("anyone")
+    assert not replace(decoded, hosts=("a",)).addresses("b")
+    assert replace(decoded, hosts=("Web-1",)).addresses("web-1")
