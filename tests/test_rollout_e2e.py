@@ -80,6 +80,10 @@ def test_a_rolling_sync_of_ten_minions_in_batches_of_three(fleet: ProcessFleet) 
     status = json.loads(fleet.cli("status", "--json").stdout)
     assert status["rollouts"][0]["sync_id"] == document["sync_id"]
     assert status["rollouts"][0]["state"] == "complete"
+    human = fleet.cli("sync", "--batch", "30%", "--wait")
+    assert human.returncode == 0, human.stderr
+    assert "COMPLETE" in human.stdout
+    assert "never reached: -" in human.stdout
     # Not an assertion on speed: the measurement the issue asks for, in the test output.
     print(f"rolling sync of 10 minions in batches of 3: {elapsed_s:.2f} s (CLI included)")
 
