@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,23 +144,17 @@ def pins() -> MemoryPins:
     return MemoryPins()
 
 
-@pytest.fixture
-def harness(
-    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path, pins: MemoryPins
-) -> Iterator[Harness]:
-    name = tmp_path.name
-    sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
-    for kind, socket in sockets.items():
-        socket.bind(f"inproc://{name}-{kind}")
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
-    sub.connect(f"inproc://{name}-{zmq.PUB}")
-    push = context.socket(zmq.PUSH)
-    push.connect(f"inproc://{name}-{zmq.PULL}")
-    mailbox: Mailbox[Change] = Mailbox()
-    stop, minions_stop = StopFlag(), threading.Event()
+@contextmanager
+def master_loop(
+    tmp_path: Path,
+    sockets: dict[zmq.SocketType, zmq.Socket[bytes]],
+    mailbox: Mailbox[Change],
+    pins: MemoryPins,
+    refreshes: list[float],
+) -> Iterator[None]:
+    """The master loop on its own thread, as long as the block runs."""
+    stop = StopFlag()
     built: list[Master] = []
-    refreshes: list[float] = []
 
     def refresh() -> None:
         refreshes.append(time.monotonic())
@@ -190,24 +185,46 @@ def harness(
 
     loop = threading.Thread(target=run)
     loop.start()
-    minions = Minions(sub, push)
-    server = threading.Thread(target=minions.serve, args=(minions_stop,))
-    client = ControlClient(f"inproc://{name}-{zmq.ROUTER}", context=context)
     try:
         wait_for(lambda: built, "the master to start")
-        mailbox.post(MappingsChanged({"*": ("web",)}))
-        mailbox.post(DigestsChanged({"web": versions_digest(["1"])}))
-        minions.heartbeat()
-        wait_for(lambda: len(client.fleet_status().hosts) == len(HOSTS), "every minion known")
-        server.start()
-        yield Harness(client, minions, pins, refreshes)
+        yield
     finally:
-        minions_stop.set()
-        if server.is_alive():
-            server.join()
         stop.set()
         mailbox.post(Wake())
         loop.join()
+
+
+@pytest.fixture
+def harness(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path, pins: MemoryPins
+) -> Iterator[Harness]:
+    name = tmp_path.name
+    sockets = {kind: context.socket(kind) for kind in (zmq.PUB, zmq.PULL, zmq.ROUTER)}
+    for kind, socket in sockets.items():
+        socket.bind(f"inproc://{name}-{kind}")
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+    sub.connect(f"inproc://{name}-{zmq.PUB}")
+    push = context.socket(zmq.PUSH)
+    push.connect(f"inproc://{name}-{zmq.PULL}")
+    mailbox: Mailbox[Change] = Mailbox()
+    minions, minions_stop = Minions(sub, push), threading.Event()
+    server = threading.Thread(target=minions.serve, args=(minions_stop,))
+    client = ControlClient(f"inproc://{name}-{zmq.ROUTER}", context=context)
+    refreshes: list[float] = []
+    try:
+        with master_loop(tmp_path, sockets, mailbox, pins, refreshes):
+            mailbox.post(MappingsChanged({"*": ("web",)}))
+            mailbox.post(DigestsChanged({"web": versions_digest(["1"])}))
+            minions.heartbeat()
+            wait_for(lambda: len(client.fleet_status().hosts) == len(HOSTS), "minions known")
+            server.start()
+            try:
+                yield Harness(client, minions, pins, refreshes)
+            finally:
+                minions_stop.set()
+                server.join()
+    finally:
         for socket in (sub, push, *sockets.values()):
             socket.close(linger=0)
         mailbox.close()
