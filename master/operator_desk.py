@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from daybook.errors import InputError
+from daybook.errors import DaybookError, InputError
 from daybook.model.messages import (
     OP_DOWNLOADS,
     OP_STATUS,
@@ -226,8 +226,9 @@ class OperatorDesk:
             return
         try:
             rollout = self._rollouts.start(request)
-        except InputError as exc:
-            reply = ControlReply(request.request_id, error=str(exc), invalid=True)
+        except DaybookError as exc:  # bad input, or the registry refused the pin
+            invalid = isinstance(exc, InputError)
+            reply = ControlReply(request.request_id, error=str(exc), invalid=invalid)
             self._control.reply(route, reply)
             return
         self._answer_rollout_or_wait(route, request, rollout)

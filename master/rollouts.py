@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from daybook.errors import InputError
+from daybook.errors import DaybookError, InputError
 from daybook.model.messages import ControlRequest
 from daybook.model.pins import Pin
 from daybook.model.rollout import (
@@ -61,6 +61,9 @@ class PinWriter(Protocol):
 
 
 class RolloutDriver:
+    """Every rolling sync of this master: starts them, moves each on as its batches close,
+    aborts them, and holds the operators waiting on them."""
+
     def __init__(
         self,
         *,
@@ -153,9 +156,11 @@ class RolloutDriver:
         if rollout.ended:
             raise InputError(f"the rolling sync {rollout_id} is {rollout.state} already")
         rollout = rollout.aborted(self._clock())
-        self._keep(rollout)
         if rollout.pin is not None:
-            self._restore_pin(rollout.pin)
+            problem = self._write_pin(rollout.pin, _restorer(rollout.pin))
+            if problem is not None:
+                rollout = replace(rollout, why=f"{rollout.why}; {problem}")
+        self._keep(rollout)
         self._awaiting_refresh.discard(rollout_id)
         self._refreshed.discard(rollout_id)
         log.warning("rolling sync %s aborted by an operator", rollout_id)
@@ -219,7 +224,13 @@ class RolloutDriver:
         rollout_id = rollout.rollout_id
         if rollout.pin is not None and rollout_id not in self._refreshed:
             if rollout_id not in self._awaiting_refresh:
-                self._widen_pin(rollout.pin, (*rollout.reached, *batch))
+                problem = self._write_pin(
+                    rollout.pin, _widener(rollout.pin, (*rollout.reached, *batch))
+                )
+                if problem is not None:  # a batch must not go out without its pin
+                    stopped = rollout.stopped(problem, now)
+                    self._ended(stopped)
+                    return stopped
                 self._awaiting_refresh.add(rollout_id)
                 self._refresh.start()
                 if not self._refresh.under_way:  # nothing to refresh: the state is current
@@ -243,7 +254,7 @@ class RolloutDriver:
 
     def _ended(self, rollout: Rollout) -> None:
         if rollout.state == COMPLETE and rollout.pin is not None:
-            self._widen_pin(rollout.pin, None)
+            self._write_pin(rollout.pin, _widener(rollout.pin, None))
         if rollout.ended:
             self._view.changed()
 
@@ -275,27 +286,16 @@ class RolloutDriver:
         assert stored is not None
         return stored
 
-    def _widen_pin(self, pin: Pin, hosts: tuple[str, ...] | None) -> None:
-        """Let the pin reach `hosts` (None: every host), unless it is no longer ours."""
+    def _write_pin(self, pin: Pin, change: Callable[[Pin | None], Pin | None]) -> str | None:
+        """Store what `change` makes of the stored pin; what went wrong, if anything (the
+        registry may be down: that must not stop the master's loop)."""
         assert self._pins is not None
-
-        def widen(current: Pin | None) -> Pin | None:
-            if not _owned(current, pin):
-                return current
-            return replace(pin, hosts=None if hosts is None else tuple(sorted(hosts)))
-
-        self._pins.update_pin(pin.service, widen)
-
-    def _restore_pin(self, pin: Pin) -> None:
-        """Put back the pin this one replaced (or none), unless it is no longer ours."""
-        assert self._pins is not None
-
-        def restore(current: Pin | None) -> Pin | None:
-            if not _owned(current, pin):
-                return current
-            return None if pin.previous is None else Pin(pin.service, pin.previous)
-
-        self._pins.update_pin(pin.service, restore)
+        try:
+            self._pins.update_pin(pin.service, change)
+        except DaybookError as exc:
+            log.error("could not store the pin of %s: %s", pin.service, exc)
+            return f"the pin of {pin.service} could not be stored: {exc}"
+        return None
 
     # -- operators waiting ----------------------------------------------------------------------
 
@@ -319,6 +319,28 @@ class RolloutDriver:
             (done if over or waiter.deadline <= monotonic_now else keep).append(waiter)
         self._waiters = keep
         return done
+
+
+def _widener(pin: Pin, hosts: tuple[str, ...] | None) -> Callable[[Pin | None], Pin | None]:
+    """Let the pin reach `hosts` (None: every host), unless it is no longer the rollout's."""
+
+    def widen(current: Pin | None) -> Pin | None:
+        if not _owned(current, pin):
+            return current
+        return replace(pin, hosts=None if hosts is None else tuple(sorted(hosts)))
+
+    return widen
+
+
+def _restorer(pin: Pin) -> Callable[[Pin | None], Pin | None]:
+    """Put back the pin this one replaced (or none), unless it is no longer the rollout's."""
+
+    def restore(current: Pin | None) -> Pin | None:
+        if not _owned(current, pin):
+            return current
+        return None if pin.previous is None else Pin(pin.service, pin.previous)
+
+    return restore
 
 
 def _owned(current: Pin | None, pin: Pin) -> bool:

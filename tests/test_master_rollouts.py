@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from daybook import wire
-from daybook.errors import InputError
+from daybook.errors import FleetError, InputError, RegistryError
 from daybook.mailbox import Mailbox
 from daybook.model.ids import versions_digest
 from daybook.model.messages import ControlRequest, Heartbeat, SyncEvent
@@ -65,10 +65,14 @@ class MemoryPins:
     def __init__(self, initial: Pin | None = None) -> None:
         self.pins: dict[str, Pin] = {} if initial is None else {initial.service: initial}
         self.writes: list[Pin | None] = []
+        # The registry goes away after this many writes (None: never).
+        self.fail_after: int | None = None
         self._lock = threading.Lock()
 
     def update_pin(self, service: str, change: Callable[[Pin | None], Pin | None]) -> Pin | None:
         with self._lock:
+            if self.fail_after is not None and len(self.writes) >= self.fail_after:
+                raise RegistryError("the registry is down")
             new = change(self.pins.get(service))
             if new is None:
                 self.pins.pop(service, None)
@@ -360,3 +364,24 @@ def test_an_aborted_pin_rollout_puts_the_old_pin_back(harness: Harness) -> None:
     )
     harness.client.abort_rollout(rollout.rollout_id)
     assert harness.pins.pins["web"] == Pin("web", "1.0")
+
+
+def test_a_pin_that_cannot_be_widened_halts_the_rollout_before_its_batch(
+    harness: Harness,
+) -> None:
+    harness.pins.fail_after = 2  # the claim and the first batch's widening, then no more
+    _summary, rollout = roll(harness, pin=Pin("web", "2.0"))
+    assert rollout.state == HALTED
+    assert rollout.why == "the pin of web could not be stored: the registry is down"
+    assert len(rollout.batch_syncs) == 1
+    assert set(harness.minions.addressed) == {"m0", "m1"}
+    assert rollout.not_reached == ("m2", "m3", "m4")
+    # The master goes on serving.
+    assert harness.client.fleet_status().rollouts == (rollout,)
+
+
+def test_a_pin_the_registry_refuses_starts_no_rollout(harness: Harness) -> None:
+    harness.pins.fail_after = 0
+    with pytest.raises(FleetError, match="the registry is down"):
+        roll(harness, pin=Pin("web", "2.0"))
+    assert harness.minions.addressed == {}

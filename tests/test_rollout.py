@@ -284,3 +284,12 @@ def test_an_event_from_an_older_master_addresses_every_matching_host() -> None:
     assert decoded.addresses("anyone")
     assert not replace(decoded, hosts=("a",)).addresses("b")
     assert replace(decoded, hosts=("Web-1",)).addresses("web-1")
+
+
+def test_a_rollout_stopped_for_its_own_reason_is_halted_for_good() -> None:
+    current = rollout().stopped("the pin of web could not be stored", now=150.0)
+    assert current.halted
+    assert current.why == "the pin of web could not be stored"
+    assert current.next_batch(now=1e9) is None
+    with pytest.raises(ValueError, match="halted already"):
+        current.stopped("again", now=151.0)

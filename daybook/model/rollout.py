@@ -208,6 +208,12 @@ class Rollout:
             return replace(after, state=COMPLETE, ended_at=now)
         return after
 
+    def stopped(self, why: str, now: float) -> Rollout:
+        """Halted for a reason of its own (its pin could not be stored): no further batch."""
+        if self.state != RUNNING:
+            raise ValueError(f"rollout {self.rollout_id} is {self.state} already")
+        return replace(self, state=HALTED, why=why, ended_at=now)
+
     def aborted(self, now: float) -> Rollout:
         """Stopped by an operator: no further batch; the one under way, if any, finishes
         but its answers no longer count."""
