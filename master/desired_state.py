@@ -134,12 +134,24 @@ class DesiredStateKeeper:
         )
         self._broadcaster.send(sync, state)
 
-    def sync_now(self, target: str | None, request_id: str, deadline_s: float) -> Sync | None:
-        """Start an operator's sync of the current state; None while there is none yet."""
+    @property
+    def has_state(self) -> bool:
+        """Whether a desired state has been built (or restored) to sync with."""
+        return self._served.state is not None
+
+    def sync_now(
+        self,
+        target: str | None,
+        request_id: str | None,
+        deadline_s: float,
+        hosts: tuple[str, ...] | None = None,
+    ) -> Sync | None:
+        """Start an operator's sync of the current state (with `hosts`, addressed to those
+        only: a batch of a rolling sync); None while there is no state yet."""
         state = self._served.state
         if state is None:
             return None
-        sync = self._syncs.start(target or ALL_HOSTS, "operator", request_id, deadline_s)
+        sync = self._syncs.start(target or ALL_HOSTS, "operator", request_id, deadline_s, hosts)
         self._db.commit()
         log.info(
             "operator sync %s to %s: expecting %d host(s)",

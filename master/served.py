@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
+from daybook.model.rollout import Rollout
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
 from daybook.store.base import AssetInfo
@@ -30,3 +31,5 @@ class Served:
     assets: Mapping[AssetRef, AssetInfo] | None = None
     state: EncodedState | None = None
     sync: Sync | None = None
+    # The rolling syncs the master keeps at hand, oldest first (the rollout driver's).
+    rollouts: tuple[Rollout, ...] = ()

@@ -14,6 +14,7 @@ from functools import cached_property
 from daybook.model.fleet import HostStatus
 from daybook.model.mappings import MappingTable
 from daybook.model.patterns import Candidate, PatternTable
+from daybook.model.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class FleetSnapshot:
     sizes: Mapping[str, Mapping[str, int]] | None = None
     state_digest: str | None = None
     state_sync_id: str | None = None
+    # The rolling syncs the master keeps at hand, oldest first.
+    rollouts: tuple[Rollout, ...] = ()
 
     def is_up(self, status: HostStatus, now: float) -> bool:
         # `status.up` carries what only the loop knows, such as a key cut off just now.

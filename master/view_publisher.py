@@ -70,4 +70,5 @@ class ViewPublisher:
             sizes=served.sizes,
             state_digest=served.state.digest if served.state else None,
             state_sync_id=served.sync.sync_id if served.sync else None,
+            rollouts=served.rollouts,
         )

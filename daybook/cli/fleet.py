@@ -62,6 +62,34 @@ def _register_sync(
         metavar="SECONDS",
         help=f"how long --wait waits (default {DEFAULT_SYNC_TIMEOUT_S:g})",
     )
+    rolling = sync.add_argument_group(
+        "rolling syncs",
+        "With --batch the master syncs the hosts batch by batch (in name order), counting a "
+        "host that fails or does not answer within --timeout as a failure; once more than "
+        "--max-failures hosts have failed it starts no further batch. --timeout is each "
+        "batch's. With --wait, exit 1 when the rollout halts, naming the hosts synced, failed "
+        "and never reached. The master drives the batches: closing the terminal stops nothing.",
+    )
+    rolling.add_argument(
+        "--batch", metavar="N|N%", help="hosts per batch: a count, or a share of the hosts"
+    )
+    rolling.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="K",
+        help="failed hosts allowed, over every batch, before the rollout halts (default 0)",
+    )
+    rolling.add_argument(
+        "--batch-wait",
+        type=float,
+        metavar="SECONDS",
+        help="pause between one batch closing and the next starting (default 0)",
+    )
+    rolling.add_argument(
+        "--abort",
+        metavar="SYNC_ID",
+        help="stop the rolling sync SYNC_ID: no further batch starts",
+    )
     sync.add_argument("--json", action="store_true")
     sync.set_defaults(handler=cmd_sync)
 
@@ -110,10 +138,17 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from daybook.net.client import operator_client
     from daybook.views import sync_json
 
+    if args.abort is not None:
+        return _abort_sync(args, settings)
     target = check_pattern(args.target) if args.target else None
     timeout_s: float = args.timeout
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    if args.batch is not None:
+        return _rolling_sync(args, settings, target, timeout_s)
+    for flag, value in (("--max-failures", args.max_failures), ("--batch-wait", args.batch_wait)):
+        if value is not None:
+            raise InputError(f"{flag} goes with --batch: it is about rolling syncs")
     started = time.monotonic()
     with operator_client(settings) as client:
         summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
@@ -125,6 +160,74 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return 0
     return 0 if document["ok"] else 1
+
+
+def _rolling_sync(
+    args: argparse.Namespace, settings: Settings, target: str | None, timeout_s: float
+) -> int:
+    from daybook.model.messages import MAX_WAIT_S
+    from daybook.model.rollout import COMPLETE, parse_batch_size
+    from daybook.net.client import operator_client
+    from daybook.views import rollout_json
+
+    batch = str(parse_batch_size(args.batch))
+    max_failures: int = 0 if args.max_failures is None else args.max_failures
+    if max_failures < 0:
+        raise InputError(f"--max-failures must be 0 or more, not {max_failures}")
+    batch_wait_s: float = 0.0 if args.batch_wait is None else args.batch_wait
+    if not (math.isfinite(batch_wait_s) and 0 <= batch_wait_s <= MAX_WAIT_S):
+        raise InputError(f"--batch-wait must be 0 to {MAX_WAIT_S:g} seconds, not {batch_wait_s:g}")
+    started = time.monotonic()
+    with operator_client(settings) as client:
+        summary, rollout = client.run_rollout(
+            target,
+            batch=batch,
+            max_failures=max_failures,
+            batch_wait_s=batch_wait_s,
+            wait=args.wait,
+            timeout_s=timeout_s,
+        )
+    document = rollout_json(summary, rollout)
+    if args.json:
+        emit_json(document)
+    else:
+        _print_rollout(document, waited=args.wait, elapsed_s=time.monotonic() - started)
+    if not args.wait:
+        return 0
+    return 0 if rollout.state == COMPLETE and summary.ok else 1
+
+
+def _abort_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.model.ids import is_valid_id
+    from daybook.net.client import operator_client
+    from daybook.views import rollout_json
+
+    others = {
+        "--batch": args.batch,
+        "--max-failures": args.max_failures,
+        "--batch-wait": args.batch_wait,
+        "--target": args.target,
+        "--wait": args.wait or None,
+    }
+    given = [flag for flag, value in others.items() if value is not None]
+    if given:
+        raise InputError(f"--abort takes no other sync option ({', '.join(given)})")
+    sync_id: str = args.abort
+    if not is_valid_id(sync_id):
+        raise InputError(f"{sync_id!r} is not a sync id")
+    with operator_client(settings) as client:
+        summary, rollout = client.abort_rollout(sync_id)
+    document = rollout_json(summary, rollout)
+    if args.json:
+        emit_json(document)
+        return 0
+    print(
+        f"aborted rolling sync {rollout.rollout_id}: {rollout.closed} of "
+        f"{len(rollout.batches)} batch(es) done; no further batch starts"
+    )
+    if rollout.not_reached:
+        print(f"never reached: {', '.join(rollout.not_reached)}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -250,6 +353,32 @@ def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> 
     _print_table(("HOST", "RESULT", "SERVICES"), rows)
 
 
+def _print_rollout(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> None:
+    batches: list[list[str]] = document["batches"]
+    head = f"rolling sync {document['sync_id']} to {document['target']}"
+    if not batches:
+        print(f"{head}: no live minion matches; nothing to roll out")
+        return
+    sizes = ", ".join(str(len(batch)) for batch in batches)
+    if not waited:
+        print(f"{head} started: {len(batches)} batch(es) of {sizes} host(s)")
+        return
+    state: str = document["state"]
+    print(f"{head} {state.upper()} ({elapsed_s:.2f} s): {len(batches)} batch(es) of {sizes}")
+    if document["why"]:
+        print(f"why: {document['why']}")
+    failed: dict[str, str] = document["failed"]
+    print(f"synced: {', '.join(document['synced']) or '-'}")
+    print(f"failed: {', '.join(f'{host} ({why})' for host, why in failed.items()) or '-'}")
+    print(f"never reached: {', '.join(document['not_reached']) or '-'}")
+    results: dict[str, Any] = document["results"]
+    rows = [
+        (host, _result_word(result), _describe_services(result)) for host, result in results.items()
+    ]
+    if rows:
+        _print_table(("HOST", "RESULT", "SERVICES"), rows)
+
+
 def _result_word(result: dict[str, Any]) -> str:
     word = "ok" if result["ok"] else "FAILED"
     return f"{word} (late)" if result.get("late") else word
@@ -313,6 +442,7 @@ def _print_status(document: dict[str, Any]) -> None:
             )
         )
     _print_table(("HOST", "STATE", "SEEN", "LAST SYNC", "INSTALLED"), rows)
+    _print_rollouts(document.get("rollouts", []))
     syncs: list[dict[str, Any]] = document.get("syncs", [])
     if syncs:
         print()
@@ -323,6 +453,29 @@ def _print_status(document: dict[str, Any]) -> None:
                 for sync in syncs[:RECENT_SYNCS_SHOWN]
             ],
         )
+
+
+def _print_rollouts(rollouts: list[dict[str, Any]]) -> None:
+    """The running and halted rolling syncs: their progress, and why one halted."""
+    shown = [r for r in rollouts if r["state"] in ("running", "halted")]
+    if not shown:
+        return
+    print()
+    rows = []
+    for rollout in shown[:RECENT_SYNCS_SHOWN]:
+        progress = f"{rollout['batches_done']}/{rollout['batches']} batches"
+        if rollout["running_batch"] is not None:
+            progress += f", batch {rollout['running_batch']} running"
+        failed = ", ".join(f"{host} ({why})" for host, why in rollout["failed"].items())
+        rows.append(
+            (
+                rollout["sync_id"][:8],
+                rollout["state"].upper(),
+                progress,
+                rollout["why"] or (f"failed: {failed}" if failed else "-"),
+            )
+        )
+    _print_table(("ROLLING SYNC", "STATE", "PROGRESS", "WHY"), rows)
 
 
 def _describe_state(sync: dict[str, Any]) -> str:
