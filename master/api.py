@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from typing import Any
 
-from daybook.install.installer import sorted_versions
 from daybook.model.fleet import HostStatus
+from daybook.model.names import sorted_versions
 from daybook.views import host_json, iso_time, sync_json, sync_tally_json
 from master.database import ResultsReader
 from master.snapshot import FleetSnapshot

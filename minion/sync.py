@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daybook.errors import DaybookError
-from daybook.install.installer import Installer, sorted_versions
+from daybook.install.installer import Installer
 from daybook.model.ids import versions_digest
 from daybook.model.messages import SyncEvent
+from daybook.model.names import sorted_versions
 from daybook.model.patterns import Resolution
 from daybook.model.results import Report, ServiceResult, ServiceResults
 from daybook.model.rules import clip_text
