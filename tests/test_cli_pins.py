@@ -273,3 +273,19 @@ def test_prune_keeps_what_a_host_runs(
         master.shutdown()
     assert document["removed"] == [{"name": "web", "version": "1"}, {"name": "web", "version": "3"}]
     assert {"name": "web", "version": "2", "why": "current on a host"} in document["kept"]
+
+
+# -- map plan ----------------------------------------------------------------------------------
+
+
+def test_map_plan_shows_the_pins_of_the_services_it_touches(run: Run, tmp_path: Path) -> None:
+    push(run, tmp_path, "web", "1", "2")
+    push(run, tmp_path, "db", "1")
+    run("pin", "web", "1")
+    run("pin", "db", "1")
+    plan = run("map", "plan", "add", "web-*", "web", "--hosts", "web-1", "--json").json()
+    assert plan["pins"] == {"web": "1"}  # db is mapped nowhere, before or after
+    assert plan["gained"] == {"web": ["web-1"]}
+    text = run("map", "plan", "add", "web-*", "web", "--hosts", "web-1").out
+    assert "pinned (hosts run these, not their newest): web 1" in text
+    assert run("map", "list", "--json").json() == {}  # pins are not mappings
