@@ -57,6 +57,10 @@ def test_repinning_remembers_the_old_pin() -> None:
     assert repinned("svc", "1.2", Pin("svc", "1.9")) == Pin("svc", "1.2", previous="1.9")
     same = Pin("svc", "1.2", previous="1.0")
     assert repinned("svc", "1.2", same) is same
+    # A rollout of 1.2 that had reached one host, pinned everywhere now.
+    rolling = Pin("svc", "1.2", previous="1.0", hosts=("web-1",))
+    assert repinned("svc", "1.2", rolling) == Pin("svc", "1.2", previous="1.0")
+    assert repinned("svc", "1.3", rolling) == Pin("svc", "1.3", previous="1.2")
 
 
 def test_prune_keeps_the_newest_n_and_deletes_the_oldest() -> None:

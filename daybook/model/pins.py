@@ -65,6 +65,10 @@ def repinned(service: str, version: str, pin: Pin | None) -> Pin:
     old pin named (None when there was none) as `previous`."""
     if pin is None:
         return Pin(service, version)
-    if pin.version == version and pin.hosts is None:
-        return pin  # already pinned there everywhere: nothing changes, nothing is written
+    if pin.version == version:
+        if pin.hosts is None:
+            return pin  # already pinned there everywhere: nothing changes, nothing is written
+        # A rollout of this very version, now made fleet-wide: what the hosts it had not
+        # reached ran stays the one to remember.
+        return Pin(service, version, previous=pin.previous)
     return Pin(service, version, previous=pin.version)
