@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from daybook.install.installer import sorted_versions
 from daybook.model.fleet import HostStatus
+from daybook.model.names import sorted_versions
 from daybook.model.rollout import Rollout, rollout_summary
 from daybook.views import host_json, iso_time, rollout_json, sync_json, sync_tally_json
 from master.database import ResultsReader
@@ -115,7 +115,8 @@ def host_document(snapshot: FleetSnapshot, host: str, now: float) -> dict[str, A
 
 def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
     """Per service: the store's versions and the newest, how many hosts have each version
-    installed, the hosts mapped to it, those lacking its newest version, those failing it."""
+    installed, the hosts mapped to it, those lacking its newest version, those failing it,
+    and the version it is pinned to."""
     sizes = snapshot.sizes or {}
     installed: defaultdict[str, Counter[str]] = defaultdict(Counter)
     failing: defaultdict[str, list[str]] = defaultdict(list)
@@ -133,8 +134,9 @@ def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
         for service in winner.services if winner else ():
             mapped[service].append(host)
 
+    pins = snapshot.pins or {}
     documents: dict[str, Any] = {}
-    for service in sorted(set(sizes) | set(installed) | set(mapped)):
+    for service in sorted(set(sizes) | set(installed) | set(mapped) | set(pins)):
         versions = sorted_versions(list(sizes.get(service, {})))
         newest = versions[-1] if versions else None
         counts = installed[service]
@@ -151,6 +153,8 @@ def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
             "mapped_hosts": sorted(mapped[service]),
             "lagging": sorted(h for h in mapped[service] if newest and not has_newest(h)),
             "failing": sorted(failing[service]),
+            # The version `current` points at fleet-wide (None: each host's newest).
+            "pinned": pins[service].version if service in pins else None,
         }
     return {"ready": snapshot.sizes is not None, "services": documents}
 

@@ -75,6 +75,7 @@ class DesiredStateKeeper:
         decoded = wire.decode_state(state)
         served = self._served
         served.mappings, served.digests = decoded.mappings, decoded.digests
+        served.pins = decoded.pins
         served.state = state
         found = self._syncs.find(sync_id)
         if found is None:  # pruned away; keep its id so minions do not report it again
@@ -92,6 +93,7 @@ class DesiredStateKeeper:
         served = self._served
         if isinstance(change, MappingsChanged):
             served.mappings = change.mappings
+            served.pins = change.pins
             self._fresh.add("mappings")
         else:
             served.digests = change.digests
@@ -116,7 +118,8 @@ class DesiredStateKeeper:
         served = self._served
         if served.mappings is None or served.digests is None:
             return
-        state = wire.encode_state(DesiredState(served.mappings, served.digests))
+        # A pin changes the state like a mapping does, so it goes out as a sync as well.
+        state = wire.encode_state(DesiredState(served.mappings, served.digests, served.pins or {}))
         if served.state is not None and state.digest == served.state.digest:
             return
         origin = "startup" if served.sync is None else "auto"
@@ -126,9 +129,11 @@ class DesiredStateKeeper:
         self._db.commit()
         served.sync = sync
         log.info(
-            "desired state changed (%d pattern(s), %d service(s)): sync %s to %d host(s)",
+            "desired state changed (%d pattern(s), %d service(s), %d pin(s)): sync %s to "
+            "%d host(s)",
             len(served.mappings),
             len(served.digests),
+            len(served.pins or {}),
             sync.sync_id,
             len(sync.expected),
         )

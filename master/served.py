@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
+from daybook.model.pins import Pin
 from daybook.model.rollout import Rollout
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
@@ -24,6 +25,8 @@ class Served:
     """
 
     mappings: MappingTable | None = None
+    # By service, read with the mappings (and so None exactly when they are).
+    pins: Mapping[str, Pin] | None = None
     digests: Mapping[str, str] | None = None
     # Per service, each version's archive size in bytes, for the HTTP API and the metrics.
     sizes: Mapping[str, Mapping[str, int]] | None = None

@@ -14,6 +14,7 @@ from functools import cached_property
 from daybook.model.fleet import HostStatus
 from daybook.model.mappings import MappingTable
 from daybook.model.patterns import Candidate, PatternTable
+from daybook.model.pins import Pin
 from daybook.model.rollout import Rollout
 
 
@@ -32,6 +33,8 @@ class FleetSnapshot:
     down_after_s: float
     hosts: Mapping[str, HostStatus]
     mappings: MappingTable | None = None
+    # By service: the pins read with the mappings.
+    pins: Mapping[str, Pin] | None = None
     # Per service, each version in the store with its archive size in bytes.
     sizes: Mapping[str, Mapping[str, int]] | None = None
     state_digest: str | None = None

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daybook.errors import DaybookError
-from daybook.install.installer import Installer, Selections, sorted_versions
+from daybook.install.installer import Installer, Selections
 from daybook.model.ids import versions_digest
 from daybook.model.messages import SyncEvent
+from daybook.model.names import sorted_versions
 from daybook.model.patterns import Resolution
 from daybook.model.releases import pinned_versions
 from daybook.model.results import Report, ServiceResult, ServiceResults

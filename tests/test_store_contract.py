@@ -292,6 +292,29 @@ def test_concurrent_pushes_of_one_version_have_one_winner(case: StoreCase, tmp_p
     assert hashlib.sha256(read_all(case.store, ref)).hexdigest() == winners[0]
 
 
+def test_delete_removes_one_version_and_its_checksum(case: StoreCase, tmp_path: Path) -> None:
+    old, kept = AssetRef("web", "1"), AssetRef("web", "2")
+    push(case.store, tmp_path, old, b"one")
+    push(case.store, tmp_path, kept, b"two")
+    case.store.delete(old)
+    assert listed(case.store) == [("web", "2")]
+    assert case.store.stat(old) is None
+    with pytest.raises(AssetNotFoundError):
+        case.store.open(old)
+    assert read_all(case.store, kept) == b"two"
+    # Pushed again, it is a new asset: no checksum of the deleted one lingers.
+    info = push(case.store, tmp_path, old, b"one again")
+    assert info.sha256 == hashlib.sha256(b"one again").hexdigest()
+    assert read_all(case.store, old) == b"one again"
+
+
+def test_deleting_a_missing_version_is_no_error(case: StoreCase, tmp_path: Path) -> None:
+    case.store.delete(AssetRef("web", "1"))  # an empty store
+    push(case.store, tmp_path, AssetRef("web", "2"), b"two")
+    case.store.delete(AssetRef("web", "1"))
+    assert listed(case.store) == [("web", "2")]
+
+
 def test_progress_adds_up_to_the_file_size(case: StoreCase, tmp_path: Path) -> None:
     data = os.urandom(3 * MIB + 123)
     moved: list[int] = []

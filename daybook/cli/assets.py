@@ -43,9 +43,26 @@ def register(
     push.add_argument("--json", action="store_true")
     push.set_defaults(handler=cmd_push)
 
-    assets = subparsers.add_parser("assets", parents=parents, help="list what the store holds")
-    assets.add_argument("service", nargs="?")
+    assets = subparsers.add_parser(
+        "assets",
+        parents=parents,
+        help="list what the store holds; `assets prune` deletes its oldest versions",
+        usage="%(prog)s [SERVICE] [--json]\n       %(prog)s prune [SERVICE] --keep N "
+        "[--dry-run] [--ignore-hosts] [--json]",
+    )
+    # Words, not sub-commands: `assets SERVICE` must keep working for every service name.
+    assets.add_argument("words", nargs="*", metavar="SERVICE", help="list only this service")
     assets.add_argument("--json", action="store_true")
+    prune = assets.add_argument_group("assets prune")
+    prune.add_argument(
+        "--keep", type=int, metavar="N", help="keep the newest N versions of each service (N >= 1)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="delete nothing; say what would go")
+    prune.add_argument(
+        "--ignore-hosts",
+        action="store_true",
+        help="prune without asking the master which versions hosts run (pins still protect)",
+    )
     assets.set_defaults(handler=cmd_assets)
 
     pull = subparsers.add_parser(
@@ -103,20 +120,20 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         emit_json(rows)
     if any(row["status"] == "uploaded" for row in rows):
-        _tell_master(settings)
+        tell_master(settings)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
-def _tell_master(settings: Settings) -> None:
-    """Have a master list the store now, so the fleet installs what was pushed at once;
-    without an answer the master's store poll finds it a little later."""
+def tell_master(settings: Settings, what: str = "push") -> None:
+    """Have a master list the store now, so the fleet acts on the change at once; without
+    an answer the master's store poll finds it a little later."""
     from daybook.net.client import operator_client
 
     try:
         with operator_client(settings, timeout_s=NOTIFY_TIMEOUT_S) as client:
             client.store_changed()
     except (DaybookError, OSError) as exc:
-        print(f"daybook: note: the master was not told of the push ({exc})", file=sys.stderr)
+        print(f"daybook: note: the master was not told of the {what} ({exc})", file=sys.stderr)
 
 
 def _checked_uploads(
@@ -190,7 +207,16 @@ def _upload(store: Store, path: Path, ref: AssetRef, sha256: str, *, overwrite: 
 
 
 def cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
-    service = check_service(args.service) if args.service else None
+    words: list[str] = args.words
+    if words and words[0] == "prune":
+        from daybook.cli.prune import cmd_prune
+
+        return cmd_prune(args, settings, words[1:])
+    if args.keep is not None or args.dry_run or args.ignore_hosts:
+        raise InputError("--keep, --dry-run and --ignore-hosts go with `daybook assets prune`")
+    if len(words) > 1:
+        raise InputError(f"`daybook assets` lists one service, not {len(words)}")
+    service = check_service(words[0]) if words else None
     store = open_configured_store(settings)
     try:
         assets = store.list_assets(service)

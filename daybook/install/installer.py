@@ -17,7 +17,7 @@ from daybook.backoff import backoff_s
 from daybook.errors import DaybookError, StoreUnavailableError
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
-from daybook.model.names import AssetRef, is_valid_version, version_sort_key
+from daybook.model.names import AssetRef, is_valid_version, sorted_versions
 from daybook.model.releases import CURRENT_LINK, Selection, wanted_versions
 from daybook.model.results import ServiceResult, ServiceResults
 from daybook.store.base import AssetInfo, AssetStream, Store
@@ -57,10 +57,6 @@ def _sleep(seconds: float) -> bool:
 def retry_delay_s(retry: int, rng: random.Random) -> float:
     """The pause before retry number `retry` (1, 2, ...)."""
     return backoff_s(retry, start_s=RETRY_FIRST_DELAY_S, max_s=RETRY_MAX_DELAY_S, rng=rng)
-
-
-def sorted_versions(versions: Sequence[str]) -> list[str]:
-    return sorted(versions, key=lambda v: (version_sort_key(v), v))
 
 
 class Installer:

@@ -81,6 +81,11 @@ class Store(Protocol):
         """Stream the archive; raise AssetNotFoundError if it is missing."""
         ...
 
+    def delete(self, ref: AssetRef) -> None:
+        """Remove the asset (and its recorded SHA-256). Removing one the store does not
+        hold is no error: two prunes racing both succeed."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -182,6 +187,9 @@ class LazyStore:
 
     def open(self, ref: AssetRef) -> AssetStream:
         return self._open().open(ref)
+
+    def delete(self, ref: AssetRef) -> None:
+        self._open().delete(ref)
 
     def close(self) -> None:
         with self._lock:

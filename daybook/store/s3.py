@@ -309,6 +309,12 @@ class S3Store:
             where=f"s3://{self._bucket}/{key}",
         )
 
+    def delete(self, ref: AssetRef) -> None:
+        # S3 answers 204 whether or not the key existed; the SHA-256 is the object's own
+        # metadata, so it goes with it.
+        with self._translate_errors():
+            self._client.delete_object(Bucket=self._bucket, Key=self.key_for(ref))
+
     def presign(self, ref: AssetRef, expiry_s: float) -> str:
         """A URL that GETs `ref` without credentials for `expiry_s`: signed here, with this
         store's credentials, without a request to S3."""

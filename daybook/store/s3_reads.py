@@ -7,8 +7,8 @@ credential chain is botocore's to define (environment, profiles, SSO, container 
 instance roles, web identity, process credentials), and the two clients read configuration
 differently. So this store is used only where the environment settles everything botocore
 would look at, exactly as botocore would settle it (`reads_config`); anywhere else
-`open_store` keeps botocore for everything. Uploads and presigned URLs always go through
-botocore (`S3Store`), opened on their first use.
+`open_store` keeps botocore for everything. Uploads, deletes and presigned URLs always go
+through botocore (`S3Store`), opened on their first use.
 """
 
 from __future__ import annotations
@@ -261,6 +261,9 @@ class S3ReadsStore:
         return self._botocore().upload(
             source, ref, sha256=sha256, overwrite=overwrite, progress=progress
         )
+
+    def delete(self, ref: AssetRef) -> None:
+        self._botocore().delete(ref)
 
     def presign(self, ref: AssetRef, expiry_s: float) -> str:
         return self._botocore().presign(ref, expiry_s)
