@@ -274,6 +274,8 @@ def run_master(
             snapshots=snapshots,
             access=Access(keyring),
             signer=_signer(store),
+            # Rollouts that carry a pin store it beside the mappings, as `daybook pin` does.
+            pins=registry,
         )
         master.restore()
         http.start()

@@ -29,6 +29,8 @@ from daybook.model.messages import ControlRequest
 from daybook.model.pins import Pin
 from daybook.model.rollout import (
     COMPLETE,
+    HALTED,
+    RUNNING,
     Rollout,
     parse_batch_size,
     rollout_summary,
@@ -149,11 +151,12 @@ class RolloutDriver:
         return tuple(self._rollouts.values())
 
     def abort(self, rollout_id: str) -> Rollout:
-        """Stop a running rollout: no batch starts any more, and its pin is put back."""
+        """Stop a running or halted rollout: no batch starts any more, and its pin is put
+        back. A halted rollout owns its pin until it is aborted."""
         rollout = self._rollouts.get(rollout_id)
         if rollout is None:
             raise InputError(f"no rolling sync {rollout_id} is known to this master")
-        if rollout.ended:
+        if rollout.state not in (RUNNING, HALTED):
             raise InputError(f"the rolling sync {rollout_id} is {rollout.state} already")
         rollout = rollout.aborted(self._clock())
         if rollout.pin is not None:

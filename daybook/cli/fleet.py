@@ -18,6 +18,7 @@ from daybook.errors import FleetError, InputError
 from daybook.model.patterns import check_pattern
 
 if TYPE_CHECKING:
+    from daybook.model.pins import Pin
     from daybook.net.client import ControlClient
 
 DEFAULT_SYNC_TIMEOUT_S = 30.0
@@ -53,18 +54,31 @@ def _register_sync(
         "ok. Without --wait, exit 0 once the master has started the sync. When the control "
         "port is 0, the master's endpoint is read from <data dir>/master.json.",
     )
-    sync.add_argument("--target", metavar="GLOB", help="only hosts matching this pattern")
-    sync.add_argument("--wait", action="store_true", help="wait for every expected result")
+    add_rolling_options(sync, what="the master syncs the hosts")
     sync.add_argument(
+        "--abort",
+        metavar="SYNC_ID",
+        help="stop the rolling sync SYNC_ID: no further batch starts",
+    )
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(handler=cmd_sync)
+
+
+def add_rolling_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """--target, --wait, --timeout and the rolling-sync options, for `sync` and the pin
+    commands that may roll a pin out batch by batch."""
+    parser.add_argument("--target", metavar="GLOB", help="only hosts matching this pattern")
+    parser.add_argument("--wait", action="store_true", help="wait for every expected result")
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_SYNC_TIMEOUT_S,
         metavar="SECONDS",
         help=f"how long --wait waits (default {DEFAULT_SYNC_TIMEOUT_S:g})",
     )
-    rolling = sync.add_argument_group(
+    rolling = parser.add_argument_group(
         "rolling syncs",
-        "With --batch the master syncs the hosts batch by batch (in name order), counting a "
+        f"With --batch {what} batch by batch (in name order), counting a "
         "host that fails or does not answer within --timeout as a failure; once more than "
         "--max-failures hosts have failed it starts no further batch. --timeout is each "
         "batch's. With --wait, exit 1 when the rollout halts, naming the hosts synced, failed "
@@ -85,13 +99,6 @@ def _register_sync(
         metavar="SECONDS",
         help="pause between one batch closing and the next starting (default 0)",
     )
-    rolling.add_argument(
-        "--abort",
-        metavar="SYNC_ID",
-        help="stop the rolling sync SYNC_ID: no further batch starts",
-    )
-    sync.add_argument("--json", action="store_true")
-    sync.set_defaults(handler=cmd_sync)
 
 
 def _register_keys(
@@ -140,15 +147,10 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.abort is not None:
         return _abort_sync(args, settings)
-    target = check_pattern(args.target) if args.target else None
-    timeout_s: float = args.timeout
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    target, timeout_s = _checked_target_and_timeout(args)
     if args.batch is not None:
-        return _rolling_sync(args, settings, target, timeout_s)
-    for flag, value in (("--max-failures", args.max_failures), ("--batch-wait", args.batch_wait)):
-        if value is not None:
-            raise InputError(f"{flag} goes with --batch: it is about rolling syncs")
+        return rolling_sync(args, settings, target, timeout_s)
+    refuse_rolling_options(args)
     started = time.monotonic()
     with operator_client(settings) as client:
         summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
@@ -162,9 +164,33 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if document["ok"] else 1
 
 
-def _rolling_sync(
-    args: argparse.Namespace, settings: Settings, target: str | None, timeout_s: float
+def _checked_target_and_timeout(args: argparse.Namespace) -> tuple[str | None, float]:
+    target = check_pattern(args.target) if args.target else None
+    timeout_s: float = args.timeout
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    return target, timeout_s
+
+
+def refuse_rolling_options(args: argparse.Namespace) -> None:
+    """Without --batch, the options of a rolling sync mean nothing: say so (exit 2)."""
+    for flag, value in (("--max-failures", args.max_failures), ("--batch-wait", args.batch_wait)):
+        if value is not None:
+            raise InputError(f"{flag} goes with --batch: it is about rolling syncs")
+
+
+def rolling_sync(
+    args: argparse.Namespace,
+    settings: Settings,
+    target: str | None = None,
+    timeout_s: float | None = None,
+    *,
+    pin: Pin | None = None,
 ) -> int:
+    """Start a rolling sync (carrying `pin`, if given) from the parsed rolling options, and
+    with --wait follow it to its end; exit 1 when it halted or a host failed."""
+    if timeout_s is None:
+        target, timeout_s = _checked_target_and_timeout(args)
     from daybook.model.messages import MAX_WAIT_S
     from daybook.model.rollout import COMPLETE, parse_batch_size
     from daybook.net.client import operator_client
@@ -186,8 +212,12 @@ def _rolling_sync(
             batch_wait_s=batch_wait_s,
             wait=args.wait,
             timeout_s=timeout_s,
+            pin=pin,
         )
     document = rollout_json(summary, rollout)
+    if pin is not None:
+        # The pin commands' own fields (`daybook pin --json`), beside the rollout's.
+        document.update(service=pin.service, pinned=pin.version)
     if args.json:
         emit_json(document)
     else:

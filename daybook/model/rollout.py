@@ -216,10 +216,12 @@ class Rollout:
 
     def aborted(self, now: float) -> Rollout:
         """Stopped by an operator: no further batch; the one under way, if any, finishes
-        but its answers no longer count."""
-        if self.state != RUNNING:
+        but its answers no longer count. A halted rollout may be aborted too: that is how
+        an operator gives up on it, and its pin goes back (see master/rollouts.py)."""
+        if self.state not in (RUNNING, HALTED):
             raise ValueError(f"rollout {self.rollout_id} is {self.state} already")
-        return replace(self, state=ABORTED, why="aborted by an operator", ended_at=now)
+        why = "aborted by an operator" + (f" after it halted: {self.why}" if self.why else "")
+        return replace(self, state=ABORTED, why=why, ended_at=now)
 
 
 def batch_failure(report: Report | None) -> str:
