@@ -204,6 +204,21 @@ class Fleet(harness.Fleet):
             )
         return elapsed
 
+    def rolling_sync_in_process(self, target: str, expected: int, batch: str) -> float:
+        """Wall time of a no-op rolling sync --wait in batches of `batch`, from an operator
+        client already connected: every batch must complete."""
+        start = time.perf_counter()
+        summary, rollout = self.client.run_rollout(
+            target, batch=batch, max_failures=0, batch_wait_s=0.0, wait=True, timeout_s=60.0
+        )
+        elapsed = time.perf_counter() - start
+        if rollout.state != "complete" or len(summary.results) != expected:
+            raise RuntimeError(
+                f"rolling sync of {target}: {rollout.state}, {len(summary.results)}/{expected} "
+                f"answered, failed {dict(rollout.failed)}"
+            )
+        return elapsed
+
     def wait_answering(self, hosts: Sequence[str], timeout_s: float) -> float:
         """Seconds until every host answers."""
         start = time.monotonic()

@@ -120,6 +120,7 @@ def measure_process_syncs(
     for size, target in GROUPS.items():
         contenders[f"cli {size}"] = functools.partial(fleet.sync_wait, target, size)
         contenders[f"client {size}"] = functools.partial(fleet.sync_in_process, target, size)
+    contenders["rolling 10"] = functools.partial(fleet.rolling_sync_in_process, GROUPS[10], 10, "3")
     timings = rounds(contenders, runs=options.runs, warmup=options.warmup)
     syncs = (options.runs + options.warmup) * len(contenders)
     for size in GROUPS:
@@ -139,6 +140,13 @@ def measure_process_syncs(
             timings[f"client {size}"],
             note="from a connected operator client",
         )
+    results.add(
+        FLEET,
+        "no-op rolling sync, 10 processes in batches of 3, no CLI",
+        "s",
+        timings["rolling 10"],
+        note="4 batches one after another, each waiting for its hosts",
+    )
     add_request_counts(results, servers, before, f"{syncs} no-op syncs, 100 processes")
 
 

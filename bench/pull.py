@@ -17,11 +17,12 @@ from bench.timing import Options, rounds, run_checked
 
 SECTION = "pull"
 BUCKET = "bench"
-# From the speed issue: pull at least 2.5x faster than `curl | tar -xzf -` on the large
-# asset and within 1.2x of the inflate floor; at least as fast on 20,000 small files.
+# From the speed issues: pull at least 2.5x faster than `curl | tar -xzf -` on the large
+# asset and within 1.2x of the inflate floor; at least 1.2x faster on 20,000 small files
+# (round two; round one asked for as fast).
 LARGE_SPEEDUP = Target(2.5, at_least=True)
 LARGE_FLOOR_RATIO = Target(1.2)
-SMALL_SPEEDUP = Target(1.0, at_least=True)
+SMALL_SPEEDUP = Target(1.2, at_least=True)
 
 _STDLIB_PULL = (
     "import sys, tarfile, urllib.request\n"

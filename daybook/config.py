@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
+from daybook.model.names import is_valid_service
 from daybook.model.patterns import check_host
+from daybook.model.releases import ReleasePolicy
 from daybook.registry.base import DEFAULT_KEY_PREFIX
 
 SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
@@ -45,6 +47,19 @@ def _port_rule(env: str) -> Mapping[str, _Rule]:
 
 # Every duration is in seconds, and none is negative.
 _SECONDS = _rule(low=0)
+
+
+@dataclass(frozen=True)
+class ServiceOverride:
+    """A `[services.NAME]` table of the config file: the release settings one service has
+    of its own (None: the global setting)."""
+
+    keep_versions: int | None = None
+    activate: bool | None = None
+
+
+# The settings a `[services.NAME]` table may override.
+_SERVICE_SETTINGS = tuple(f.name for f in fields(ServiceOverride))
 
 
 @dataclass(frozen=True)
@@ -115,9 +130,49 @@ class Settings:
     signed_downloads: bool = field(default=True, metadata=_rule("DAYBOOK_SIGNED_DOWNLOADS"))
     # A minion is shown down after this long without a heartbeat.
     down_after_s: float = field(default=15.0, metadata=_SECONDS)
+    # The release lifecycle on a host (pull and minion), off unless set: keep the newest N
+    # versions of each service (0 keeps all), maintain `<install_dir>/<service>/current`,
+    # run `<hooks_dir>/<service>` after `current` moved. Per-service overrides of the first
+    # two live in the config file's `[services.NAME]` tables.
+    keep_versions: int = field(default=0, metadata=_rule("DAYBOOK_KEEP_VERSIONS", low=0))
+    activate: bool = field(default=False, metadata=_rule("DAYBOOK_ACTIVATE"))
+    # Default: `hooks` beside the config file in use (/etc/daybook/hooks), else in the data
+    # dir (filled in by load_settings).
+    hooks_dir: Path | None = field(default=None, metadata=_rule("DAYBOOK_HOOKS_DIR"))
+    hook_timeout_s: float = field(
+        default=60.0, metadata=_rule("DAYBOOK_HOOK_TIMEOUT_S", low=0.1, high=24 * 3600)
+    )
+    revert_on_hook_failure: bool = field(
+        default=False, metadata=_rule("DAYBOOK_REVERT_ON_HOOK_FAILURE")
+    )
+    services: Mapping[str, ServiceOverride] = field(default_factory=lambda: MappingProxyType({}))
 
     def endpoint(self, port: int, host: str | None = None) -> str:
         return f"tcp://{host or self.master}:{port}"
+
+    def release_policy(self, service: str) -> ReleasePolicy:
+        """How this host keeps `service`'s versions: its own overrides, else the globals."""
+        override = self.services.get(service, ServiceOverride())
+        return ReleasePolicy(
+            keep_versions=self.keep_versions
+            if override.keep_versions is None
+            else override.keep_versions,
+            activate=self.activate if override.activate is None else override.activate,
+        )
+
+    @property
+    def release_lifecycle_on(self) -> bool:
+        """True when any service has retention or the `current` link switched on."""
+        overrides = self.services.values()
+        return (
+            self.keep_versions > 0
+            or self.activate
+            or any(o.keep_versions or o.activate for o in overrides)
+        )
+
+    @property
+    def hooks_path(self) -> Path:
+        return self.hooks_dir if self.hooks_dir is not None else self.data_dir / "hooks"
 
 
 # Each setting's type (as annotated: a string) and rule, by name.
@@ -277,7 +332,12 @@ def _given_values(
     config_file = find_config_file(config_path, env)
     if config_file is not None:
         for name, value in read_config_file(config_file).items():
-            values[name] = _coerce(name, value, str(config_file))
+            if name == "services":
+                values[name] = _service_overrides(value, str(config_file))
+            else:
+                values[name] = _coerce(name, value, str(config_file))
+        # Hooks live beside the config file that names the node's store and master.
+        values.setdefault("hooks_dir", config_file.absolute().parent / "hooks")
     for name, rule in _RULES.items():
         if rule.env is not None and rule.env in env:
             values[name] = _coerce(name, env[rule.env], rule.env)
@@ -285,6 +345,28 @@ def _given_values(
         if value is not None:
             values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
     return values
+
+
+def _service_overrides(given: object, source: str) -> Mapping[str, ServiceOverride]:
+    """The `[services.NAME]` tables, each checked like the global setting it overrides."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"{source}: services must be tables, [services.NAME]")
+    overrides: dict[str, ServiceOverride] = {}
+    for service, table in given.items():
+        where = f"{source}: [services.{service}]"
+        if not is_valid_service(service):
+            raise ConfigError(f"{where}: {service!r} is not a valid service name")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table of settings")
+        unknown = sorted(set(table) - set(_SERVICE_SETTINGS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown setting(s) {', '.join(unknown)} "
+                f"(a service may set {', '.join(_SERVICE_SETTINGS)})"
+            )
+        checked = {name: _coerce(name, value, where) for name, value in table.items()}
+        overrides[service] = ServiceOverride(**checked)  # type: ignore[arg-type]
+    return MappingProxyType(overrides)
 
 
 def _fill_ports(values: dict[str, object]) -> None:

@@ -68,3 +68,7 @@ class WireError(DaybookError):
 
 class FleetError(DaybookError):
     """The master could not be reached or refused an operator request."""
+
+
+class PinError(DaybookError):
+    """A pin or a rollback cannot be made as asked (no older version to roll back to)."""

@@ -14,6 +14,7 @@ from typing import Any
 from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.keys import KEY_STATES, Key, KeyListing
 from daybook.model.results import Report, ServiceResult, ServiceResults
+from daybook.model.rollout import Rollout
 from daybook.model.sync import Sync, Tally
 
 
@@ -35,6 +36,8 @@ def service_result_json(result: ServiceResult) -> dict[str, Any]:
     # The release lifecycle's fields appear only where it is switched on.
     if result.removed:
         document["removed"] = list(result.removed)
+    if result.kept:
+        document["kept"] = dict(result.kept)
     if result.current is not None:
         document["current"] = result.current
     if result.previous is not None:
@@ -92,6 +95,49 @@ def sync_json(sync: Sync) -> dict[str, Any]:
     }
 
 
+def rollout_json(summary: Sync, rollout: Rollout) -> dict[str, Any]:
+    """A rolling sync as `sync_json` shows a sync (under the rollout's id: every host of
+    every batch expected), with `"batches": [[host, ...], ...]`, `"halted"`, the hosts
+    `"synced"`, `"failed"` (each with why: failed, or did not answer) and `"not_reached"`,
+    and `state` running, complete, halted or aborted."""
+    return sync_json(summary) | {
+        "state": rollout.state,
+        "rolling": rollout_state_json(rollout),
+        "batches": [list(batch) for batch in rollout.batches],
+        "halted": rollout.halted,
+        "synced": list(rollout.synced),
+        "failed": dict(rollout.failed),
+        "not_reached": list(rollout.not_reached),
+        "why": rollout.why,
+    }
+
+
+def rollout_state_json(rollout: Rollout) -> dict[str, Any]:
+    """How one rolling sync stands, without the answers: for `daybook status`."""
+    running = rollout.running_batch
+    return {
+        "sync_id": rollout.rollout_id,
+        "target": rollout.target,
+        "state": rollout.state,
+        "batches": len(rollout.batches),
+        "batch_size": max((len(batch) for batch in rollout.batches), default=0),
+        "batches_done": rollout.closed,
+        "running_batch": None if running is None else running + 1,
+        "batch_syncs": list(rollout.batch_syncs),
+        "max_failures": rollout.max_failures,
+        "batch_wait_s": rollout.batch_wait_s,
+        "synced": len(rollout.synced),
+        "failed": dict(rollout.failed),
+        "not_reached": len(rollout.not_reached),
+        "why": rollout.why,
+        "pin": None
+        if rollout.pin is None
+        else {"service": rollout.pin.service, "version": rollout.pin.version},
+        "started_at": iso_time(rollout.started_at),
+        "ended_at": iso_time(rollout.ended_at),
+    }
+
+
 def silence_json(down_since: float | None) -> dict[str, Any]:
     """Why an expected host did not answer a sync before it closed."""
     if down_since is None:
@@ -145,6 +191,7 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
         "hosts": {host: host_json(entry, status.now) for host, entry in status.hosts.items()},
         "epoch": status.epoch,
         "syncs": [sync_state_json(sync) for sync in reversed(status.syncs)],
+        "rollouts": [rollout_state_json(rollout) for rollout in reversed(status.rollouts)],
     }
 
 

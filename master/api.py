@@ -8,12 +8,14 @@ document is tested without a server. Hosts and syncs are rendered as `daybook st
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from daybook.install.installer import sorted_versions
 from daybook.model.fleet import HostStatus
-from daybook.views import host_json, iso_time, sync_json, sync_tally_json
+from daybook.model.names import sorted_versions
+from daybook.model.rollout import Rollout, rollout_summary
+from daybook.views import host_json, iso_time, rollout_json, sync_json, sync_tally_json
 from master.database import ResultsReader
 from master.snapshot import FleetSnapshot
 
@@ -26,7 +28,8 @@ ENDPOINTS = {
     f"{API_PREFIX}/hosts/HOST": "one host, with what the mappings give it and what it lacks",
     f"{API_PREFIX}/syncs?limit=N": f"recent syncs, newest first (default {DEFAULT_SYNC_LIMIT}, "
     f"at most {MAX_SYNC_LIMIT})",
-    f"{API_PREFIX}/syncs/SYNC_ID": "one sync: every expected host's result and the missing ones",
+    f"{API_PREFIX}/syncs/SYNC_ID": "one sync: every expected host's result and the missing ones; "
+    "for a rolling sync, its batches, progress and why it halted",
     f"{API_PREFIX}/services": "per service: versions in the store, how many hosts have each, "
     "which hosts lag behind the newest",
     f"{API_PREFIX}/mappings": "the mapping table and the known hosts each pattern wins",
@@ -112,7 +115,8 @@ def host_document(snapshot: FleetSnapshot, host: str, now: float) -> dict[str, A
 
 def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
     """Per service: the store's versions and the newest, how many hosts have each version
-    installed, the hosts mapped to it, those lacking its newest version, those failing it."""
+    installed, the hosts mapped to it, those lacking its newest version, those failing it,
+    and the version it is pinned to."""
     sizes = snapshot.sizes or {}
     installed: defaultdict[str, Counter[str]] = defaultdict(Counter)
     failing: defaultdict[str, list[str]] = defaultdict(list)
@@ -130,8 +134,9 @@ def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
         for service in winner.services if winner else ():
             mapped[service].append(host)
 
+    pins = snapshot.pins or {}
     documents: dict[str, Any] = {}
-    for service in sorted(set(sizes) | set(installed) | set(mapped)):
+    for service in sorted(set(sizes) | set(installed) | set(mapped) | set(pins)):
         versions = sorted_versions(list(sizes.get(service, {})))
         newest = versions[-1] if versions else None
         counts = installed[service]
@@ -148,6 +153,8 @@ def services_document(snapshot: FleetSnapshot) -> dict[str, Any]:
             "mapped_hosts": sorted(mapped[service]),
             "lagging": sorted(h for h in mapped[service] if newest and not has_newest(h)),
             "failing": sorted(failing[service]),
+            # The version `current` points at fleet-wide (None: each host's newest).
+            "pinned": pins[service].version if service in pins else None,
         }
     return {"ready": snapshot.sizes is not None, "services": documents}
 
@@ -175,6 +182,16 @@ def syncs_document(history: ResultsReader, limit: int) -> dict[str, Any]:
     return {"limit": limit, "syncs": [sync_tally_json(sync, tally) for sync, tally in tallies]}
 
 
-def sync_document(history: ResultsReader, sync_id: str) -> dict[str, Any] | None:
+def sync_document(
+    history: ResultsReader, sync_id: str, rollouts: Sequence[Rollout] = ()
+) -> dict[str, Any] | None:
+    """One sync from the history; a rolling sync (which the master keeps in memory) with
+    each of its batches' answers from the history."""
+    rollout = next((r for r in rollouts if r.rollout_id == sync_id), None)
+    if rollout is not None:
+        batches = [
+            sync for batch_id in rollout.batch_syncs if (sync := history.load_sync(batch_id))
+        ]
+        return rollout_json(rollout_summary(rollout, batches), rollout)
     sync = history.load_sync(sync_id)
     return None if sync is None else sync_json(sync)

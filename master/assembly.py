@@ -20,6 +20,7 @@ from master.operator_desk import WAITERS, OperatorDesk
 from master.publisher import Publisher
 from master.recorder import ResultsRecorder
 from master.refresh import REFRESH, RefreshRound
+from master.rollouts import ROLLOUTS, PinWriter, RolloutDriver
 from master.scheduler import Scheduler
 from master.served import Served
 from master.snapshot import SnapshotBox
@@ -61,6 +62,10 @@ class _Publishing:
     syncs: SyncKeeper
     desired: DesiredStateKeeper
 
+    @property
+    def loop_parts(self) -> tuple[ViewPublisher, Broadcaster, SyncKeeper, DesiredStateKeeper]:
+        return self.view, self.broadcaster, self.syncs, self.desired
+
 
 def assemble(
     *,
@@ -77,6 +82,7 @@ def assemble(
     snapshots: SnapshotBox | None,
     access: Access,
     signer: Signer | None = None,
+    pins: PinWriter | None = None,
 ) -> LoopParts:
     timers, book = Scheduler(), SyncBook()
     out = _publishing(
@@ -116,11 +122,10 @@ def assemble(
         book=book,
         out=out,
         signer=signer,
+        pins=pins,
     )
     housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
-    parts = LoopParts(
-        timers, book, out.view, out.broadcaster, out.syncs, out.desired, recorder, desk, housekeeper
-    )
+    parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper)
     return _add_timers(parts, tuning, clocks.monotonic())
 
 
@@ -198,6 +203,7 @@ def _operator_desk(
     book: SyncBook,
     out: _Publishing,
     signer: Signer | None,
+    pins: PinWriter | None,
 ) -> OperatorDesk:
     refresh = RefreshRound(
         refreshers,
@@ -218,6 +224,18 @@ def _operator_desk(
         book=book,
         fleet=fleet,
         syncs=out.syncs,
+        rollouts=RolloutDriver(
+            served=out.served,
+            syncs=out.syncs,
+            desired=out.desired,
+            fleet=fleet,
+            refresh=refresh,
+            view=out.view,
+            scheduler=timers,
+            pins=pins,
+            clock=clocks.wall,
+            monotonic=clocks.monotonic,
+        ),
         desired=out.desired,
         refresh=refresh,
         view=out.view,
@@ -250,6 +268,8 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopP
     timers.add(CLOSE_CHECK, close_ended_syncs, due=started, wakes=syncs.has_open_syncs)
     timers.add(SWEEP, syncs.sweep, due=started, wakes=syncs.has_open_syncs)
     timers.add(WAITERS, desk.release_waiters)
+    # A rollout's next batch, once the wait after the last one is over.
+    timers.add(ROLLOUTS, desk.release_waiters)
     housekeeper = parts.housekeeper
     timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
     timers.add(PRUNE, housekeeper.prune, due=started)

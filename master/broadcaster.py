@@ -46,6 +46,7 @@ class Broadcaster:
             target=sync.target,
             issued_at=sync.issued_at,
             spread_s=self.spread_s(sync),
+            hosts=sync.hosts,
         )
         self._publisher.publish(event)
         self.last_sent = self._monotonic()

@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
+from daybook.model.pins import Pin
 from daybook.store.base import AssetInfo
 
 
 @dataclass(frozen=True)
 class MappingsChanged:
-    """The registry's mapping table, as read; sent only when it differs from the last one."""
+    """The registry's mapping table and the pins beside it, as read; sent only when either
+    differs from the last read."""
 
     mappings: MappingTable
+    pins: Mapping[str, Pin] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class DesiredStateKeeper:
         decoded = wire.decode_state(state)
         served = self._served
         served.mappings, served.digests = decoded.mappings, decoded.digests
+        served.pins = decoded.pins
         served.state = state
         found = self._syncs.find(sync_id)
         if found is None:  # pruned away; keep its id so minions do not report it again
@@ -92,6 +93,7 @@ class DesiredStateKeeper:
         served = self._served
         if isinstance(change, MappingsChanged):
             served.mappings = change.mappings
+            served.pins = change.pins
             self._fresh.add("mappings")
         else:
             served.digests = change.digests
@@ -116,7 +118,8 @@ class DesiredStateKeeper:
         served = self._served
         if served.mappings is None or served.digests is None:
             return
-        state = wire.encode_state(DesiredState(served.mappings, served.digests))
+        # A pin changes the state like a mapping does, so it goes out as a sync as well.
+        state = wire.encode_state(DesiredState(served.mappings, served.digests, served.pins or {}))
         if served.state is not None and state.digest == served.state.digest:
             return
         origin = "startup" if served.sync is None else "auto"
@@ -126,20 +129,34 @@ class DesiredStateKeeper:
         self._db.commit()
         served.sync = sync
         log.info(
-            "desired state changed (%d pattern(s), %d service(s)): sync %s to %d host(s)",
+            "desired state changed (%d pattern(s), %d service(s), %d pin(s)): sync %s to "
+            "%d host(s)",
             len(served.mappings),
             len(served.digests),
+            len(served.pins or {}),
             sync.sync_id,
             len(sync.expected),
         )
         self._broadcaster.send(sync, state)
 
-    def sync_now(self, target: str | None, request_id: str, deadline_s: float) -> Sync | None:
-        """Start an operator's sync of the current state; None while there is none yet."""
+    @property
+    def has_state(self) -> bool:
+        """Whether a desired state has been built (or restored) to sync with."""
+        return self._served.state is not None
+
+    def sync_now(
+        self,
+        target: str | None,
+        request_id: str | None,
+        deadline_s: float,
+        hosts: tuple[str, ...] | None = None,
+    ) -> Sync | None:
+        """Start an operator's sync of the current state (with `hosts`, addressed to those
+        only: a batch of a rolling sync); None while there is no state yet."""
         state = self._served.state
         if state is None:
             return None
-        sync = self._syncs.start(target or ALL_HOSTS, "operator", request_id, deadline_s)
+        sync = self._syncs.start(target or ALL_HOSTS, "operator", request_id, deadline_s, hosts)
         self._db.commit()
         log.info(
             "operator sync %s to %s: expecting %d host(s)",

@@ -167,7 +167,7 @@ class HttpApp:
         if match := _HOST_ROUTE.fullmatch(path):
             return self._host(snapshot, unquote(match.group(1)))
         if match := _SYNC_ROUTE.fullmatch(path):
-            return self._sync(unquote(match.group(1)))
+            return self._sync(snapshot, unquote(match.group(1)))
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such resource {path[:200]!r}")
 
     def _check_host_header(self, headers: dict[str, str]) -> None:
@@ -187,10 +187,10 @@ class HttpApp:
             raise HttpError(HTTPStatus.NOT_FOUND, f"unknown host {host!r}")
         return json_response(host_document)
 
-    def _sync(self, sync_id: str) -> Response:
+    def _sync(self, snapshot: FleetSnapshot, sync_id: str) -> Response:
         if not is_valid_id(sync_id):
             raise HttpError(HTTPStatus.BAD_REQUEST, f"invalid sync id {sync_id[:100]!r}")
-        sync_document = api.sync_document(self.history, sync_id)
+        sync_document = api.sync_document(self.history, sync_id, snapshot.rollouts)
         if sync_document is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"unknown sync id {sync_id!r}")
         return json_response(sync_document)

@@ -21,6 +21,7 @@ from master.download_desk import Signer
 from master.ledger import Fleet
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
+from master.rollouts import PinWriter
 from master.snapshot import SnapshotBox
 from master.tuning import MasterTuning
 
@@ -51,6 +52,7 @@ class Master:
         snapshots: SnapshotBox | None = None,
         access: Access | None = None,
         signer: Signer | None = None,
+        pins: PinWriter | None = None,
     ) -> None:
         self.epoch = epoch
         self._collector = collector
@@ -73,6 +75,7 @@ class Master:
             # Who may ask for what; without a key ring, only the local socket may operate.
             access=access or Access(None),
             signer=signer,
+            pins=pins,
         )
         self.snapshots = parts.view.snapshots
         # The results socket is read as messages come while the master is busy, and in
@@ -141,7 +144,7 @@ class Master:
         """When the results socket may next be read, if that is later than now: only in a
         quiet spell, with no operator waiting and nothing published for a while."""
         mono = self._monotonic()
-        if mono >= self._next_results_read or self._parts.book.waiters:
+        if mono >= self._next_results_read or self._parts.desk.has_waiters:
             return None
         if mono - self._parts.broadcaster.last_sent < self._tuning.busy_window_s:
             return None

@@ -11,15 +11,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from daybook.errors import DaybookError, InputError
 from daybook.model.messages import (
     OP_DOWNLOADS,
     OP_STATUS,
     OP_STORE_CHANGED,
     OP_SYNC,
+    OP_SYNC_ABORT,
     OP_SYNC_RESULT,
     ControlReply,
     ControlRequest,
 )
+from daybook.model.rollout import Rollout
 from daybook.model.sync import RUNNING, Sync
 from daybook.net.transport import Peer
 from master.access import ACCESS_OPS, Access
@@ -29,6 +32,7 @@ from master.download_desk import DownloadDesk
 from master.ledger import Fleet, SyncBook, Waiter
 from master.metrics import MasterMetrics
 from master.refresh import RefreshRound
+from master.rollouts import RolloutDriver
 from master.scheduler import Scheduler
 from master.sync_keeper import SyncKeeper
 from master.view_publisher import ViewPublisher
@@ -53,6 +57,7 @@ class OperatorDesk:
         book: SyncBook,
         fleet: Fleet,
         syncs: SyncKeeper,
+        rollouts: RolloutDriver,
         desired: DesiredStateKeeper,
         refresh: RefreshRound,
         view: ViewPublisher,
@@ -69,6 +74,7 @@ class OperatorDesk:
         self._book = book
         self._fleet = fleet
         self._syncs = syncs
+        self._rollouts = rollouts
         self._desired = desired
         self._refresh = refresh
         self._view = view
@@ -84,6 +90,7 @@ class OperatorDesk:
             OP_STATUS: self._status,
             OP_SYNC: self._sync,
             OP_SYNC_RESULT: self._sync_result,
+            OP_SYNC_ABORT: self._abort,
             OP_STORE_CHANGED: self._store_changed,
         }
 
@@ -136,10 +143,14 @@ class OperatorDesk:
 
     def _status(self, route: Route, request: ControlRequest) -> None:
         status = self._fleet.status(self._epoch, self._clock())
-        status = replace(status, syncs=tuple(self._book))
+        status = replace(status, syncs=tuple(self._book), rollouts=self._rollouts.recent())
         self._control.reply(route, ControlReply(request.request_id, status=status))
 
     def _sync(self, route: Route, request: ControlRequest) -> None:
+        rollout = self._rollouts.find_request(request.request_id)
+        if rollout is not None:  # a retry of a rolling sync already started
+            self._answer_rollout_or_wait(route, request, rollout)
+            return
         sync = self._syncs.find_request(request.request_id)
         if sync is not None:  # a retry of a request that already started its sync
             self._answer_or_wait(route, request, sync)
@@ -152,6 +163,10 @@ class OperatorDesk:
 
     def _sync_result(self, route: Route, request: ControlRequest) -> None:
         assert request.sync_id is not None
+        rollout = self._rollouts.find(request.sync_id)
+        if rollout is not None:
+            self._answer_rollout_or_wait(route, request, rollout)
+            return
         sync = self._syncs.find(request.sync_id)
         if sync is None:
             error = f"unknown sync id {request.sync_id}"
@@ -159,6 +174,17 @@ class OperatorDesk:
             return
         self._book.add(sync)
         self._answer_or_wait(route, request, sync)
+
+    def _abort(self, route: Route, request: ControlRequest) -> None:
+        assert request.sync_id is not None
+        try:
+            rollout = self._rollouts.abort(request.sync_id)
+        except InputError as exc:
+            reply = ControlReply(request.request_id, error=str(exc), invalid=True)
+            self._control.reply(route, reply)
+            return
+        self._control.reply(route, self._rollout_reply(request.request_id, rollout))
+        self.release_waiters(self._monotonic())
 
     def _store_changed(self, route: Route, request: ControlRequest) -> None:
         # The listing that follows starts the automatic sync, if the store did change.
@@ -168,7 +194,7 @@ class OperatorDesk:
     # -- syncs after a refresh round ------------------------------------------------------------
 
     def source_fresh(self, source: str) -> None:
-        if self._refresh.fresh(source) and self._queue:
+        if self._refresh.fresh(source) and (self._queue or self._rollouts.awaiting_refresh):
             self._start_queued()
 
     def refresh_overdue(self, _now: float) -> None:
@@ -180,6 +206,9 @@ class OperatorDesk:
         self._desired.rebuild_pending()  # what the refresh found goes out first
         queue, self._queue = self._queue, []
         for route, request in queue:
+            if request.batch is not None:
+                self._start_rollout(route, request)
+                continue
             sync = self._desired.sync_now(request.target, request.request_id, request.deadline_s)
             if sync is None:
                 error = (
@@ -188,6 +217,21 @@ class OperatorDesk:
                 self._control.reply(route, ControlReply(request.request_id, error=error))
                 continue
             self._answer_or_wait(route, request, sync)
+        self._rollouts.refreshed()
+
+    def _start_rollout(self, route: Route, request: ControlRequest) -> None:
+        if not self._desired.has_state:
+            error = "the master has not read the mappings and the store yet; try again in a moment"
+            self._control.reply(route, ControlReply(request.request_id, error=error))
+            return
+        try:
+            rollout = self._rollouts.start(request)
+        except DaybookError as exc:  # bad input, or the registry refused the pin
+            invalid = isinstance(exc, InputError)
+            reply = ControlReply(request.request_id, error=str(exc), invalid=invalid)
+            self._control.reply(route, reply)
+            return
+        self._answer_rollout_or_wait(route, request, rollout)
 
     def refuse_queued(self) -> None:
         """The master is stopping: the syncs not started yet will not be."""
@@ -207,17 +251,50 @@ class OperatorDesk:
             return
         self._control.reply(route, ControlReply(request.request_id, sync=current))
 
+    def _answer_rollout_or_wait(
+        self, route: Route, request: ControlRequest, rollout: Rollout
+    ) -> None:
+        if request.wait_s > 0 and not rollout.ended:
+            deadline = self._monotonic() + request.wait_s
+            self._rollouts.wait(Waiter(rollout.rollout_id, request.request_id, route, deadline))
+            self._scheduler.no_later_than(WAITERS, deadline)
+            return
+        self._control.reply(route, self._rollout_reply(request.request_id, rollout))
+
+    def _rollout_reply(self, request_id: str, rollout: Rollout) -> ControlReply:
+        return ControlReply(request_id, sync=self._rollouts.summary(rollout), rollout=rollout)
+
+    @property
+    def has_waiters(self) -> bool:
+        """Whether an operator waits on a sync or a rolling sync."""
+        return bool(self._book.waiters or self._rollouts.waiters)
+
     def release_waiters(self, mono: float) -> None:
-        """Answer the operators whose sync has ended or whose wait is over."""
+        """Count the rollouts' batches that closed, then answer the operators whose sync or
+        rollout has ended or whose wait is over."""
+        self._rollouts.advance()
         for waiter in self._book.release(mono):
             self._answer(waiter)
-        self._scheduler.at(WAITERS, self._book.next_deadline())
+        for waiter in self._rollouts.release(mono):
+            self._answer_rollout(waiter)
+        deadlines = [self._book.next_deadline(), self._rollouts.next_deadline()]
+        self._scheduler.at(WAITERS, min((d for d in deadlines if d is not None), default=None))
 
     def answer_all(self) -> None:
         """The master is stopping: every waiting operator gets the sync as it stands."""
         for waiter in self._book.release_all():
             self._answer(waiter)
+        for waiter in self._rollouts.release(self._monotonic(), everyone=True):
+            self._answer_rollout(waiter)
         self._scheduler.cancel(WAITERS)
+
+    def _answer_rollout(self, waiter: Waiter) -> None:
+        rollout = self._rollouts.find(waiter.sync_id)
+        if rollout is None:
+            reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
+        else:
+            reply = self._rollout_reply(waiter.request_id, rollout)
+        self._control.reply(waiter.route, reply)
 
     def _answer(self, waiter: Waiter) -> None:
         sync = self._syncs.find(waiter.sync_id)

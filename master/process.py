@@ -285,7 +285,7 @@ def run_master(
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
         life.release(registry.close)
-        store = open_store(settings.store)
+        store = open_store(settings.store, signs_urls=True)
         life.release(store.close)
         database = ResultsDatabase(settings.data_dir / DATABASE_FILE)
         life.release(database.close)
@@ -321,6 +321,8 @@ def run_master(
             snapshots=snapshots,
             access=Access(keyring),
             signer=_signer(store),
+            # Rollouts that carry a pin store it beside the mappings, as `daybook pin` does.
+            pins=registry,
         )
         master.restore()
         http.start()

@@ -1,4 +1,5 @@
-"""The registry watcher: a thread that follows the mapping table and reports changes.
+"""The registry watcher: a thread that follows the mapping table (and the pins beside it)
+and reports changes.
 
 Consul is followed with blocking queries, under the client rules Consul documents: reset the
 index when it goes backwards or after an error, never block on an index below 1, rate-limit
@@ -12,10 +13,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from daybook.errors import DaybookError, InputError
 from daybook.model.mappings import MappingTable
+from daybook.model.pins import Pin
 from daybook.registry.base import Registry, Snapshot
 from master.changes import Change, Fresh, MappingsChanged
 from master.pacing import Pacer, backoff_s
@@ -57,7 +59,7 @@ class TokenBucket:
 
 
 class RegistryWatcher:
-    """Follows a registry and posts `MappingsChanged` whenever the table differs.
+    """Follows a registry and posts `MappingsChanged` whenever the table or a pin differs.
 
     Blocking (Consul) watchers learn of a change within moments by themselves; polling
     ones can be asked to `refresh()` now, and post `Fresh("registry")` once they have.
@@ -82,6 +84,7 @@ class RegistryWatcher:
         self._pacer = Pacer()
         self._rng = random.Random()
         self.last: MappingTable | None = None
+        self.last_pins: Mapping[str, Pin] | None = None
         self.failures = 0
 
     @property
@@ -113,9 +116,9 @@ class RegistryWatcher:
             # An index going backwards (a restore, reaped tombstones, a restarted server)
             # means start over; Consul's indexes are at least 1 once answered.
             index = 0 if snapshot.index < index else max(snapshot.index, 1)
-            if snapshot.mappings != self.last:
-                self.last = snapshot.mappings
-                self._post(MappingsChanged(snapshot.mappings))
+            if snapshot.mappings != self.last or snapshot.pins != self.last_pins:
+                self.last, self.last_pins = snapshot.mappings, snapshot.pins
+                self._post(MappingsChanged(snapshot.mappings, snapshot.pins))
             if refresh:
                 self._post(Fresh(self.SOURCE))
             self._pacer.pause(bucket.delay_s() if self._blocking else self._interval_s)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
+from daybook.model.pins import Pin
+from daybook.model.rollout import Rollout
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
 from daybook.store.base import AssetInfo
@@ -23,6 +25,8 @@ class Served:
     """
 
     mappings: MappingTable | None = None
+    # By service, read with the mappings (and so None exactly when they are).
+    pins: Mapping[str, Pin] | None = None
     digests: Mapping[str, str] | None = None
     # Per service, each version's archive size in bytes, for the HTTP API and the metrics.
     sizes: Mapping[str, Mapping[str, int]] | None = None
@@ -30,3 +34,5 @@ class Served:
     assets: Mapping[AssetRef, AssetInfo] | None = None
     state: EncodedState | None = None
     sync: Sync | None = None
+    # The rolling syncs the master keeps at hand, oldest first (the rollout driver's).
+    rollouts: tuple[Rollout, ...] = ()

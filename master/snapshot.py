@@ -14,6 +14,8 @@ from functools import cached_property
 from daybook.model.fleet import HostStatus
 from daybook.model.mappings import MappingTable
 from daybook.model.patterns import Candidate, PatternTable
+from daybook.model.pins import Pin
+from daybook.model.rollout import Rollout
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,14 @@ class FleetSnapshot:
     down_after_s: float
     hosts: Mapping[str, HostStatus]
     mappings: MappingTable | None = None
+    # By service: the pins read with the mappings.
+    pins: Mapping[str, Pin] | None = None
     # Per service, each version in the store with its archive size in bytes.
     sizes: Mapping[str, Mapping[str, int]] | None = None
     state_digest: str | None = None
     state_sync_id: str | None = None
+    # The rolling syncs the master keeps at hand, oldest first.
+    rollouts: tuple[Rollout, ...] = ()
 
     def is_up(self, status: HostStatus, now: float) -> bool:
         # `status.up` carries what only the loop knows, such as a key cut off just now.

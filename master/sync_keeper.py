@@ -57,10 +57,17 @@ class SyncKeeper:
             self._book.add(sync)
 
     def start(
-        self, target: str, origin: str, request_id: str | None, deadline_s: float = 0.0
+        self,
+        target: str,
+        origin: str,
+        request_id: str | None,
+        deadline_s: float = 0.0,
+        hosts: tuple[str, ...] | None = None,
     ) -> Sync:
+        """A sync of the live hosts `target` matches; with `hosts`, addressed to those
+        only, and expecting each of them (one that is down counts as silent)."""
         now = self._clock()
-        expected = self._fleet.expected_for(target, now)
+        expected = self._fleet.expected_for(target, now) if hosts is None else hosts
         sync = Sync(
             sync_id=uuid.uuid4().hex,
             target=target,
@@ -71,6 +78,7 @@ class SyncKeeper:
             deadline=now + (deadline_s or self._tuning.sync_deadline_s),
             # No live host matches: nobody to wait for, so it is over as it starts.
             closed_at=None if expected else now,
+            hosts=hosts,
         )
         self._db.add_sync(sync)
         self._book.add(sync)

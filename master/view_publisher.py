@@ -67,7 +67,9 @@ class ViewPublisher:
             down_after_s=self._fleet.down_after_s,
             hosts=self._fleet.status(self._epoch, now).hosts,
             mappings=served.mappings,
+            pins=served.pins,
             sizes=served.sizes,
             state_digest=served.state.digest if served.state else None,
             state_sync_id=served.sync.sync_id if served.sync else None,
+            rollouts=served.rollouts,
         )

@@ -27,16 +27,17 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from daybook import wire
 from daybook.errors import DaybookError, WireError
-from daybook.install.installer import Installer
+from daybook.install.installer import Installer, Selections
 from daybook.logs import configure_logging
 from daybook.model.names import is_valid_service
+from daybook.model.releases import Selection
 from daybook.model.results import ServiceResults
 from daybook.model.rules import checked, record
 from daybook.stopping import StopFlag, stop_on_signals
@@ -66,6 +67,9 @@ class InstallJob:
     max_parallel: int
     lock_timeout_s: float
     log_level: int
+    # Which versions of each service to fetch, where the release lifecycle chooses; the
+    # lifecycle's own step (link, hook, retention) runs in the minion after the child.
+    selections: Mapping[str, Selection] = checked(key=is_valid_service, default_factory=dict)
 
 
 @record
@@ -107,7 +111,7 @@ class ChildInstaller:
         self._killed = False
         self.children_started = 0
 
-    def sync(self, services: Sequence[str]) -> ServiceResults:
+    def sync(self, services: Sequence[str], selections: Selections | None = None) -> ServiceResults:
         # Loaded with the first download, like the rest of the install path.
         import subprocess
 
@@ -120,6 +124,7 @@ class ChildInstaller:
             max_parallel=self._max_parallel,
             lock_timeout_s=self._lock_timeout_s,
             log_level=logging.getLogger().getEffectiveLevel(),
+            selections=dict(selections or {}),
         )
         with self._lock:
             if self._killed:
@@ -213,7 +218,7 @@ def install(job: InstallJob, stop: StopFlag) -> InstallAnswer:
         pause=lambda seconds: not stop.wait(seconds),
     )
     try:
-        results = installer.sync(job.services)
+        results = installer.sync(job.services, job.selections)
     except DaybookError as exc:  # the install lock, ...
         return InstallAnswer(error=str(exc))
     except Exception as exc:  # a bug: the minion reports it as the sync's error

@@ -103,7 +103,7 @@ class Minion:
                 event.seq - self._seq - 1,
             )
         self._epoch, self._seq = event.epoch, event.seq
-        if not self._targets_me(event.target):
+        if not (self._targets_me(event.target) and event.addresses(self.host)):
             return
         report = event.sync_id not in self._claimed
         if report:

@@ -10,12 +10,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
 from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
-from daybook.install.installer import Installer
+from daybook.install.installer import Installer, Selections
 from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.model.messages import MAX_FRAME_BYTES
@@ -42,6 +43,9 @@ from minion.minion import LoopTask, Minion
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 from minion.sync import ServiceApplier, Syncer, start_daemon_thread
+
+if TYPE_CHECKING:
+    from daybook.install.releases import ReleaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,22 @@ def _connect_sockets(
     return EventSubscriber(subscriber_socket), Reporter(push_socket, link_events)
 
 
+def release_keeper(settings: Settings, spec: MinionSpec) -> ReleaseKeeper | None:
+    """The release lifecycle (retention, `current`, hooks) when it is on for any service;
+    None leaves installs exactly as they were without it, and loads nothing for it."""
+    if not settings.release_lifecycle_on:
+        return None
+    from daybook.install.hooks import HookRunner
+    from daybook.install.releases import ReleaseKeeper
+
+    return ReleaseKeeper(
+        spec.install_dir,
+        settings.release_policy,
+        HookRunner(settings.hooks_path, timeout_s=settings.hook_timeout_s),
+        revert_on_hook_failure=settings.revert_on_hook_failure,
+    )
+
+
 def connect_minion(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
@@ -121,7 +141,7 @@ def connect_minion(
     spawn: Callable[[LoopTask], None] = start_daemon_thread,
     persist: Callable[[LoopTask], None] = lambda save: save(),
     credentials: ClientCredentials | None = None,
-    install: Callable[[Sequence[str]], ServiceResults] | None = None,
+    install: Callable[[Sequence[str], Selections], ServiceResults] | None = None,
 ) -> Minion:
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
@@ -141,7 +161,8 @@ def connect_minion(
         # A download retry waits no longer than the minion keeps running.
         pause=lambda seconds: not stop.wait(seconds),
     )
-    syncer = Syncer(spec.host, ServiceApplier(installer, memory, splay, install), cache, memory)
+    applier = ServiceApplier(installer, memory, splay, install, release_keeper(settings, spec))
+    syncer = Syncer(spec.host, applier, cache, memory)
     return Minion(
         host=spec.host,
         subscriber=subscriber,

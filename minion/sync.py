@@ -8,23 +8,30 @@ and coalesces events that arrive meanwhile into one run of the newest state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from daybook.errors import DaybookError
-from daybook.install.installer import Installer, sorted_versions
+from daybook.install.installer import Installer, Selections
 from daybook.model.ids import versions_digest
 from daybook.model.messages import SyncEvent
+from daybook.model.names import sorted_versions
 from daybook.model.patterns import Resolution
+from daybook.model.releases import pinned_versions
 from daybook.model.results import Report, ServiceResult, ServiceResults
 from daybook.model.rules import clip_text
 from daybook.model.state import DesiredState
 from minion.desired import DesiredStateCache
 from minion.memory import AppliedService, MinionMemory
+
+if TYPE_CHECKING:
+    from daybook.install.releases import ReleaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +49,22 @@ def plan(
     desired: DesiredState,
     applied: Callable[[str], AppliedService | None],
     installed: Mapping[str, Sequence[str]],
+    pinned: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """A service is unchanged when its digest matches what this host last installed in full
-    and every one of those versions is still on disk (someone may have removed one)."""
+    and every one of those versions is still on disk (someone may have removed one), and
+    its pinned version, if any, is installed (a pin may name one retention removed)."""
     unchanged: dict[str, tuple[str, ...]] = {}
     changed: list[str] = []
     for service in services:
         entry = applied(service)
+        pin = (pinned or {}).get(service)
+        on_disk = set(installed.get(service, ()))
         if (
             entry is not None
             and entry.digest == desired.digest_for(service)
-            and set(entry.versions) <= set(installed.get(service, ()))
+            and set(entry.versions) <= on_disk
+            and (pin is None or pin in on_disk)
         ):
             unchanged[service] = entry.versions
         else:
@@ -75,10 +87,14 @@ class Outcome:
     pulled: bool
     applied: Mapping[str, AppliedService | None] = field(default_factory=dict)
 
+    # Services where the release lifecycle changed something (a link, a removal, a hook).
+    settled: frozenset[str] = frozenset()
+
     @property
     def eventful(self) -> bool:
-        """Anything installed or failed: worth a report even for an already-reported sync."""
-        return any(r.installed or not r.ok for r in self.services.values())
+        """Anything installed, failed or changed by the release lifecycle: worth a report
+        even for an already-reported sync."""
+        return bool(self.settled) or any(r.installed or not r.ok for r in self.services.values())
 
 
 class ServiceApplier:
@@ -89,7 +105,8 @@ class ServiceApplier:
         installer: Installer,
         memory: MinionMemory,
         splay: Callable[[float | None], bool],
-        install: Callable[[Sequence[str]], ServiceResults] | None = None,
+        install: Callable[[Sequence[str], Selections], ServiceResults] | None = None,
+        keeper: ReleaseKeeper | None = None,
     ) -> None:
         self._installer = installer
         self._memory = memory
@@ -99,13 +116,21 @@ class ServiceApplier:
         # Installs the changed services: the installer itself, or a child process running
         # it (a minion process: see minion.install_child). It may raise Cancelled.
         self._install = install or installer.sync
+        # The release lifecycle (retention, the `current` link, hooks), where it is on.
+        self._keeper = keeper
 
     def apply(
-        self, desired: DesiredState, resolution: Resolution, spread_s: float | None = None
+        self,
+        desired: DesiredState,
+        resolution: Resolution,
+        spread_s: float | None = None,
+        host: str = "",
     ) -> Outcome:
         services = resolution.services
+        # Pins matter only to the release lifecycle: without it, every version is installed.
+        pinned = pinned_versions(desired.pins, services, host) if self._keeper else {}
         installed = {s: tuple(v) for s, v in self._installer.installed(services).items()}
-        steps = plan(services, desired, self._memory.applied, installed)
+        steps = plan(services, desired, self._memory.applied, installed, pinned)
         results: dict[str, ServiceResult] = {
             service: ServiceResult(present=versions)
             for service, versions in steps.unchanged.items()
@@ -115,7 +140,8 @@ class ServiceApplier:
             # Spread the fleet's downloads; a no-op sync answers at once instead.
             if not self._splay(spread_s):
                 raise Cancelled
-            outcome = self._install(steps.changed)
+            selections = self._keeper.selections(steps.changed, pinned) if self._keeper else {}
+            outcome = self._install(steps.changed, selections)
             for service in steps.changed:
                 result = _clipped(outcome[service])
                 results[service] = result
@@ -125,12 +151,23 @@ class ServiceApplier:
                 else:
                     applied[service] = None
                 installed[service] = tuple(self._installer.installed_versions(service))
+        settled: frozenset[str] = frozenset()
+        if self._keeper is not None and self._keeper.enabled(services):
+            # Every mapped service, changed or not: a pin may have moved, or a version that
+            # was in use may be free to go. Local and cheap; reported only when it did work.
+            done = self._keeper.settle_all(self._installer, results, pinned)
+            results, settled = {s: _clipped(r) for s, r in done.results.items()}, done.changed
+            for service in settled:
+                installed[service] = tuple(self._installer.installed_versions(service))
+                if not results[service].ok:
+                    applied[service] = None
         return Outcome(
             pattern=resolution.pattern,
             services={service: results[service] for service in services},
             installed={service: installed[service] for service in services},
             pulled=bool(steps.changed),
             applied=applied,
+            settled=settled,
         )
 
 
@@ -138,9 +175,8 @@ def _clipped(result: ServiceResult) -> ServiceResult:
     """Failure reasons cut to what the wire carries."""
     if not result.failed and result.error is None:
         return result
-    return ServiceResult(
-        installed=result.installed,
-        present=result.present,
+    return dataclasses.replace(
+        result,
         failed={version: clip_text(reason) for version, reason in result.failed.items()},
         error=None if result.error is None else clip_text(result.error),
     )
@@ -192,7 +228,9 @@ class Syncer:
         error: str | None = None
         try:
             _desired, table = self._cache.get(event.encoded_state)
-            outcome = self._applier.apply(_desired, table.resolve(self._host), event.spread_s)
+            outcome = self._applier.apply(
+                _desired, table.resolve(self._host), event.spread_s, self._host
+            )
         except DaybookError as exc:  # a malformed state, the install lock, ...
             error = clip_text(str(exc))
             log.warning("sync %s failed: %s", event.sync_id, error)

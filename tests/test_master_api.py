@@ -13,6 +13,7 @@ from messages import report
 from daybook.errors import FleetError
 from daybook.model.fleet import HostStatus
 from daybook.model.results import Report, ServiceResult
+from daybook.model.rollout import BatchSize, start_rollout
 from daybook.model.sync import Sync
 from master import api
 from master.database import ResultsDatabase, ResultsReader
@@ -246,3 +247,40 @@ def test_an_unreadable_history_is_a_503_and_the_rest_still_answers(
     assert response.status == 503
     assert b"cannot read the results database" in response.body
     assert app.handle("/api/v1/services", {}).status == 200
+
+
+def test_a_rolling_sync_is_shown_with_its_batches_answers(tmp_path: Path) -> None:
+    db = ResultsDatabase(tmp_path / "master.db")
+    add_sync(db, "b1", 2.0, "a", "b")
+    db.add_report(report("a", "b1", finished_at=3.0), received_at=3.0)
+    db.add_report(report("b", "b1", finished_at=3.0, ok=False), received_at=3.0)
+    db.commit()
+    rollout = start_rollout(
+        rollout_id="r1",
+        target="*",
+        hosts=("a", "b", "c"),
+        size=BatchSize(count=2),
+        max_failures=0,
+        batch_wait_s=0.0,
+        batch_timeout_s=5.0,
+        now=1.0,
+    ).with_batch_started("b1")
+    reader = ResultsReader(db.path)
+    document = api.sync_document(reader, "r1", (rollout,))
+    assert document is not None
+    assert document["state"] == "running"
+    assert document["batches"] == [["a", "b"], ["c"]]
+    assert set(document["results"]) == {"a", "b"}
+    assert document["rolling"]["running_batch"] == 1
+    halted = rollout.with_batch_result(reader.load_sync("b1").results, now=4.0)  # type: ignore[union-attr]
+    document = api.sync_document(reader, "r1", (halted,))
+    assert document is not None
+    assert (document["state"], document["halted"]) == ("halted", True)
+    assert document["failed"] == {"b": "failed"}
+    assert document["not_reached"] == ["c"]
+    assert document["why"].startswith("1 host(s) failed")
+    # A plain sync id is read from the history as before.
+    plain = api.sync_document(reader, "b1", (halted,))
+    assert plain is not None
+    assert "batches" not in plain
+    db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,15 @@ def test_a_republished_event_is_applied_again_but_reported_once(harness: Harness
 def test_events_for_other_hosts_are_ignored(harness: Harness) -> None:
     harness.deliver(event(1, target="db-*"), event(2, "s2", target="WEB-*"))
     assert [job.event.sync_id for job in harness.syncer.jobs] == ["s2"]
+
+
+def test_an_event_addressed_to_other_hosts_is_ignored(harness: Harness) -> None:
+    """A batch of a rolling sync: only the hosts it names act, whatever the target says."""
+    batch = replace(event(1, "s1"), hosts=("web-2", "web-3"))
+    mine = replace(event(2, "s2"), hosts=("web-2", "WEB-1"))
+    harness.deliver(batch, mine, event(3, "s3"))
+    assert [job.event.sync_id for job in harness.syncer.jobs] == ["s2", "s3"]
+    assert harness.reported() == ["s2", "s3"]
 
 
 def test_gaps_are_counted_and_old_events_dropped(harness: Harness) -> None:

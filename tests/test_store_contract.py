@@ -34,6 +34,7 @@ from daybook.model.names import AssetRef
 from daybook.store.base import AssetInfo, Store, open_store
 from daybook.store.local import LocalStore
 from daybook.store.s3 import S3Store, S3Tuning, _parse_timestamp
+from daybook.store.s3_reads import S3ReadsStore, reads_config_from_environment
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -47,7 +48,16 @@ TEST_TUNING = S3Tuning(
     list_page_size=2,
     max_attempts=2,
 )
-STORE_KINDS = ["local", "s3", "s3-prefixed", "seaweed"]
+# `-reads`: the same store with its reads through obstore (S3ReadsStore).
+STORE_KINDS = [
+    "local",
+    "s3",
+    "s3-prefixed",
+    "s3-reads",
+    "s3-reads-prefixed",
+    "seaweed",
+    "seaweed-reads",
+]
 # Backends whose conditional write is atomic: S3 itself and SeaweedFS make If-None-Match
 # one step, LocalStore uses link(). moto checks and then writes, so a race there would test
 # moto rather than the store; the deterministic faked-HEAD tests cover moto instead.
@@ -89,7 +99,12 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreCase]:
         key = f"{prefix}/{name}" if prefix else name
         client.put_object(Bucket=bucket, Key=key, Body=data)
 
-    store = S3Store(bucket, prefix, tuning=TEST_TUNING)
+    if "-reads" in request.param:
+        config = reads_config_from_environment()
+        assert config is not None, "the test environment should settle the AWS chain"
+        store = S3ReadsStore(bucket, prefix, config=config, tuning=TEST_TUNING)
+    else:
+        store = S3Store(bucket, prefix, tuning=TEST_TUNING)
     yield StoreCase(store, plant_object)
     store.close()
 
@@ -275,6 +290,29 @@ def test_concurrent_pushes_of_one_version_have_one_winner(case: StoreCase, tmp_p
     assert info is not None
     assert info.sha256 == winners[0]
     assert hashlib.sha256(read_all(case.store, ref)).hexdigest() == winners[0]
+
+
+def test_delete_removes_one_version_and_its_checksum(case: StoreCase, tmp_path: Path) -> None:
+    old, kept = AssetRef("web", "1"), AssetRef("web", "2")
+    push(case.store, tmp_path, old, b"one")
+    push(case.store, tmp_path, kept, b"two")
+    case.store.delete(old)
+    assert listed(case.store) == [("web", "2")]
+    assert case.store.stat(old) is None
+    with pytest.raises(AssetNotFoundError):
+        case.store.open(old)
+    assert read_all(case.store, kept) == b"two"
+    # Pushed again, it is a new asset: no checksum of the deleted one lingers.
+    info = push(case.store, tmp_path, old, b"one again")
+    assert info.sha256 == hashlib.sha256(b"one again").hexdigest()
+    assert read_all(case.store, old) == b"one again"
+
+
+def test_deleting_a_missing_version_is_no_error(case: StoreCase, tmp_path: Path) -> None:
+    case.store.delete(AssetRef("web", "1"))  # an empty store
+    push(case.store, tmp_path, AssetRef("web", "2"), b"two")
+    case.store.delete(AssetRef("web", "1"))
+    assert listed(case.store) == [("web", "2")]
 
 
 def test_progress_adds_up_to_the_file_size(case: StoreCase, tmp_path: Path) -> None:

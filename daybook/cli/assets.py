@@ -9,20 +9,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daybook.cli.backends import open_configured_registry, open_configured_store
-from daybook.cli.output import emit_json
+from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import check_host, resolve_host
+from daybook.model.releases import pinned_versions
 from daybook.model.results import all_ok
 from daybook.views import service_results_json
 
 if TYPE_CHECKING:
+    from daybook.install.releases import ReleaseKeeper
     from daybook.store.base import AssetStream, Store
 
 # How long `push` waits for a master to hear of it: a push with no master near must not
 # hang, and the master's store poll is the safety net.
 NOTIFY_TIMEOUT_S = 1.0
+# A failed hook's last lines that `pull` prints (all of its output tail is in --json).
+HOOK_LINES_SHOWN = 5
 
 
 def register(
@@ -39,9 +43,26 @@ def register(
     push.add_argument("--json", action="store_true")
     push.set_defaults(handler=cmd_push)
 
-    assets = subparsers.add_parser("assets", parents=parents, help="list what the store holds")
-    assets.add_argument("service", nargs="?")
+    assets = subparsers.add_parser(
+        "assets",
+        parents=parents,
+        help="list what the store holds; `assets prune` deletes its oldest versions",
+        usage="%(prog)s [SERVICE] [--json]\n       %(prog)s prune [SERVICE] --keep N "
+        "[--dry-run] [--ignore-hosts] [--json]",
+    )
+    # Words, not sub-commands: `assets SERVICE` must keep working for every service name.
+    assets.add_argument("words", nargs="*", metavar="SERVICE", help="list only this service")
     assets.add_argument("--json", action="store_true")
+    prune = assets.add_argument_group("assets prune")
+    prune.add_argument(
+        "--keep", type=int, metavar="N", help="keep the newest N versions of each service (N >= 1)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="delete nothing; say what would go")
+    prune.add_argument(
+        "--ignore-hosts",
+        action="store_true",
+        help="prune without asking the master which versions hosts run (pins still protect)",
+    )
     assets.set_defaults(handler=cmd_assets)
 
     pull = subparsers.add_parser(
@@ -99,20 +120,20 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         emit_json(rows)
     if any(row["status"] == "uploaded" for row in rows):
-        _tell_master(settings)
+        tell_master(settings)
     return 1 if any(row["status"] == "failed" for row in rows) else 0
 
 
-def _tell_master(settings: Settings) -> None:
-    """Have a master list the store now, so the fleet installs what was pushed at once;
-    without an answer the master's store poll finds it a little later."""
+def tell_master(settings: Settings, what: str = "push") -> None:
+    """Have a master list the store now, so the fleet acts on the change at once; without
+    an answer the master's store poll finds it a little later."""
     from daybook.net.client import operator_client
 
     try:
         with operator_client(settings, timeout_s=NOTIFY_TIMEOUT_S) as client:
             client.store_changed()
     except (DaybookError, OSError) as exc:
-        print(f"daybook: note: the master was not told of the push ({exc})", file=sys.stderr)
+        print(f"daybook: note: the master was not told of the {what} ({exc})", file=sys.stderr)
 
 
 def _checked_uploads(
@@ -186,7 +207,16 @@ def _upload(store: Store, path: Path, ref: AssetRef, sha256: str, *, overwrite: 
 
 
 def cmd_assets(args: argparse.Namespace, settings: Settings) -> int:
-    service = check_service(args.service) if args.service else None
+    words: list[str] = args.words
+    if words and words[0] == "prune":
+        from daybook.cli.prune import cmd_prune
+
+        return cmd_prune(args, settings, words[1:])
+    if args.keep is not None or args.dry_run or args.ignore_hosts:
+        raise InputError("--keep, --dry-run and --ignore-hosts go with `daybook assets prune`")
+    if len(words) > 1:
+        raise InputError(f"`daybook assets` lists one service, not {len(words)}")
+    service = check_service(words[0]) if words else None
     store = open_configured_store(settings)
     try:
         assets = store.list_assets(service)
@@ -242,6 +272,9 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         registry.close()
     resolution = resolve_host(host, snapshot.mappings)
+    pinned = pinned_versions(snapshot.pins, resolution.services, host)
+    keeper = release_keeper(settings)
+    selections = keeper.selections(resolution.services, pinned)
     store = open_configured_store(settings)
     try:
         installer = Installer(
@@ -252,7 +285,9 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
             if show_progress()
             else None,
         )
-        outcome = installer.sync(resolution.services, dry_run=args.dry_run)
+        outcome = installer.sync(resolution.services, selections, dry_run=args.dry_run)
+        if not args.dry_run:
+            outcome = keeper.settle_all(installer, outcome, pinned).results
     finally:
         store.close()
     document = {
@@ -268,6 +303,19 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_pull(document, settings.install_dir)
     return 0 if all_ok(outcome) else 1
+
+
+def release_keeper(settings: Settings) -> ReleaseKeeper:
+    """The release lifecycle as this host's settings configure it (a no-op when off)."""
+    from daybook.install.hooks import HookRunner
+    from daybook.install.releases import ReleaseKeeper
+
+    return ReleaseKeeper(
+        settings.install_dir,
+        settings.release_policy,
+        HookRunner(settings.hooks_path, timeout_s=settings.hook_timeout_s),
+        revert_on_hook_failure=settings.revert_on_hook_failure,
+    )
 
 
 def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
@@ -290,3 +338,11 @@ def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
             print(f"  {name}: FAILED {version}: {reason}")
         if "error" in result:
             print(f"  {name}: FAILED: {result['error']}")
+        lifecycle = describe_lifecycle(result)
+        if lifecycle:
+            print(f"  {name}: {lifecycle}")
+        hook = result.get("hook")
+        if hook is not None and not hook["ok"]:
+            # The end of what the failed hook said, where an operator looks first.
+            for line in hook["output"].splitlines()[-HOOK_LINES_SHOWN:]:
+                print(f"    | {line}")

@@ -12,12 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from daybook.cli.output import emit_json
+from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError
 from daybook.model.patterns import check_pattern
 
 if TYPE_CHECKING:
+    from daybook.model.pins import Pin
     from daybook.net.client import ControlClient
 
 DEFAULT_SYNC_TIMEOUT_S = 30.0
@@ -53,17 +54,51 @@ def _register_sync(
         "ok. Without --wait, exit 0 once the master has started the sync. When the control "
         "port is 0, the master's endpoint is read from <data dir>/master.json.",
     )
-    sync.add_argument("--target", metavar="GLOB", help="only hosts matching this pattern")
-    sync.add_argument("--wait", action="store_true", help="wait for every expected result")
+    add_rolling_options(sync, what="the master syncs the hosts")
     sync.add_argument(
+        "--abort",
+        metavar="SYNC_ID",
+        help="stop the rolling sync SYNC_ID: no further batch starts",
+    )
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(handler=cmd_sync)
+
+
+def add_rolling_options(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """--target, --wait, --timeout and the rolling-sync options, for `sync` and the pin
+    commands that may roll a pin out batch by batch."""
+    parser.add_argument("--target", metavar="GLOB", help="only hosts matching this pattern")
+    parser.add_argument("--wait", action="store_true", help="wait for every expected result")
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_SYNC_TIMEOUT_S,
         metavar="SECONDS",
         help=f"how long --wait waits (default {DEFAULT_SYNC_TIMEOUT_S:g})",
     )
-    sync.add_argument("--json", action="store_true")
-    sync.set_defaults(handler=cmd_sync)
+    rolling = parser.add_argument_group(
+        "rolling syncs",
+        f"With --batch {what} batch by batch (in name order), counting a "
+        "host that fails or does not answer within --timeout as a failure; once more than "
+        "--max-failures hosts have failed it starts no further batch. --timeout is each "
+        "batch's. With --wait, exit 1 when the rollout halts, naming the hosts synced, failed "
+        "and never reached. The master drives the batches: closing the terminal stops nothing.",
+    )
+    rolling.add_argument(
+        "--batch", metavar="N|N%", help="hosts per batch: a count, or a share of the hosts"
+    )
+    rolling.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="K",
+        help="failed hosts allowed, over every batch, before the rollout halts (default 0)",
+    )
+    rolling.add_argument(
+        "--batch-wait",
+        type=float,
+        metavar="SECONDS",
+        help="pause between one batch closing and the next starting (default 0)",
+    )
 
 
 def _register_keys(
@@ -110,10 +145,12 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from daybook.net.client import operator_client
     from daybook.views import sync_json
 
-    target = check_pattern(args.target) if args.target else None
-    timeout_s: float = args.timeout
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    if args.abort is not None:
+        return _abort_sync(args, settings)
+    target, timeout_s = _checked_target_and_timeout(args)
+    if args.batch is not None:
+        return rolling_sync(args, settings, target, timeout_s)
+    refuse_rolling_options(args)
     started = time.monotonic()
     with operator_client(settings) as client:
         summary = client.run_sync(target, wait=args.wait, timeout_s=timeout_s)
@@ -125,6 +162,102 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return 0
     return 0 if document["ok"] else 1
+
+
+def _checked_target_and_timeout(args: argparse.Namespace) -> tuple[str | None, float]:
+    target = check_pattern(args.target) if args.target else None
+    timeout_s: float = args.timeout
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    return target, timeout_s
+
+
+def refuse_rolling_options(args: argparse.Namespace) -> None:
+    """Without --batch, the options of a rolling sync mean nothing: say so (exit 2)."""
+    for flag, value in (("--max-failures", args.max_failures), ("--batch-wait", args.batch_wait)):
+        if value is not None:
+            raise InputError(f"{flag} goes with --batch: it is about rolling syncs")
+
+
+def rolling_sync(
+    args: argparse.Namespace,
+    settings: Settings,
+    target: str | None = None,
+    timeout_s: float | None = None,
+    *,
+    pin: Pin | None = None,
+) -> int:
+    """Start a rolling sync (carrying `pin`, if given) from the parsed rolling options, and
+    with --wait follow it to its end; exit 1 when it halted or a host failed."""
+    if timeout_s is None:
+        target, timeout_s = _checked_target_and_timeout(args)
+    from daybook.model.messages import MAX_WAIT_S
+    from daybook.model.rollout import COMPLETE, parse_batch_size
+    from daybook.net.client import operator_client
+    from daybook.views import rollout_json
+
+    batch = str(parse_batch_size(args.batch))
+    max_failures: int = 0 if args.max_failures is None else args.max_failures
+    if max_failures < 0:
+        raise InputError(f"--max-failures must be 0 or more, not {max_failures}")
+    batch_wait_s: float = 0.0 if args.batch_wait is None else args.batch_wait
+    if not (math.isfinite(batch_wait_s) and 0 <= batch_wait_s <= MAX_WAIT_S):
+        raise InputError(f"--batch-wait must be 0 to {MAX_WAIT_S:g} seconds, not {batch_wait_s:g}")
+    started = time.monotonic()
+    with operator_client(settings) as client:
+        summary, rollout = client.run_rollout(
+            target,
+            batch=batch,
+            max_failures=max_failures,
+            batch_wait_s=batch_wait_s,
+            wait=args.wait,
+            timeout_s=timeout_s,
+            pin=pin,
+        )
+    document = rollout_json(summary, rollout)
+    if pin is not None:
+        # The pin commands' own fields (`daybook pin --json`), beside the rollout's.
+        document.update(service=pin.service, pinned=pin.version)
+    if args.json:
+        emit_json(document)
+    else:
+        _print_rollout(document, waited=args.wait, elapsed_s=time.monotonic() - started)
+    if not args.wait:
+        return 0
+    return 0 if rollout.state == COMPLETE and summary.ok else 1
+
+
+def _abort_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from daybook.model.ids import is_valid_id
+    from daybook.net.client import operator_client
+    from daybook.views import rollout_json
+
+    others = {
+        "--batch": args.batch,
+        "--max-failures": args.max_failures,
+        "--batch-wait": args.batch_wait,
+        "--target": args.target,
+        "--wait": args.wait or None,
+    }
+    given = [flag for flag, value in others.items() if value is not None]
+    if given:
+        raise InputError(f"--abort takes no other sync option ({', '.join(given)})")
+    sync_id: str = args.abort
+    if not is_valid_id(sync_id):
+        raise InputError(f"{sync_id!r} is not a sync id")
+    with operator_client(settings) as client:
+        summary, rollout = client.abort_rollout(sync_id)
+    document = rollout_json(summary, rollout)
+    if args.json:
+        emit_json(document)
+        return 0
+    print(
+        f"aborted rolling sync {rollout.rollout_id}: {rollout.closed} of "
+        f"{len(rollout.batches)} batch(es) done; no further batch starts"
+    )
+    if rollout.not_reached:
+        print(f"never reached: {', '.join(rollout.not_reached)}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -250,6 +383,32 @@ def _print_sync(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> 
     _print_table(("HOST", "RESULT", "SERVICES"), rows)
 
 
+def _print_rollout(document: dict[str, Any], *, waited: bool, elapsed_s: float) -> None:
+    batches: list[list[str]] = document["batches"]
+    head = f"rolling sync {document['sync_id']} to {document['target']}"
+    if not batches:
+        print(f"{head}: no live minion matches; nothing to roll out")
+        return
+    sizes = ", ".join(str(len(batch)) for batch in batches)
+    if not waited:
+        print(f"{head} started: {len(batches)} batch(es) of {sizes} host(s)")
+        return
+    state: str = document["state"]
+    print(f"{head} {state.upper()} ({elapsed_s:.2f} s): {len(batches)} batch(es) of {sizes}")
+    if document["why"]:
+        print(f"why: {document['why']}")
+    failed: dict[str, str] = document["failed"]
+    print(f"synced: {', '.join(document['synced']) or '-'}")
+    print(f"failed: {', '.join(f'{host} ({why})' for host, why in failed.items()) or '-'}")
+    print(f"never reached: {', '.join(document['not_reached']) or '-'}")
+    results: dict[str, Any] = document["results"]
+    rows = [
+        (host, _result_word(result), _describe_services(result)) for host, result in results.items()
+    ]
+    if rows:
+        _print_table(("HOST", "RESULT", "SERVICES"), rows)
+
+
 def _result_word(result: dict[str, Any]) -> str:
     word = "ok" if result["ok"] else "FAILED"
     return f"{word} (late)" if result.get("late") else word
@@ -280,6 +439,9 @@ def _describe_services(result: dict[str, Any]) -> str:
             bits.append(f"FAILED {version}: {reason}")
         if service.get("error"):
             bits.append(f"FAILED: {service['error']}")
+        lifecycle = describe_lifecycle(service)
+        if lifecycle:
+            bits.append(lifecycle)
         parts.append(f"{name}: {'; '.join(bits) or 'no versions'}")
     return " | ".join(parts) or "no services"
 
@@ -310,6 +472,7 @@ def _print_status(document: dict[str, Any]) -> None:
             )
         )
     _print_table(("HOST", "STATE", "SEEN", "LAST SYNC", "INSTALLED"), rows)
+    _print_rollouts(document.get("rollouts", []))
     syncs: list[dict[str, Any]] = document.get("syncs", [])
     if syncs:
         print()
@@ -320,6 +483,29 @@ def _print_status(document: dict[str, Any]) -> None:
                 for sync in syncs[:RECENT_SYNCS_SHOWN]
             ],
         )
+
+
+def _print_rollouts(rollouts: list[dict[str, Any]]) -> None:
+    """The running and halted rolling syncs: their progress, and why one halted."""
+    shown = [r for r in rollouts if r["state"] in ("running", "halted")]
+    if not shown:
+        return
+    print()
+    rows = []
+    for rollout in shown[:RECENT_SYNCS_SHOWN]:
+        progress = f"{rollout['batches_done']}/{rollout['batches']} batches"
+        if rollout["running_batch"] is not None:
+            progress += f", batch {rollout['running_batch']} running"
+        failed = ", ".join(f"{host} ({why})" for host, why in rollout["failed"].items())
+        rows.append(
+            (
+                rollout["sync_id"][:8],
+                rollout["state"].upper(),
+                progress,
+                rollout["why"] or (f"failed: {failed}" if failed else "-"),
+            )
+        )
+    _print_table(("ROLLING SYNC", "STATE", "PROGRESS", "WHY"), rows)
 
 
 def _describe_state(sync: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The `daybook` command: the parser assembled from each command group, logging, and errors
 turned into one line and an exit code.
 
-Each group (`assets`, `mappings` with `plan`, `daemons`, `fleet`) registers its own
+Each group (`assets`, `mappings` with `plan`, `pins`, `daemons`, `fleet`) registers its own
 subcommands and handlers; this module only runs the one the arguments chose.
 """
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from daybook import __version__
-from daybook.cli import assets, daemons, fleet, mappings
+from daybook.cli import assets, daemons, fleet, mappings, pins
 from daybook.config import Settings, load_settings
 from daybook.errors import DaybookError
 from daybook.logs import configure_logging, verbosity_level
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each group adds its own commands, in the order `daybook --help` lists them.
     assets.register(sub, [common])
     mappings.register(sub, [common])
+    pins.register(sub, [common])
     daemons.register(sub, [common])
     fleet.register(sub, [common])
     return parser

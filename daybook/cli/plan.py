@@ -22,6 +22,7 @@ from daybook.config import Settings
 from daybook.errors import DaybookError, FleetError, InputError
 from daybook.model.mappings import MappingTable, unique_services
 from daybook.model.patterns import check_host, check_pattern
+from daybook.model.pins import Pin
 from daybook.model.plan import HostChange, MappingPlan, plan_mappings, with_pattern
 
 # A plan should not hang on a master that is down: it falls back to the given hosts.
@@ -273,21 +274,32 @@ def run_plan(
     given = given_hosts(args.hosts, args.hosts_file)
     registry = open_configured_registry(settings)
     try:
-        current = registry.read().mappings
+        snapshot = registry.read()
     finally:
         registry.close()
+    current = snapshot.mappings
     proposal = propose(current)
     known = find_known_hosts(settings, given)
     plan = plan_mappings(current, proposal.mappings, known.hosts)
-    document = plan_json(proposal, known, plan)
+    pins = _pins_of(snapshot.pins, current, proposal.mappings)
+    document = plan_json(proposal, known, plan, pins)
     if args.json:
         emit_json(document)
     else:
-        print_plan(proposal, known, plan)
+        print_plan(proposal, known, plan, pins)
     return 0
 
 
-def plan_json(proposal: Proposal, known: KnownHosts, plan: MappingPlan) -> dict[str, Any]:
+def _pins_of(pins: Mapping[str, Pin], *tables: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """The pinned version of every service the current or the proposed table maps: a host
+    gaining a pinned service runs that version, not its newest."""
+    mapped = {service for table in tables for services in table.values() for service in services}
+    return {service: pins[service].version for service in sorted(mapped) if service in pins}
+
+
+def plan_json(
+    proposal: Proposal, known: KnownHosts, plan: MappingPlan, pins: Mapping[str, str]
+) -> dict[str, Any]:
     return {
         "dry_run": True,
         "change": proposal.change,
@@ -308,6 +320,7 @@ def plan_json(proposal: Proposal, known: KnownHosts, plan: MappingPlan) -> dict[
         "unchanged": plan.unchanged,
         "gained": _by_service(plan, gained=True),
         "lost": _by_service(plan, gained=False),
+        "pins": dict(pins),
     }
 
 
@@ -319,7 +332,9 @@ def _by_service(plan: MappingPlan, *, gained: bool) -> dict[str, list[str]]:
     return dict(sorted(services.items()))
 
 
-def print_plan(proposal: Proposal, known: KnownHosts, plan: MappingPlan) -> None:
+def print_plan(
+    proposal: Proposal, known: KnownHosts, plan: MappingPlan, pins: Mapping[str, str]
+) -> None:
     print(f"plan: {proposal.headline}")
     print(known.describe())
     if not plan.changes:
@@ -338,6 +353,9 @@ def print_plan(proposal: Proposal, known: KnownHosts, plan: MappingPlan) -> None
             for service in sorted(set(gained) | set(lost)):
                 counts = _counted(gained.get(service), "+") + _counted(lost.get(service), "-")
                 print(f"  {service}:{counts}")
+    if pins:
+        pinned = ", ".join(f"{service} {version}" for service, version in pins.items())
+        print(f"pinned (hosts run these, not their newest): {pinned}")
     print("nothing was written (dry run)")
 
 

@@ -10,14 +10,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from daybook.backoff import backoff_s
 from daybook.errors import DaybookError, StoreUnavailableError
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
-from daybook.model.names import AssetRef, is_valid_version, version_sort_key
+from daybook.model.names import AssetRef, is_valid_version, sorted_versions
+from daybook.model.releases import CURRENT_LINK, Selection, wanted_versions
 from daybook.model.results import ServiceResult, ServiceResults
 from daybook.store.base import AssetInfo, AssetStream, Store
 
@@ -26,6 +27,15 @@ log = logging.getLogger(__name__)
 # Staging directories start with a dot, which no version can, so a half-extracted tree is
 # never mistaken for an installed version, and a dead process's leftovers are recognisable.
 STAGING_PREFIX = ".partial-"
+# The release lifecycle's leftovers, also dot names: a version being removed (renamed out of
+# the way, then deleted) and a `current` link made but not yet renamed into place. A run
+# killed between its steps leaves one of these; the next run under the lock finishes it.
+REMOVING_PREFIX = ".removing-"
+LINK_TEMP_PREFIX = ".current-"
+_LEFTOVER_PREFIXES = (STAGING_PREFIX, REMOVING_PREFIX, LINK_TEMP_PREFIX)
+
+# Which versions of each service to install; a service not named gets all of them.
+Selections = Mapping[str, Selection]
 
 # Wraps a store stream, e.g. to draw a progress bar; given the asset and its size.
 StreamWrapper = Callable[[AssetRef, AssetStream], AssetStream]
@@ -47,10 +57,6 @@ def _sleep(seconds: float) -> bool:
 def retry_delay_s(retry: int, rng: random.Random) -> float:
     """The pause before retry number `retry` (1, 2, ...)."""
     return backoff_s(retry, start_s=RETRY_FIRST_DELAY_S, max_s=RETRY_MAX_DELAY_S, rng=rng)
-
-
-def sorted_versions(versions: Sequence[str]) -> list[str]:
-    return sorted(versions, key=lambda v: (version_sort_key(v), v))
 
 
 class Installer:
@@ -80,18 +86,8 @@ class Installer:
         self._rng = random.Random()
 
     def installed_versions(self, service: str) -> list[str]:
-        """Versions fully installed for `service` (staging directories never count)."""
-        try:
-            entries = list(os.scandir(self.install_dir / service))
-        except FileNotFoundError:
-            return []
-        return sorted_versions(
-            [
-                e.name
-                for e in entries
-                if is_valid_version(e.name) and e.is_dir(follow_symlinks=False)
-            ]
-        )
+        """Versions fully installed for `service`."""
+        return installed_versions(self.install_dir / service)
 
     def installed(self, services: Sequence[str]) -> dict[str, list[str]]:
         return {service: self.installed_versions(service) for service in services}
@@ -102,21 +98,38 @@ class Installer:
             self._remove_stale_staging()
             yield
 
-    def sync(self, services: Sequence[str], *, dry_run: bool = False) -> ServiceResults:
-        """List each service's versions in the store and install the missing ones.
+    def sync(
+        self,
+        services: Sequence[str],
+        selections: Selections | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> ServiceResults:
+        """List each service's versions in the store and install the missing ones (those
+        `selections` chooses, where it names the service: see `wanted_versions`).
 
         With `dry_run`, `installed` lists what would be installed and nothing is written.
         """
         available: dict[str, list[AssetInfo] | DaybookError] = {}
         for service in services:
             try:
-                available[service] = self._store.list_assets(service)
+                assets = self._store.list_assets(service)
             except DaybookError as exc:
                 available[service] = exc
+                continue
+            selection = (selections or {}).get(service)
+            if selection is not None:
+                wanted = set(
+                    wanted_versions(
+                        [a.version for a in assets], self.installed_versions(service), selection
+                    )
+                )
+                assets = [a for a in assets if a.version in wanted]
+            available[service] = assets
         if dry_run:
             return self._plan_only(available)
         with self.locked():
-            return self._install_all(available)
+            return self._install_all(available, _refused(available, selections or {}))
 
     def _plan_only(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> ServiceResults:
         results: dict[str, ServiceResult] = {}
@@ -133,7 +146,9 @@ class Installer:
         return results
 
     def _install_all(
-        self, available: Mapping[str, list[AssetInfo] | DaybookError]
+        self,
+        available: Mapping[str, list[AssetInfo] | DaybookError],
+        refused: Mapping[AssetRef, str],
     ) -> ServiceResults:
         missing: list[AssetRef] = []
         present: dict[str, list[str]] = {}
@@ -144,10 +159,11 @@ class Installer:
             present[service] = [a.version for a in assets if a.version in have]
             missing.extend(a.ref for a in assets if a.version not in have)
 
-        failures: dict[AssetRef, str] = {}
-        if missing:
+        failures: dict[AssetRef, str] = dict(refused)
+        fetch = [ref for ref in missing if ref not in refused]
+        if fetch:
             with ThreadPoolExecutor(self._max_parallel, thread_name_prefix="install") as pool:
-                for ref, reason in zip(missing, pool.map(self._install_one, missing), strict=True):
+                for ref, reason in zip(fetch, pool.map(self._install_one, fetch), strict=True):
                     if reason is not None:
                         failures[ref] = reason
 
@@ -229,13 +245,49 @@ class Installer:
         log.info("installed %s into %s", ref, final)
 
     def _remove_stale_staging(self) -> None:
-        """Drop staging trees left by a process that died mid-extraction (we hold the lock)."""
+        """Drop staging trees left by a process that died mid-extraction, and finish the
+        removals and link switches a killed run left half done (we hold the lock)."""
         try:
             service_dirs = [e for e in os.scandir(self.install_dir) if e.is_dir()]
         except FileNotFoundError:
             return
         for service_dir in service_dirs:
             for entry in os.scandir(service_dir.path):
-                if entry.name.startswith(STAGING_PREFIX):
-                    log.info("removing stale partial install %s", entry.path)
+                if not entry.name.startswith(_LEFTOVER_PREFIXES):
+                    continue
+                log.info("removing the leftover %s of an interrupted run", entry.path)
+                if entry.is_symlink():
+                    with suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                else:
                     shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _refused(
+    available: Mapping[str, list[AssetInfo] | DaybookError], selections: Selections
+) -> dict[AssetRef, str]:
+    """Versions never installed: one named like the `current` link, where it is kept."""
+    refused: dict[AssetRef, str] = {}
+    for service, assets in available.items():
+        selection = selections.get(service)
+        if isinstance(assets, DaybookError) or selection is None or not selection.activate:
+            continue
+        for asset in assets:
+            if asset.version == CURRENT_LINK:
+                refused[asset.ref] = (
+                    f"version {CURRENT_LINK!r} is the name of the link to the version that "
+                    "should run (activate is on): push it under another version"
+                )
+    return refused
+
+
+def installed_versions(service_dir: Path) -> list[str]:
+    """The versions completely installed in `service_dir`: staging and other hidden trees
+    never count, nor does the `current` link (a link is never a version)."""
+    try:
+        entries = list(os.scandir(service_dir))
+    except FileNotFoundError:
+        return []
+    return sorted_versions(
+        [e.name for e in entries if is_valid_version(e.name) and e.is_dir(follow_symlinks=False)]
+    )

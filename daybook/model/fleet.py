@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from daybook.model.ids import is_valid_id
 from daybook.model.patterns import is_valid_host
 from daybook.model.results import Report
+from daybook.model.rollout import Rollout
 from daybook.model.rules import checked, record
 from daybook.model.sync import Sync
 
@@ -26,10 +27,11 @@ class HostStatus:
 
 @record
 class FleetStatus:
-    """Every host the master knows, at the master's clock `now`, and the syncs it holds
-    (how each stands, without every host's answer)."""
+    """Every host the master knows, at the master's clock `now`, the syncs it holds (how
+    each stands, without every host's answer) and its recent rolling syncs."""
 
     epoch: int
     now: float
     hosts: Mapping[str, HostStatus] = checked(key=is_valid_host)
     syncs: tuple[Sync, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()

@@ -6,13 +6,16 @@ values with the rules their fields must pass and the invariants that tie fields 
 
 from __future__ import annotations
 
+from daybook.errors import InputError
 from daybook.model.downloads import Download
 from daybook.model.fleet import FleetStatus
 from daybook.model.ids import blob_digest, is_valid_digest, is_valid_id
 from daybook.model.keys import Key, KeyListing, is_fingerprint, is_role
 from daybook.model.names import is_valid_service, is_valid_version
 from daybook.model.patterns import is_valid_host, is_valid_pattern
+from daybook.model.pins import Pin
 from daybook.model.results import Report
+from daybook.model.rollout import MAX_BATCH_HOSTS, Rollout, parse_batch_size
 from daybook.model.rules import checked, record
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
@@ -23,6 +26,8 @@ MAX_WAIT_S = 24 * 3600.0
 
 OP_SYNC = "sync"
 OP_SYNC_RESULT = "sync_result"
+# Stop a rolling sync: no further batch starts.
+OP_SYNC_ABORT = "sync.abort"
 OP_STATUS = "status"
 # Any authenticated peer may say who it is; the answer is its key's standing.
 OP_HELLO = "hello"
@@ -38,7 +43,7 @@ OP_DOWNLOADS = "downloads"
 # How many versions one `downloads` request may name.
 MAX_DOWNLOAD_VERSIONS = 1000
 # What an operator may ask for: accepted operator keys and the master's local socket.
-OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_STATUS, OP_STORE_CHANGED})
+OPERATOR_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_SYNC_ABORT, OP_STATUS, OP_STORE_CHANGED})
 # Key management: the master's local socket only, as salt-key runs on the master.
 KEY_OPS = frozenset({OP_KEYS_LIST, OP_KEYS_ACCEPT, OP_KEYS_REJECT, OP_KEYS_DELETE})
 # The control socket serves these and nothing else.
@@ -47,6 +52,14 @@ CONTROL_OPS = OPERATOR_OPS | KEY_OPS | {OP_HELLO, OP_DOWNLOADS}
 
 def is_control_op(text: str) -> bool:
     return text in CONTROL_OPS
+
+
+def is_batch_size(text: str) -> bool:
+    try:
+        parse_batch_size(text)
+    except InputError:
+        return False
+    return True
 
 
 def is_valid_selector(text: str) -> bool:
@@ -65,7 +78,8 @@ class SyncEvent:
     `epoch` changes whenever the master restarts; `seq` counts every event of one epoch,
     republishes included, so a gap means a minion missed something. Only hosts matching
     `target` act on the event. `state` is the encoded desired state, named by
-    `state_digest`, the digest of exactly those bytes.
+    `state_digest`, the digest of exactly those bytes. With `hosts`, only those of the
+    matching hosts act on it (a batch of a rolling sync); None: every matching host.
     """
 
     epoch: int
@@ -79,6 +93,7 @@ class SyncEvent:
     # starts, sized to the fleet; a minion waits a random part of it, never more than its
     # own `splay_s`. None: the minion's `splay_s` alone.
     spread_s: float | None = checked(minimum=0, maximum=MAX_SPREAD_S, default=None)
+    hosts: tuple[str, ...] | None = checked(is_valid_host, default=None)
 
     def __post_init__(self) -> None:
         if blob_digest(self.state) != self.state_digest:
@@ -95,9 +110,19 @@ class SyncEvent:
         target: str,
         issued_at: float,
         spread_s: float | None = None,
+        hosts: tuple[str, ...] | None = None,
     ) -> SyncEvent:
         """The event that publishes `state`."""
-        return cls(epoch, seq, sync_id, target, state.blob, state.digest, issued_at, spread_s)
+        return cls(
+            epoch, seq, sync_id, target, state.blob, state.digest, issued_at, spread_s, hosts
+        )
+
+    def addresses(self, host: str) -> bool:
+        """Whether `host`, matching the target, is one this event is addressed to."""
+        if self.hosts is None:
+            return True
+        name = host.lower()  # host names compare without case, as patterns match them
+        return any(name == addressed.lower() for addressed in self.hosts)
 
     @property
     def encoded_state(self) -> EncodedState:
@@ -130,6 +155,11 @@ class ControlRequest:
     store now rather than at its next poll. `hello` says which host and role the
     sender claims; `downloads` asks for `service`'s versions and URLs for `versions`;
     `keys.accept|reject|delete` name a key by host name or fingerprint.
+
+    A `sync` with `batch` is a rolling sync: the master syncs the hosts batch by batch
+    (`deadline_s` is each batch's), halts once more than `max_failures` have failed, waits
+    `batch_wait_s` between batches, and carries `pin` to the hosts as it reaches them.
+    `sync.abort` stops the rolling sync `sync_id`.
     """
 
     request_id: str = checked(is_valid_id)
@@ -145,10 +175,17 @@ class ControlRequest:
     # `downloads`: the service, and the versions to sign URLs for (none: the listing only).
     service: str | None = checked(is_valid_service, default=None)
     versions: tuple[str, ...] = checked(is_valid_version, default=())
+    # A rolling `sync`: the batch size ("3" or "30%"), failures allowed, pause between batches.
+    batch: str | None = checked(is_batch_size, max_len=16, default=None)
+    max_failures: int = checked(minimum=0, maximum=MAX_BATCH_HOSTS, default=0)
+    batch_wait_s: float = checked(minimum=0, maximum=MAX_WAIT_S, default=0.0)
+    pin: Pin | None = None
 
     def __post_init__(self) -> None:
-        if self.op == OP_SYNC_RESULT and self.sync_id is None:
-            raise ValueError("sync_result needs a sync_id")
+        if self.op in (OP_SYNC_RESULT, OP_SYNC_ABORT) and self.sync_id is None:
+            raise ValueError(f"{self.op} needs a sync_id")
+        if self.pin is not None and self.batch is None:
+            raise ValueError("a pin is rolled out by a rolling sync: give a batch size")
         if self.op == OP_HELLO and (self.host is None or self.role is None):
             raise ValueError("hello needs a host and a role")
         if self.op in KEY_OPS and self.op != OP_KEYS_LIST and self.selector is None:
@@ -176,6 +213,8 @@ class ControlReply:
     invalid: bool = False
     # `downloads`: every version of the service the master lists, signed where asked.
     downloads: tuple[Download, ...] = ()
+    # A rolling sync, as it stands: `sync` is then its summary under the rollout's id.
+    rollout: Rollout | None = None
 
 
 Message = SyncEvent | Report | Heartbeat | ControlRequest | ControlReply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from daybook.errors import InputError
@@ -93,3 +94,8 @@ def version_sort_key(version: str) -> tuple[tuple[int, int | str], ...]:
         for piece in re.findall(r"\d+|[A-Za-z]+", chunk):
             parts.append((0, int(piece)) if piece.isdigit() else (1, piece))
     return tuple(parts)
+
+
+def sorted_versions(versions: Iterable[str]) -> list[str]:
+    """Versions oldest first, in `version_sort_key` order (ties by text)."""
+    return sorted(versions, key=lambda v: (version_sort_key(v), v))

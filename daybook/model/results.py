@@ -30,8 +30,9 @@ class ServiceResult:
     """What one run did for one service: versions installed by it, already present, and
     failed (with why). `error` is set when the service's versions could not be listed.
 
-    With the release lifecycle switched on it also says which versions retention removed,
-    where `current` points (and `previous`, when this run moved it), and how the hook ran.
+    With the release lifecycle switched on it also says which versions retention removed
+    (and kept, with why), where `current` points (and `previous`, when this run moved it),
+    and how the hook ran.
     """
 
     installed: tuple[str, ...] = checked(is_valid_version, default=())
@@ -42,6 +43,9 @@ class ServiceResult:
     current: str | None = checked(is_valid_version, default=None)
     previous: str | None = checked(is_valid_version, default=None)
     hook: HookResult | None = None
+    # Versions past the newest N that retention left in place, and why: "current",
+    # "pinned", "in use" (a process runs from it or holds a file in it).
+    kept: Mapping[str, str] = checked(key=is_valid_version, default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -70,6 +70,8 @@ class Sync:
     # shown down since (None: it was up, but did not answer).
     closed_at: float | None = None
     silent: Mapping[str, float | None] = checked(key=is_valid_host, default_factory=dict)
+    # A batch of a rolling sync is addressed to its hosts only (None: every matching host).
+    hosts: tuple[str, ...] | None = checked(is_valid_host, default=None)
 
     @property
     def missing(self) -> tuple[str, ...]:

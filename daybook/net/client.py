@@ -33,10 +33,13 @@ from daybook.model.messages import (
     OP_STATUS,
     OP_STORE_CHANGED,
     OP_SYNC,
+    OP_SYNC_ABORT,
     OP_SYNC_RESULT,
     ControlReply,
     ControlRequest,
 )
+from daybook.model.pins import Pin
+from daybook.model.rollout import Rollout
 from daybook.model.sync import RUNNING, Sync
 from daybook.net.endpoints import endpoints_path, local_socket_path, read_endpoints
 from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
@@ -242,6 +245,80 @@ class ControlClient:
                     raise
         return summary
 
+    def start_rollout(
+        self,
+        target: str | None,
+        *,
+        batch: str,
+        max_failures: int = 0,
+        batch_wait_s: float = 0.0,
+        deadline_s: float = 0.0,
+        wait_s: float = 0.0,
+        pin: Pin | None = None,
+    ) -> tuple[Sync, Rollout]:
+        """Start a rolling sync whose every batch waits `deadline_s` for its hosts; answer
+        once it ends, or after `wait_s` at most. Returns its summary and the rollout."""
+        request = ControlRequest(
+            _new_id(),
+            OP_SYNC,
+            target=target,
+            wait_s=min(wait_s, WAIT_CHUNK_S),
+            host=self.host,
+            deadline_s=deadline_s,
+            batch=batch,
+            max_failures=max_failures,
+            batch_wait_s=batch_wait_s,
+            pin=pin,
+        )
+        return _expect_rollout(self._answer(request), self.endpoint)
+
+    def rollout_result(self, rollout_id: str, wait_s: float = 0.0) -> tuple[Sync, Rollout]:
+        request = ControlRequest(
+            _new_id(), OP_SYNC_RESULT, sync_id=rollout_id, wait_s=wait_s, host=self.host
+        )
+        return _expect_rollout(self._answer(request), self.endpoint)
+
+    def abort_rollout(self, rollout_id: str) -> tuple[Sync, Rollout]:
+        """Stop a rolling sync: the master starts no further batch of it."""
+        request = ControlRequest(_new_id(), OP_SYNC_ABORT, sync_id=rollout_id, host=self.host)
+        return _expect_rollout(self._answer(request), self.endpoint)
+
+    def run_rollout(
+        self,
+        target: str | None,
+        *,
+        batch: str,
+        max_failures: int,
+        batch_wait_s: float,
+        wait: bool,
+        timeout_s: float,
+        pin: Pin | None = None,
+    ) -> tuple[Sync, Rollout]:
+        """Start a rolling sync, each batch of which may take `timeout_s`; with `wait`,
+        return once it has completed or halted, which takes at most a batch's timeout and
+        wait per batch."""
+        started = self._monotonic()
+        summary, rollout = self.start_rollout(
+            target,
+            batch=batch,
+            max_failures=max_failures,
+            batch_wait_s=batch_wait_s,
+            deadline_s=timeout_s,
+            wait_s=timeout_s if wait else 0.0,
+            pin=pin,
+        )
+        deadline = started + len(rollout.batches) * (timeout_s + batch_wait_s) + CLOSE_GRACE_S
+        while wait and not rollout.ended and self._monotonic() < deadline:
+            remaining_s = deadline - self._monotonic()
+            try:
+                summary, rollout = self.rollout_result(
+                    rollout.rollout_id, min(remaining_s, WAIT_CHUNK_S)
+                )
+            except MasterUnreachable:
+                if self._monotonic() >= deadline:
+                    raise
+        return summary, rollout
+
     def store_changed(self) -> None:
         """Tell the master the store holds something new, so it lists the store now."""
         self._answer(ControlRequest(_new_id(), OP_STORE_CHANGED, host=self.host))
@@ -257,6 +334,12 @@ def _new_id() -> str:
     # 128 random bits, as a uuid4 would carry, without importing uuid (and platform) into
     # every operator command.
     return os.urandom(16).hex()
+
+
+def _expect_rollout(reply: ControlReply, endpoint: str) -> tuple[Sync, Rollout]:
+    if reply.rollout is None or reply.sync is None:
+        raise FleetError(f"the master at {endpoint} sent no rolling sync")
+    return reply.sync, reply.rollout
 
 
 def _expect_sync(reply: ControlReply, endpoint: str) -> Sync:

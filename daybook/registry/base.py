@@ -18,6 +18,8 @@ DEFAULT_KEY_PREFIX = "daybook/hosts/"
 # Given the services a pattern has now (empty if it is not mapped), return the services it
 # should have; an empty result removes the pattern.
 ServicesUpdate = Callable[[tuple[str, ...]], tuple[str, ...]]
+# Given a service's pin now (None: not pinned), return its pin afterwards; None unpins.
+PinUpdate = Callable[[Pin | None], Pin | None]
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,20 @@ class Registry(Protocol):
         """
         ...
 
+    def update_pin(self, service: str, change: Callable[[Pin | None], Pin | None]) -> Pin | None:
+        """Apply `change` to one service's pin atomically (check-and-set, retried on
+        conflict). `change` gets the pin now (None: not pinned) and returns the pin wanted
+        (None removes it). Returns the pin afterwards.
+
+        Pins live beside the mappings (Consul: `daybook/pins/<service>` beside
+        `daybook/hosts/`; the file: its `pins` table); `read` and `watch` return them, and
+        a pin change wakes `watch` like a mapping change.
+        """
+        ...
+
     def watch(self, index: int, timeout_s: float) -> Snapshot:
-        """Block until the table's index moves past `index`, or `timeout_s` passes.
+        """Block until the table's (or the pins') index moves past `index`, or `timeout_s`
+        passes.
 
         Returns the current snapshot either way; callers compare data, not just indexes.
         `index` 0 answers at once.

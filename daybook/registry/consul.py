@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import queue
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,11 +23,14 @@ import requests.adapters
 from consul.callback import CB
 from consul.exceptions import BadRequest
 
+from daybook import wire
 from daybook.backoff import backoff_s
-from daybook.errors import ConfigError, ConflictError, RegistryError
+from daybook.errors import ConfigError, ConflictError, DaybookError, RegistryError
 from daybook.model.mappings import MappingTable, format_services, parse_services, unique_services
+from daybook.model.names import check_service
 from daybook.model.patterns import check_pattern, is_valid_pattern
-from daybook.registry.base import DEFAULT_KEY_PREFIX, ServicesUpdate, Snapshot
+from daybook.model.pins import Pin
+from daybook.registry.base import DEFAULT_KEY_PREFIX, PinUpdate, ServicesUpdate, Snapshot
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -414,12 +419,32 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """One recursive GET of a prefix: Consul's index for it and the entries (None: 404)."""
+
+    index: int
+    entries: list[dict[str, Any]] | None
+
+
+def pins_prefix_for(key_prefix: str) -> str:
+    """Where pins live: beside the mappings, `daybook/hosts/` -> `daybook/pins/`."""
+    segments = key_prefix.rstrip("/").split("/")
+    if segments[-1] == "pins":
+        raise ConfigError(
+            f"the Consul key prefix {key_prefix!r} ends in pins/, where the pins beside it "
+            "would go: name the mappings' prefix otherwise (e.g. daybook/hosts/)"
+        )
+    return "/".join([*segments[:-1], "pins"]) + "/"
+
+
 class ConsulRegistry:
     """Mappings in Consul KV: key `PREFIX + pattern`, value the services joined by commas.
 
-    Every write is a check-and-set on the key's ModifyIndex, so concurrent operators never
-    lose each other's updates. Reads take the whole prefix in one recursive GET, and
-    `watch` is a blocking query on it.
+    Pins live beside the prefix, one key per service (`daybook/pins/<service>`), each
+    value a pin as JSON. Every write is a check-and-set on the key's ModifyIndex, so
+    concurrent operators never lose each other's updates. Reads take each prefix in one
+    recursive GET, and `watch` holds a blocking query on each at once (see `watch`).
     """
 
     def __init__(
@@ -434,6 +459,7 @@ class ConsulRegistry:
     ) -> None:
         self._endpoint = ConsulEndpoint.from_env(address, https=https, token=token)
         self._prefix = _check_prefix(key_prefix)
+        self._pins_prefix = pins_prefix_for(self._prefix)
         self._scope = scope or ConsulScope.from_query("")
         self._token = self._endpoint.token
         self._client: Any = consul.Consul(
@@ -453,6 +479,7 @@ class ConsulRegistry:
         # Parsed values by key and ModifyIndex: an unchanged key is neither re-parsed nor
         # warned about again on every watch round.
         self._parsed: dict[str, tuple[int, tuple[str, ...] | None]] = {}
+        self._parsed_pins: dict[str, tuple[int, Pin | None]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> ConsulRegistry:
@@ -482,14 +509,27 @@ class ConsulRegistry:
     def key_prefix(self) -> str:
         return self._prefix
 
+    @property
+    def pins_prefix(self) -> str:
+        return self._pins_prefix
+
     def read(self) -> Snapshot:
-        """The whole table from one recursive GET; a missing prefix is an empty table."""
-        index, entries = self.list_entries(self._prefix, 0, 0.0)
-        return self._snapshot(index, entries)
+        """The whole table and the pins, from one recursive GET each; a missing prefix is
+        an empty table (no pins)."""
+        hosts = self._list(f"read {self._prefix}", [])
+        pins = self._list_pins(f"read {self._pins_prefix}", [])
+        return self._snapshot(hosts, pins)
 
     def watch(self, index: int, timeout_s: float) -> Snapshot:
-        """A blocking query on the prefix: returns when Consul's index passes `index`, or
-        after about `timeout_s` (plus up to 1/16 of Consul's jitter) with the same data.
+        """Blocking queries on the mappings' prefix and the pins' at once: returns when
+        Consul's index of either passes `index`, or after about `timeout_s` (plus up to
+        1/16 of Consul's jitter) with the same data.
+
+        The snapshot's index is the larger of the two prefixes' indexes. Consul's indexes
+        are raft indexes shared by the whole KV store, so any later write to either prefix
+        carries a larger one, and blocking both on that one number misses nothing. When
+        one query answers with a change, the other prefix is read afresh and its held
+        query is left to end on its own (a blocked request cannot be cut short).
 
         The registry URL's `wait` caps `timeout_s`, so a load balancer that cuts idle
         connections never sees a watch outlast it. `index` 0 answers at once. The returned
@@ -497,12 +537,37 @@ class ConsulRegistry:
         tombstones are reaped: callers must then reset their index to 0 (Consul's rule),
         and always compare data, not indexes.
         """
-        index, entries = self.list_entries(self._prefix, index, timeout_s)
-        return self._snapshot(index, entries)
+        if index <= 0:
+            return self.read()
+        if self._scope.max_wait_s is not None:
+            timeout_s = min(timeout_s, self._scope.max_wait_s)
+        params = [("index", str(index)), ("wait", _go_duration(timeout_s))]
+        answers: queue.Queue[tuple[str, _Listing | Exception]] = queue.Queue()
+        queries = {
+            "hosts": partial(self._list, f"watch {self._prefix}", params),
+            "pins": partial(self._list_pins, f"watch {self._pins_prefix}", params),
+        }
+        for which, query in queries.items():
+            threading.Thread(
+                target=_answer_into,
+                args=(answers, which, query),
+                name=f"consul-watch-{which}",
+                daemon=True,
+            ).start()
+        listings = _first_answer(answers)
+        if next(iter(listings.values())).index > index:
+            # A change on one side: the other's held query may go on for the whole wait.
+            if "hosts" not in listings:
+                listings["hosts"] = self._list(f"read {self._prefix}", [])
+            if "pins" not in listings:
+                listings["pins"] = self._list_pins(f"read {self._pins_prefix}", [])
+        else:
+            listings.update(_first_answer(answers))
+        return self._snapshot(listings["hosts"], listings["pins"])
 
     def list_entries(
         self, prefix: str, index: int, timeout_s: float
-    ) -> tuple[Any, list[dict[str, Any]] | None]:
+    ) -> tuple[int, list[dict[str, Any]] | None]:
         """The raw entries under `prefix` (any prefix of this Consul, such as the key
         ring's) and the X-Consul-Index: at once when `index` is 0, else a blocking query
         as `watch` describes. None for an empty prefix. Refused when ACLs hide a part."""
@@ -512,6 +577,39 @@ class ConsulRegistry:
             if self._scope.max_wait_s is not None:
                 timeout_s = min(timeout_s, self._scope.max_wait_s)
             params = [("index", str(index)), ("wait", _go_duration(timeout_s))]
+        headers, listing = self._get_prefix(prefix, action, params)
+        self._check_complete(headers, prefix)
+        if listing.entries is None:
+            # Recursive reads are filtered, not refused, so without read rights an empty
+            # answer looks like an empty table; a single-key read is refused outright.
+            self._get(action, prefix)
+        return listing.index, listing.entries
+
+    def _list(self, action: str, params: list[tuple[str, str]]) -> _Listing:
+        headers, listing = self._get_prefix(self._prefix, action, params)
+        self._check_complete(headers, self._prefix)
+        if listing.entries is None:
+            # Recursive reads are filtered, not refused, so without read rights an empty
+            # answer looks like an empty table; a single-key read is refused outright.
+            self._get(action, self._prefix)
+        return listing
+
+    def _list_pins(self, action: str, params: list[tuple[str, str]]) -> _Listing:
+        # A token that may read the mappings but not the pins predates pins: it reads as
+        # no pins (said once in the log), so such a fleet runs exactly as it did before.
+        headers, listing = self._get_prefix(self._pins_prefix, action, params)
+        if headers.get("X-Consul-Results-Filtered-By-ACLs", "").lower() == "true":
+            log.warning(
+                "Consul at %s hid some pins under %r from the ACL token; it needs key:read "
+                "there for every pin to reach the hosts",
+                self.address,
+                self._pins_prefix,
+            )
+        return listing
+
+    def _get_prefix(
+        self, prefix: str, action: str, params: list[tuple[str, str]]
+    ) -> tuple[Mapping[str, str], _Listing]:
         # py-consul's kv.get drops the response headers, and they tell whether the table may
         # be partial; its HTTP client still sizes the timeout from `wait`.
         headers, (raw_index, entries) = self._call(
@@ -524,12 +622,13 @@ class ConsulRegistry:
                 headers=self._client.prepare_headers(self._token),
             ),
         )
-        self._check_complete(headers, prefix)
-        if entries is None:
-            # Recursive reads are filtered, not refused, so without read rights an empty
-            # answer looks like an empty table; a single-key read is refused outright.
-            self._get(action, prefix)
-        return raw_index, entries
+        try:
+            index = int(raw_index)
+        except (TypeError, ValueError):
+            raise RegistryError(
+                f"Consul at {self.address} sent an invalid X-Consul-Index {raw_index!r}"
+            ) from None
+        return headers, _Listing(index, entries)
 
     def get_entry(self, key: str) -> Mapping[str, Any] | None:
         """One key's raw entry (`Value` decoded to bytes, `ModifyIndex`), None if missing."""
@@ -619,21 +718,44 @@ class ConsulRegistry:
             f"{MAX_CAS_ATTEMPTS} concurrent writes won the check-and-set first"
         )
 
+    def update_pin(self, service: str, change: PinUpdate) -> Pin | None:
+        """Read the service's pin key, apply `change`, write back with check-and-set (0 to
+        create); retry on conflict. None from `change` deletes the key, also by
+        check-and-set. A stored value that is not a valid pin reads as no pin."""
+        check_service(service)
+        key = self._pins_prefix + service
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            entry = self._get(f"read {key}", key)
+            modify_index = int(entry["ModifyIndex"]) if entry else 0
+            current = self._parse_pin(key, entry) if entry else None
+            wanted = change(current)
+            if wanted == current and (wanted is not None or entry is None):
+                return current
+            if wanted is None:
+                written = self._write(f"delete {key}", "DELETE", key, modify_index)
+            else:
+                if wanted.service != service:
+                    raise ValueError(f"a pin of {wanted.service!r} is not one of {service!r}")
+                value = wire.to_json(wanted).decode()
+                written = self._write(f"write {key}", "PUT", key, modify_index, value)
+            if written:
+                return wanted
+            log.debug("check-and-set on %s lost a race (attempt %d)", key, attempt + 1)
+            time.sleep(backoff_s(attempt + 1, start_s=FIRST_CAS_BACKOFF_S, max_s=MAX_CAS_BACKOFF_S))
+        raise ConflictError(
+            f"gave up updating the pin of {service!r} in Consul at {self.address}: "
+            f"{MAX_CAS_ATTEMPTS} concurrent writes won the check-and-set first"
+        )
+
     def close(self) -> None:
         # py-consul's own close() is a no-op and leaves the pooled connections open.
         self._client.http.session.close()
 
-    def _snapshot(self, raw_index: Any, entries: list[dict[str, Any]] | None) -> Snapshot:
-        try:
-            index = int(raw_index)
-        except (TypeError, ValueError):
-            raise RegistryError(
-                f"Consul at {self.address} sent an invalid X-Consul-Index {raw_index!r}"
-            ) from None
+    def _snapshot(self, hosts: _Listing, pins: _Listing) -> Snapshot:
         mappings: MappingTable = {}
         owners: dict[str, str] = {}
         parsed: dict[str, tuple[int, tuple[str, ...] | None]] = {}
-        for entry in entries or ():
+        for entry in hosts.entries or ():
             key = str(entry["Key"])
             modify_index = int(entry.get("ModifyIndex") or 0)
             cached = self._parsed.get(key)
@@ -658,7 +780,38 @@ class ConsulRegistry:
             mappings[pattern] = services
         self._parsed = parsed
         # Consul never sends 0, but a 0 would turn every watch into a busy loop.
-        return Snapshot(mappings=mappings, index=max(1, index))
+        index = max(1, hosts.index, pins.index)
+        return Snapshot(mappings=mappings, index=index, pins=self._pins_of(pins))
+
+    def _pins_of(self, listing: _Listing) -> dict[str, Pin]:
+        pins: dict[str, Pin] = {}
+        parsed: dict[str, tuple[int, Pin | None]] = {}
+        for entry in listing.entries or ():
+            key = str(entry["Key"])
+            modify_index = int(entry.get("ModifyIndex") or 0)
+            cached = self._parsed_pins.get(key)
+            # Parsed (and warned about) once per value, not on every watch round.
+            pin = cached[1] if cached and cached[0] == modify_index else self._parse_pin(key, entry)
+            parsed[key] = (modify_index, pin)
+            if pin is not None:
+                pins[pin.service] = pin
+        self._parsed_pins = parsed
+        return pins
+
+    def _parse_pin(self, key: str, entry: Mapping[str, Any]) -> Pin | None:
+        service = key[len(self._pins_prefix) :]
+        if not service:
+            return None  # the prefix's own "folder" key
+        value = entry.get("Value") or b""
+        try:
+            pin = wire.from_json(Pin, value)
+        except DaybookError as exc:
+            log.warning("skipping Consul key %r: not a pin (%s)", key, exc)
+            return None
+        if pin.service != service:
+            log.warning("skipping Consul key %r: it holds a pin of %r", key, pin.service)
+            return None
+        return pin
 
     def _parse_entry(self, key: str, entry: Mapping[str, Any]) -> tuple[str, ...] | None:
         pattern = key[len(self._prefix) :]
@@ -755,6 +908,27 @@ class ConsulRegistry:
         if len(line) > _MAX_DETAIL_CHARS:
             line = line[:_MAX_DETAIL_CHARS] + "..."
         return line or "no details"
+
+
+def _answer_into(
+    answers: queue.Queue[tuple[str, _Listing | Exception]],
+    which: str,
+    query: Callable[[], _Listing],
+) -> None:
+    try:
+        answers.put((which, query()))
+    except Exception as exc:  # raised on the watching thread, if it still listens
+        answers.put((which, exc))
+
+
+def _first_answer(
+    answers: queue.Queue[tuple[str, _Listing | Exception]],
+) -> dict[str, _Listing]:
+    # No timeout of our own: each query's HTTP timeout covers its wait and the jitter.
+    which, answer = answers.get()
+    if isinstance(answer, Exception):
+        raise answer
+    return {which: answer}
 
 
 def _keep_headers(response: Any) -> tuple[Mapping[str, str], tuple[str, Any]]:

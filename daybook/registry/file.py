@@ -6,22 +6,39 @@ import fcntl
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daybook.errors import ConfigError, RegistryError
+from daybook import wire
+from daybook.errors import ConfigError, DaybookError, RegistryError
 from daybook.files import write_atomically
 from daybook.model.mappings import MappingTable, parse_services
+from daybook.model.names import check_service
 from daybook.model.patterns import is_valid_pattern
-from daybook.registry.base import ServicesUpdate, Snapshot
+from daybook.model.pins import Pin
+from daybook.registry.base import PinUpdate, ServicesUpdate, Snapshot
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
+@dataclass
+class _Document:
+    """The mappings file as loaded: pins stay raw JSON until read, so that an update of a
+    mapping writes back a pin it could not parse rather than dropping it."""
+
+    generation: int
+    hosts: dict[str, list[str]]
+    pins: dict[str, Any] = field(default_factory=dict)
+
+
 class FileRegistry:
-    """Mappings in one JSON file: `{"format": 1, "generation": N, "hosts": {pattern: [svc]}}`.
+    """Mappings in one JSON file: `{"format": 1, "generation": N, "hosts": {pattern: [svc]},
+    "pins": {service: {"service", "version", "previous", "hosts"}}}` (`pins` optional).
 
     Writers serialise on an flock of a sidecar lock file and replace the file atomically, so
     readers never see half a file and two writers never lose an update. `generation` is the
@@ -40,35 +57,78 @@ class FileRegistry:
 
     def read(self) -> Snapshot:
         signature = self._signature()
-        generation, hosts = self._load()
+        document = self._load()
         # Remember what the file looked like when this index was handed out, so a watcher
         # on it also wakes for a hand edit that left `generation` alone.
-        self._seen = (generation, signature)
+        self._seen = (document.generation, signature)
         mappings: MappingTable = {}
-        for pattern, services in hosts.items():
+        for pattern, services in document.hosts.items():
             if not is_valid_pattern(pattern):
                 log.warning("skipping invalid host pattern %r in %s", pattern, self._path)
                 continue
             parsed = parse_services(",".join(services), context=f"{self._path}: {pattern}")
             if parsed:
                 mappings[pattern.lower()] = parsed
-        return Snapshot(mappings=mappings, index=generation)
+        pins = {}
+        for service, value in document.pins.items():
+            pin = self._parse_pin(service, value)
+            if pin is not None:
+                pins[service] = pin
+        return Snapshot(mappings=mappings, index=document.generation, pins=pins)
 
     def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            generation, hosts = self._load()
-            current = parse_services(",".join(hosts.get(pattern, [])))
+        with self._locked() as document:
+            current = parse_services(",".join(document.hosts.get(pattern, [])))
             wanted = change(current)
             if wanted == current:
                 return current
             if wanted:
-                hosts[pattern] = list(wanted)
+                document.hosts[pattern] = list(wanted)
             else:
-                hosts.pop(pattern, None)
-            self._write(generation + 1, hosts)
+                document.hosts.pop(pattern, None)
+            self._write(document)
             return wanted
+
+    def update_pin(self, service: str, change: PinUpdate) -> Pin | None:
+        check_service(service)
+        with self._locked() as document:
+            raw = document.pins.get(service)
+            current = self._parse_pin(service, raw) if raw is not None else None
+            wanted = change(current)
+            if wanted == current and (wanted is not None or raw is None):
+                return current
+            if wanted is None:
+                document.pins.pop(service, None)
+            else:
+                _check_pin_service(service, wanted)
+                document.pins[service] = wire.to_builtins(wanted)
+            self._write(document)
+            return wanted
+
+    @contextmanager
+    def _locked(self) -> Iterator[_Document]:
+        """The file's content under the writers' lock, for one read-modify-write."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield self._load()
+
+    def _parse_pin(self, service: str, value: Any) -> Pin | None:
+        """A stored pin, or None (with a warning) when it is not one for `service`."""
+        try:
+            pin = wire.from_builtins(Pin, value)
+        except DaybookError as exc:
+            log.warning("skipping the pin of %r in %s: %s", service, self._path, exc)
+            return None
+        if pin.service != service:
+            log.warning(
+                "skipping the pin under %r in %s: it names service %r",
+                service,
+                self._path,
+                pin.service,
+            )
+            return None
+        return pin
 
     def watch(self, index: int, timeout_s: float) -> Snapshot:
         deadline = time.monotonic() + timeout_s
@@ -97,11 +157,11 @@ class FileRegistry:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _load(self) -> tuple[int, dict[str, list[str]]]:
+    def _load(self) -> _Document:
         try:
             raw = self._path.read_bytes()
         except FileNotFoundError:
-            return 1, {}
+            return _Document(1, {})
         except OSError as exc:
             raise RegistryError(f"cannot read mappings file {self._path}: {exc.strerror}") from None
         try:
@@ -122,14 +182,25 @@ class FileRegistry:
                 )
                 continue
             hosts[str(pattern)] = services
-        return generation, hosts
+        pins = data.get("pins", {})
+        if not isinstance(pins, dict):
+            log.warning("ignoring the 'pins' of %s: not a table", self._path)
+            pins = {}
+        return _Document(generation, hosts, {str(k): v for k, v in pins.items()})
 
-    def _write(self, generation: int, hosts: dict[str, list[str]]) -> None:
-        document = {
+    def _write(self, document: _Document) -> None:
+        content: dict[str, Any] = {
             "format": FORMAT_VERSION,
-            "generation": generation,
-            "hosts": dict(sorted(hosts.items())),
+            "generation": document.generation + 1,
+            "hosts": dict(sorted(document.hosts.items())),
         }
-        payload = json.dumps(document, indent=2) + "\n"
+        if document.pins:  # a file that never had a pin keeps its old shape
+            content["pins"] = dict(sorted(document.pins.items()))
+        payload = json.dumps(content, indent=2) + "\n"
         # Mappings are not secret: readable by minions running as other users.
         write_atomically(self._path, payload.encode(), mode=0o644)
+
+
+def _check_pin_service(service: str, pin: Pin) -> None:
+    if pin.service != service:
+        raise ValueError(f"a pin of {pin.service!r} cannot be stored as the pin of {service!r}")

@@ -48,7 +48,8 @@ class AssetStream(Protocol):
 
 
 class Store(Protocol):
-    """An asset store. Implementations: `S3Store` and `LocalStore`."""
+    """An asset store. Implementations: `S3Store` (botocore), `S3ReadsStore` (its reads
+    through obstore) and `LocalStore`."""
 
     @property
     def url(self) -> str: ...
@@ -80,6 +81,11 @@ class Store(Protocol):
         """Stream the archive; raise AssetNotFoundError if it is missing."""
         ...
 
+    def delete(self, ref: AssetRef) -> None:
+        """Remove the asset (and its recorded SHA-256). Removing one the store does not
+        hold is no error: two prunes racing both succeed."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -92,10 +98,12 @@ class Presigner(Protocol):
         ...
 
 
-def open_store(url: str, *, lazy: bool = False) -> Store:
+def open_store(url: str, *, lazy: bool = False, signs_urls: bool = False) -> Store:
     """Open a store by URL: `s3://BUCKET[/PREFIX]` or `file:///DIR`.
 
     With `lazy`, an S3 store is only checked now and opened on first use (see LazyStore).
+    `signs_urls` (the master): S3 goes through botocore alone, which signing needs anyway;
+    obstore's reads beside it would only add memory.
     """
     parsed = urlparse(url)
     if parsed.scheme == "s3":
@@ -103,9 +111,7 @@ def open_store(url: str, *, lazy: bool = False) -> Store:
             raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
         if lazy:
             return LazyStore(url)
-        from daybook.store.s3 import S3Store  # botocore is heavy: import it only when used
-
-        return S3Store(bucket=parsed.netloc, prefix=parsed.path.strip("/"))
+        return _open_s3(parsed.netloc, parsed.path.strip("/"), signs_urls=signs_urls)
     if parsed.scheme == "file":
         from daybook.store.local import LocalStore
 
@@ -115,6 +121,20 @@ def open_store(url: str, *, lazy: bool = False) -> Store:
     raise ConfigError(
         f"unsupported store URL {url!r}: expected s3://BUCKET[/PREFIX] or file:///DIR"
     )
+
+
+def _open_s3(bucket: str, prefix: str, *, signs_urls: bool) -> Store:
+    """Reads through obstore where the environment settles the AWS chain, else botocore
+    for everything (see daybook/store/s3_reads.py). Both import only when used."""
+    if not signs_urls:
+        from daybook.store.s3_reads import S3ReadsStore, reads_config_from_environment
+
+        config = reads_config_from_environment()
+        if config is not None:
+            return S3ReadsStore(bucket, prefix, config=config)
+    from daybook.store.s3 import S3Store
+
+    return S3Store(bucket=bucket, prefix=prefix)
 
 
 class LazyStore:
@@ -167,6 +187,9 @@ class LazyStore:
 
     def open(self, ref: AssetRef) -> AssetStream:
         return self._open().open(ref)
+
+    def delete(self, ref: AssetRef) -> None:
+        self._open().delete(ref)
 
     def close(self) -> None:
         with self._lock:

@@ -135,6 +135,24 @@ class LocalStore:
             raise
         return LocalAssetStream(file, size=stat.st_size, sha256=sha256, path=path)
 
+    def delete(self, ref: AssetRef) -> None:
+        path = self._path(ref)
+        # The asset first: a sidecar left behind by a crash in between names an inode
+        # nothing has, so it is never taken for a later upload's checksum.
+        for victim in (path, _sidecar_path(path)):
+            try:
+                victim.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot delete {victim}: {exc.strerror}") from exc
+        try:
+            fsync_directory(self._root)
+        except FileNotFoundError:
+            pass  # nothing was ever pushed: nothing to delete
+        except OSError as exc:
+            raise StoreError(f"cannot delete {ref} from {self._root}: {exc.strerror}") from exc
+
     def close(self) -> None:
         pass  # holds no open resources between calls
 

@@ -8,7 +8,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -42,6 +41,14 @@ from daybook.errors import (
 )
 from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
 from daybook.store.base import AssetInfo, ProgressCallback
+from daybook.store.s3_shared import (
+    DEFAULT_REGION,
+    NOT_FOUND_CODES,
+    SHA256_METADATA_KEY,
+    S3Tuning,
+    error_for_code,
+    one_line,
+)
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -55,39 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_REGION = "us-east-1"
 CONTENT_TYPE = "application/gzip"
-# Object metadata key (sent as `x-amz-meta-sha256`) holding the hex SHA-256 of the archive.
-SHA256_METADATA_KEY = "sha256"
-
-_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-_ACCESS_DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
-_BAD_CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-)
 _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
-# Server-side and throttling errors that clear by themselves (the 5xx codes also do).
-_UNAVAILABLE_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "Throttling"}
-)
-
-
-@dataclass(frozen=True)
-class S3Tuning:
-    """Transfer and connection settings; the defaults suit real S3 over a WAN."""
-
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    # Total attempts per request, first try included, in botocore's "standard" retry mode.
-    max_attempts: int = 5
-    max_pool_connections: int = 16
-    # Files at least this large go up as a multipart upload, in parts of `multipart_chunk_bytes`.
-    multipart_threshold_bytes: int = 64 * MIB
-    multipart_chunk_bytes: int = 16 * MIB
-    # Parallel part uploads; kept below max_pool_connections so parts never wait for a socket.
-    max_concurrency: int = 8
-    # Keys per ListObjectsV2 page; None leaves S3's own default (1000).
-    list_page_size: int | None = None
 
 
 def _parse_timestamp(value: str) -> datetime:
@@ -181,7 +157,7 @@ class S3Store:
             return cast("S3Client", core.create_client("s3", region_name=region, config=config))
         except (ProfileNotFound, ValueError) as exc:
             # ValueError: botocore's verdict on a malformed AWS_ENDPOINT_URL.
-            raise ConfigError(f"cannot set up S3 client for {self.url}: {_one_line(exc)}") from exc
+            raise ConfigError(f"cannot set up S3 client for {self.url}: {one_line(exc)}") from exc
 
     @property
     def url(self) -> str:
@@ -239,7 +215,7 @@ class S3Store:
             try:
                 head = self._client.head_object(Bucket=self._bucket, Key=self.key_for(ref))
             except ClientError as exc:
-                if _error_code(exc) in _NOT_FOUND_CODES:
+                if _error_code(exc) in NOT_FOUND_CODES:
                     return None
                 raise
         return AssetInfo(
@@ -323,7 +299,7 @@ class S3Store:
             try:
                 response = self._client.get_object(Bucket=self._bucket, Key=key)
             except ClientError as exc:
-                if _error_code(exc) in _NOT_FOUND_CODES:
+                if _error_code(exc) in NOT_FOUND_CODES:
                     raise AssetNotFoundError(f"{ref} is not in {self.url}") from exc
                 raise
         return S3AssetStream(
@@ -332,6 +308,12 @@ class S3Store:
             sha256=response.get("Metadata", {}).get(SHA256_METADATA_KEY),
             where=f"s3://{self._bucket}/{key}",
         )
+
+    def delete(self, ref: AssetRef) -> None:
+        # S3 answers 204 whether or not the key existed; the SHA-256 is the object's own
+        # metadata, so it goes with it.
+        with self._translate_errors():
+            self._client.delete_object(Bucket=self._bucket, Key=self.key_for(ref))
 
     def presign(self, ref: AssetRef, expiry_s: float) -> str:
         """A URL that GETs `ref` without credentials for `expiry_s`: signed here, with this
@@ -371,32 +353,20 @@ class S3Store:
             return ConfigError(
                 f"no AWS credentials found for {where}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or configure another source in "
-                f"the AWS credential chain ({_one_line(exc)})"
+                f"the AWS credential chain ({one_line(exc)})"
             )
         if isinstance(exc, CredentialRetrievalError | TokenRetrievalError | SSOError):
-            return ConfigError(f"cannot load AWS credentials for {where}: {_one_line(exc)}")
+            return ConfigError(f"cannot load AWS credentials for {where}: {one_line(exc)}")
         if isinstance(exc, BotoConnectionError | HTTPClientError):
             return StoreUnavailableError(
-                f"cannot reach S3 endpoint {endpoint} for {self.url}: {_one_line(exc)}"
+                f"cannot reach S3 endpoint {endpoint} for {self.url}: {one_line(exc)}"
             )
         if isinstance(exc, BotoCoreError):
-            return StoreError(f"S3 request for {where} failed: {_one_line(exc)}")
-        code = _error_code(exc)
-        message = exc.response.get("Error", {}).get("Message", "") or "no message"
-        if code == "NoSuchBucket":
-            return StoreError(f"bucket {self._bucket} does not exist at endpoint {endpoint}")
-        if code in _ACCESS_DENIED_CODES:
-            return StoreError(
-                f"access denied to {self.url} at endpoint {endpoint}: check the bucket policy "
-                f"and the credentials' permissions ({_one_line(message)})"
-            )
-        if code in _BAD_CREDENTIAL_CODES:
-            return StoreError(f"S3 rejected the AWS credentials for {where}: {code}: {message}")
-        if code in _UNAVAILABLE_CODES or code.startswith("5"):
-            return StoreUnavailableError(
-                f"S3 at {endpoint} failed for {self.url}: {code}: {_one_line(message)}"
-            )
-        return StoreError(f"S3 error for {where}: {code}: {_one_line(message)}")
+            return StoreError(f"S3 request for {where} failed: {one_line(exc)}")
+        message = exc.response.get("Error", {}).get("Message", "")
+        return error_for_code(
+            _error_code(exc), message, url=self.url, bucket=self._bucket, endpoint=endpoint
+        )
 
 
 class S3AssetStream:
@@ -413,7 +383,7 @@ class S3AssetStream:
             return self._body.read(None if size < 0 else size)
         except (BotoCoreError, OSError) as exc:
             # A transfer broken off (a dropped connection, a stalled server) can be retried.
-            raise StoreUnavailableError(f"reading {self._where} failed: {_one_line(exc)}") from exc
+            raise StoreUnavailableError(f"reading {self._where} failed: {one_line(exc)}") from exc
 
     def close(self) -> None:
         self._body.close()
@@ -438,7 +408,3 @@ def _error_code(exc: ClientError) -> str:
     if code:
         return str(code)
     return str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "unknown"))
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())

@@ -79,6 +79,9 @@ class SignedStore:
     ) -> AssetInfo:
         raise StoreError(f"{self._url} is read-only through the master's signed URLs")
 
+    def delete(self, ref: AssetRef) -> None:
+        raise StoreError(f"{self._url} is read-only through the master's signed URLs")
+
     def open(self, ref: AssetRef) -> HttpAssetStream:
         # Here, not at the top: an idle minion never holds the HTTP client and TLS (2 MiB).
         from daybook.store.http_stream import HttpAssetStream

@@ -66,7 +66,7 @@ def test_a_minion_killed_mid_extraction_leaves_nothing_half_installed(
     assert sum(1 for p in installed.rglob("f*") if p.is_file()) == BIG_FILES
     sample = installed / "d039" / "f03999"
     assert sample.read_bytes() == files["d039/f03999"]
-    assert "removing stale partial install" in fleet.minions["web-1"].log()
+    assert "removing the leftover" in fleet.minions["web-1"].log()
 
 
 def children(pid: int) -> set[int]:
