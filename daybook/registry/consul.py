@@ -8,7 +8,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -566,6 +566,33 @@ class ConsulRegistry:
         if method == "PUT":
             request = partial(request, data=value)
         return self._call(action, request) is True
+
+    def send(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        callback: Callable[[Any], T],
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        data: str | bytes | None = None,
+    ) -> T:
+        """One request to the agent through this registry's client, with its token, TLS,
+        scope (dc, ns, partition) and one-line errors: for other users of the same agent,
+        such as the leader lock beside the mappings. `callback` is a py-consul CB."""
+        http = self._client.http
+        verbs = {"GET": http.get, "PUT": http.put, "DELETE": http.delete}
+        request = partial(
+            verbs[method],
+            callback,
+            path,
+            params=[*params, *self._scope.params()],
+            headers=self._client.prepare_headers(self._token),
+        )
+        if data is not None:
+            request = partial(request, data=data)
+        answer: T = self._call(action, request)
+        return answer
 
     def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:
         """Read the key, apply `change`, write back with check-and-set; retry on conflict.

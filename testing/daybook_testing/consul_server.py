@@ -810,16 +810,18 @@ class ConsulServer:
         now = self.now()
         for datacenter, table in self._sessions.items():
             for session in table.expired(now):
-                self._invalidate(datacenter, session)
+                # The lock-delay runs from when the timer fired, even if advance() jumped
+                # past it.
+                self._invalidate(datacenter, session, at=session.expires_at)
 
-    def _invalidate(self, datacenter: str, session: Session) -> None:
+    def _invalidate(self, datacenter: str, session: Session, at: float | None = None) -> None:
         """deleteSessionTxn: drop the session, release or delete its keys, and start each
         key's lock-delay."""
         table = self._session_table(datacenter)
         idx = self._next_raft_index(datacenter)
         del table.sessions[session.id]
         table.index = idx
-        until = self.now() + session.applied_lock_delay_s
+        until = (self.now() if at is None else at) + session.applied_lock_delay_s
         for scope, store in self._stores.items():
             if scope.datacenter != datacenter:
                 continue
