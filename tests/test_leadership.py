@@ -218,7 +218,7 @@ def test_the_lock_key_sits_beside_the_mappings_prefix() -> None:
 
 
 def test_consul_key_holds_the_term_and_lock_index_is_the_number(
-    registry: ConsulRegistry, consul_server: ConsulServer
+    registry: ConsulRegistry, consul_server: ConsulServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = ConsulLeadership(registry), ConsulLeadership(registry)
     term = first.acquire("m1:4505")
@@ -228,14 +228,22 @@ def test_consul_key_holds_the_term_and_lock_index_is_the_number(
     assert entry.session == term.session
     assert wire.from_json(Term, entry.value) == term
     first.release()
-    # Another master takes and gives back the lock between our read and our acquire: the
-    # number written must still be the key's LockIndex.
+    # Another master takes and gives back the lock between the read that predicts the
+    # number and the acquire: the number written must still be the key's LockIndex.
     racer = ConsulLeadership(registry)
-    racer.acquire("m3:4505")
-    racer.release()
+    create_session = second._create_session
+
+    def racing_create(holder: str) -> str:
+        racer.acquire("m3:4505")
+        racer.release()
+        return create_session(holder)
+
+    monkeypatch.setattr(second, "_create_session", racing_create)
     second_term = second.acquire("m2:4505")
     assert second_term is not None
-    assert second_term.number == consul_server.entries()["daybook/leader"].lock_index == 3
+    entry = consul_server.entries()["daybook/leader"]
+    assert second_term.number == entry.lock_index == 3
+    assert wire.from_json(Term, entry.value).number == 3
 
 
 def test_consul_session_carries_the_ttl_and_lock_delay(
