@@ -97,7 +97,11 @@ class Leadership(Protocol):
         expired), or `timeout_s` passes; then (the new index, `leader()`). `index` 0
         answers at once. Consul holds a blocking query on the lock key, so a standby at
         rest costs one request per `timeout_s`; the file lease is polled locally.
-        Compare terms, not indexes: an index may also move for an unrelated write."""
+        Compare terms, not indexes: an index may also move for an unrelated write.
+
+        Block only while someone leads. A lock that is free yet refuses `acquire` is in
+        its lock-delay (Consul, after an expiry or a `depose`) and will not change again:
+        retry `acquire` every ~0.1 s until it passes (at most the lock-delay)."""
         ...
 
     @property

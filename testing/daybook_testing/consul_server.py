@@ -465,12 +465,18 @@ class _Store:
 
 
 class ConsulServer:
-    """A Consul agent's KV and txn HTTP API on 127.0.0.1, with test hooks.
+    """A Consul agent's KV, txn and session HTTP API on 127.0.0.1, with test hooks.
 
     Query-time settings, jitter, index gaps, the key rules and the agent default token are
     plain attributes read per request, so a test may change them at any time. ACLs are off
     (every token ignored) until `enable_acls()`; namespaces and partitions are refused as
     open-source Consul refuses them until `enable_enterprise()`.
+
+    Sessions (consul_sessions.py) expire on the double's own clock: real time, plus what
+    `advance(seconds)` adds, so a TTL test need not wait 20 s. With ACLs on, session
+    create, renew and destroy need `session:write` on the double's node (`session_prefix`
+    rules of `add_acl_token`), and reads hide the sessions a token may not read, as KV
+    reads do. A txn's `lock`/`unlock` verbs are not implemented and refused with a 409.
     """
 
     def __init__(
