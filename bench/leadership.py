@@ -60,6 +60,17 @@ def start_holder(url: str, mode: str) -> subprocess.Popen[str]:
     return proc
 
 
+def stop_holder(holder: subprocess.Popen[str]) -> None:
+    """Let it release the lock (so the next measurement starts free), then kill it."""
+    if holder.poll() is None and holder.stdin is not None:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout is not None
+        holder.stdout.readline()
+    holder.kill()
+    holder.wait()
+
+
 def take_over(standby: Leadership, strategy: str, poll_s: float) -> Term:
     """Wait as a standby should until `acquire` succeeds. Watching: block on the lock while
     it is held, but never while it is free: a free key refusing the acquire is in its
@@ -105,7 +116,7 @@ def requests_per_minute(
 ) -> float:
     """The standby's own requests (told apart by its token, which the double logs even
     with ACLs off) over `window_s` of rest, after its first read, per minute."""
-    holder = start_holder(url, "hold")
+    holder = start_holder(url, "release")
     standby = ConsulLeadership(ConsulRegistry(server.address, "daybook/hosts/", token=TOKEN))
     try:
         index, _ = standby.watch(0, 1.0)
@@ -120,7 +131,7 @@ def requests_per_minute(
         mine = [r for r in server.request_log if r.header("X-Consul-Token") == TOKEN]
         return len(mine) * 60.0 / window_s
     finally:
-        holder.kill()
+        stop_holder(holder)
         holder.wait()
         standby.close()
 
@@ -131,6 +142,7 @@ def report(name: str, value: float, unit: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("parts", nargs="*", choices=["failover", "rest"], default=[])
     parser.add_argument("--poll", type=float, default=1.0, help="a polling standby's period")
     parser.add_argument(
         "--rest-window", type=float, default=125.0, help="seconds a standby at rest is counted"
@@ -140,17 +152,25 @@ def main() -> None:
     with ConsulServer() as server, tempfile.TemporaryDirectory() as tmp:
         consul = f"consul://{server.address}/daybook/hosts/"
         lease = f"file://{Path(tmp) / 'mappings.json'}"
-        for case in ("release", "kill+depose", "kill"):
-            for strategy in ("watch", "poll"):
-                label = f"consul {case}, standby {strategy} (poll {poll_s:g} s)"
-                report(label, failover_s(consul, case, strategy, poll_s), "s")
-        for case in ("release", "kill"):
-            for strategy in ("watch", "poll"):
-                label = f"file lease {case}, standby {strategy} (poll {poll_s:g} s)"
-                report(label, failover_s(lease, case, strategy, poll_s), "s")
+        parts = args.parts or ["failover", "rest"]
+        if "failover" in parts:
+            failovers(consul, lease, poll_s)
+        if "rest" not in parts:
+            return
         for strategy in ("poll", "watch"):
             rate = requests_per_minute(server, consul, strategy, poll_s, args.rest_window)
             report(f"consul requests a minute, standby at rest ({strategy})", rate, "/min")
+
+
+def failovers(consul: str, lease: str, poll_s: float) -> None:
+    for url, name, cases in (
+        (consul, "consul", ("release", "kill+depose", "kill")),
+        (lease, "file lease", ("release", "kill")),
+    ):
+        for case in cases:
+            for strategy in ("watch", "poll"):
+                label = f"{name} {case}, standby {strategy} (poll {poll_s:g} s)"
+                report(label, failover_s(url, case, strategy, poll_s), "s")
 
 
 if __name__ == "__main__":

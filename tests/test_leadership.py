@@ -299,6 +299,20 @@ def test_the_session_expires_if_renews_stop_and_lives_while_they_go_on(
     assert holder.renew() is False
 
 
+def test_a_watch_is_capped_by_the_registry_urls_wait(consul_server: ConsulServer) -> None:
+    leadership = ConsulLeadership.from_url(
+        f"consul://{consul_server.address}/daybook/hosts/?wait=2s"
+    )
+    try:
+        index, _ = leadership.watch(0, 1.0)
+        consul_server.clear_request_log()
+        leadership.watch(index, 60.0)
+        [held] = consul_server.request_log
+        assert held.query["wait"] == ["2000ms"]
+    finally:
+        leadership.close()
+
+
 def test_renew_says_consul_is_unreachable_instead_of_guessing(
     registry: ConsulRegistry, consul_server: ConsulServer
 ) -> None:

@@ -482,6 +482,11 @@ class ConsulRegistry:
     def key_prefix(self) -> str:
         return self._prefix
 
+    @property
+    def max_wait_s(self) -> float | None:
+        """The registry URL's `wait`: the longest any blocking query may be held."""
+        return self._scope.max_wait_s
+
     def read(self) -> Snapshot:
         """The whole table from one recursive GET; a missing prefix is an empty table."""
         return self._list(f"read {self._prefix}", [])

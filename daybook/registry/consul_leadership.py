@@ -183,6 +183,8 @@ class ConsulLeadership:
 
     def watch(self, index: int, timeout_s: float) -> tuple[int, Term | None]:
         params: list[tuple[str, str]] = []
+        if self._registry.max_wait_s is not None:
+            timeout_s = min(timeout_s, self._registry.max_wait_s)
         if index > 0:
             params = [("index", str(index)), ("wait", f"{max(1, round(timeout_s * 1000))}ms")]
         raw_index, entry = self._registry.send(
