@@ -35,12 +35,18 @@ from daybook.registry.base import open_leadership
 lead = open_leadership(sys.argv[1])
 term = lead.acquire("holder:4505")
 print(term.number, flush=True)
+period = lead.ttl_s / 3 if lead.ttl_s != float("inf") else 1.0
+done = threading.Event()
+def keep():
+    while not done.wait(period) and lead.renew():
+        pass
+threading.Thread(target=keep, daemon=True).start()
 if sys.argv[2] == "release":
     sys.stdin.readline()
+    done.set()
     lead.release()
     print("released", flush=True)
-while lead.renew():
-    threading.Event().wait(lead.ttl_s / 3 if lead.ttl_s != float("inf") else 1.0)
+threading.Event().wait()
 """
 WATCH_TIMEOUT_S = 60.0
 LOCK_DELAY_RETRY_S = 0.1
