@@ -148,7 +148,7 @@ def report(name: str, value: float, unit: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("parts", nargs="*", choices=["failover", "rest"], default=[])
+    parser.add_argument("parts", nargs="*", help="failover, rest (default: both)")
     parser.add_argument("--poll", type=float, default=1.0, help="a polling standby's period")
     parser.add_argument(
         "--rest-window", type=float, default=125.0, help="seconds a standby at rest is counted"
@@ -159,6 +159,8 @@ def main() -> None:
         consul = f"consul://{server.address}/daybook/hosts/"
         lease = f"file://{Path(tmp) / 'mappings.json'}"
         parts = args.parts or ["failover", "rest"]
+        if unknown := set(parts) - {"failover", "rest"}:
+            parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
         if "failover" in parts:
             failovers(consul, lease, poll_s)
         if "rest" not in parts:

@@ -411,3 +411,9 @@ def test_the_lease_is_exclusive_between_threads_too(tmp_path: Path) -> None:
     for lease in leases:
         lease.close()
     assert len(winners) == 1
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/x", "file://host/path", "file://"])
+def test_open_leadership_refuses_urls_it_cannot_lock(url: str) -> None:
+    with pytest.raises(ConfigError):
+        open_leadership(url)
