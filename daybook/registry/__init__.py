@@ -1,2 +1,3 @@
-"""Where mappings live: the `Registry` protocol (`base`), Consul (`consul`) and a local
-file (`file`), chosen by `open_registry(url)`."""
+"""Where mappings live, and which master leads: the `Registry` and `Leadership` protocols
+(`base`), Consul (`consul`, `consul_leadership`) and local files (`file`, `lease`), chosen
+by `open_registry(url)` and `open_leadership(url)`."""

@@ -90,7 +90,12 @@ class Leadership(Protocol):
     def renew(self) -> bool:
         """Keep the held term alive (renew the session). False when it is gone: the
         session was invalidated or destroyed, or the lock is someone else's; the caller
-        must step down at once."""
+        must step down at once. Also False when no term is held.
+
+        Raises RegistryError when the backend cannot answer (Consul unreachable): the term
+        is then neither confirmed nor lost. It lasts at least `ttl_s` after the last renew
+        that returned True, and the caller may lead until then, not longer.
+        """
         ...
 
     def release(self) -> None:
@@ -101,12 +106,55 @@ class Leadership(Protocol):
         """Who leads now, as the lock says; None when nobody holds it."""
         ...
 
+    def watch(self, index: int, timeout_s: float) -> tuple[int, Term | None]:
+        """For a standby: block until the lock changes past `index` (taken, released,
+        expired), or `timeout_s` passes; then (the new index, `leader()`). `index` 0
+        answers at once. Consul holds a blocking query on the lock key, so a standby at
+        rest costs one request per `timeout_s`; the file lease is polled locally.
+        Compare terms, not indexes: an index may also move for an unrelated write.
+
+        Block only while someone leads. A lock that is free yet refuses `acquire` is in
+        its lock-delay (Consul, after an expiry or a `depose`) and will not change again:
+        retry `acquire` every ~0.1 s until it passes (at most the lock-delay)."""
+        ...
+
+    @property
+    def ttl_s(self) -> float:
+        """How long a term outlives its last successful renew, at least (Consul: the
+        session TTL; the file lease: forever while the holder's process lives)."""
+        ...
+
     def depose(self, term: Term) -> None:
         """Hasten a takeover from a holder that stopped answering: end `term`'s session
         (Consul) so the lock frees. Safe to call on a term that already ended."""
         ...
 
     def close(self) -> None: ...
+
+
+def open_leadership(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Leadership:
+    """The leader lock that goes with the registry at `url`: for `consul://` a lock key
+    beside the key prefix (`daybook/hosts/` -> `daybook/leader`) on the same agent, with
+    the same token, TLS and scope; for `file:///PATH` a lease beside the mappings file."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("consul", "consul+https"):
+        from daybook.registry.consul_leadership import ConsulLeadership
+
+        return ConsulLeadership.from_url(url, key_prefix=key_prefix)
+    if parsed.scheme == "file":
+        from daybook.registry.lease import FileLeadership
+
+        return FileLeadership(_file_path(url))
+    raise ConfigError(
+        f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
+    )
+
+
+def _file_path(url: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost") or not parsed.path:
+        raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")
+    return Path(parsed.path)
 
 
 def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry:
@@ -123,9 +171,7 @@ def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry
     if parsed.scheme == "file":
         from daybook.registry.file import FileRegistry
 
-        if parsed.netloc not in ("", "localhost") or not parsed.path:
-            raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")
-        return FileRegistry(Path(parsed.path))
+        return FileRegistry(_file_path(url))
     raise ConfigError(
         f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
     )

@@ -10,7 +10,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -513,6 +513,11 @@ class ConsulRegistry:
     def pins_prefix(self) -> str:
         return self._pins_prefix
 
+    @property
+    def max_wait_s(self) -> float | None:
+        """The registry URL's `wait`: the longest any blocking query may be held."""
+        return self._scope.max_wait_s
+
     def read(self) -> Snapshot:
         """The whole table and the pins, from one recursive GET each; a missing prefix is
         an empty table (no pins)."""
@@ -685,6 +690,33 @@ class ConsulRegistry:
         if method == "PUT":
             request = partial(request, data=value)
         return self._call(action, request) is True
+
+    def send(
+        self,
+        action: str,
+        method: str,
+        path: str,
+        callback: Callable[[Any], T],
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        data: str | bytes | None = None,
+    ) -> T:
+        """One request to the agent through this registry's client, with its token, TLS,
+        scope (dc, ns, partition) and one-line errors: for other users of the same agent,
+        such as the leader lock beside the mappings. `callback` is a py-consul CB."""
+        http = self._client.http
+        verbs = {"GET": http.get, "PUT": http.put, "DELETE": http.delete}
+        request = partial(
+            verbs[method],
+            callback,
+            path,
+            params=[*params, *self._scope.params()],
+            headers=self._client.prepare_headers(self._token),
+        )
+        if data is not None:
+            request = partial(request, data=data)
+        answer: T = self._call(action, request)
+        return answer
 
     def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:
         """Read the key, apply `change`, write back with check-and-set; retry on conflict.

@@ -1,4 +1,4 @@
-"""A Consul-KV-compatible HTTP server for tests: the KV and txn API plus fault hooks.
+"""A Consul-KV-compatible HTTP server for tests: the KV, txn and session API, fault hooks.
 
 Every behaviour follows Consul's source and docs (shared/consul-kv-behaviour.md), and where
 Consul is strict the double is strict too: code that passes against it must pass against a
@@ -31,6 +31,16 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode
 
 import trustme
+
+from daybook_testing.consul_sessions import (
+    TTL_MULTIPLIER,
+    Session,
+    SessionRefusal,
+    SessionTable,
+    decode_create,
+    requested_node,
+    validate_create,
+)
 
 FaultKind = Literal["no_leader", "rate_limited", "drop", "delay"]
 AclPolicy = Literal["read", "write", "deny"]
@@ -132,18 +142,31 @@ class KVEntry:
     create_index: int
     modify_index: int
     lock_index: int = 0
+    # The session holding the key's lock; "" when unlocked.
+    session: str = ""
 
     def to_json(self, *, with_value: bool = True) -> dict[str, object]:
         # An empty PUT stores a nil []byte, which Go encodes as null; Session is omitempty.
         value = base64.b64encode(self.value).decode() if with_value and self.value else None
+        locked = {"Session": self.session} if self.session else {}
         return {
             "LockIndex": self.lock_index,
             "Key": self.key,
             "Flags": self.flags,
             "Value": value,
+            **locked,
             "CreateIndex": self.create_index,
             "ModifyIndex": self.modify_index,
         }
+
+    def same_as(self, other: KVEntry) -> bool:
+        """DirEntry.Equal: what decides whether a write changes anything."""
+        return (self.value, self.flags, self.lock_index, self.session) == (
+            other.value,
+            other.flags,
+            other.lock_index,
+            other.session,
+        )
 
 
 @dataclass
@@ -174,10 +197,20 @@ class AclToken:
     accessor_id: str
     key_prefix: Mapping[str, AclPolicy] = field(default_factory=dict)
     key: Mapping[str, AclPolicy] = field(default_factory=dict)
+    # `session_prefix "<node>" { policy = ... }` rules, by node-name prefix.
+    session_prefix: Mapping[str, AclPolicy] = field(default_factory=dict)
 
     @property
     def is_anonymous(self) -> bool:
         return self.secret_id == _ANONYMOUS_SECRET
+
+    def allows_session(
+        self, node: str, access: Literal["read", "write"], default: AclPolicy
+    ) -> bool:
+        """session:read/write on a node: the longest matching session_prefix rule."""
+        best = max((p for p in self.session_prefix if node.startswith(p)), key=len, default=None)
+        rule = default if best is None else self.session_prefix[best]
+        return rule == "write" or (rule == "read" and access == "read")
 
     def _rule_for(self, name: str) -> AclPolicy | None:
         if name in self.key:
@@ -202,13 +235,15 @@ class AclToken:
                     return False
         return self.allows(prefix, "write", default)
 
-    def denial(self, access: str, name: str) -> str:
+    def denial(self, access: str, name: str, resource: str = "key") -> str:
         who = (
             "anonymous token"
             if self.is_anonymous
             else f"token with AccessorID '{self.accessor_id}'"
         )
-        message = f"Permission denied: {who} lacks permission 'key:{access}' on {_go_quote(name)}"
+        message = (
+            f"Permission denied: {who} lacks permission '{resource}:{access}' on {_go_quote(name)}"
+        )
         if self.is_anonymous:
             return message + "." + _ANONYMOUS_SUFFIX
         return message
@@ -278,10 +313,10 @@ class _ReadOptions:
 
 
 class _Watch:
-    """A blocked query's interest: fired by any write to its table that changes a key it
-    matches."""
+    """A blocked query's interest: fired by any write to its table (KV, or sessions) that
+    changes a key or session id it matches."""
 
-    def __init__(self, store: _Store, matches: Callable[[str], bool]) -> None:
+    def __init__(self, store: _Store | SessionTable, matches: Callable[[str], bool]) -> None:
         self.store = store
         self.matches = matches
         self.fired = False
@@ -323,6 +358,9 @@ class _Store:
         self.tombstones: dict[str, int] = {}
         self.kvs_index = 0
         self.tombstones_index = 0
+        # Key -> when its lock-delay ends, on the double's clock. Like Consul's, it lives in
+        # the leader's memory, outside the raft state, so a txn rollback keeps it.
+        self.lock_delays: dict[str, float] = {}
 
     def copy(self) -> _Store:
         other = _Store()
@@ -355,15 +393,55 @@ class _Store:
     # Each writer returns the keys it changed, so blocked queries can tell if they care.
 
     def put(self, idx: int, key: str, value: bytes, flags: int) -> tuple[KVEntry, set[str]]:
+        """kvsSetTxn: a plain write keeps the key's lock, its holder and LockIndex."""
         existing = self.entries.get(key)
-        if existing is not None and existing.value == value and existing.flags == flags:
+        if existing is None:
+            return self._write(KVEntry(key, value, flags, idx, idx), None)
+        entry = dataclasses.replace(existing, value=value, flags=flags, modify_index=idx)
+        return self._write(entry, existing)
+
+    def _write(self, entry: KVEntry, existing: KVEntry | None) -> tuple[KVEntry, set[str]]:
+        if existing is not None and existing.same_as(entry):
             # Since Consul 1.6 an identical write changes nothing and wakes nobody.
             return existing, set()
-        create = existing.create_index if existing is not None else idx
-        entry = KVEntry(key, value, flags, create, idx, existing.lock_index if existing else 0)
-        self.entries[key] = entry
-        self.kvs_index = idx
-        return entry, {key}
+        self.entries[entry.key] = entry
+        self.kvs_index = entry.modify_index
+        return entry, {entry.key}
+
+    def lock(
+        self, idx: int, key: str, value: bytes, flags: int, session: str
+    ) -> tuple[KVEntry | None, set[str]]:
+        """kvsLockTxn (the session is valid): None when another session holds the key. A
+        new holder bumps LockIndex; the holder acquiring again only writes the value."""
+        existing = self.entries.get(key)
+        if existing is None:
+            return self._write(KVEntry(key, value, flags, idx, idx, 1, session), None)
+        if existing.session not in ("", session):
+            return None, set()
+        lock_index = existing.lock_index + (existing.session != session)
+        entry = KVEntry(key, value, flags, existing.create_index, idx, lock_index, session)
+        return self._write(entry, existing)
+
+    def unlock(
+        self, idx: int, key: str, value: bytes, flags: int, session: str
+    ) -> tuple[KVEntry | None, set[str]]:
+        """kvsUnlockTxn: only the holder releases; the request's value is written too."""
+        existing = self.entries.get(key)
+        if existing is None or existing.session != session:
+            return None, set()
+        entry = KVEntry(key, value, flags, existing.create_index, idx, existing.lock_index)
+        return self._write(entry, existing)
+
+    def drop_session(self, idx: int, session: str, behavior: str) -> set[str]:
+        """deleteSessionTxn: the session's keys are unlocked (value kept) or deleted."""
+        held = [k for k, e in self.entries.items() if e.session == session]
+        for key in held:
+            if behavior == "delete":
+                self.delete(idx, key)
+            else:
+                entry = self.entries[key]
+                self._write(dataclasses.replace(entry, session="", modify_index=idx), entry)
+        return set(held)
 
     def delete(self, idx: int, key: str) -> set[str]:
         if self.entries.pop(key, None) is None:
@@ -387,12 +465,18 @@ class _Store:
 
 
 class ConsulServer:
-    """A Consul agent's KV and txn HTTP API on 127.0.0.1, with test hooks.
+    """A Consul agent's KV, txn and session HTTP API on 127.0.0.1, with test hooks.
 
     Query-time settings, jitter, index gaps, the key rules and the agent default token are
     plain attributes read per request, so a test may change them at any time. ACLs are off
     (every token ignored) until `enable_acls()`; namespaces and partitions are refused as
     open-source Consul refuses them until `enable_enterprise()`.
+
+    Sessions (consul_sessions.py) expire on the double's own clock: real time, plus what
+    `advance(seconds)` adds, so a TTL test need not wait 20 s. With ACLs on, session
+    create, renew and destroy need `session:write` on the double's node (`session_prefix`
+    rules of `add_acl_token`), and reads hide the sessions a token may not read, as KV
+    reads do. A txn's `lock`/`unlock` verbs are not implemented and refused with a 409.
     """
 
     def __init__(
@@ -436,6 +520,12 @@ class ConsulServer:
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # Consul's session timer fires at TTL x this after the last renew.
+        self.ttl_multiplier = TTL_MULTIPLIER
+        self._sessions: dict[str, SessionTable] = {}
+        # advance() moves the double's clock (TTLs, lock-delays) ahead of the real one.
+        self._clock_offset_s = 0.0
+        self._reaper: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -450,12 +540,17 @@ class ConsulServer:
             name="consul-double",
         )
         self._thread.start()
+        self._reaper = threading.Thread(target=self._reap_sessions, name="consul-double-ttl")
+        self._reaper.start()
         return self
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if self._reaper is not None:
+            self._reaper.join()
+            self._reaper = None
         if self._httpd is None:
             return
         self._httpd.shutdown()
@@ -507,9 +602,30 @@ class ConsulServer:
             self._epoch += 1
             if not keep_data:
                 self._stores.clear()
+                self._sessions.clear()
                 self._raft_index = dict.fromkeys(self._raft_index, INITIAL_RAFT_INDEX)
+            # A new leader restarts every session timer (initializeSessionTimers).
+            for table in self._sessions.values():
+                for session in table.sessions.values():
+                    session.renew(self.now(), self.ttl_multiplier)
             self._cond.notify_all()
         self._close_connections()
+
+    def now(self) -> float:
+        """The double's clock (monotonic seconds), which `advance` moves ahead."""
+        return time.monotonic() + self._clock_offset_s
+
+    def advance(self, seconds: float) -> None:
+        """Move the double's clock ahead: sessions whose TTL timer passes are invalidated
+        before this returns, and lock-delays run out, without a test sleeping."""
+        with self._cond:
+            self._clock_offset_s += seconds
+            self._expire_sessions()
+            self._cond.notify_all()
+
+    def sessions(self, datacenter: str = DATACENTER) -> dict[str, Session]:
+        with self._cond:
+            return dict(self._session_table(datacenter).sessions)
 
     def inject_fault(self, kind: FaultKind, *, count: int = 1, delay_s: float = 0.0) -> None:
         """Make the next `count` requests fail: 500 `No cluster leader`, 429, a dropped
@@ -618,9 +734,14 @@ class ConsulServer:
         key_prefix: Mapping[str, AclPolicy] | None = None,
         key: Mapping[str, AclPolicy] | None = None,
         accessor_id: str | None = None,
+        session_prefix: Mapping[str, AclPolicy] | None = None,
     ) -> AclToken:
         token = AclToken(
-            secret_id, accessor_id or str(uuid.uuid4()), dict(key_prefix or {}), dict(key or {})
+            secret_id,
+            accessor_id or str(uuid.uuid4()),
+            dict(key_prefix or {}),
+            dict(key or {}),
+            dict(session_prefix or {}),
         )
         with self._cond:
             self._tokens[secret_id] = token
@@ -678,7 +799,45 @@ class ConsulServer:
     def _store_for(self, scope: _Scope) -> _Store:
         return self._stores.setdefault(scope, _Store())
 
-    def _notify(self, store: _Store, changed: set[str]) -> None:
+    def _session_table(self, datacenter: str) -> SessionTable:
+        return self._sessions.setdefault(datacenter, SessionTable())
+
+    def _reap_sessions(self) -> None:
+        """The leader's session timers: invalidate each TTL session when its time comes."""
+        with self._cond:
+            while not self._stopping:
+                self._expire_sessions()
+                deadlines = [t.next_expiry() for t in self._sessions.values()]
+                due = min((d for d in deadlines if d is not None), default=None)
+                # Any change (a create, renew or advance) notifies and so re-plans the wait.
+                self._cond.wait(None if due is None else max(0.0, due - self.now()))
+
+    def _expire_sessions(self) -> None:
+        now = self.now()
+        for datacenter, table in self._sessions.items():
+            for session in table.expired(now):
+                # The lock-delay runs from when the timer fired, even if advance() jumped
+                # past it.
+                self._invalidate(datacenter, session, at=session.expires_at)
+
+    def _invalidate(self, datacenter: str, session: Session, at: float | None = None) -> None:
+        """deleteSessionTxn: drop the session, release or delete its keys, and start each
+        key's lock-delay."""
+        table = self._session_table(datacenter)
+        idx = self._next_raft_index(datacenter)
+        del table.sessions[session.id]
+        table.index = idx
+        until = (self.now() if at is None else at) + session.applied_lock_delay_s
+        for scope, store in self._stores.items():
+            if scope.datacenter != datacenter:
+                continue
+            changed = store.drop_session(idx, session.id, session.behavior)
+            if session.applied_lock_delay_s > 0:
+                store.lock_delays.update(dict.fromkeys(changed, until))
+            self._notify(store, changed)
+        self._notify(table, {session.id})
+
+    def _notify(self, store: _Store | SessionTable, changed: set[str]) -> None:
         if not changed:
             return
         for watch in self._watches:
@@ -950,17 +1109,34 @@ class ConsulServer:
                 return acl
             if acl is not None and not acl.allows(key, "write", self._acl_default or "write"):
                 return _text(403, acl.denial("write", key))
-            idx = self._next_raft_index(call.scope.datacenter)
             if call.query.has("acquire") or call.query.has("release"):
-                session = call.query.get("acquire") or call.query.get("release")
-                # The double has no sessions, so every session is unknown, as in kvsLockTxn.
-                return _text(500, f"invalid session {_go_quote(session)}")
+                return self._kv_lock(call, key, flags or 0)
+            idx = self._next_raft_index(call.scope.datacenter)
             store = self._store_for(call.scope)
             if cas is not None and not _cas_matches(store.entries.get(key), cas):
                 return _json_reply(200, False)
             _, changed = store.put(idx, key, call.body, flags or 0)
             self._notify(store, changed)
         return _json_reply(200, True)
+
+    def _kv_lock(self, call: _Call, key: str, flags: int) -> _Reply:
+        """`?acquire=ID` / `?release=ID`: kvsPreApply's lock-delay check (before anything
+        else, so even an unknown session just gets false), then kvsLockTxn/kvsUnlockTxn."""
+        store = self._store_for(call.scope)
+        acquire = call.query.has("acquire")
+        session = call.query.get("acquire" if acquire else "release")
+        if acquire and store.lock_delays.get(key, 0.0) > self.now():
+            return _json_reply(200, False)
+        if not session:
+            return _text(500, "missing session")
+        datacenter = call.scope.datacenter
+        if acquire and session not in self._session_table(datacenter).sessions:
+            return _text(500, f"invalid session {_go_quote(session)}")
+        idx = self._next_raft_index(datacenter)
+        write = store.lock if acquire else store.unlock
+        entry, changed = write(idx, key, call.body, flags, session)
+        self._notify(store, changed)
+        return _json_reply(200, entry is not None)
 
     def _kv_delete(self, call: _Call, key: str) -> _Reply:
         if conflict := _conflicting_flags(call.query, ("recurse", "cas")):
@@ -993,6 +1169,94 @@ class ConsulServer:
             # kvsDeleteCASTxn answers true for a missing key, whatever the index.
             self._notify(store, store.delete(idx, key))
         return _json_reply(200, True)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _session_write_denied(self, call: _Call, node: str) -> _Reply | None:
+        """session:write on the session's node, when ACLs are on (as key:write for KV)."""
+        acl = self._resolve_token(call.token)
+        if isinstance(acl, _Reply):
+            return acl
+        if acl is not None and not acl.allows_session(node, "write", self._acl_default or "write"):
+            return _text(403, acl.denial("write", node, "session"))
+        return None
+
+    def session_create(self, call: _Call) -> _Reply:
+        try:
+            fields = decode_create(call.body, parse_go_duration) if call.length > 0 else {}
+            with self._cond:
+                denied = self._session_write_denied(call, requested_node(fields))
+                if denied is not None:
+                    return denied
+                request = validate_create(fields, parse_go_duration)
+                datacenter = call.scope.datacenter
+                table = self._session_table(datacenter)
+                idx = self._next_raft_index(datacenter)
+                session = request.create(idx)
+                session.renew(self.now(), self.ttl_multiplier)
+                table.sessions[session.id] = session
+                table.index = idx
+                self._notify(table, {session.id})
+        except SessionRefusal as refusal:
+            return _text(refusal.status, refusal.message)
+        return _json_reply(200, {"ID": session.id})
+
+    def session_renew(self, call: _Call, session_id: str) -> _Reply:
+        if not session_id:
+            return _text(400, "Missing session")
+        with self._cond:
+            session = self._session_table(call.scope.datacenter).sessions.get(session_id)
+            if session is None:
+                return _text(404, f"Session id '{session_id}' not found")
+            denied = self._session_write_denied(call, session.node)
+            if denied is not None:
+                return denied
+            session.renew(self.now(), self.ttl_multiplier)
+            self._cond.notify_all()  # the TTL reaper re-plans its wait
+            return _json_reply(200, [session.to_json()], pretty=call.query.has("pretty"))
+
+    def session_destroy(self, call: _Call, session_id: str) -> _Reply:
+        """Idempotent: an unknown session is destroyed too (true)."""
+        if not session_id:
+            return _text(400, "Missing session")
+        with self._cond:
+            datacenter = call.scope.datacenter
+            session = self._session_table(datacenter).sessions.get(session_id)
+            if session is not None:
+                denied = self._session_write_denied(call, session.node)
+                if denied is not None:
+                    return denied
+                self._invalidate(datacenter, session)
+        return _json_reply(200, True)
+
+    def session_read(self, call: _Call, session_id: str | None, node: str | None) -> _Reply:
+        """info (one id), node (one node's) or list (all): blocking on the session table,
+        sessions the token may not read filtered out."""
+        opts = self._read_options(call.query)
+        if isinstance(opts, _Reply):
+            return opts
+        if session_id == "" or node == "":
+            return _text(400, "Missing node name" if node == "" else "Missing session")
+        with self._cond:
+            acl = self._resolve_token(call.token)
+        if isinstance(acl, _Reply):
+            return acl
+        table = self._session_table(call.scope.datacenter)
+        default = self._acl_default or "write"
+
+        def run() -> _Reply:
+            found = [
+                s.to_json()
+                for s in table.sessions.values()
+                if session_id in (None, s.id)
+                and node in (None, s.node)
+                and (acl is None or acl.allows_session(s.node, "read", default))
+            ]
+            headers = self._meta_headers(table.index, opts.consistency)
+            return _read_reply(found, headers, max(1, table.index), pretty=call.query.has("pretty"))
+
+        watch = _Watch(table, lambda changed: session_id in (None, changed))
+        return self._blocking(opts, run, watch)
 
     def handle_txn(self, call: _Call) -> _Reply:
         ops = self._parse_txn(call)
@@ -1199,7 +1463,9 @@ class _TxnOp:
         return [], store.delete(idx, self.key)
 
     def _lock(self, store: _Store, idx: int) -> _TxnResult:
-        raise _TxnOpError(f"invalid session {_go_quote(self.session)}")
+        # Locks belong on the KV endpoint (?acquire/?release), which the double implements;
+        # refusing here keeps a txn lock from seeming to work against the double.
+        raise _TxnOpError(f"the Consul double does not implement the txn verb {self.verb!r}")
 
     def _get(self, store: _Store, idx: int) -> _TxnResult:
         if self.verb == "get-tree":
@@ -1216,14 +1482,22 @@ class _TxnOp:
                 raise _TxnOpError(f"key {_go_quote(self.key)} exists")
             return [], set()
         if self.verb == "check-session":
-            raise _TxnOpError(
-                f'failed session check for key {_go_quote(self.key)}, current session "" != '
-                f"{_go_quote(self.session)}"
-            )
+            return self._check_session(existing)
         if existing is None:
             raise _TxnOpError(f"key {_go_quote(self.key)} doesn't exist")
         if existing.modify_index != self.index:
             raise _TxnOpError(f"current modify index {existing.modify_index} != {self.index}")
+        return [(existing, False)], set()
+
+    def _check_session(self, existing: KVEntry | None) -> _TxnResult:
+        """kvsCheckSessionTxn."""
+        if existing is None:
+            raise _TxnOpError(f"failed to check session, key {_go_quote(self.key)} doesn't exist")
+        if existing.session != self.session:
+            raise _TxnOpError(
+                f"failed session check for key {_go_quote(self.key)}, current session "
+                f"{_go_quote(existing.session)} != {_go_quote(self.session)}"
+            )
         return [(existing, False)], set()
 
 
@@ -1426,6 +1700,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _txn(self, call: _Call, rest: str) -> _Reply:
         return self.server.double.handle_txn(call)
 
+    def _session_create(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_create(call)
+
+    def _session_renew(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_renew(call, rest)
+
+    def _session_destroy(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_destroy(call, rest)
+
+    def _session_info(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_read(call, rest, None)
+
+    def _session_node(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_read(call, None, rest)
+
+    def _session_list(self, call: _Call, rest: str) -> _Reply:
+        return self.server.double.session_read(call, None, None)
+
     def _leader(self, call: _Call, rest: str) -> _Reply:
         return _json_reply(200, "127.0.0.1:8300")
 
@@ -1452,6 +1744,12 @@ _ROUTES: tuple[tuple[str, tuple[str, ...], _Route], ...] = (
     ("/v1/kv/", _KV_METHODS, _Handler._kv),
     ("/v1/txn", ("PUT",), _Handler._txn),
     ("/v1/status/leader", ("GET",), _Handler._leader),
+    ("/v1/session/create", ("PUT",), _Handler._session_create),
+    ("/v1/session/renew/", ("PUT",), _Handler._session_renew),
+    ("/v1/session/destroy/", ("PUT",), _Handler._session_destroy),
+    ("/v1/session/info/", ("GET",), _Handler._session_info),
+    ("/v1/session/node/", ("GET",), _Handler._session_node),
+    ("/v1/session/list", ("GET",), _Handler._session_list),
 )
 
 
