@@ -20,6 +20,7 @@ from daybook.model.pins import Pin
 from daybook.registry.base import Snapshot, open_registry
 from daybook.registry.consul import MAX_CAS_ATTEMPTS, ConsulEndpoint, ConsulRegistry
 from daybook_testing.consul_server import ConsulPKI, ConsulServer
+from daybook_testing.waiting import wait_for
 
 P = "daybook/hosts/"
 TOKEN = "b1gs3cr3t-0000-4000-8000-000000000000"
@@ -380,6 +381,9 @@ def test_transient_server_errors(server: ConsulServer, registry: ConsulRegistry)
     with pytest.raises(RegistryError) as caught:
         registry.watch(5, 1)
     assert_one_line(caught.value, server.address, "429")
+    # The watch's other query (on the pins) is still held; let it end, so that the next
+    # fault meets the update and not that query.
+    wait_for(lambda: server.blocked_queries == 0, "the watch's other query to end")
     server.inject_fault("drop")
     with pytest.raises(RegistryError) as caught:
         registry.update("web-*", lambda _: ("a",))
