@@ -568,7 +568,7 @@ class ConsulRegistry:
                 listings["pins"] = self._list_pins(f"read {self._pins_prefix}", [])
         else:
             listings.update(_first_answer(answers))
-        return self._snapshot(listings["hosts"], listings["pins"])
+        return self._snapshot(listings["hosts"], listings["pins"], held=index)
 
     def list_entries(
         self, prefix: str, index: int, timeout_s: float
@@ -783,7 +783,7 @@ class ConsulRegistry:
         # py-consul's own close() is a no-op and leaves the pooled connections open.
         self._client.http.session.close()
 
-    def _snapshot(self, hosts: _Listing, pins: _Listing) -> Snapshot:
+    def _snapshot(self, hosts: _Listing, pins: _Listing, held: int = 0) -> Snapshot:
         mappings: MappingTable = {}
         owners: dict[str, str] = {}
         parsed: dict[str, tuple[int, tuple[str, ...] | None]] = {}
@@ -813,6 +813,12 @@ class ConsulRegistry:
         self._parsed = parsed
         # Consul never sends 0, but a 0 would turn every watch into a busy loop.
         index = max(1, hosts.index, pins.index)
+        # Either prefix's index below the one held went backwards (a snapshot restore,
+        # reaped tombstones): say so with that lower index, so the caller starts over from
+        # 0 as Consul asks, even when the other prefix's index hides it.
+        backwards = [listing.index for listing in (hosts, pins) if 0 < listing.index < held]
+        if backwards:
+            index = max(backwards)
         return Snapshot(mappings=mappings, index=index, pins=self._pins_of(pins))
 
     def _pins_of(self, listing: _Listing) -> dict[str, Pin]:

@@ -71,8 +71,7 @@ def test_s3_stopped_during_downloads_fails_clearly_then_converges(
     bucket = f"daybook-faults-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     store = S3Store(bucket, client=client)
-    # Two attempts per S3 request (the user's AWS_MAX_ATTEMPTS is honoured), so a dead
-    # endpoint is reported in seconds rather than the default's half minute.
+    # Two attempts per S3 request (AWS_MAX_ATTEMPTS is honoured): a dead endpoint in seconds.
     env = {"AWS_ENDPOINT_URL": stoppable_s3.endpoint, "AWS_MAX_ATTEMPTS": "2"}
     fleet = make_fleet(store=store, env=env, splay_s=0.0)
     fleet.push("web", "1")
@@ -100,8 +99,7 @@ def test_s3_stopped_during_downloads_fails_clearly_then_converges(
     for host in HOSTS:
         wait_for(functools.partial(failure_reported, host), f"{host} reporting the outage")
         figures[f"{host}_failure_reported_after_s"] = time.monotonic() - stopped
-        # Nothing half-written is visible as installed. (A staging tree may exist here: the
-        # master's next republish can start another attempt, which holds one until it fails.)
+        # Nothing half-written shows (a retry may hold a staging tree: checked at the end).
         assert fleet.installed(host, "web") == ["1"]
         log = fleet.minions[host].log()
         assert "retrying in" in log, "a broken-off download is retried with backoff"
@@ -118,7 +116,7 @@ def test_s3_stopped_during_downloads_fails_clearly_then_converges(
     for host in HOSTS:
         blob = fleet.install_dir(host) / "web" / "2" / "blob"
         assert blob.read_bytes() == incompressible(3 * MIB)
-        assert fleet.partials(host, "web") == [], "every broken-off attempt cleaned up after"
+        assert fleet.partials(host, "web") == [], "broken-off attempts leave nothing"
     master = fleet.master
     assert master is not None
     # Minions can converge before the master's next store poll notices the store is back.
