@@ -39,13 +39,14 @@ from daybook.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
+from daybook.model.names import AssetRef, check_service, version_sort_key
 from daybook.store.base import AssetInfo, ProgressCallback
 from daybook.store.s3_shared import (
     DEFAULT_REGION,
     NOT_FOUND_CODES,
     SHA256_METADATA_KEY,
     S3Tuning,
+    asset_for_key,
     error_for_code,
     one_line,
 )
@@ -182,24 +183,8 @@ class S3Store:
                 Bucket=self._bucket, Prefix=list_prefix, PaginationConfig=pagination
             ):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    name = key[len(self._key_prefix) :]
-                    if not name:
-                        continue  # the empty "folder" object that S3 consoles create for a prefix
-                    if "/" in name:
-                        log.warning(
-                            "skipping s3://%s/%s: in a subfolder of the store", self._bucket, key
-                        )
-                        continue
-                    ref = parse_asset_filename(name)
-                    if ref is None:
-                        log.warning(
-                            "skipping s3://%s/%s: not an asset name (NAME-VERSION.tar.gz)",
-                            self._bucket,
-                            key,
-                        )
-                        continue
-                    if service is not None and ref.service != service:
+                    ref = asset_for_key(self._bucket, self._key_prefix, obj["Key"])
+                    if ref is None or (service is not None and ref.service != service):
                         continue
                     assets.append(AssetInfo(ref, obj["Size"], obj["LastModified"].timestamp()))
         assets.sort(key=lambda info: (info.service, version_sort_key(info.version), info.version))

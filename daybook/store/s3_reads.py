@@ -33,13 +33,14 @@ from daybook.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from daybook.model.names import AssetRef, check_service, parse_asset_filename, version_sort_key
+from daybook.model.names import AssetRef, check_service, version_sort_key
 from daybook.store.base import AssetInfo, ProgressCallback
 from daybook.store.s3_shared import (
     DEFAULT_REGION,
     NOT_FOUND_CODES,
     SHA256_METADATA_KEY,
     S3Tuning,
+    asset_for_key,
     error_for_code,
     one_line,
 )
@@ -184,9 +185,9 @@ class S3ReadsStore:
         assets: list[AssetInfo] = []
         with self._translate_errors():
             for meta in self._listing(name_prefix):
-                info = self._asset_info(meta["path"], meta["size"], meta["last_modified"])
-                if info is not None and (service is None or info.service == service):
-                    assets.append(info)
+                ref = asset_for_key(self._bucket, self._key_prefix, meta["path"])
+                if ref is not None and (service is None or ref.service == service):
+                    assets.append(AssetInfo(ref, meta["size"], meta["last_modified"].timestamp()))
         assets.sort(key=lambda info: (info.service, version_sort_key(info.version), info.version))
         return assets
 
@@ -200,22 +201,6 @@ class S3ReadsStore:
                 if not meta["path"].startswith(name_prefix):
                     return
                 yield meta
-
-    def _asset_info(self, key: str, size: int, modified: object) -> AssetInfo | None:
-        name = key[len(self._key_prefix) :]
-        if not name:
-            return None  # the empty "folder" object that S3 consoles create for a prefix
-        if "/" in name:
-            log.warning("skipping s3://%s/%s: in a subfolder of the store", self._bucket, key)
-            return None
-        ref = parse_asset_filename(name)
-        if ref is None:
-            log.warning(
-                "skipping s3://%s/%s: not an asset name (NAME-VERSION.tar.gz)", self._bucket, key
-            )
-            return None
-        timestamp = modified.timestamp() if hasattr(modified, "timestamp") else 0.0
-        return AssetInfo(ref, size, timestamp)
 
     def stat(self, ref: AssetRef) -> AssetInfo | None:
         """The asset's info, or None if absent (a missing bucket too: see S3Store.stat)."""

@@ -4,9 +4,13 @@ codes mean to Daybook."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from daybook.errors import DaybookError, StoreError, StoreUnavailableError
+from daybook.model.names import AssetRef, parse_asset_filename
+
+log = logging.getLogger("daybook.store.s3")
 
 MIB = 1024 * 1024
 DEFAULT_REGION = "us-east-1"
@@ -61,6 +65,21 @@ def error_for_code(
     if code in _UNAVAILABLE_CODES or code.startswith("5"):
         return StoreUnavailableError(f"S3 at {endpoint} failed for {url}: {code}: {message}")
     return StoreError(f"S3 error for {where}: {code}: {message}")
+
+
+def asset_for_key(bucket: str, key_prefix: str, key: str) -> AssetRef | None:
+    """The asset an object key under the store's prefix names; None, with a warning, for
+    anything else in the bucket (the empty "folder" object of S3 consoles silently)."""
+    name = key[len(key_prefix) :]
+    if not name:
+        return None
+    if "/" in name:
+        log.warning("skipping s3://%s/%s: in a subfolder of the store", bucket, key)
+        return None
+    ref = parse_asset_filename(name)
+    if ref is None:
+        log.warning("skipping s3://%s/%s: not an asset name (NAME-VERSION.tar.gz)", bucket, key)
+    return ref
 
 
 def one_line(text: object) -> str:
