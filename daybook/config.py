@@ -312,6 +312,7 @@ def load_settings(
     """Merge file < environment < flags (`overrides`, None values ignored) into Settings."""
     env = os.environ if env is None else env
     values = _given_values(config_path, env, overrides or {})
+    _split_master_port(values)
     _fill_ports(values)
     _fill_data_dir(values)
     values["hostname"] = _checked_hostname(values.get("hostname"))
@@ -367,6 +368,37 @@ def _service_overrides(given: object, source: str) -> Mapping[str, ServiceOverri
         checked = {name: _coerce(name, value, where) for name, value in table.items()}
         overrides[service] = ServiceOverride(**checked)  # type: ignore[arg-type]
     return MappingProxyType(overrides)
+
+
+def _split_master_port(values: dict[str, object]) -> None:
+    """`master = "HOST[:PUBLISH_PORT]"`: a port given there overrides `port` (and so the
+    ports derived from it). Several masters (`m1:4505,m2:4505`) need the leader election
+    that is not wired into the master yet: refused rather than half-followed."""
+    given = values.get("master")
+    if not isinstance(given, str):
+        return
+    entries = [entry.strip() for entry in given.split(",")]
+    if len(entries) > 1:
+        raise ConfigError(
+            f"master {given!r} names several masters: running several masters needs leader "
+            "election, which this version does not do yet; name one"
+        )
+    host, port = _host_and_port(entries[0])
+    values["master"] = host
+    if port is not None:
+        values["port"] = port
+
+
+def _host_and_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port`; a bare IPv6 address has no port."""
+    host, separator, port_text = entry.rpartition(":")
+    if not separator or (host.count(":") and not host.endswith("]")):
+        return entry, None
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ConfigError(f"master {entry!r}: {port_text!r} is not a port (1-65535)")
+    if not host:
+        raise ConfigError(f"master {entry!r} names no host")
+    return host, int(port_text)
 
 
 def _fill_ports(values: dict[str, object]) -> None:

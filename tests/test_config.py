@@ -141,3 +141,35 @@ def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> 
     env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_SPLAY_S": "9"}
     settings = load_settings(config_path=str(config), env=env)
     assert (settings.splay_s, settings.max_parallel_downloads) == (0.25, 4)
+
+
+@pytest.mark.parametrize(
+    ("given", "host", "port", "control_port"),
+    [
+        ("m1", "m1", 4505, 4507),
+        ("m1:5505", "m1", 5505, 5507),
+        ("10.0.0.7:6000", "10.0.0.7", 6000, 6002),
+        ("[::1]:5505", "[::1]", 5505, 5507),
+        ("::1", "::1", 4505, 4507),
+    ],
+)
+def test_a_port_given_with_the_master_overrides_port(
+    given: str, host: str, port: int, control_port: int
+) -> None:
+    settings = load_settings(env={"DAYBOOK_MASTER": given, "DAYBOOK_DATA_DIR": "/tmp/d"})
+    assert (settings.master, settings.port, settings.control_port) == (host, port, control_port)
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        ("m1:4505,m2:4505", "needs leader election"),
+        ("m1:http", "is not a port"),
+        ("m1:70000", "is not a port"),
+        (":4505", "names no host"),
+    ],
+)
+def test_a_bad_or_several_masters_is_one_clear_line(given: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        load_settings(env={"DAYBOOK_MASTER": given, "DAYBOOK_DATA_DIR": "/tmp/d"})
+    assert "\n" not in str(caught.value)
