@@ -20,6 +20,20 @@ from daybook.registry.base import DEFAULT_KEY_PREFIX
 
 SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
 DEFAULT_PORT = 4505
+DEFAULT_MASTER = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class MasterAddress:
+    """One master as minions and operators reach it: its host and its publish port (its
+    other ports sit at the same offsets from it as this node's own do from `port`)."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 class _Rule(NamedTuple):
@@ -77,7 +91,8 @@ class Settings:
     install_dir: Path = field(metadata=_rule("DAYBOOK_INSTALL_DIR"))
     hostname: str = field(metadata=_rule("DAYBOOK_HOSTNAME"))
     consul_key_prefix: str = DEFAULT_KEY_PREFIX
-    master: str = field(default="127.0.0.1", metadata=_rule("DAYBOOK_MASTER"))
+    # The first (or only) master's host; `masters` holds every master given.
+    master: str = field(default=DEFAULT_MASTER, metadata=_rule("DAYBOOK_MASTER"))
     # The publish port; results, control and HTTP default to the next three. Each port has
     # its own variable beyond the contract, for ephemeral-port test fleets and odd firewalls.
     port: int = field(default=DEFAULT_PORT, metadata=_port_rule("DAYBOOK_PORT"))
@@ -146,9 +161,25 @@ class Settings:
         default=False, metadata=_rule("DAYBOOK_REVERT_ON_HOOK_FAILURE")
     )
     services: Mapping[str, ServiceOverride] = field(default_factory=lambda: MappingProxyType({}))
+    # Every master given in `master`, in order (filled in by load_settings); one by default.
+    masters: tuple[MasterAddress, ...] = ()
+    # Master: the address this master is reached at by minions and operators, as it goes
+    # into the leader lock (HOST:PUBLISH_PORT); None: this host's name and `port`.
+    advertise: str | None = field(default=None, metadata=_rule("DAYBOOK_ADVERTISE"))
 
     def endpoint(self, port: int, host: str | None = None) -> str:
         return f"tcp://{host or self.master}:{port}"
+
+    def endpoint_of(self, master: MasterAddress, own_port: int) -> str:
+        """`master`'s endpoint for the role this node reaches at `own_port` on the first
+        master (`results_port`, `control_port`...): the same offset from its publish port."""
+        return f"tcp://{master.host}:{master.port + own_port - self.port}"
+
+    @property
+    def advertised_address(self) -> str:
+        """A master's own address in the leader lock, which minions and operators match
+        against their `master` list."""
+        return self.advertise or f"{self.hostname}:{self.port}"
 
     def release_policy(self, service: str) -> ReleasePolicy:
         """How this host keeps `service`'s versions: its own overrides, else the globals."""
@@ -312,7 +343,7 @@ def load_settings(
     """Merge file < environment < flags (`overrides`, None values ignored) into Settings."""
     env = os.environ if env is None else env
     values = _given_values(config_path, env, overrides or {})
-    _split_master_port(values)
+    _split_masters(values)
     _fill_ports(values)
     _fill_data_dir(values)
     values["hostname"] = _checked_hostname(values.get("hostname"))
@@ -370,27 +401,29 @@ def _service_overrides(given: object, source: str) -> Mapping[str, ServiceOverri
     return MappingProxyType(overrides)
 
 
-def _split_master_port(values: dict[str, object]) -> None:
-    """`master = "HOST[:PUBLISH_PORT]"`: a port given there overrides `port` (and so the
-    ports derived from it). Several masters (`m1:4505,m2:4505`) need the leader election
-    that is not wired into the master yet: refused rather than half-followed."""
-    given = values.get("master")
-    if not isinstance(given, str):
-        return
-    entries = [entry.strip() for entry in given.split(",")]
-    if len(entries) > 1:
-        raise ConfigError(
-            f"master {given!r} names several masters: running several masters needs leader "
-            "election, which this version does not do yet; name one"
-        )
-    host, port = _host_and_port(entries[0])
-    values["master"] = host
-    if port is not None:
-        values["port"] = port
+def _split_masters(values: dict[str, object]) -> None:
+    """`master = "HOST[:PUBLISH_PORT],..."`: one master or several. A port given with a
+    master overrides `port` for that master (and the ports derived from it); the first
+    master's is this node's `port`, so that one master reads as it always did."""
+    given = values.get("master", DEFAULT_MASTER)
+    assert isinstance(given, str)
+    parsed = [_host_and_port(entry.strip()) for entry in given.split(",")]
+    port = values.get("port", DEFAULT_PORT)
+    assert isinstance(port, int)
+    masters = tuple(
+        MasterAddress(host, port if entry_port is None else entry_port)
+        for host, entry_port in parsed
+    )
+    values["master"], values["port"] = masters[0].host, masters[0].port
+    if len(set(masters)) != len(masters):
+        raise ConfigError(f"master {given!r} names one master twice")
+    values["masters"] = masters
 
 
 def _host_and_port(entry: str) -> tuple[str, int | None]:
     """`host`, `host:port`, `[v6]`, `[v6]:port`; a bare IPv6 address has no port."""
+    if not entry:
+        raise ConfigError("master: an empty entry in the list of masters")
     host, separator, port_text = entry.rpartition(":")
     if not separator or (host.count(":") and not host.endswith("]")):
         return entry, None

@@ -163,7 +163,8 @@ def test_a_port_given_with_the_master_overrides_port(
 @pytest.mark.parametrize(
     ("given", "fragment"),
     [
-        ("m1:4505,m2:4505", "needs leader election"),
+        ("m1:4505,m1:4505", "names one master twice"),
+        ("m1,,m2", "an empty entry"),
         ("m1:http", "is not a port"),
         ("m1:70000", "is not a port"),
         (":4505", "names no host"),
@@ -173,3 +174,16 @@ def test_a_bad_or_several_masters_is_one_clear_line(given: str, fragment: str) -
     with pytest.raises(ConfigError, match=fragment) as caught:
         load_settings(env={"DAYBOOK_MASTER": given, "DAYBOOK_DATA_DIR": "/tmp/d"})
     assert "\n" not in str(caught.value)
+
+
+def test_several_masters_each_with_its_own_publish_port() -> None:
+    settings = load_settings(
+        env={"DAYBOOK_MASTER": "m1:5505, m2, [fd00::2]:6505", "DAYBOOK_DATA_DIR": "/tmp/d"}
+    )
+    assert [m.address for m in settings.masters] == ["m1:5505", "m2:4505", "[fd00::2]:6505"]
+    assert (settings.master, settings.port) == ("m1", 5505)
+    second = settings.masters[1]
+    assert settings.endpoint_of(second, settings.control_port) == "tcp://m2:4507"
+    assert load_settings(env={"DAYBOOK_DATA_DIR": "/tmp/d"}).masters[0].address == (
+        "127.0.0.1:4505"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from daybook.model.ids import is_valid_id
+from daybook.model.leadership import MasterView
 from daybook.model.patterns import is_valid_host
 from daybook.model.results import Report
 from daybook.model.rollout import Rollout
@@ -35,3 +36,5 @@ class FleetStatus:
     hosts: Mapping[str, HostStatus] = checked(key=is_valid_host)
     syncs: tuple[Sync, ...] = ()
     rollouts: tuple[Rollout, ...] = ()
+    # The masters the answering master knows: itself (leader or standby) and the leader.
+    masters: tuple[MasterView, ...] = ()

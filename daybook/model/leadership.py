@@ -24,3 +24,24 @@ class Term:
 def is_newer_term(candidate: int, seen: int) -> bool:
     """Fencing: act only on a term at least as new as the newest one seen."""
     return candidate >= seen
+
+
+# A master's part in its fleet, as `daybook status` and the HTTP API show it.
+LEADER, STANDBY, UNREACHABLE = "leader", "standby", "unreachable"
+MASTER_ROLES = frozenset({LEADER, STANDBY, UNREACHABLE})
+
+
+def is_master_role(text: str) -> bool:
+    return text in MASTER_ROLES
+
+
+@record
+class MasterView:
+    """One master as seen by whoever asked: its address (HOST:PUBLISH_PORT), its role, and
+    the term it leads (a leader) or knows to be led (a standby); `since`: when that term
+    began. An unreachable master has neither."""
+
+    address: str = checked(max_len=MAX_ADDRESS_LEN)
+    role: str = checked(is_master_role, max_len=16, problem="is not a master role")
+    term: int | None = checked(minimum=0, default=None)
+    since: float | None = None

@@ -11,6 +11,7 @@ from daybook.model.downloads import Download
 from daybook.model.fleet import FleetStatus
 from daybook.model.ids import blob_digest, is_valid_digest, is_valid_id
 from daybook.model.keys import Key, KeyListing, is_fingerprint, is_role
+from daybook.model.leadership import Term
 from daybook.model.names import is_valid_service, is_valid_version
 from daybook.model.patterns import is_valid_host, is_valid_pattern
 from daybook.model.pins import Pin
@@ -94,6 +95,10 @@ class SyncEvent:
     # own `splay_s`. None: the minion's `splay_s` alone.
     spread_s: float | None = checked(minimum=0, maximum=MAX_SPREAD_S, default=None)
     hosts: tuple[str, ...] | None = checked(is_valid_host, default=None)
+    # The publishing leader's term (see daybook.model.leadership): minions act only on
+    # events of the highest term they have seen, so a deposed leader cannot make any minion
+    # act. 0: a master that holds no term (one from before leader election).
+    term: int = checked(minimum=0, default=0)
 
     def __post_init__(self) -> None:
         if blob_digest(self.state) != self.state_digest:
@@ -111,10 +116,20 @@ class SyncEvent:
         issued_at: float,
         spread_s: float | None = None,
         hosts: tuple[str, ...] | None = None,
+        term: int = 0,
     ) -> SyncEvent:
         """The event that publishes `state`."""
         return cls(
-            epoch, seq, sync_id, target, state.blob, state.digest, issued_at, spread_s, hosts
+            epoch,
+            seq,
+            sync_id,
+            target,
+            state.blob,
+            state.digest,
+            issued_at,
+            spread_s,
+            hosts,
+            term,
         )
 
     def addresses(self, host: str) -> bool:
@@ -215,6 +230,11 @@ class ControlReply:
     downloads: tuple[Download, ...] = ()
     # A rolling sync, as it stands: `sync` is then its summary under the rollout's id.
     rollout: Rollout | None = None
+    # The fleet's leader as the answering master knows it (None: no master leads, or this
+    # master takes no part in leader election). With `standby` the answering master is a
+    # standby that refused an operation only the leader does: ask `leader.holder` instead.
+    leader: Term | None = None
+    standby: bool = False
 
 
 Message = SyncEvent | Report | Heartbeat | ControlRequest | ControlReply
