@@ -13,6 +13,7 @@ from typing import Any
 
 from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.keys import KEY_STATES, Key, KeyListing
+from daybook.model.leadership import MasterView
 from daybook.model.results import Report, ServiceResult, ServiceResults
 from daybook.model.rollout import Rollout
 from daybook.model.sync import Sync, Tally
@@ -192,6 +193,18 @@ def status_json(status: FleetStatus) -> dict[str, Any]:
         "epoch": status.epoch,
         "syncs": [sync_state_json(sync) for sync in reversed(status.syncs)],
         "rollouts": [rollout_state_json(rollout) for rollout in reversed(status.rollouts)],
+        "masters": [master_json(master) for master in status.masters],
+    }
+
+
+def master_json(master: MasterView) -> dict[str, Any]:
+    """`{"address": "m1:4505", "role": "leader"|"standby"|"unreachable", "term": 7,
+    "since": ...}`: one master of the fleet."""
+    return {
+        "address": master.address,
+        "role": master.role,
+        "term": master.term,
+        "since": iso_time(master.since),
     }
 
 
