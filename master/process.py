@@ -80,6 +80,12 @@ Endpoints = dict[str, str]
 Post = Callable[[Change], None]
 
 
+# Where the ports a master's peers derive from its publish port sit (HTTP, +3, is the
+# master's own business); and how often a row of them is tried with port 0.
+PORT_OFFSETS = {"results": 1, "control": 2, "key": 4}
+ROW_ATTEMPTS = 50
+
+
 def _bind(socket: zmq.Socket[bytes], host: str, port: int) -> str:
     # Port 0 asks the OS for a free port; ZeroMQ spells that `*`.
     endpoint = f"tcp://{host}:{port or '*'}"
@@ -200,21 +206,54 @@ def _bind_sockets(life: Lifecycle, settings: Settings, keypair: KeyPair | None) 
     secure_server(publish, keypair, DOMAIN_PUBLISH)
     secure_server(results, keypair, DOMAIN_RESULTS)
     secure_server(control, keypair, DOMAIN_CONTROL)
-    endpoints: Endpoints = {
-        "publish": _bind(publish, settings.bind, settings.port),
-        "results": _bind(results, settings.bind, settings.results_port),
-        "control": _bind(control, settings.bind, settings.control_port),
-    }
-    # The same ROUTER, plaintext on ipc:// (security options apply per bind).
-    local = _bind_local(control, settings.data_dir)
-    if local is not None:
-        endpoints["local"] = local
     key: zmq.Socket[bytes] | None = None
     if keypair is not None:
         key = life.socket(zmq.ROUTER, linger_ms=0)
         key.setsockopt(zmq.MAXMSGSIZE, MAX_KEY_FRAME_BYTES)
-        endpoints["key"] = _bind(key, settings.bind, settings.key_port)
+    ports = [
+        ("publish", publish, settings.port),
+        ("results", results, settings.results_port),
+        ("control", control, settings.control_port),
+    ]
+    if key is not None:
+        ports.append(("key", key, settings.key_port))
+    if any(port for _name, _socket, port in ports):
+        endpoints: Endpoints = {
+            name: _bind(socket, settings.bind, port) for name, socket, port in ports
+        }
+    else:
+        endpoints = _bind_in_a_row(settings.bind, ports)
+    # The same ROUTER, plaintext on ipc:// (security options apply per bind).
+    local = _bind_local(control, settings.data_dir)
+    if local is not None:
+        endpoints["local"] = local
     return MasterSockets(zap, publish, results, control, key, endpoints)
+
+
+def _bind_in_a_row(host: str, ports: list[tuple[str, zmq.Socket[bytes], int]]) -> Endpoints:
+    """Port 0 everywhere: the publish port is the OS's choice and the others follow it at
+    their usual offsets (results +1, control +2, key +4), so that minions and operators
+    given several masters by publish port alone (`master = "h:P1,h:P2"`, as a test fleet
+    on one machine is) reach each one. A port in the row already taken starts the row over
+    elsewhere: the bind itself decides, nothing is probed first."""
+    (first_name, first, _), rest = ports[0], ports[1:]
+    for _attempt in range(ROW_ATTEMPTS):
+        bound = {first_name: _bind(first, host, 0)}
+        base = int(bound[first_name].rsplit(":", 1)[1])
+        try:
+            for name, socket, _port in rest:
+                bound[name] = _bind(socket, host, base + PORT_OFFSETS[name])
+        except FleetError:
+            for name, socket, _port in ports:
+                if name in bound:
+                    socket.unbind(bound[name])
+            continue
+        return bound
+    # Ephemeral ports all but used up (tens of thousands of connections on this host):
+    # each port on its own then, which one master needs and its peers read from
+    # master.json.
+    log.warning("found no %d free ports in a row; listening on ports apart", len(ports))
+    return {name: _bind(socket, host, 0) for name, socket, _port in ports}
 
 
 def _start_gatekeeper(
