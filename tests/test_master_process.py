@@ -305,3 +305,25 @@ def test_a_damaged_master_json_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "master.json").write_text("{not json")
     with pytest.raises(FleetError, match="cannot read the master's endpoints"):
         read_endpoints(tmp_path)
+
+
+def test_port_zero_puts_the_ports_peers_derive_in_a_row() -> None:
+    # Peers given a master by its publish port alone find the others at +1, +2 and +4.
+    from master.process import PORT_OFFSETS, _bind_in_a_row
+
+    context = zmq.Context()
+    sockets = [
+        ("publish", context.socket(zmq.PUB), 0),
+        ("results", context.socket(zmq.PULL), 0),
+        ("control", context.socket(zmq.ROUTER), 0),
+        ("key", context.socket(zmq.ROUTER), 0),
+    ]
+    try:
+        endpoints = _bind_in_a_row("127.0.0.1", sockets)
+        ports = {name: int(endpoint.rsplit(":", 1)[1]) for name, endpoint in endpoints.items()}
+        for name, offset in PORT_OFFSETS.items():
+            assert ports[name] == ports["publish"] + offset
+    finally:
+        for _name, socket, _port in sockets:
+            socket.close(linger=0)
+        context.term()
