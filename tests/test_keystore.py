@@ -199,7 +199,7 @@ def test_an_old_keyring_is_imported_once_into_an_empty_store(
     old = tmp_path / "master-1" / "keyring.json"
     old.parent.mkdir()
     KeyRing(old, auto_accept=False, entries=[minion_key("web-1", ACCEPTED), operator]).save()
-    with caplog.at_level(logging.WARNING, logger="master.keyring"):
+    with caplog.at_level(logging.WARNING, logger="master.keyring_store"):
         ring = KeyRing.open(opener(), auto_accept=False, cache_path=old)
     assert any("imported 2 of the 2 keys" in r.getMessage() for r in caplog.records)
     assert ring.is_operator(operator.public_key)
