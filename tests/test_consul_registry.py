@@ -50,22 +50,10 @@ def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def server(consul_server: ConsulServer) -> ConsulServer:
-    consul_server.jitter = False
-    return consul_server
-
-
-@pytest.fixture
 def registry(server: ConsulServer) -> Iterator[ConsulRegistry]:
     reg = ConsulRegistry(address=server.address, key_prefix=P)
     yield reg
     reg.close()
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 def kv_put(http: requests.Session, server: ConsulServer, key: str, value: str) -> None:
