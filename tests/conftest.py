@@ -1,15 +1,20 @@
 """Shared test fixtures: the S3 servers (moto and SeaweedFS), loaded as plugins, the
-Consul-compatible server (plain and over TLS), and a ZeroMQ context."""
+Consul-compatible server (plain, over TLS, and without jitter for the Consul tests), an HTTP
+session to talk to it, the shared key store on both backends, a master running in-process
+on the test module's `settings`, and a ZeroMQ context."""
 
 from collections.abc import Iterator
 
 import pytest
+import requests
 import zmq
 from hypothesis import HealthCheck, settings
+from inprocess_fleet import RunningMaster
 
+from daybook.config import Settings
 from daybook_testing.consul_server import ConsulPKI, ConsulServer
 
-pytest_plugins = ["s3_server", "seaweed_server"]
+pytest_plugins = ["s3_server", "seaweed_server", "keystores"]
 
 # Property tests judge behaviour, never speed: on a shared 2-core machine one example can
 # take longer than Hypothesis's default 200 ms deadline without anything being wrong.
@@ -49,3 +54,28 @@ def consul_server() -> Iterator[ConsulServer]:
     """
     with ConsulServer(max_query_time_s=10.0, default_query_time_s=5.0) as server:
         yield server
+
+
+@pytest.fixture
+def server(consul_server: ConsulServer) -> ConsulServer:
+    """The Consul double with jitter off, as the Consul tests use it: exact bounds in timing
+    tests (jitter has its own test, which turns it on)."""
+    consul_server.jitter = False
+    return consul_server
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A requests session of the test's own, for speaking Consul's HTTP API directly."""
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
+def master(settings: Settings) -> Iterator[RunningMaster]:
+    """A master running in this process on the `settings` the test module gives; stopped
+    after the test unless the test stopped it."""
+    running = RunningMaster(settings)
+    yield running
+    if running.thread.is_alive():
+        running.shutdown()

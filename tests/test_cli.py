@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from archives import make_asset
-
-from daybook.cli.main import main
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Run = Callable[..., Result]
+from cli_runner import Result, Run, cli_runner
 
 
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAYBOOK_HOSTNAME", "web-prod-1")
-    monkeypatch.delenv("DAYBOOK_CONFIG", raising=False)
-    # No master here to learn a key from: a push's note to the master fails at once.
-    monkeypatch.setenv("DAYBOOK_KEY_PORT", "0")
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
+    # No master here to learn a key from (DAYBOOK_KEY_PORT 0): a push's note to the master
+    # fails at once.
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path / "data"), "DAYBOOK_HOSTNAME": "web-prod-1"}
+    env["DAYBOOK_KEY_PORT"] = "0"
+    return cli_runner(monkeypatch, capsys, unset=["DAYBOOK_CONFIG"], env=env)
 
 
 @pytest.fixture

@@ -4,52 +4,28 @@ human tables, their exit codes and their one-line errors."""
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 from archives import make_asset
+from cli_runner import Run, cli_runner
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 
-from daybook.cli.main import main
 from daybook.model.names import AssetRef
 from daybook.model.patterns import HostPattern
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Run = Callable[..., Result]
-
-
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    for name in ("DAYBOOK_CONFIG", "DAYBOOK_PORT", "DAYBOOK_CONTROL_PORT", "DAYBOOK_MASTER"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "master"))
-    monkeypatch.setenv("DAYBOOK_PORT", "0")  # the control port comes from master.json
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
+    unset = ("DAYBOOK_CONFIG", "DAYBOOK_PORT", "DAYBOOK_CONTROL_PORT", "DAYBOOK_MASTER")
+    # DAYBOOK_PORT 0: the control port comes from master.json.
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path / "master"), "DAYBOOK_PORT": "0"}
+    return cli_runner(monkeypatch, capsys, unset=unset, env=env)
 
 
 def test_a_bad_target_is_bad_input(run: Run) -> None:

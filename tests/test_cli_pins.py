@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 from archives import make_asset
+from cli_runner import Result, Run, cli_runner
 from inprocess_fleet import RunningMaster, ScriptedMinion, fleet_settings, live_minions
 
 from daybook import wire
@@ -24,34 +22,13 @@ from daybook.registry.base import open_registry
 from daybook_testing.waiting import wait_for
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Run = Callable[..., Result]
-
-
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    for name in ("DAYBOOK_CONFIG", "DAYBOOK_MASTER", "DAYBOOK_STORE", "DAYBOOK_REGISTRY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "data"))
-    # No master here: asking one fails at once rather than after a timeout.
-    monkeypatch.setenv("DAYBOOK_KEY_PORT", "0")
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
+    unset = ("DAYBOOK_CONFIG", "DAYBOOK_MASTER", "DAYBOOK_STORE", "DAYBOOK_REGISTRY")
+    # No master here (DAYBOOK_KEY_PORT 0): asking one fails at once rather than after a
+    # timeout.
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path / "data"), "DAYBOOK_KEY_PORT": "0"}
+    return cli_runner(monkeypatch, capsys, unset=unset, env=env)
 
 
 def push(run: Run, tmp_path: Path, service: str, *versions: str) -> None:

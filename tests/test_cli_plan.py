@@ -4,30 +4,16 @@ and scripts see them: against given hosts with no master, and against a running 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+from cli_runner import Run, cli_runner
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 
-from daybook.cli.main import main
 from daybook_testing.waiting import wait_for
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Run = Callable[..., Result]
 
 TABLE = {
     "*": ["base"],
@@ -40,21 +26,16 @@ HOSTS = "web-1,web-prod-1,web-prod-2,db-1,mail-1"
 
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    for name in ("DAYBOOK_CONFIG", "DAYBOOK_CONTROL_PORT", "DAYBOOK_MASTER", "DAYBOOK_STORE"):
-        monkeypatch.delenv(name, raising=False)
+    unset = ("DAYBOOK_CONFIG", "DAYBOOK_CONTROL_PORT", "DAYBOOK_MASTER", "DAYBOOK_STORE")
     # The master's data dir and registry; port 0: its ports come from its master.json, and
     # with no master running there is none, so "no master" is known at once.
-    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "master"))
-    monkeypatch.setenv("DAYBOOK_REGISTRY", f"file://{tmp_path / 'mappings.json'}")
-    monkeypatch.setenv("DAYBOOK_PORT", "0")
-    monkeypatch.setenv("DAYBOOK_HOSTNAME", "operator")
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
+    env = {
+        "DAYBOOK_DATA_DIR": str(tmp_path / "master"),
+        "DAYBOOK_REGISTRY": f"file://{tmp_path / 'mappings.json'}",
+        "DAYBOOK_PORT": "0",
+        "DAYBOOK_HOSTNAME": "operator",
+    }
+    invoke = cli_runner(monkeypatch, capsys, unset=unset, env=env)
     for pattern, services in TABLE.items():
         assert invoke("map", "set", pattern, *services).code == 0
     return invoke

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from closed_port import refused_url
 
 from daybook.cli.main import main as cli_main
 from daybook.errors import ConfigError, ConflictError, DaybookError, InputError, RegistryError
@@ -50,22 +51,10 @@ def clean_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def server(consul_server: ConsulServer) -> ConsulServer:
-    consul_server.jitter = False
-    return consul_server
-
-
-@pytest.fixture
 def registry(server: ConsulServer) -> Iterator[ConsulRegistry]:
     reg = ConsulRegistry(address=server.address, key_prefix=P)
     yield reg
     reg.close()
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 def kv_put(http: requests.Session, server: ConsulServer, key: str, value: str) -> None:
@@ -894,9 +883,7 @@ def test_loopback_bypasses_a_proxy_from_the_environment(
     server: ConsulServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Issue 15 item 5: HTTP_PROXY without NO_PROXY sent even 127.0.0.1 through the proxy.
-    with socket.socket() as dead_proxy:
-        dead_proxy.bind(("127.0.0.1", 0))
-        proxy = f"http://127.0.0.1:{dead_proxy.getsockname()[1]}"
+    with refused_url() as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.setenv("http_proxy", proxy)
         assert read_over(f"consul://{server.address}/daybook/hosts/").mappings == {}

@@ -27,22 +27,9 @@ PROMPT_S = 0.5
 
 
 @pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=4) as executor:
         yield executor
-
-
-@pytest.fixture
-def server(consul_server: ConsulServer) -> ConsulServer:
-    # Exact bounds in timing tests; jitter has its own test.
-    consul_server.jitter = False
-    return consul_server
 
 
 Get = Callable[..., "Future[tuple[requests.Response, float]]"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,18 +24,6 @@ from daybook_testing.waiting import wait_for
 KEY = "daybook/leader"
 # "answered promptly" on a loaded machine, still far below any wait used here.
 PROMPT_S = 0.5
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture
-def server(consul_server: ConsulServer) -> ConsulServer:
-    consul_server.jitter = False
-    return consul_server
 
 
 def create(http: requests.Session, server: ConsulServer, body: dict[str, Any] | None = None) -> str:

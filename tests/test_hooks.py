@@ -181,8 +181,12 @@ def test_the_hook_runs_only_when_current_moves(tmp_path: Path) -> None:
     assert log.read_text() == "1 from \n"
 
 
-def test_a_failing_hook_fails_the_service_and_current_stays(tmp_path: Path) -> None:
-    host = Host(tmp_path, revert=False)
+def pull_a_failing_second_version(
+    tmp_path: Path, *, revert: bool
+) -> tuple[Host, Path, ServiceResult]:
+    """Version 1 pulled with the flaky hook (it passes for 1), then version 2 pulled: its hook
+    fails. Gives the host, the hook's log and the second pull's result."""
+    host = Host(tmp_path, revert=revert)
     log = tmp_path / "log"
     write_hook(host.hooks, "web", FLAKY.format(log=log))
     host.push("1")
@@ -192,6 +196,11 @@ def test_a_failing_hook_fails_the_service_and_current_stays(tmp_path: Path) -> N
     assert not result.ok
     assert result.hook is not None
     assert (result.hook.ok, result.hook.exit) == (False, 1)
+    return host, log, result
+
+
+def test_a_failing_hook_fails_the_service_and_current_stays(tmp_path: Path) -> None:
+    host, log, result = pull_a_failing_second_version(tmp_path, revert=False)
     assert (result.current, result.previous) == ("2", "1")
     assert os.readlink(host.web / "current") == "2"
     assert log.read_text() == "1 from \n2 from 1\n"
@@ -208,16 +217,8 @@ def test_a_failing_hook_fails_the_service_and_current_stays(tmp_path: Path) -> N
 
 
 def test_a_failing_hook_with_revert_moves_current_back_and_runs_again(tmp_path: Path) -> None:
-    host = Host(tmp_path, revert=True)
-    log = tmp_path / "log"
-    write_hook(host.hooks, "web", FLAKY.format(log=log))
-    host.push("1")
-    host.pull()
-    host.push("2")
-    result = host.pull()
-    assert not result.ok
-    assert result.hook is not None
-    assert (result.hook.ok, result.hook.exit) == (False, 1)
+    host, log, result = pull_a_failing_second_version(tmp_path, revert=True)
+    assert result.hook is not None  # checked there; said again for the type checker
     assert (result.current, result.previous) == ("1", None)
     assert "current moved back to 1" in result.hook.output
     assert "ran again for it: exit 0" in result.hook.output

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from keystores import Opener
 from process_fleet import ProcessFleet
 
 import daybook_testing.fleet
@@ -30,29 +31,6 @@ from daybook_testing.consul_server import ConsulServer
 from daybook_testing.waiting import wait_for
 from master.keyring import TOUCH_INTERVAL_S, Admission, KeyRing, KeySelectionError
 from master.keyring_sync import KeyRingWatcher, KeyRingWriter
-
-Opener = Callable[[], KeyStore]
-
-
-@pytest.fixture(params=["file", "consul"])
-def opener(
-    request: pytest.FixtureRequest, tmp_path: Path, consul_server: ConsulServer
-) -> Iterator[Opener]:
-    opened: list[KeyStore] = []
-    url = (
-        f"file://{tmp_path / 'mappings.json'}"
-        if request.param == "file"
-        else f"consul://{consul_server.address}"
-    )
-
-    def open_one() -> KeyStore:
-        store = open_keystore(url)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
 
 
 class Running:

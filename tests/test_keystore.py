@@ -9,11 +9,11 @@ import json
 import logging
 import stat
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from keystores import Opener
 
 from daybook import wire
 from daybook.errors import ConfigError
@@ -21,33 +21,15 @@ from daybook.model.keys import ACCEPTED, MINION, PENDING, Key
 from daybook.net.keys import KeyPair
 from daybook.registry.consul_keys import ConsulKeyStore
 from daybook.registry.file_keys import FileKeyStore
-from daybook.registry.keystore import KeyStore, key_name, keys_file, keys_prefix, open_keystore
+from daybook.registry.keystore import key_name, keys_file, keys_prefix, open_keystore
 from daybook_testing.consul_server import ConsulServer
 from master.keyring import KeyRing
 
-# Opens a store on the test's one backend: each call is another master's handle on it.
-Opener = Callable[[], KeyStore]
 
-
-@pytest.fixture(params=["file", "consul"])
-def opener(
-    request: pytest.FixtureRequest, tmp_path: Path, consul_server: ConsulServer
-) -> Iterator[Opener]:
-    opened: list[KeyStore] = []
-    url = (
-        f"file://{tmp_path / 'mappings.json'}"
-        if request.param == "file"
-        else f"consul://{consul_server.address}/daybook/hosts/"
-    )
-
-    def open_one() -> KeyStore:
-        store = open_keystore(url)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
+@pytest.fixture
+def keystore_consul_path() -> str:
+    """The Consul store at an explicit hosts prefix (the default one, named)."""
+    return "/daybook/hosts/"
 
 
 def minion_key(host: str | None = "web-1", state: str = PENDING) -> Key:

@@ -54,14 +54,6 @@ def settings(tmp_path: Path) -> Settings:
     return fleet_settings(tmp_path)
 
 
-@pytest.fixture
-def master(settings: Settings) -> Iterator[RunningMaster]:
-    running = RunningMaster(settings)
-    yield running
-    if running.thread.is_alive():
-        running.shutdown()
-
-
 class Api:
     """A client for one master's HTTP server; ignores proxy settings from the environment."""
 

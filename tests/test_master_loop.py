@@ -8,22 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
+from master_thread import master_thread
 from messages import heartbeat
 
 from daybook import wire
 from daybook.mailbox import Mailbox
 from daybook.model.messages import Heartbeat
 from daybook.model.results import Report
-from daybook.stopping import StopFlag
 from daybook_testing.waiting import wait_for
-from master.changes import Change, Wake
+from master.changes import Change
 from master.collector import Collector
-from master.control_server import ControlServer
-from master.database import ResultsDatabase
-from master.ledger import Fleet
-from master.master import Master
 from master.metrics import MasterMetrics
-from master.publisher import Publisher
 from master.snapshot import FleetSnapshot, SnapshotBox
 from master.tuning import MasterTuning
 
@@ -46,40 +41,19 @@ def running_master(
     minion = context.socket(zmq.PUSH)
     minion.connect(f"inproc://{name}-{zmq.PULL}")
     mailbox: Mailbox[Change] = Mailbox()
-    built: list[Master] = []
     metrics = MasterMetrics()
-    stop = StopFlag()
-
-    def run() -> None:
-        # The database belongs to the loop's thread, as in the master process.
-        database = ResultsDatabase(tmp_path / "master.db")
-        master = Master(
-            epoch=1,
-            publisher=Publisher(sockets[zmq.PUB]),
-            collector=collector(sockets[zmq.PULL]),
-            control=ControlServer(sockets[zmq.ROUTER]),
-            database=database,
-            fleet=Fleet(down_after_s=3600.0),
-            mailbox=mailbox,
+    try:
+        with master_thread(
+            tmp_path,
+            sockets,
+            mailbox,
+            collector=collector,
             tuning=tuning,
             snapshots=snapshots,
             metrics=metrics,
-        )
-        built.append(master)
-        try:
-            master.run(stop)
-        finally:
-            database.close()
-
-    loop = threading.Thread(target=run)
-    loop.start()
-    try:
-        wait_for(lambda: built, "the master to start")
-        yield metrics, minion
+        ):
+            yield metrics, minion
     finally:
-        stop.set()
-        mailbox.post(Wake())
-        loop.join()
         minion.close(linger=0)
         for socket in sockets.values():
             socket.close(linger=0)

@@ -4,7 +4,6 @@ and the HTTP API shows each service's pin."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,14 +44,6 @@ def settings(tmp_path: Path) -> Settings:
         store.upload(path, AssetRef("web", version), sha256=digest)
     open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
     return fleet_settings(tmp_path)
-
-
-@pytest.fixture
-def master(settings: Settings) -> Iterator[RunningMaster]:
-    running = RunningMaster(settings)
-    yield running
-    if running.thread.is_alive():
-        running.shutdown()
 
 
 def state_of(minion: ScriptedMinion, wanted: dict[str, Pin]) -> DesiredState:

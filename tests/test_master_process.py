@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,14 +34,6 @@ def settings(tmp_path: Path) -> Settings:
     store.upload(path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
     return fleet_settings(tmp_path)
-
-
-@pytest.fixture
-def master(settings: Settings) -> Iterator[RunningMaster]:
-    running = RunningMaster(settings)
-    yield running
-    if running.thread.is_alive():
-        running.shutdown()
 
 
 def test_the_master_writes_its_endpoints_and_removes_them_on_stop(master: RunningMaster) -> None:

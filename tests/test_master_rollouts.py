@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from master_thread import master_thread
 
 from daybook import wire
 from daybook.errors import FleetError, InputError, RegistryError
@@ -33,17 +34,10 @@ from daybook.model.rollout import (
 from daybook.model.sync import Sync
 from daybook.net.client import ControlClient
 from daybook.net.transport import Peer
-from daybook.stopping import StopFlag
 from daybook.wire import TOPIC_SYNC, decode_as
 from daybook_testing.waiting import wait_for
 from master.access import Access
-from master.changes import Change, DigestsChanged, Fresh, MappingsChanged, Wake
-from master.collector import Collector
-from master.control_server import ControlServer
-from master.database import ResultsDatabase
-from master.ledger import Fleet
-from master.master import Master
-from master.publisher import Publisher
+from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
 from master.tuning import MasterTuning
 
 HOSTS = tuple(f"m{i}" for i in range(5))
@@ -157,45 +151,23 @@ def master_loop(
     refreshes: list[float],
 ) -> Iterator[None]:
     """The master loop on its own thread, as long as the block runs."""
-    stop = StopFlag()
-    built: list[Master] = []
 
     def refresh() -> None:
         refreshes.append(time.monotonic())
         mailbox.post(Fresh("mappings"))
 
-    def run() -> None:
-        database = ResultsDatabase(tmp_path / "master.db")
-        master = Master(
-            epoch=1,
-            publisher=Publisher(sockets[zmq.PUB]),
-            collector=Collector(sockets[zmq.PULL]),
-            control=ControlServer(sockets[zmq.ROUTER]),
-            database=database,
-            fleet=Fleet(down_after_s=3600.0),
-            mailbox=mailbox,
-            tuning=MasterTuning(startup_grace_s=0.0, quiet_collect_interval_s=0.05),
-            pins=pins,
-            access=EveryoneOperates(),
-            # A watcher that answers a refresh at once: operator syncs, and the batches of a
-            # rollout carrying a pin, wait for a refresh round.
-            refreshers={"mappings": refresh},
-        )
-        built.append(master)
-        try:
-            master.run(stop)
-        finally:
-            database.close()
-
-    loop = threading.Thread(target=run)
-    loop.start()
-    try:
-        wait_for(lambda: built, "the master to start")
+    with master_thread(
+        tmp_path,
+        sockets,
+        mailbox,
+        tuning=MasterTuning(startup_grace_s=0.0, quiet_collect_interval_s=0.05),
+        pins=pins,
+        access=EveryoneOperates(),
+        # A watcher that answers a refresh at once: operator syncs, and the batches of a
+        # rollout carrying a pin, wait for a refresh round.
+        refreshers={"mappings": refresh},
+    ):
         yield
-    finally:
-        stop.set()
-        mailbox.post(Wake())
-        loop.join()
 
 
 @pytest.fixture

@@ -4,17 +4,14 @@ command, its `--json` and human output, its settings; and nothing changed when i
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from archives import make_asset
+from cli_runner import Run, cli_runner
 
-from daybook.cli.main import main
 from daybook.config import load_settings
 from daybook.model.pins import Pin
 from daybook.model.releases import ReleasePolicy
@@ -22,35 +19,16 @@ from daybook.registry.base import Snapshot
 from daybook.registry.file import FileRegistry
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-Run = Callable[..., Result]
-
-
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    monkeypatch.setenv("DAYBOOK_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("DAYBOOK_HOSTNAME", "web-1")
-    monkeypatch.delenv("DAYBOOK_CONFIG", raising=False)
-    monkeypatch.setenv("DAYBOOK_KEY_PORT", "0")
-    for name in ("KEEP_VERSIONS", "ACTIVATE", "HOOKS_DIR", "REVERT_ON_HOOK_FAILURE"):
-        monkeypatch.delenv(f"DAYBOOK_{name}", raising=False)
-
-    def invoke(*argv: str) -> Result:
-        capsys.readouterr()
-        code = main(list(argv))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
+    lifecycle = ("KEEP_VERSIONS", "ACTIVATE", "HOOKS_DIR", "REVERT_ON_HOOK_FAILURE")
+    unset = ["DAYBOOK_CONFIG", *(f"DAYBOOK_{name}" for name in lifecycle)]
+    env = {
+        "DAYBOOK_DATA_DIR": str(tmp_path / "data"),
+        "DAYBOOK_HOSTNAME": "web-1",
+        "DAYBOOK_KEY_PORT": "0",
+    }
+    return cli_runner(monkeypatch, capsys, unset=unset, env=env)
 
 
 @pytest.fixture

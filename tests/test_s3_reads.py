@@ -4,7 +4,6 @@ errors they give. What they share with every store is in test_store_contract.py.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from closed_port import refused_url
 from s3_server import client_for, point_aws_at
 
 from daybook.errors import AssetNotFoundError, StoreError, StoreUnavailableError
@@ -144,9 +144,7 @@ def reads_store(bucket: str, prefix: str = "", tuning: S3Tuning = ONE_ATTEMPT) -
 def test_unreachable_endpoint_is_one_clear_line(
     s3_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as closed_port:
-        closed_port.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{closed_port.getsockname()[1]}"
+    with refused_url() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         store = reads_store("bucket", "pre")
         with pytest.raises(StoreUnavailableError) as caught:

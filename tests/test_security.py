@@ -86,14 +86,6 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def master(settings: Settings) -> Iterator[RunningMaster]:
-    running = RunningMaster(settings)
-    yield running
-    if running.thread.is_alive():
-        running.shutdown()
-
-
-@pytest.fixture
 def trusting_master(settings: Settings) -> Iterator[RunningMaster]:
     running = RunningMaster(replace(settings, auto_accept=True))
     yield running

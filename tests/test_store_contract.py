@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from botocore.utils import parse_timestamp
+from closed_port import refused_url
 
 from daybook.errors import (
     AssetExistsError,
@@ -466,11 +466,7 @@ def test_s3_endpoint_can_be_set_for_s3_alone(
 def test_s3_unreachable_endpoint_is_one_clear_line(
     s3_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A bound socket that never listens: connections are refused at once, and the port
-    # stays ours for the whole test.
-    with socket.socket() as closed_port:
-        closed_port.bind(("127.0.0.1", 0))
-        endpoint = f"http://127.0.0.1:{closed_port.getsockname()[1]}"
+    with refused_url() as endpoint:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         store = S3Store("bucket", "pre", tuning=S3Tuning(max_attempts=1, connect_timeout_s=5))
         try:
