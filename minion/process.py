@@ -22,6 +22,7 @@ from daybook.mailbox import Mailbox
 from daybook.model.messages import MAX_FRAME_BYTES
 from daybook.model.results import ServiceResults
 from daybook.net.client import ControlClient
+from daybook.net.endpoints import master_endpoints
 from daybook.net.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.net.transport import (
     ClientCredentials,
@@ -89,28 +90,52 @@ def _connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
     credentials: ClientCredentials | None,
-) -> tuple[EventSubscriber, Reporter]:
-    """One minion's SUB socket for the master's events and PUSH socket for its reports."""
+) -> tuple[EventSubscriber, list[Reporter]]:
+    """One minion's SUB socket for the events of every master, and a PUSH socket per master
+    for its reports: a PUSH connected to several would deal them out round-robin, and each
+    master (the standbys too, so that a new leader has every report) needs all of them."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
+    _link_options(subscriber_socket, settings, credentials)
+    subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+    reporters = [
+        _reporter(context, settings, credentials, endpoint)
+        for endpoint in master_endpoints(settings, settings.results_port)
+    ]
+    # Only the leader publishes; a deposed one is fenced off by its term (see Minion).
+    for endpoint in master_endpoints(settings, settings.port):
+        subscriber_socket.connect(endpoint)
+    return EventSubscriber(subscriber_socket), reporters
+
+
+def _link_options(
+    socket: zmq.Socket[bytes], settings: Settings, credentials: ClientCredentials | None
+) -> None:
+    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    keep_link_alive(socket, settings.heartbeat_interval_s)
+    secure_client(socket, credentials)
+
+
+def _reporter(
+    context: zmq.Context[zmq.Socket[bytes]],
+    settings: Settings,
+    credentials: ClientCredentials | None,
+    endpoint: str,
+) -> Reporter:
+    """A PUSH socket to one master's results port, watched for reconnects."""
     push_socket = context.socket(zmq.PUSH)
     push_socket.setsockopt(zmq.LINGER, REPORT_LINGER_MS)
     push_socket.setsockopt(zmq.SNDHWM, REPORT_QUEUE_MAX)
-    for socket in (subscriber_socket, push_socket):
-        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
-        keep_link_alive(socket, settings.heartbeat_interval_s)
-        secure_client(socket, credentials)
+    _link_options(push_socket, settings, credentials)
     # Nothing but the handshake comes back this way; the cap bounds what a peer could send.
     push_socket.setsockopt(zmq.MAXMSGSIZE, 4096)
-    subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
     # Watched from before the first connect, so the reporter can tell a reconnect from it.
     link_events = push_socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     link_events.setsockopt(zmq.LINGER, 0)
-    subscriber_socket.connect(settings.endpoint(settings.port))
-    push_socket.connect(settings.endpoint(settings.results_port))
-    return EventSubscriber(subscriber_socket), Reporter(push_socket, link_events)
+    push_socket.connect(endpoint)
+    return Reporter(push_socket, link_events)
 
 
 def release_keeper(settings: Settings, spec: MinionSpec) -> ReleaseKeeper | None:
@@ -146,7 +171,7 @@ def connect_minion(
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
     in-process installer for syncs that download (a child process: see run_minion)."""
-    subscriber, reporter = _connect_sockets(context, settings, credentials)
+    subscriber, reporters = _connect_sockets(context, settings, credentials)
     rng = random.Random()
 
     def splay(spread_s: float | None) -> bool:
@@ -166,7 +191,8 @@ def connect_minion(
     return Minion(
         host=spec.host,
         subscriber=subscriber,
-        reporter=reporter,
+        reporter=reporters[0],
+        more_reporters=reporters[1:],
         syncer=syncer,
         memory=memory,
         mailbox=mailbox,
@@ -253,7 +279,8 @@ def start_enrollment(
 
 def close_minion(minion: Minion) -> None:
     minion.subscriber.socket.close()
-    minion.reporter.close()
+    for reporter in minion.reporters:
+        reporter.close()
 
 
 def client_credentials(keypair: KeyPair | None, server_key: str | None) -> ClientCredentials | None:
