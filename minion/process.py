@@ -22,11 +22,11 @@ from daybook.mailbox import Mailbox
 from daybook.model.messages import MAX_FRAME_BYTES
 from daybook.model.results import ServiceResults
 from daybook.net.client import ControlClient
-from daybook.net.endpoints import master_endpoints
+from daybook.net.endpoints import master_endpoint_for, master_endpoints
 from daybook.net.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.net.transport import (
     ClientCredentials,
-    fetch_master_key,
+    fetch_first_master_key,
     secure_client,
     trusted_master_key,
 )
@@ -253,21 +253,24 @@ def start_enrollment(
         return None
     # Paced by the heartbeat: a few seconds in production, moments in a test fleet.
     beat_s = settings.heartbeat_interval_s
+    # The first master that answers, then the one that answered last; a standby points
+    # to the leader.
     client = ControlClient(
-        settings.endpoint(settings.control_port),
+        master_endpoints(settings, settings.control_port),
         timeout_s=min(3.0, max(1.0, 5 * beat_s)),
         context=context,
         credentials=credentials,
         host=settings.hostname,
+        locate=lambda holder: master_endpoint_for(settings, holder, settings.control_port),
     )
-    key_endpoint = settings.endpoint(settings.key_port) if settings.key_port else None
+    key_endpoints = master_endpoints(settings, settings.key_port) if settings.key_port else ()
     enrollment = Enrollment(
         host=settings.hostname,
         own_fingerprint=credentials.keypair.fingerprint,
         trusted_key=credentials.server_key,
         hello=lambda: client.hello(settings.hostname, "minion"),
         fetch_master_key=(
-            (lambda: fetch_master_key(context, key_endpoint)) if key_endpoint else None
+            (lambda: fetch_first_master_key(context, key_endpoints)[0]) if key_endpoints else None
         ),
         pending_interval_s=min(2.0, max(0.2, beat_s)),
         accepted_interval_s=max(1.0, 6 * beat_s),
@@ -330,9 +333,9 @@ def run_minion(
         loop = MinionLoop([minion], mailbox)
         life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info(
-            "minion %s following the master at %s (reports to port %d)",
+            "minion %s following the master(s) at %s (reports to port %d)",
             spec.host,
-            settings.endpoint(settings.port),
+            ", ".join(master_endpoints(settings, settings.port)),
             settings.results_port,
         )
         life.run(loop.run)
@@ -352,7 +355,11 @@ def minion_store(
     """
     if settings.signed_downloads and settings.store.startswith("s3:") and settings.control_port:
         ask = ask_master(
-            life.context, settings.endpoint(settings.control_port), spec.host, credentials
+            life.context,
+            master_endpoints(settings, settings.control_port),
+            spec.host,
+            credentials,
+            locate=lambda holder: master_endpoint_for(settings, holder, settings.control_port),
         )
         return SignedStore(settings.store, ask, pause=lambda s: not life.stop.wait(s)), None
     store = open_store(settings.store, lazy=True)
