@@ -55,6 +55,8 @@ from daybook.wire import decode_as
 
 # How long the master may take to answer a request that does not wait for minions.
 ANSWER_TIMEOUT_S = 5.0
+# How long `daybook status` waits for each master's answer before showing it unreachable.
+STATUS_TIMEOUT_S = 2.0
 # One long poll waits at most this long, so a restarted master is noticed and asked again.
 WAIT_CHUNK_S = 5.0
 # How long past a sync's deadline an operator waits for the master to close it.
@@ -81,26 +83,66 @@ def operator_client(settings: Settings, timeout_s: float = ANSWER_TIMEOUT_S) -> 
     local = local_endpoint(settings)
     if local is not None:
         return ControlClient(local, timeout_s)
-    endpoints = control_endpoints(settings)
 
     def locate(holder: str) -> str | None:
         return master_endpoint_for(settings, holder, settings.control_port)
 
+    return ControlClient(
+        control_endpoints(settings),
+        timeout_s,
+        credentials=operator_credentials(settings, timeout_s),
+        host=settings.hostname,
+        locate=locate,
+    )
+
+
+def operator_credentials(settings: Settings, timeout_s: float) -> ClientCredentials | None:
+    """This node's operator key (created on first use) and the masters' key, learnt from the
+    first master that serves it if not yet trusted; None in the insecure opt-out."""
     if settings.insecure_transport:
-        return ControlClient(endpoints, timeout_s, host=settings.hostname, locate=locate)
+        return None
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         server_key = trusted_master_key(settings, context, timeout_s=timeout_s)
     finally:
         context.term()
     keypair, _ = load_or_create_keypair(keys_dir(settings.data_dir), OPERATOR_KEY)
-    return ControlClient(
-        endpoints,
-        timeout_s,
-        credentials=ClientCredentials(keypair, server_key),
-        host=settings.hostname,
-        locate=locate,
-    )
+    return ClientCredentials(keypair, server_key)
+
+
+def every_master_status(settings: Settings) -> list[tuple[str, ControlReply | None]]:
+    """Each configured master's answer to `status` (None: no answer in time), by its
+    address, in the configured order; a standby's answer is its own, not the leader's.
+    One master on this data dir answers through its local socket, as it always did.
+    MasterUnreachable when none answers."""
+    addresses = [master.address for master in settings.masters] or [
+        f"{settings.master}:{settings.port}"
+    ]
+    local = local_endpoint(settings)
+    if local is not None and len(addresses) == 1:
+        endpoints: tuple[str, ...] = (local,)
+        credentials = None
+    else:
+        endpoints = control_endpoints(settings)
+        credentials = operator_credentials(settings, ANSWER_TIMEOUT_S)
+    # Several masters: a short wait each, so that one gone away costs `status` little.
+    timeout_s = ANSWER_TIMEOUT_S if len(endpoints) == 1 else STATUS_TIMEOUT_S
+    answers: list[tuple[str, ControlReply | None]] = []
+    for address, endpoint in zip(addresses, endpoints, strict=True):
+        with ControlClient(
+            endpoint, timeout_s, credentials=credentials, host=settings.hostname
+        ) as client:
+            answers.append((address, _status(client)))
+    if all(reply is None for _, reply in answers):
+        raise _unreachable(list(endpoints), timeout_s)
+    return answers
+
+
+def _status(client: ControlClient) -> ControlReply | None:
+    try:
+        return client.request(ControlRequest(_new_id(), OP_STATUS, host=client.host))
+    except MasterUnreachable:
+        return None
 
 
 def control_endpoints(settings: Settings) -> tuple[str, ...]:
@@ -195,7 +237,7 @@ class ControlClient:
             return reply
         if refusal is not None:
             return refusal  # only standbys answered: their refusal names the leader
-        raise self._unreachable(tried, request.wait_s + self.timeout_s)
+        raise _unreachable(tried, request.wait_s + self.timeout_s)
 
     def _ask(self, endpoint: str, request: ControlRequest, tried: list[str]) -> ControlReply | None:
         """One master's reply (noted as the one to ask first), or None if it gives none."""
@@ -208,16 +250,6 @@ class ControlClient:
         if reply.leader is not None:
             self.leader = reply.leader
         return reply
-
-    def _unreachable(self, tried: list[str], patience_s: float) -> MasterUnreachable:
-        if len(tried) == 1:
-            return MasterUnreachable(
-                f"cannot reach the master at {tried[0]}: no answer within {patience_s:g} s"
-            )
-        return MasterUnreachable(
-            f"cannot reach any master: no answer from {', '.join(tried)} "
-            f"within {patience_s:g} s each"
-        )
 
     def _request_at(self, endpoint: str, request: ControlRequest) -> ControlReply:
         patience_s = request.wait_s + self.timeout_s
@@ -432,6 +464,16 @@ class ControlClient:
         if reply.status is None:
             raise FleetError(f"the master at {self.endpoint} sent no status")
         return reply.status
+
+
+def _unreachable(tried: list[str], patience_s: float) -> MasterUnreachable:
+    if len(tried) == 1:
+        return MasterUnreachable(
+            f"cannot reach the master at {tried[0]}: no answer within {patience_s:g} s"
+        )
+    return MasterUnreachable(
+        f"cannot reach any master: no answer from {', '.join(tried)} within {patience_s:g} s each"
+    )
 
 
 def _new_id() -> str:
