@@ -86,7 +86,7 @@ class MinionSpec:
     install_dir: Path
 
 
-def _connect_sockets(
+def connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
     credentials: ClientCredentials | None,
@@ -171,7 +171,7 @@ def connect_minion(
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
     in-process installer for syncs that download (a child process: see run_minion)."""
-    subscriber, reporters = _connect_sockets(context, settings, credentials)
+    subscriber, reporters = connect_sockets(context, settings, credentials)
     rng = random.Random()
 
     def splay(spread_s: float | None) -> bool:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import zmq
 from messages import report
-from test_minion_minion import FakeSocket, Harness, event
+from test_minion_minion import FakeSocket, FakeSyncer, Harness, event
 
+from daybook import wire
+from daybook.config import load_settings
 from daybook.mailbox import Mailbox
 from daybook.model.messages import Heartbeat, SyncEvent
 from daybook.model.results import Report
 from daybook.wire import decode_frames
+from daybook_testing.waiting import wait_for
 from minion.memory import MinionMemory
 from minion.minion import LoopTask, Minion
+from minion.process import close_minion, connect_sockets
 from minion.reporter import Reporter
 from minion.subscriber import EventSubscriber
 
@@ -142,3 +148,81 @@ def test_reports_and_heartbeats_go_to_every_master_and_a_link_back_gets_the_outb
     assert first.reports() == [], "only the master whose link came back gets them again"
     assert second.reports() == ["s0"]
     assert (first.heartbeats(), second.heartbeats()) == (2, 2)
+
+
+# -- on real sockets: one SUB connected to two masters' PUB sockets ------------------------
+
+
+class TwoMasters:
+    """Two in-test masters' PUB sockets on loopback, and a minion subscribed to both through
+    the sockets a minion process builds from `master = "A,B"`."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.pubs = [self.context.socket(zmq.PUB) for _ in range(2)]
+        for pub in self.pubs:
+            pub.setsockopt(zmq.LINGER, 0)
+            pub.bind("tcp://127.0.0.1:*")
+        ports = [pub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1] for pub in self.pubs]
+        settings = load_settings(
+            env={
+                "DAYBOOK_MASTER": ",".join(f"127.0.0.1:{port}" for port in ports),
+                "DAYBOOK_DATA_DIR": str(tmp_path),
+                "DAYBOOK_INSECURE_TRANSPORT": "true",
+            }
+        )
+        subscriber, reporters = connect_sockets(self.context, settings, None)
+        self.syncer = FakeSyncer()
+        self.mailbox: Mailbox[LoopTask] = Mailbox()
+        self.minion = Minion(
+            host="web-1",
+            subscriber=subscriber,
+            reporter=reporters[0],
+            more_reporters=reporters[1:],
+            syncer=self.syncer,  # type: ignore[arg-type]
+            memory=MinionMemory(tmp_path, tmp_path / "install"),
+            mailbox=self.mailbox,
+            heartbeat_interval_s=5.0,
+            boot_id="boot",
+            spawn=lambda target: target(),
+        )
+
+    def applied(self) -> list[str]:
+        return [job.event.sync_id for job in self.syncer.jobs]
+
+    def publish_until(self, master: int, event: SyncEvent, seen: Callable[[], bool]) -> None:
+        """Publish `event` again until `seen` (a PUB drops what goes out before the
+        subscription reaches it)."""
+
+        def delivered() -> bool:
+            self.pubs[master].send_multipart(wire.encode(event))
+            if self.minion.socket.poll(50, zmq.POLLIN):
+                self.minion.on_readable()
+                for task in self.mailbox.drain():
+                    task()
+            return seen()
+
+        wait_for(delivered, f"{event.sync_id} from master {master}")
+
+    def close(self) -> None:
+        close_minion(self.minion)
+        for pub in self.pubs:
+            pub.close()
+        self.context.term()
+
+
+def test_a_minion_of_two_masters_acts_only_on_the_higher_term(tmp_path: Path) -> None:
+    masters = TwoMasters(tmp_path)
+    try:
+        assert len(masters.minion.reporters) == 2, "a PUSH socket per master"
+        masters.publish_until(0, termed(1, 1, "a1"), lambda: "a1" in masters.applied())
+        masters.publish_until(1, termed(1, 2, "b1", epoch=8), lambda: "b1" in masters.applied())
+        # The deposed first master publishes on; its events reach the minion and stop there.
+        masters.publish_until(0, termed(2, 1, "a2"), lambda: masters.minion.stale_events >= 3)
+        masters.publish_until(1, termed(2, 2, "b2", epoch=8), lambda: "b2" in masters.applied())
+        # Republished until seen: each applied (idempotently) as often as it came.
+        assert set(masters.applied()) == {"a1", "b1", "b2"}
+        assert "a2" not in masters.applied()
+        assert masters.minion.term == 2
+    finally:
+        masters.close()
