@@ -160,3 +160,18 @@ def test_a_leaders_address_is_found_among_the_masters_or_parsed() -> None:
         "tcp://[fd00::3]:4507"
     )
     assert master_endpoint_for(settings, "no port", settings.control_port) is None
+
+
+def test_a_sync_waits_on_while_only_standbys_answer(masters: list[FakeControl]) -> None:
+    """A standby still naming the gone leader is no failover yet: the wait ends at its
+    deadline, with no claim that another master leads."""
+
+    def old_leader(request: ControlRequest) -> ControlReply | None:
+        if request.op != OP_SYNC:
+            return None
+        return ControlReply(request.request_id, sync=running_sync("c" * 32), leader=M1)
+
+    first, second = start(masters, old_leader), start(masters, standby(M1))
+    client = ControlClient([first.endpoint, second.endpoint], TIMEOUT_S)
+    with client, pytest.raises(MasterUnreachable, match="no leader answers"):
+        client.run_sync("*", wait=True, timeout_s=0.5)

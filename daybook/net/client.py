@@ -366,6 +366,9 @@ class ControlClient:
             _new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s, host=self.host
         )
         reply = self.request(request)
+        if reply.standby:
+            # Only standbys answer: no leader yet, or theirs is the one gone. Ask again.
+            raise MasterUnreachable(f"no leader answers: {reply.error}")
         if reply.error is not None and self.endpoint != started_on:
             old = leader.holder if leader is not None else started_on
             now = (
