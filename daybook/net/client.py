@@ -1,5 +1,6 @@
 """The operator client: asks the master for a sync or the fleet's status, and renders the
-answers as the CLI contract's JSON.
+answers as the CLI contract's JSON. With several masters it asks the first that answers and
+follows a standby to the leader it names.
 
 Every request goes out on a fresh DEALER socket and waits a bounded time, so a dead or
 unreachable master gives a one-line `FleetError`, never a hang. Waiting for a sync is a
@@ -226,9 +227,10 @@ class ControlClient:
             reply = self._ask(endpoint, request, tried)
             if reply is None:
                 continue
-            if reply.standby and reply.leader is not None:
+            if reply.standby:
                 refusal = reply
-                leader = self._locate(reply.leader.holder)
+                holder = reply.leader.holder if reply.leader is not None else None
+                leader = self._locate(holder) if holder is not None else None
                 if leader is None or leader in tried:
                     continue
                 reply = self._ask(leader, request, tried)
