@@ -3,10 +3,12 @@ to the leader, one clear error when none answers or a sync's leader went away.""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+import zmq
 from fake_control import FakeControl, Script, silent
 
 from daybook.config import load_settings
@@ -17,6 +19,8 @@ from daybook.model.messages import OP_STATUS, OP_SYNC, ControlReply, ControlRequ
 from daybook.model.sync import RUNNING, Sync
 from daybook.net.client import ControlClient, MasterUnreachable
 from daybook.net.endpoints import master_endpoint_for
+from daybook.net.keys import KeyPair
+from daybook.net.transport import KEY_REPLY, fetch_first_master_key
 
 TIMEOUT_S = 0.3
 M1 = Term(number=4, holder="m1:4505", since=100.0)
@@ -175,3 +179,29 @@ def test_a_sync_waits_on_while_only_standbys_answer(masters: list[FakeControl]) 
     client = ControlClient([first.endpoint, second.endpoint], TIMEOUT_S)
     with client, pytest.raises(MasterUnreachable, match="no leader answers"):
         client.run_sync("*", wait=True, timeout_s=0.5)
+
+
+def test_the_masters_key_comes_from_the_first_key_port_that_serves_it() -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gone, serving = context.socket(zmq.ROUTER), context.socket(zmq.ROUTER)
+    key = KeyPair.generate().public
+    try:
+        for socket in (gone, serving):
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.bind("tcp://127.0.0.1:*")
+        endpoints = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (gone, serving)]
+
+        def serve() -> None:
+            identity, _request = serving.recv_multipart()
+            serving.send_multipart([identity, KEY_REPLY, key.encode()])
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        assert fetch_first_master_key(context, endpoints, TIMEOUT_S) == (key, endpoints[1])
+        server.join(5.0)
+        with pytest.raises(FleetError, match="no answer from the master's key port"):
+            fetch_first_master_key(context, endpoints[:1], TIMEOUT_S)
+    finally:
+        gone.close()
+        serving.close()
+        context.term()
