@@ -8,6 +8,8 @@ installs in its own process (a lean HTTP client and the extractor), with no chil
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import zmq
 
 from daybook.errors import DaybookError, StoreError, StoreUnavailableError
@@ -22,18 +24,23 @@ SIGNED_URL_TIMEOUT_S = 10.0
 
 def ask_master(
     context: zmq.Context[zmq.Socket[bytes]],
-    endpoint: str,
+    endpoints: str | Sequence[str],
     host: str,
     credentials: ClientCredentials | None,
+    *,
     timeout_s: float = SIGNED_URL_TIMEOUT_S,
+    locate: Callable[[str], str | None] = lambda _holder: None,
 ) -> AskMaster:
-    """Asks the master at `endpoint`, as `host`, for one service's downloads; its errors
-    come back as a store's, so each service's result says what went wrong."""
+    """Asks a master, as `host`, for one service's downloads: the one that answered last,
+    else each of `endpoints` in turn (a standby points to the leader, which `locate`
+    finds). Its errors come back as a store's, so each service's result says what went
+    wrong."""
+    order = [endpoints] if isinstance(endpoints, str) else list(endpoints)
 
     def ask(service: str, versions: tuple[str, ...]) -> tuple[Download, ...]:
         # A connection per request: a sync asks a few times, and an idle minion holds none.
         with ControlClient(
-            endpoint, timeout_s, context=context, credentials=credentials, host=host
+            order, timeout_s, context=context, credentials=credentials, host=host, locate=locate
         ) as client:
             try:
                 return client.downloads(service, versions)
@@ -41,5 +48,11 @@ def ask_master(
                 raise StoreUnavailableError(str(exc)) from exc
             except DaybookError as exc:
                 raise StoreError(str(exc)) from exc
+            finally:
+                # Stick to the master that answered (ask() may run on several threads:
+                # list operations are atomic, and any order still reaches every master).
+                if client.endpoint in order and order[0] != client.endpoint:
+                    order.remove(client.endpoint)
+                    order.insert(0, client.endpoint)
 
     return ask

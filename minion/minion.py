@@ -8,11 +8,12 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
 from daybook.mailbox import Mailbox
+from daybook.model.leadership import is_newer_term
 from daybook.model.messages import Heartbeat, SyncEvent
 from daybook.model.patterns import HostPattern
 from daybook.model.results import Report
@@ -49,10 +50,14 @@ class Minion:
         persist: Callable[[LoopTask], None] = lambda save: save(),
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        more_reporters: Sequence[Reporter] = (),
     ) -> None:
         self.host = host
         self.subscriber = subscriber
+        # The first master's reporter, then one per further master: every report and
+        # heartbeat goes to each, so standbys stay warm and a new leader has them all.
         self.reporter = reporter
+        self.reporters = (reporter, *more_reporters)
         self._syncer = syncer
         self._memory = memory
         self._mailbox = mailbox
@@ -72,9 +77,15 @@ class Minion:
         self._epoch: int | None = None
         self._seq = 0
         self._applied: SyncEvent | None = None
+        # Fencing: the highest leader's term seen (0: a master without election, the
+        # lowest), and the lower terms whose events were ignored, each logged once.
+        self.term = 0
+        self._ignored_terms: set[int] = set()
         self.next_heartbeat = monotonic()
         self.gaps = 0
         self.master_restarts = 0
+        self.leader_changes = 0
+        self.stale_events = 0
 
     @property
     def socket(self) -> zmq.Socket[bytes]:
@@ -87,6 +98,8 @@ class Minion:
             self._accept(event)
 
     def _accept(self, event: SyncEvent) -> None:
+        if not self._fenced_in(event.term):
+            return
         if self._epoch != event.epoch:
             if self._epoch is not None:
                 self.master_restarts += 1
@@ -112,6 +125,27 @@ class Minion:
                 self._claimed.popitem(last=False)
         self.worker.submit(event, report)
 
+    def _fenced_in(self, term: int) -> bool:
+        """False for an event of a lower term than the highest seen: its publisher was
+        deposed (a paused process, a healed partition) and must not make this minion act.
+        A higher term is a new leader: its epoch and seq start afresh, and it may lack
+        reports the old leader had not recorded (the outbox goes again, as on a restart)."""
+        if not is_newer_term(term, self.term):
+            self.stale_events += 1
+            if term not in self._ignored_terms:
+                self._ignored_terms.add(term)
+                log.warning("ignoring events of term %d: term %d leads", term, self.term)
+            return False
+        if term > self.term:
+            if self._epoch is not None:
+                self.leader_changes += 1
+                log.info("a new leader: term %d (was %d)", term, self.term)
+            self.term = term
+            self._ignored_terms.clear()
+            # Forget the deposed leader's epoch and seq: the next branch resends the outbox.
+            self._epoch, self._seq = None, 0
+        return True
+
     def _targets_me(self, target: str) -> bool:
         verdict = self._targets.get(target)
         if verdict is None:
@@ -120,9 +154,15 @@ class Minion:
             verdict = self._targets[target] = HostPattern(target).matches(self.host)
         return verdict
 
-    def _resend_outbox(self) -> None:
+    def _resend_outbox(self, reporters: Sequence[Reporter] | None = None) -> None:
+        """The latest reports again, to `reporters` (None: every master)."""
         for payload in self._memory.outbox():
-            self.reporter.send_frames([TOPIC_REPORT, payload])
+            for reporter in self.reporters if reporters is None else reporters:
+                reporter.send_frames([TOPIC_REPORT, payload])
+
+    def _send(self, message: Report | Heartbeat) -> None:
+        for reporter in self.reporters:
+            reporter.send(message)
 
     # -- work (on the sync thread) and its results (back on this thread) ----------------------
 
@@ -143,20 +183,21 @@ class Minion:
         # A report also tells the master this minion is alive and which state it applied.
         self._applied = event
         for report in reports:
-            self.reporter.send(report)
+            self._send(report)
 
     # -- heartbeats -----------------------------------------------------------------------------
 
     def tick(self, monotonic_now: float) -> None:
         if monotonic_now >= self.next_heartbeat:
             self.next_heartbeat = monotonic_now + self._heartbeat_interval_s
-            if self.reporter.reconnected():
+            back = [reporter for reporter in self.reporters if reporter.reconnected()]
+            if back:
                 # A report sent just before the old link died may have died with it, and a
                 # sync this minion has answered is not answered again when republished.
                 # The master keeps the first copy of each report, so extra copies are free.
                 log.info("the link to the master is back; sending the latest reports again")
-                self._resend_outbox()
-            self.reporter.send(self.heartbeat())
+                self._resend_outbox(back)
+            self._send(self.heartbeat())
             if self._memory.dirty:
                 self._persist(self._memory.save)
 

@@ -22,10 +22,11 @@ from daybook.mailbox import Mailbox
 from daybook.model.messages import MAX_FRAME_BYTES
 from daybook.model.results import ServiceResults
 from daybook.net.client import ControlClient
+from daybook.net.endpoints import master_endpoint_for, master_endpoints
 from daybook.net.keys import MINION_KEY, KeyPair, keys_dir, load_or_create_keypair
 from daybook.net.transport import (
     ClientCredentials,
-    fetch_master_key,
+    fetch_first_master_key,
     secure_client,
     trusted_master_key,
 )
@@ -85,32 +86,56 @@ class MinionSpec:
     install_dir: Path
 
 
-def _connect_sockets(
+def connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
     credentials: ClientCredentials | None,
-) -> tuple[EventSubscriber, Reporter]:
-    """One minion's SUB socket for the master's events and PUSH socket for its reports."""
+) -> tuple[EventSubscriber, list[Reporter]]:
+    """One minion's SUB socket for the events of every master, and a PUSH socket per master
+    for its reports: a PUSH connected to several would deal them out round-robin, and each
+    master (the standbys too, so that a new leader has every report) needs all of them."""
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
+    _link_options(subscriber_socket, settings, credentials)
+    subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
+    reporters = [
+        _reporter(context, settings, credentials, endpoint)
+        for endpoint in master_endpoints(settings, settings.results_port)
+    ]
+    # Only the leader publishes; a deposed one is fenced off by its term (see Minion).
+    for endpoint in master_endpoints(settings, settings.port):
+        subscriber_socket.connect(endpoint)
+    return EventSubscriber(subscriber_socket), reporters
+
+
+def _link_options(
+    socket: zmq.Socket[bytes], settings: Settings, credentials: ClientCredentials | None
+) -> None:
+    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    keep_link_alive(socket, settings.heartbeat_interval_s)
+    secure_client(socket, credentials)
+
+
+def _reporter(
+    context: zmq.Context[zmq.Socket[bytes]],
+    settings: Settings,
+    credentials: ClientCredentials | None,
+    endpoint: str,
+) -> Reporter:
+    """A PUSH socket to one master's results port, watched for reconnects."""
     push_socket = context.socket(zmq.PUSH)
     push_socket.setsockopt(zmq.LINGER, REPORT_LINGER_MS)
     push_socket.setsockopt(zmq.SNDHWM, REPORT_QUEUE_MAX)
-    for socket in (subscriber_socket, push_socket):
-        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
-        keep_link_alive(socket, settings.heartbeat_interval_s)
-        secure_client(socket, credentials)
+    _link_options(push_socket, settings, credentials)
     # Nothing but the handshake comes back this way; the cap bounds what a peer could send.
     push_socket.setsockopt(zmq.MAXMSGSIZE, 4096)
-    subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
     # Watched from before the first connect, so the reporter can tell a reconnect from it.
     link_events = push_socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     link_events.setsockopt(zmq.LINGER, 0)
-    subscriber_socket.connect(settings.endpoint(settings.port))
-    push_socket.connect(settings.endpoint(settings.results_port))
-    return EventSubscriber(subscriber_socket), Reporter(push_socket, link_events)
+    push_socket.connect(endpoint)
+    return Reporter(push_socket, link_events)
 
 
 def release_keeper(settings: Settings, spec: MinionSpec) -> ReleaseKeeper | None:
@@ -146,7 +171,7 @@ def connect_minion(
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
     in-process installer for syncs that download (a child process: see run_minion)."""
-    subscriber, reporter = _connect_sockets(context, settings, credentials)
+    subscriber, reporters = connect_sockets(context, settings, credentials)
     rng = random.Random()
 
     def splay(spread_s: float | None) -> bool:
@@ -166,7 +191,8 @@ def connect_minion(
     return Minion(
         host=spec.host,
         subscriber=subscriber,
-        reporter=reporter,
+        reporter=reporters[0],
+        more_reporters=reporters[1:],
         syncer=syncer,
         memory=memory,
         mailbox=mailbox,
@@ -227,21 +253,24 @@ def start_enrollment(
         return None
     # Paced by the heartbeat: a few seconds in production, moments in a test fleet.
     beat_s = settings.heartbeat_interval_s
+    # The first master that answers, then the one that answered last; a standby points
+    # to the leader.
     client = ControlClient(
-        settings.endpoint(settings.control_port),
+        master_endpoints(settings, settings.control_port),
         timeout_s=min(3.0, max(1.0, 5 * beat_s)),
         context=context,
         credentials=credentials,
         host=settings.hostname,
+        locate=lambda holder: master_endpoint_for(settings, holder, settings.control_port),
     )
-    key_endpoint = settings.endpoint(settings.key_port) if settings.key_port else None
+    key_endpoints = master_endpoints(settings, settings.key_port) if settings.key_port else ()
     enrollment = Enrollment(
         host=settings.hostname,
         own_fingerprint=credentials.keypair.fingerprint,
         trusted_key=credentials.server_key,
         hello=lambda: client.hello(settings.hostname, "minion"),
         fetch_master_key=(
-            (lambda: fetch_master_key(context, key_endpoint)) if key_endpoint else None
+            (lambda: fetch_first_master_key(context, key_endpoints)[0]) if key_endpoints else None
         ),
         pending_interval_s=min(2.0, max(0.2, beat_s)),
         accepted_interval_s=max(1.0, 6 * beat_s),
@@ -253,7 +282,8 @@ def start_enrollment(
 
 def close_minion(minion: Minion) -> None:
     minion.subscriber.socket.close()
-    minion.reporter.close()
+    for reporter in minion.reporters:
+        reporter.close()
 
 
 def client_credentials(keypair: KeyPair | None, server_key: str | None) -> ClientCredentials | None:
@@ -303,9 +333,9 @@ def run_minion(
         loop = MinionLoop([minion], mailbox)
         life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info(
-            "minion %s following the master at %s (reports to port %d)",
+            "minion %s following the master(s) at %s (reports to port %d)",
             spec.host,
-            settings.endpoint(settings.port),
+            ", ".join(master_endpoints(settings, settings.port)),
             settings.results_port,
         )
         life.run(loop.run)
@@ -325,7 +355,11 @@ def minion_store(
     """
     if settings.signed_downloads and settings.store.startswith("s3:") and settings.control_port:
         ask = ask_master(
-            life.context, settings.endpoint(settings.control_port), spec.host, credentials
+            life.context,
+            master_endpoints(settings, settings.control_port),
+            spec.host,
+            credentials,
+            locate=lambda holder: master_endpoint_for(settings, holder, settings.control_port),
         )
         return SignedStore(settings.store, ask, pause=lambda s: not life.stop.wait(s)), None
     store = open_store(settings.store, lazy=True)

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import FleetError, InputError
+from daybook.model.leadership import LEADER, MasterView, answered_view, unreachable_view
 from daybook.model.patterns import check_pattern
 
 if TYPE_CHECKING:
+    from daybook.model.messages import ControlReply
     from daybook.model.pins import Pin
     from daybook.net.client import ControlClient
 
@@ -261,16 +263,49 @@ def _abort_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from daybook.net.client import operator_client
-    from daybook.views import status_json
+    from daybook.net.client import every_master_status
+    from daybook.views import master_json, status_json
 
-    with operator_client(settings) as client:
-        document = status_json(client.fleet_status())
+    answers = every_master_status(settings)
+    views = [_master_view(address, reply) for address, reply in answers]
+    # The fleet as the leader sees it; a standby's view if no leader answered.
+    answered = [
+        (view, reply.status)
+        for view, (_, reply) in zip(views, answers, strict=True)
+        if reply is not None and reply.status is not None
+    ]
+    if not answered:
+        refusals = [reply.error for _, reply in answers if reply is not None and reply.error]
+        raise FleetError(f"no master sent the fleet's status: {'; '.join(refusals)}")
+    status = next((s for view, s in answered if view.role == LEADER), answered[0][1])
+    document = status_json(status)
+    document["masters"] = [master_json(view) for view in views]
     if args.json:
         emit_json(document)
     else:
         _print_status(document)
+        _print_masters(document["masters"])
     return 0
+
+
+def _master_view(address: str, reply: ControlReply | None) -> MasterView:
+    if reply is None:
+        return unreachable_view(address)
+    return answered_view(address, reply.leader, standby=reply.standby)
+
+
+def _print_masters(masters: list[dict[str, Any]]) -> None:
+    rows = [
+        (
+            master["address"],
+            master["role"],
+            "-" if master["term"] is None else str(master["term"]),
+            master["since"] or "-",
+        )
+        for master in masters
+    ]
+    print()
+    _print_table(("MASTER", "ROLE", "TERM", "SINCE"), rows)
 
 
 def _local_client(settings: Settings) -> ControlClient:

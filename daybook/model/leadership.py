@@ -45,3 +45,20 @@ class MasterView:
     role: str = checked(is_master_role, max_len=16, problem="is not a master role")
     term: int | None = checked(minimum=0, default=None)
     since: float | None = None
+
+
+def answered_view(address: str, leader: Term | None, *, standby: bool) -> MasterView:
+    """The master at `address` as its own answer shows it: a standby when it says so or
+    names another master as the leader, else the leader; the term it leads or knows to be
+    led, and since when. A master without election (no leader named) leads alone."""
+    named_other = leader is not None and leader.holder != address
+    return MasterView(
+        address=address,
+        role=STANDBY if standby or named_other else LEADER,
+        term=leader.number if leader is not None else None,
+        since=leader.since if leader is not None else None,
+    )
+
+
+def unreachable_view(address: str) -> MasterView:
+    return MasterView(address=address, role=UNREACHABLE)

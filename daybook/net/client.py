@@ -1,5 +1,6 @@
 """The operator client: asks the master for a sync or the fleet's status, and renders the
-answers as the CLI contract's JSON.
+answers as the CLI contract's JSON. With several masters it asks the first that answers and
+follows a standby to the leader it names.
 
 Every request goes out on a fresh DEALER socket and waits a bounded time, so a dead or
 unreachable master gives a one-line `FleetError`, never a hang. Waiting for a sync is a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import zmq
 
@@ -25,6 +26,7 @@ from daybook.errors import FleetError, InputError, WireError
 from daybook.model.downloads import Download
 from daybook.model.fleet import FleetStatus
 from daybook.model.keys import Key, KeyListing
+from daybook.model.leadership import Term
 from daybook.model.messages import (
     MAX_FRAME_BYTES,
     OP_DOWNLOADS,
@@ -41,13 +43,21 @@ from daybook.model.messages import (
 from daybook.model.pins import Pin
 from daybook.model.rollout import Rollout
 from daybook.model.sync import RUNNING, Sync
-from daybook.net.endpoints import endpoints_path, local_socket_path, read_endpoints
+from daybook.net.endpoints import (
+    endpoints_path,
+    local_socket_path,
+    master_endpoint_for,
+    master_endpoints,
+    read_endpoints,
+)
 from daybook.net.keys import OPERATOR_KEY, keys_dir, load_or_create_keypair
 from daybook.net.transport import ClientCredentials, secure_client, trusted_master_key
 from daybook.wire import decode_as
 
 # How long the master may take to answer a request that does not wait for minions.
 ANSWER_TIMEOUT_S = 5.0
+# How long `daybook status` waits for each master's answer before showing it unreachable.
+STATUS_TIMEOUT_S = 2.0
 # One long poll waits at most this long, so a restarted master is noticed and asked again.
 WAIT_CHUNK_S = 5.0
 # How long past a sync's deadline an operator waits for the master to close it.
@@ -69,25 +79,78 @@ def local_endpoint(settings: Settings) -> str | None:
 
 def operator_client(settings: Settings, timeout_s: float = ANSWER_TIMEOUT_S) -> ControlClient:
     """A client for operator commands: the local socket when there is one, else CURVE with
-    this node's operator key (created on first use) to the control port."""
+    this node's operator key (created on first use) to the control port of each master in
+    turn (the first that answers, and the leader a standby names)."""
     local = local_endpoint(settings)
     if local is not None:
         return ControlClient(local, timeout_s)
-    endpoint = control_endpoint(settings)
+
+    def locate(holder: str) -> str | None:
+        return master_endpoint_for(settings, holder, settings.control_port)
+
+    return ControlClient(
+        control_endpoints(settings),
+        timeout_s,
+        credentials=operator_credentials(settings, timeout_s),
+        host=settings.hostname,
+        locate=locate,
+    )
+
+
+def operator_credentials(settings: Settings, timeout_s: float) -> ClientCredentials | None:
+    """This node's operator key (created on first use) and the masters' key, learnt from the
+    first master that serves it if not yet trusted; None in the insecure opt-out."""
     if settings.insecure_transport:
-        return ControlClient(endpoint, timeout_s, host=settings.hostname)
+        return None
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         server_key = trusted_master_key(settings, context, timeout_s=timeout_s)
     finally:
         context.term()
     keypair, _ = load_or_create_keypair(keys_dir(settings.data_dir), OPERATOR_KEY)
-    return ControlClient(
-        endpoint,
-        timeout_s,
-        credentials=ClientCredentials(keypair, server_key),
-        host=settings.hostname,
-    )
+    return ClientCredentials(keypair, server_key)
+
+
+def every_master_status(settings: Settings) -> list[tuple[str, ControlReply | None]]:
+    """Each configured master's answer to `status` (None: no answer in time), by its
+    address, in the configured order; a standby's answer is its own, not the leader's.
+    One master on this data dir answers through its local socket, as it always did.
+    MasterUnreachable when none answers."""
+    addresses = [master.address for master in settings.masters] or [
+        f"{settings.master}:{settings.port}"
+    ]
+    local = local_endpoint(settings)
+    if local is not None and len(addresses) == 1:
+        endpoints: tuple[str, ...] = (local,)
+        credentials = None
+    else:
+        endpoints = control_endpoints(settings)
+        credentials = operator_credentials(settings, ANSWER_TIMEOUT_S)
+    # Several masters: a short wait each, so that one gone away costs `status` little.
+    timeout_s = ANSWER_TIMEOUT_S if len(endpoints) == 1 else STATUS_TIMEOUT_S
+    answers: list[tuple[str, ControlReply | None]] = []
+    for address, endpoint in zip(addresses, endpoints, strict=True):
+        with ControlClient(
+            endpoint, timeout_s, credentials=credentials, host=settings.hostname
+        ) as client:
+            answers.append((address, _status(client)))
+    if all(reply is None for _, reply in answers):
+        raise _unreachable(list(endpoints), timeout_s)
+    return answers
+
+
+def _status(client: ControlClient) -> ControlReply | None:
+    try:
+        return client.request(ControlRequest(_new_id(), OP_STATUS, host=client.host))
+    except MasterUnreachable:
+        return None
+
+
+def control_endpoints(settings: Settings) -> tuple[str, ...]:
+    """Every master's control endpoint, in the configured order."""
+    if len(settings.masters) > 1 and settings.control_port:
+        return master_endpoints(settings, settings.control_port)
+    return (control_endpoint(settings),)
 
 
 def control_endpoint(settings: Settings) -> str:
@@ -105,24 +168,37 @@ def control_endpoint(settings: Settings) -> str:
 
 
 class ControlClient:
-    """Talks to one master's control socket. Close it (or use `with`) when done."""
+    """Talks to a master's control socket. Close it (or use `with`) when done.
+
+    Given several masters' endpoints (in the configured order), it asks the one that
+    answered last, else each in turn, and follows a standby's pointer to the leader
+    (`locate` turns the leader's advertised HOST:PORT into its control endpoint).
+    """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         timeout_s: float = ANSWER_TIMEOUT_S,
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         credentials: ClientCredentials | None = None,
         host: str | None = None,
+        locate: Callable[[str], str | None] = lambda _holder: None,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
+        if not self.endpoints:
+            raise FleetError("no master to ask: the list of masters is empty")
+        # The master that answered last: asked first next time.
+        self.endpoint = self.endpoints[0]
+        # The fleet's leader as the last answer named it (None: none named).
+        self.leader: Term | None = None
         self.timeout_s = timeout_s
         # CURVE for a TCP endpoint (None: plaintext, for the local socket); and the host
         # name sent with each request, under which the master lists an unknown key.
         self._credentials = credentials
         self.host = host
+        self._locate = locate
         self._owns_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._monotonic = monotonic
@@ -140,14 +216,51 @@ class ControlClient:
     # -- typed API ------------------------------------------------------------------------------
 
     def request(self, request: ControlRequest) -> ControlReply:
-        """Send one request; wait its `wait_s` plus the answer timeout for the reply."""
+        """Send one request; wait its `wait_s` plus the answer timeout for the reply, from
+        each master in turn until one answers (a standby's refusal is followed to the
+        leader it names). MasterUnreachable when none answers."""
+        tried: list[str] = []
+        refusal: ControlReply | None = None
+        for endpoint in (self.endpoint, *(e for e in self.endpoints if e != self.endpoint)):
+            if endpoint in tried:
+                continue
+            reply = self._ask(endpoint, request, tried)
+            if reply is None:
+                continue
+            if reply.standby:
+                refusal = reply
+                holder = reply.leader.holder if reply.leader is not None else None
+                leader = self._locate(holder) if holder is not None else None
+                if leader is None or leader in tried:
+                    continue
+                reply = self._ask(leader, request, tried)
+                if reply is None or reply.standby:
+                    continue
+            return reply
+        if refusal is not None:
+            return refusal  # only standbys answered: their refusal names the leader
+        raise _unreachable(tried, request.wait_s + self.timeout_s)
+
+    def _ask(self, endpoint: str, request: ControlRequest, tried: list[str]) -> ControlReply | None:
+        """One master's reply (noted as the one to ask first), or None if it gives none."""
+        tried.append(endpoint)
+        try:
+            reply = self._request_at(endpoint, request)
+        except MasterUnreachable:
+            return None
+        self.endpoint = endpoint
+        if reply.leader is not None:
+            self.leader = reply.leader
+        return reply
+
+    def _request_at(self, endpoint: str, request: ControlRequest) -> ControlReply:
         patience_s = request.wait_s + self.timeout_s
         socket = self._context.socket(zmq.DEALER)
         try:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
             secure_client(socket, self._credentials)
-            socket.connect(self.endpoint)
+            socket.connect(endpoint)
             socket.send_multipart(wire.encode(request))
             deadline = self._monotonic() + patience_s
             while (remaining_s := deadline - self._monotonic()) > 0:
@@ -163,9 +276,7 @@ class ControlClient:
                     return reply
         finally:
             socket.close()
-        raise MasterUnreachable(
-            f"cannot reach the master at {self.endpoint}: no answer within {patience_s:g} s"
-        )
+        raise MasterUnreachable(f"no answer from {endpoint} within {patience_s:g} s")
 
     def _answer(self, request: ControlRequest) -> ControlReply:
         reply = self.request(request)
@@ -231,6 +342,7 @@ class ControlClient:
         every host it still waited for being down)."""
         deadline = self._monotonic() + timeout_s
         summary = self.start_sync(target, wait_s=timeout_s if wait else 0.0, deadline_s=timeout_s)
+        started_on, leader = self.endpoint, self.leader
         while wait and summary.state == RUNNING:
             # Past our deadline, the master's is just passing too: give it a moment to close
             # the sync, so the answer says how it ended rather than "running".
@@ -238,12 +350,41 @@ class ControlClient:
             if self._monotonic() >= deadline + CLOSE_GRACE_S:
                 break
             try:
-                summary = self.sync_result(summary.sync_id, min(remaining_s, WAIT_CHUNK_S))
+                summary = self._followed_sync(
+                    summary.sync_id, min(remaining_s, WAIT_CHUNK_S), started_on, leader
+                )
             except MasterUnreachable:
                 # The master may be restarting; it keeps the sync. Ask again until the end.
                 if self._monotonic() >= deadline:
                     raise
         return summary
+
+    def _followed_sync(
+        self, sync_id: str, wait_s: float, started_on: str, leader: Term | None
+    ) -> Sync:
+        """The sync's state, from whichever master answers; a failover to a leader that does
+        not know the sync is one clear error, not a wait that never ends."""
+        request = ControlRequest(
+            _new_id(), OP_SYNC_RESULT, sync_id=sync_id, wait_s=wait_s, host=self.host
+        )
+        reply = self.request(request)
+        if reply.standby:
+            # Only standbys answer: no leader yet, or theirs is the one gone. Ask again.
+            raise MasterUnreachable(f"no leader answers: {reply.error}")
+        if reply.error is not None and self.endpoint != started_on:
+            old = leader.holder if leader is not None else started_on
+            now = (
+                f"{self.leader.holder} leads now (term {self.leader.number})"
+                if self.leader is not None
+                else f"{self.endpoint} answers now"
+            )
+            raise FleetError(
+                f"the leader {old} went away while sync {sync_id} ran; {now}: run the sync again"
+            )
+        if reply.error is not None:
+            kind = InputError if reply.invalid else FleetError
+            raise kind(f"the master refused the request: {reply.error}")
+        return _expect_sync(reply, self.endpoint)
 
     def start_rollout(
         self,
@@ -328,6 +469,16 @@ class ControlClient:
         if reply.status is None:
             raise FleetError(f"the master at {self.endpoint} sent no status")
         return reply.status
+
+
+def _unreachable(tried: list[str], patience_s: float) -> MasterUnreachable:
+    if len(tried) == 1:
+        return MasterUnreachable(
+            f"cannot reach the master at {tried[0]}: no answer within {patience_s:g} s"
+        )
+    return MasterUnreachable(
+        f"cannot reach any master: no answer from {', '.join(tried)} within {patience_s:g} s each"
+    )
 
 
 def _new_id() -> str:

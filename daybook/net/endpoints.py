@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from daybook import wire
+from daybook.config import MasterAddress, Settings
 from daybook.errors import FleetError, WireError
 from daybook.files import write_atomically
 from daybook.model.rules import checked, record
@@ -74,3 +75,25 @@ def read_endpoints(data_dir: Path) -> MasterEndpoints:
         return wire.from_json(MasterEndpoints, data)
     except WireError as exc:
         raise FleetError(f"cannot read the master's endpoints from {path}: {exc}") from None
+
+
+def master_endpoints(settings: Settings, own_port: int) -> tuple[str, ...]:
+    """Every configured master's endpoint for the role this node reaches at `own_port` on
+    the first one (`results_port`, `control_port`...), in the order given. One master
+    reads exactly as it always did (`settings.endpoint`)."""
+    if len(settings.masters) <= 1:
+        return (settings.endpoint(own_port),)
+    return tuple(settings.endpoint_of(master, own_port) for master in settings.masters)
+
+
+def master_endpoint_for(settings: Settings, holder: str, own_port: int) -> str | None:
+    """The endpoint, for the role at `own_port`, of the master advertised as `holder`
+    (HOST:PUBLISH_PORT, as a leader's term names it): a configured master of that address,
+    else that host with the configured port offsets; None if `holder` is no such address."""
+    for master in settings.masters:
+        if master.address == holder:
+            return settings.endpoint_of(master, own_port)
+    host, _, port_text = holder.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return settings.endpoint_of(MasterAddress(host, int(port_text)), own_port)

@@ -17,7 +17,7 @@ master's key is refused, never followed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import zmq
@@ -25,6 +25,7 @@ import zmq
 from daybook.config import Settings
 from daybook.errors import ConfigError, FleetError
 from daybook.model.keys import fingerprint, is_public_key
+from daybook.net.endpoints import master_endpoints
 from daybook.net.keys import (
     MASTER_KEY,
     PINNED_MASTER_KEY,
@@ -166,6 +167,21 @@ def fetch_master_key(
     raise FleetError(f"no answer from the master's key port at {endpoint} within {timeout_s:g} s")
 
 
+def fetch_first_master_key(
+    context: zmq.Context[zmq.Socket[bytes]],
+    endpoints: Sequence[str],
+    timeout_s: float = KEY_FETCH_TIMEOUT_S,
+) -> tuple[str, str]:
+    """The key from the first of `endpoints` that serves one, and that endpoint."""
+    failures: list[str] = []
+    for endpoint in endpoints:
+        try:
+            return fetch_master_key(context, endpoint, timeout_s), endpoint
+        except FleetError as exc:
+            failures.append(str(exc))
+    raise FleetError("; ".join(failures))
+
+
 def known_master_key(settings: Settings) -> tuple[str, str] | None:
     """The master key this node already trusts, with where it comes from; None if none."""
     if settings.master_key:
@@ -199,12 +215,15 @@ def trusted_master_key(
             "the master's key is unknown and its key port is 0: set master_key "
             "(DAYBOOK_MASTER_KEY) or the key port (DAYBOOK_KEY_PORT)"
         )
-    endpoint = settings.endpoint(settings.key_port)
+    # All masters of a fleet present one key pair: the first that answers serves it.
+    endpoints = master_endpoints(settings, settings.key_port)
     delay_s = 0.2
     attempts = 0
     while True:
         try:
-            key = fetch_master_key(context, endpoint, min(timeout_s, KEY_FETCH_TIMEOUT_S))
+            key, endpoint = fetch_first_master_key(
+                context, endpoints, min(timeout_s, KEY_FETCH_TIMEOUT_S)
+            )
             break
         except FleetError as exc:
             if wait is None:
