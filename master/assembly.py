@@ -24,6 +24,7 @@ from master.rollouts import ROLLOUTS, PinWriter, RolloutDriver
 from master.scheduler import Scheduler
 from master.served import Served
 from master.snapshot import SnapshotBox
+from master.standing import Standing
 from master.sync_keeper import CLOSE_CHECK, SWEEP, SyncKeeper
 from master.tuning import MasterTuning
 from master.view_publisher import VIEW, ViewPublisher
@@ -83,8 +84,10 @@ def assemble(
     access: Access,
     signer: Signer | None = None,
     pins: PinWriter | None = None,
+    standing: Standing | None = None,
 ) -> LoopParts:
     timers, book = Scheduler(), SyncBook()
+    standing = standing or Standing()
     out = _publishing(
         epoch=epoch,
         publisher=publisher,
@@ -96,6 +99,7 @@ def assemble(
         snapshots=snapshots,
         timers=timers,
         book=book,
+        standing=standing,
     )
     recorder = ResultsRecorder(
         collector=collector,
@@ -141,6 +145,7 @@ def _publishing(
     snapshots: SnapshotBox | None,
     timers: Scheduler,
     book: SyncBook,
+    standing: Standing,
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
     wall, monotonic = clocks.wall, clocks.monotonic
@@ -154,6 +159,7 @@ def _publishing(
         clock=wall,
         monotonic=monotonic,
         snapshots=snapshots,
+        standing=standing,
     )
     broadcaster = Broadcaster(
         publisher,
@@ -161,6 +167,7 @@ def _publishing(
         metrics=metrics,
         monotonic=monotonic,
         download_starts_per_s=tuning.download_starts_per_s,
+        standing=standing,
     )
     syncs = SyncKeeper(
         book=book,
@@ -245,6 +252,7 @@ def _operator_desk(
         epoch=epoch,
         clock=clocks.wall,
         monotonic=clocks.monotonic,
+        standing=out.broadcaster.standing,
     )
 
 
