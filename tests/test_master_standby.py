@@ -208,3 +208,26 @@ def test_a_leader_that_loses_its_term_answers_every_waiting_operator(
     assert reply.error.startswith(f"this master lost the leadership (term {view.term}")
     assert "ask the leader" in reply.error
     assert reply.standby
+
+
+def test_a_former_leader_back_as_a_standby_publishes_nothing(
+    context: zmq.Context[zmq.Socket[bytes]],
+    leader: RunningMaster,
+    standby: RunningMaster,
+    close_later: list[ScriptedMinion],
+) -> None:
+    # The leader published a state (stored in its database) and stops; the standby leads.
+    (web1,) = live_minions(context, leader, "web-1")
+    close_later.append(web1)
+    leader.shutdown()
+    wait_for(lambda: masters(standby)[0].role == LEADER, "the standby to lead")
+    # Back with its stored state, the old leader stands by and must not serve it.
+    back = RunningMaster(leader.settings)
+    try:
+        wait_for(lambda: masters(back)[0].role == STANDBY, "the old leader to stand by")
+        minion = ScriptedMinion(context, back, "web-1")
+        close_later.append(minion)
+        minion.heartbeat()  # behind: a leader would catch it up at once
+        assert not minion.sub.poll(int(SILENCE_S * 1000))
+    finally:
+        back.shutdown()
