@@ -87,7 +87,6 @@ def assemble(
     standing: Standing | None = None,
 ) -> LoopParts:
     timers, book = Scheduler(), SyncBook()
-    standing = standing or Standing()
     out = _publishing(
         epoch=epoch,
         publisher=publisher,
@@ -99,19 +98,10 @@ def assemble(
         snapshots=snapshots,
         timers=timers,
         book=book,
-        standing=standing,
+        standing=standing or Standing(),
     )
-    recorder = ResultsRecorder(
-        collector=collector,
-        database=database,
-        fleet=fleet,
-        book=book,
-        served=out.served,
-        desired=out.desired,
-        view=out.view,
-        metrics=metrics,
-        batch_limit=tuning.batch_limit,
-        clock=clocks.wall,
+    recorder = _recorder(
+        collector, database, fleet, book, out=out, metrics=metrics, tuning=tuning, clocks=clocks
     )
     desk = _operator_desk(
         epoch=epoch,
@@ -133,6 +123,31 @@ def assemble(
     return _add_timers(parts, tuning, clocks.monotonic())
 
 
+def _recorder(
+    collector: Collector,
+    database: ResultsDatabase,
+    fleet: Fleet,
+    book: SyncBook,
+    *,
+    out: _Publishing,
+    metrics: MasterMetrics,
+    tuning: MasterTuning,
+    clocks: Clocks,
+) -> ResultsRecorder:
+    return ResultsRecorder(
+        collector=collector,
+        database=database,
+        fleet=fleet,
+        book=book,
+        served=out.served,
+        desired=out.desired,
+        view=out.view,
+        metrics=metrics,
+        batch_limit=tuning.batch_limit,
+        clock=clocks.wall,
+    )
+
+
 def _publishing(
     *,
     epoch: int,
@@ -148,7 +163,6 @@ def _publishing(
     standing: Standing,
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
-    wall, monotonic = clocks.wall, clocks.monotonic
     served = Served()
     view = ViewPublisher(
         epoch=epoch,
@@ -156,8 +170,8 @@ def _publishing(
         served=served,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
         snapshots=snapshots,
         standing=standing,
     )
@@ -165,7 +179,7 @@ def _publishing(
         publisher,
         epoch=epoch,
         metrics=metrics,
-        monotonic=monotonic,
+        monotonic=clocks.monotonic,
         download_starts_per_s=tuning.download_starts_per_s,
         standing=standing,
     )
@@ -177,8 +191,8 @@ def _publishing(
         view=view,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
     )
     desired = DesiredStateKeeper(
         served=served,
@@ -190,8 +204,8 @@ def _publishing(
         view=view,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
     )
     return _Publishing(served, view, broadcaster, syncs, desired)
 

@@ -124,6 +124,15 @@ class MasterMetrics:
             registry=self.registry,
             buckets=REPORT_LATENCY_BUCKETS_S,
         )
+        self._add_leadership_metrics(counter)
+        self._add_security_counters(counter)
+        # Running totals of the loop's own counters, to turn them into increments.
+        self._seen_totals: dict[str, float] = {}
+        self._export_known_labels()
+
+    def _add_leadership_metrics(self, counter: Callable[..., Counter]) -> None:
+        """Whether this master leads (a master alone always does), and how often that
+        changed."""
         self.leader = Gauge(
             "leader",
             "1 while this master leads its fleet, 0 while it stands by.",
@@ -134,10 +143,6 @@ class MasterMetrics:
         self.leadership_changes = counter(
             "leadership_changes", "Times this master took or lost the leadership."
         )
-        self._add_security_counters(counter)
-        # Running totals of the loop's own counters, to turn them into increments.
-        self._seen_totals: dict[str, float] = {}
-        self._export_known_labels()
 
     def _add_security_counters(self, counter: Callable[..., Counter]) -> None:
         """What the security checks turn away, each counted where it is checked."""

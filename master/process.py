@@ -134,6 +134,8 @@ def _master_keys(life: Lifecycle, settings: Settings) -> tuple[KeyPair | None, K
     life.release(store.close)
     copy = keys_dir(settings.data_dir) / KEYRING_FILE
     keyring = KeyRing.open(store, auto_accept=settings.auto_accept, cache_path=copy)
+    life.release(keyring.save_if_dirty)
+    _start_keyring_sync(life, keyring)
     listing = keyring.listing()
     log.info(
         "the key ring is shared through %s: %d accepted, %d pending, %d rejected",
@@ -302,10 +304,6 @@ def run_master(
         life.release(lambda: local_socket_path(settings.data_dir).unlink(missing_ok=True))
         epoch = database.next_epoch()
         keypair, keyring = _master_keys(life, settings)
-        if keyring is not None:
-            life.release(keyring.save_if_dirty)
-            if keyring.store is not None:
-                _start_keyring_sync(life, keyring)
         sockets = _bind_sockets(life, settings, keypair)
         snapshots = SnapshotBox(FleetSnapshot(epoch, time.time(), settings.down_after_s, {}))
         metrics = MasterMetrics(host_counter=lambda: snapshots.current.count_up(time.time()))
@@ -313,8 +311,7 @@ def run_master(
         http = _http_server(settings, snapshots, database, metrics)
         life.worker(stop=http.close)
         refreshers = _start_watchers(life, settings, registry, store, mailbox.post)
-        address = _advertised(settings, sockets.endpoints["publish"])
-        standing = _start_election(life, settings, address, mailbox.post)
+        standing = _start_election(life, settings, sockets.endpoints["publish"], mailbox.post)
         master = Master(
             epoch=epoch,
             publisher=Publisher(sockets.publish),
@@ -348,10 +345,13 @@ def _advertised(settings: Settings, publish_endpoint: str) -> str:
     return f"{settings.hostname}:{publish_endpoint.rpartition(':')[2]}"
 
 
-def _start_election(life: Lifecycle, settings: Settings, address: str, post: Post) -> Standing:
+def _start_election(
+    life: Lifecycle, settings: Settings, publish_endpoint: str, post: Post
+) -> Standing:
     """Take the leader lock if it is free (a master alone leads from its first event), and
     start the elector that keeps it, or takes it when it frees; a stop releases it at once,
     before the loop drains and the sockets close, so a standby takes over within moments."""
+    address = _advertised(settings, publish_endpoint)
     leadership = open_leadership(settings.registry, key_prefix=settings.consul_key_prefix)
     life.release(leadership.close)
     term, leader = _first_try(leadership, address)
@@ -362,7 +362,10 @@ def _start_election(life: Lifecycle, settings: Settings, address: str, post: Pos
     )
     probe = _key_port_probe(life, settings)
     if probe is not None and settings.registry.startswith("consul"):  # a lease frees itself
-        prober = Prober(elector, leadership, probe)
+        # A client of its own: the elector's may be held in a blocking query.
+        deposer = open_leadership(settings.registry, key_prefix=settings.consul_key_prefix)
+        life.release(deposer.close)
+        prober = Prober(elector, deposer, probe)
         life.start_thread(prober.run, name="prober", stop=prober.stop)
     if term is not None:
         log.info("leading the fleet as %s: term %d", address, term.number)
