@@ -13,11 +13,14 @@ import pytest
 
 from daybook.errors import RegistryError
 from daybook.model.leadership import Term
+from daybook.registry.consul_leadership import ConsulLeadership
+from daybook_testing.consul_server import ConsulServer, LoggedRequest
 from daybook_testing.waiting import wait_for
 from master.changes import Change, LeaderSeen, LeadershipGained, LeadershipLost
 from master.election import ElectionTuning, Elector, Prober
 
 ME, OTHER = "me:4505", "other:4505"
+DEFAULT_WATCH_S = ElectionTuning().watch_timeout_s
 FAST = ElectionTuning(
     retry_s=0.01, watch_timeout_s=5.0, lease_check_s=0.02, error_pause_s=0.02,
     probe_interval_s=0.02, silence_s=0.1,
@@ -244,3 +247,70 @@ def test_a_silent_leader_is_deposed_and_a_live_one_never(run_thread: Starter) ->
     wait_for(lambda: lock.deposed, "the silent leader deposed")
     assert lock.deposed[0] == theirs
     wait_for(lambda: posted.of(LeadershipGained), "the standby taking over")
+
+
+# -- on Consul (the double) ---------------------------------------------------------------------
+
+
+def consul_lock(server: ConsulServer) -> ConsulLeadership:
+    return ConsulLeadership.from_url(f"consul://{server.address}/daybook/hosts/")
+
+
+def test_on_consul_a_dead_leader_is_deposed_and_the_standby_leads(
+    consul_server: ConsulServer, run_thread: Starter
+) -> None:
+    """A leader that died without releasing (its session alive until its TTL, ~20 s) is
+    replaced within the silence allowed plus the lock-delay: the prober deposes it."""
+    dead, mine, deposer = consul_lock(consul_server), consul_lock(consul_server), None
+    try:
+        theirs = dead.acquire(OTHER)  # and never renewed nor released: SIGKILLed
+        assert theirs is not None
+        deposer = consul_lock(consul_server)
+        posted = Posted()
+        elector = Elector(mine, ME, posted, tuning=FAST)
+        prober = Prober(elector, deposer, lambda term: False, tuning=FAST)
+        started = time.monotonic()
+        run_thread(elector.run, elector.stop)
+        run_thread(prober.run, prober.stop)
+        gained = wait_for(lambda: posted.of(LeadershipGained), "the standby to lead")
+        print(f"\nConsul takeover from a dead leader: {time.monotonic() - started:.2f} s")
+        assert isinstance(gained[0], LeadershipGained)
+        assert gained[0].term.number > theirs.number
+        assert posted.changes[0] == LeaderSeen(theirs)
+        assert theirs.session not in consul_server.sessions()
+    finally:
+        for lock in (dead, mine, deposer):
+            if lock is not None:
+                lock.close()
+
+
+def test_on_consul_a_standby_at_rest_holds_one_blocking_query(
+    consul_server: ConsulServer, run_thread: Starter
+) -> None:
+    holder, mine = consul_lock(consul_server), consul_lock(consul_server)
+    try:
+        assert holder.acquire(OTHER) is not None
+        tuning = ElectionTuning(watch_timeout_s=0.3)
+        elector = Elector(mine, ME, Posted(), tuning=tuning)
+        consul_server.clear_request_log()
+        run_thread(elector.run, elector.stop)
+
+        def blocking() -> list[LoggedRequest]:
+            return [r for r in consul_server.request_log if "index" in r.query]
+
+        wait_for(lambda: len(blocking()) >= 5, "five blocking watches")
+        log = consul_server.request_log
+        watches = len(blocking())
+        # Per watch: one read to try the lock, one to learn the index, the watch itself;
+        # no session is made just to be refused.
+        assert len(log) <= 3 * (watches + 1)
+        assert not [r for r in log if r.path.startswith("/v1/session/")]
+        per_watch = len(log) / watches
+        per_minute = per_watch * 60 / DEFAULT_WATCH_S
+        print(
+            f"\nConsul requests of a standby at rest: {per_watch:.1f} per watch, "
+            f"~{per_minute:.0f}/min"
+        )
+    finally:
+        holder.close()
+        mine.close()
