@@ -77,6 +77,9 @@ class Elector:
         # The last term seen held by another master, for the prober (one reference, so
         # reading it from the prober's thread needs no lock).
         self.leader_seen: Term | None = None
+        # A term of a former run of this master, deposed already.
+        self._former: Term | None = None
+        self._unreachable = False
 
     @property
     def leading(self) -> Term | None:
@@ -141,6 +144,9 @@ class Elector:
         while not self._stopping.is_set():
             try:
                 term = self._leadership.acquire(self._holder)
+                if self._unreachable:
+                    log.info("the leader lock answers again")
+                    self._unreachable = False
                 if term is not None:
                     log.info("took the leadership: term %d", term.number)
                     self.leader_seen = None
@@ -148,15 +154,38 @@ class Elector:
                     return term
                 index, leader = self._leadership.watch(0, 0)  # who holds it, at once
                 self._see(leader)
+                if self._is_former_self(leader):
+                    assert leader is not None
+                    self._depose_former_self(leader)
+                    continue
                 if leader is None:  # free yet refused: lock-delay
                     self._stopping.wait(self._tuning.retry_s)
                     continue
                 _, leader = self._leadership.watch(index, self._tuning.watch_timeout_s)
                 self._see(leader)
             except RegistryError as exc:
-                log.warning("cannot reach the leader lock: %s", exc)
+                if not self._unreachable:  # once per outage, not once per retry
+                    log.warning("cannot reach the leader lock (retrying): %s", exc)
+                self._unreachable = True
                 self._stopping.wait(self._tuning.error_pause_s)
         return None
+
+    def _is_former_self(self, leader: Term | None) -> bool:
+        """Whether the lock names this master's address under a term not yet deposed."""
+        return leader is not None and leader.holder == self._holder and leader != self._former
+
+    def _depose_former_self(self, term: Term) -> None:
+        """The lock names this master's own address, yet this process holds no term: it is
+        a former run of this master that died holding it (a SIGKILL, a crash), whose Consul
+        session would hold the lock until its TTL ran out. Nobody else may use this address,
+        so it is ended at once; the lock-delay then runs as after any depose."""
+        log.warning(
+            "the leader lock names this master (term %d) from a run that ended: deposing it",
+            term.number,
+        )
+        self._former = term  # once: a lease has nothing to depose, and must not spin
+        self._leadership.depose(term)
+        self._stopping.wait(self._tuning.retry_s)
 
     def _see(self, leader: Term | None) -> None:
         if leader != self.leader_seen:

@@ -284,6 +284,29 @@ def test_on_consul_a_dead_leader_is_deposed_and_the_standby_leads(
                 lock.close()
 
 
+def test_on_consul_a_former_run_of_this_master_is_deposed_at_once(
+    consul_server: ConsulServer, run_thread: Starter
+) -> None:
+    """Restarted after a SIGKILL, a master finds the lock held under its own address by a
+    session that would live until its TTL: it ends that session rather than wait."""
+    former, mine = consul_lock(consul_server), consul_lock(consul_server)
+    try:
+        theirs = former.acquire(ME)  # and then killed
+        assert theirs is not None
+        posted = Posted()
+        elector = Elector(mine, ME, posted, tuning=FAST)  # no prober
+        run_thread(elector.run, elector.stop)
+        gained = wait_for(lambda: posted.of(LeadershipGained), "the restarted master to lead")
+        assert isinstance(gained[0], LeadershipGained)
+        assert gained[0].term.number > theirs.number
+        # Ended by the elector, not by its TTL running out.
+        destroyed = [r.path for r in consul_server.request_log if "/session/destroy/" in r.path]
+        assert destroyed[0] == f"/v1/session/destroy/{theirs.session}"
+    finally:
+        former.close()
+        mine.close()
+
+
 def test_on_consul_a_standby_at_rest_holds_one_blocking_query(
     consul_server: ConsulServer, run_thread: Starter
 ) -> None:
