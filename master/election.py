@@ -105,7 +105,7 @@ class Elector:
         ttl = self._leadership.ttl_s
         interval = ttl / 3 if math.isfinite(ttl) else self._tuning.lease_check_s
         last_renewed = self._monotonic()
-        pause = interval
+        pause, failing = interval, False
         while not self._stopping.wait(pause):
             try:
                 renewed = self._leadership.renew()
@@ -114,15 +114,18 @@ class Elector:
                 if left <= 0:
                     self._step_down(term, f"the registry did not answer for {ttl:g} s ({exc})")
                     return
-                log.warning(
-                    "cannot renew term %d (%s); leading %.1f s more", term.number, exc, left
-                )
-                pause = min(interval, self._tuning.error_pause_s, left)
+                if not failing:  # once per outage, not once per retry
+                    log.warning(
+                        "cannot renew term %d (%s); leading %.1f s more", term.number, exc, left
+                    )
+                pause, failing = min(interval, self._tuning.error_pause_s, left), True
                 continue
             if not renewed:
                 self._step_down(term, "its session ended (expired, or deposed by a standby)")
                 return
-            last_renewed, pause = self._monotonic(), interval
+            if failing:
+                log.info("renewed term %d again", term.number)
+            last_renewed, pause, failing = self._monotonic(), interval, False
 
     def _step_down(self, term: Term, why: str) -> None:
         log.warning("lost the leadership (term %d): %s", term.number, why)

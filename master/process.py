@@ -380,9 +380,8 @@ def _first_try(leadership: Leadership, address: str) -> tuple[Term | None, Term 
     try:
         term = leadership.acquire(address)
         return term, (term if term is not None else leadership.leader())
-    except RegistryError as exc:
-        log.warning("cannot reach the leader lock yet: %s", exc)
-        return None, None
+    except RegistryError:
+        return None, None  # standing by meanwhile; the elector says so, and keeps trying
 
 
 def _key_port_probe(life: Lifecycle, settings: Settings) -> Probe | None:
