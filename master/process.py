@@ -398,8 +398,10 @@ def _key_port_probe(life: Lifecycle, settings: Settings) -> Probe | None:
         endpoint = f"tcp://{host}:{int(port) + offset}"
         try:
             fetch_master_key(life.context, endpoint, timeout_s=PROBE_TIMEOUT_S)
-        except (FleetError, zmq.ZMQError):
-            return False
+        except zmq.ZMQError:
+            return True  # an address this master cannot even try: no sign of death
+        except FleetError:
+            return False  # silence, or no key: what a dead or stuck leader gives
         return True
 
     return probe
