@@ -13,9 +13,17 @@ from dataclasses import replace
 from typing import Any
 
 from daybook.model.fleet import HostStatus
+from daybook.model.leadership import LEADER, STANDBY
 from daybook.model.names import sorted_versions
 from daybook.model.rollout import Rollout, rollout_summary
-from daybook.views import host_json, iso_time, rollout_json, sync_json, sync_tally_json
+from daybook.views import (
+    host_json,
+    iso_time,
+    master_json,
+    rollout_json,
+    sync_json,
+    sync_tally_json,
+)
 from master.database import ResultsReader
 from master.snapshot import FleetSnapshot
 
@@ -73,6 +81,22 @@ def fleet_document(snapshot: FleetSnapshot, now: float) -> dict[str, Any]:
             "never_synced": sum(1 for s in statuses.values() if s.last_report is None),
         },
         "hosts": {host: host_json(status, now) for host, status in statuses.items()},
+        **_leadership_document(snapshot),
+    }
+
+
+def _leadership_document(snapshot: FleetSnapshot) -> dict[str, Any]:
+    """This master's role, the leader's address and term (null when none is known), and
+    every master this one knows; a standby's hosts are what it collected as one."""
+    leader = snapshot.leader
+    return {
+        "role": LEADER if snapshot.leading else STANDBY,
+        "leader": (
+            None
+            if leader is None
+            else {"address": leader.holder, "term": leader.number, "since": iso_time(leader.since)}
+        ),
+        "masters": [master_json(master) for master in snapshot.masters],
     }
 
 

@@ -24,6 +24,7 @@ from master.rollouts import ROLLOUTS, PinWriter, RolloutDriver
 from master.scheduler import Scheduler
 from master.served import Served
 from master.snapshot import SnapshotBox
+from master.standing import Standing
 from master.sync_keeper import CLOSE_CHECK, SWEEP, SyncKeeper
 from master.tuning import MasterTuning
 from master.view_publisher import VIEW, ViewPublisher
@@ -83,6 +84,7 @@ def assemble(
     access: Access,
     signer: Signer | None = None,
     pins: PinWriter | None = None,
+    standing: Standing | None = None,
 ) -> LoopParts:
     timers, book = Scheduler(), SyncBook()
     out = _publishing(
@@ -96,18 +98,10 @@ def assemble(
         snapshots=snapshots,
         timers=timers,
         book=book,
+        standing=standing or Standing(),
     )
-    recorder = ResultsRecorder(
-        collector=collector,
-        database=database,
-        fleet=fleet,
-        book=book,
-        served=out.served,
-        desired=out.desired,
-        view=out.view,
-        metrics=metrics,
-        batch_limit=tuning.batch_limit,
-        clock=clocks.wall,
+    recorder = _recorder(
+        collector, database, fleet, book, out=out, metrics=metrics, tuning=tuning, clocks=clocks
     )
     desk = _operator_desk(
         epoch=epoch,
@@ -129,6 +123,31 @@ def assemble(
     return _add_timers(parts, tuning, clocks.monotonic())
 
 
+def _recorder(
+    collector: Collector,
+    database: ResultsDatabase,
+    fleet: Fleet,
+    book: SyncBook,
+    *,
+    out: _Publishing,
+    metrics: MasterMetrics,
+    tuning: MasterTuning,
+    clocks: Clocks,
+) -> ResultsRecorder:
+    return ResultsRecorder(
+        collector=collector,
+        database=database,
+        fleet=fleet,
+        book=book,
+        served=out.served,
+        desired=out.desired,
+        view=out.view,
+        metrics=metrics,
+        batch_limit=tuning.batch_limit,
+        clock=clocks.wall,
+    )
+
+
 def _publishing(
     *,
     epoch: int,
@@ -141,9 +160,9 @@ def _publishing(
     snapshots: SnapshotBox | None,
     timers: Scheduler,
     book: SyncBook,
+    standing: Standing,
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
-    wall, monotonic = clocks.wall, clocks.monotonic
     served = Served()
     view = ViewPublisher(
         epoch=epoch,
@@ -151,16 +170,18 @@ def _publishing(
         served=served,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
         snapshots=snapshots,
+        standing=standing,
     )
     broadcaster = Broadcaster(
         publisher,
         epoch=epoch,
         metrics=metrics,
-        monotonic=monotonic,
+        monotonic=clocks.monotonic,
         download_starts_per_s=tuning.download_starts_per_s,
+        standing=standing,
     )
     syncs = SyncKeeper(
         book=book,
@@ -170,8 +191,8 @@ def _publishing(
         view=view,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
     )
     desired = DesiredStateKeeper(
         served=served,
@@ -183,8 +204,8 @@ def _publishing(
         view=view,
         scheduler=timers,
         tuning=tuning,
-        clock=wall,
-        monotonic=monotonic,
+        clock=clocks.wall,
+        monotonic=clocks.monotonic,
     )
     return _Publishing(served, view, broadcaster, syncs, desired)
 
@@ -245,6 +266,7 @@ def _operator_desk(
         epoch=epoch,
         clock=clocks.wall,
         monotonic=clocks.monotonic,
+        standing=out.broadcaster.standing,
     )
 
 

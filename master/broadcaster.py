@@ -10,6 +10,7 @@ from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
+from master.standing import Standing
 
 
 class Broadcaster:
@@ -17,6 +18,7 @@ class Broadcaster:
 
     Minions tell a missed event by a gap in `seq` and a restarted master by a new `epoch`.
     `last_sent` tells the loop it is busy: answers are read as they come for a while after.
+    Only a leading master sends, each event with its term; a standby's sends go nowhere.
     """
 
     def __init__(
@@ -27,7 +29,9 @@ class Broadcaster:
         metrics: MasterMetrics,
         monotonic: Callable[[], float],
         download_starts_per_s: float = 100.0,
+        standing: Standing | None = None,
     ) -> None:
+        self.standing = standing or Standing()
         self._publisher = publisher
         self._download_starts_per_s = download_starts_per_s
         self.epoch = epoch
@@ -37,6 +41,8 @@ class Broadcaster:
         self.last_sent = -math.inf
 
     def send(self, sync: Sync, state: EncodedState) -> None:
+        if not self.standing.leading:
+            return
         self.seq += 1
         event = SyncEvent.carrying(
             state,
@@ -47,6 +53,7 @@ class Broadcaster:
             issued_at=sync.issued_at,
             spread_s=self.spread_s(sync),
             hosts=sync.hosts,
+            term=self.standing.number,
         )
         self._publisher.publish(event)
         self.last_sent = self._monotonic()

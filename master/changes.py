@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from daybook.model.leadership import Term
 from daybook.model.mappings import MappingTable
 from daybook.model.names import AssetRef
 from daybook.model.pins import Pin
@@ -46,4 +47,29 @@ class Wake:
     """Nothing to do but look at the stop flag (posted by the signal handler)."""
 
 
-Change = MappingsChanged | DigestsChanged | Fresh | Wake
+@dataclass(frozen=True)
+class LeadershipGained:
+    """The elector took the leader lock: this master leads under `term` from now."""
+
+    term: Term
+
+
+@dataclass(frozen=True)
+class LeadershipLost:
+    """This master's term ended (its session is gone, or the backend stayed silent past
+    the term's TTL): stop publishing at once. `why` is for logs and operators."""
+
+    term: Term
+    why: str
+
+
+@dataclass(frozen=True)
+class LeaderSeen:
+    """A standby's elector saw who holds the lock now (None: nobody)."""
+
+    leader: Term | None
+
+
+Change = (
+    MappingsChanged | DigestsChanged | Fresh | Wake | LeadershipGained | LeadershipLost | LeaderSeen
+)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from daybook import wire
 from daybook.model.messages import Heartbeat
-from daybook.model.state import DesiredState
+from daybook.model.state import DesiredState, EncodedState
 from daybook.model.sync import Sync
 from master.broadcaster import Broadcaster
 from master.changes import DigestsChanged, MappingsChanged
@@ -116,23 +116,45 @@ class DesiredStateKeeper:
 
     def rebuild(self, _now: float | None = None) -> None:
         served = self._served
-        if served.mappings is None or served.digests is None:
+        # A standby keeps what the watchers read, and builds from it once it leads.
+        if served.mappings is None or served.digests is None or not self.leading:
             return
         # A pin changes the state like a mapping does, so it goes out as a sync as well.
         state = wire.encode_state(DesiredState(served.mappings, served.digests, served.pins or {}))
         if served.state is not None and state.digest == served.state.digest:
             return
-        origin = "startup" if served.sync is None else "auto"
+        self._start(state, "startup" if served.sync is None else "auto")
+
+    def lead(self) -> None:
+        """This master has just become the leader: a startup sync of the current state at
+        once, so that every minion sees the new term and reports to it; until the watchers
+        have answered, the stored state goes out again instead."""
+        served = self._served
+        if served.mappings is None or served.digests is None:
+            self.republish(self._monotonic())
+            return
+        self._scheduler.cancel(REBUILD)
+        self._start(
+            wire.encode_state(DesiredState(served.mappings, served.digests, served.pins or {})),
+            "startup",
+        )
+
+    @property
+    def leading(self) -> bool:
+        return self._broadcaster.standing.leading
+
+    def _start(self, state: EncodedState, origin: str) -> None:
+        served = self._served
         served.state = state
         sync = self._syncs.start(ALL_HOSTS, origin, request_id=None)
         self._db.save_state(state, sync.sync_id)
         self._db.commit()
         served.sync = sync
         log.info(
-            "desired state changed (%d pattern(s), %d service(s), %d pin(s)): sync %s to "
-            "%d host(s)",
-            len(served.mappings),
-            len(served.digests),
+            "desired state %s (%d pattern(s), %d service(s), %d pin(s)): sync %s to %d host(s)",
+            "changed" if origin == "auto" else "published",
+            len(served.mappings or {}),
+            len(served.digests or {}),
             len(served.pins or {}),
             sync.sync_id,
             len(sync.expected),

@@ -13,7 +13,15 @@ from daybook.mailbox import Mailbox
 from daybook.stopping import StopFlag
 from master.access import Access
 from master.assembly import Clocks, assemble
-from master.changes import Change, DigestsChanged, Fresh, MappingsChanged
+from master.changes import (
+    Change,
+    DigestsChanged,
+    Fresh,
+    LeaderSeen,
+    LeadershipGained,
+    LeadershipLost,
+    MappingsChanged,
+)
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
@@ -23,6 +31,7 @@ from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.rollouts import PinWriter
 from master.snapshot import SnapshotBox
+from master.standing import Standing
 from master.tuning import MasterTuning
 
 
@@ -53,8 +62,13 @@ class Master:
         access: Access | None = None,
         signer: Signer | None = None,
         pins: PinWriter | None = None,
+        standing: Standing | None = None,
     ) -> None:
         self.epoch = epoch
+        # Without one, the master leads alone outside leader election (term 0).
+        self.standing = standing = standing or Standing()
+        self._metrics = metrics = metrics or MasterMetrics()
+        metrics.leading(standing.leading, changed=False)
         self._collector = collector
         self._control = control
         self._mailbox = mailbox
@@ -70,12 +84,13 @@ class Master:
             tuning=tuning,
             refreshers=refreshers or {},
             clocks=Clocks(wall=clock, monotonic=monotonic),
-            metrics=metrics or MasterMetrics(),
+            metrics=metrics,
             snapshots=snapshots,
             # Who may ask for what; without a key ring, only the local socket may operate.
             access=access or Access(None),
             signer=signer,
             pins=pins,
+            standing=standing,
         )
         self.snapshots = parts.view.snapshots
         # The results socket is read as messages come while the master is busy, and in
@@ -132,7 +147,27 @@ class Master:
             self._parts.desired.on_change(change)
         elif isinstance(change, Fresh):
             self._parts.desk.source_fresh(change.source)
+        elif isinstance(change, LeadershipGained | LeadershipLost | LeaderSeen):
+            self._leadership_changed(change)
         # A Wake only has the loop look at its stop flag.
+
+    def _leadership_changed(self, change: LeadershipGained | LeadershipLost | LeaderSeen) -> None:
+        standing, parts = self.standing, self._parts
+        if isinstance(change, LeadershipGained):
+            standing.gain(change.term)
+            self._metrics.leading(True)
+            # Collected as a standby: the reports already read belong in the book first.
+            self._collect()
+            parts.desired.lead()
+        elif isinstance(change, LeadershipLost):
+            if not standing.leading:
+                return
+            standing.lose()
+            self._metrics.leading(False)
+            parts.desk.lost_leadership(change.term.number, change.why)
+        else:
+            standing.see(change.leader)
+        parts.view.changed()
 
     def _collect(self) -> None:
         if self._parts.recorder.collect():

@@ -124,10 +124,25 @@ class MasterMetrics:
             registry=self.registry,
             buckets=REPORT_LATENCY_BUCKETS_S,
         )
+        self._add_leadership_metrics(counter)
         self._add_security_counters(counter)
         # Running totals of the loop's own counters, to turn them into increments.
         self._seen_totals: dict[str, float] = {}
         self._export_known_labels()
+
+    def _add_leadership_metrics(self, counter: Callable[..., Counter]) -> None:
+        """Whether this master leads (a master alone always does), and how often that
+        changed."""
+        self.leader = Gauge(
+            "leader",
+            "1 while this master leads its fleet, 0 while it stands by.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.leader.set(1)
+        self.leadership_changes = counter(
+            "leadership_changes", "Times this master took or lost the leadership."
+        )
 
     def _add_security_counters(self, counter: Callable[..., Counter]) -> None:
         """What the security checks turn away, each counted where it is checked."""
@@ -201,6 +216,11 @@ class MasterMetrics:
             pulled = sum(known.get(version, 0) for version in result.installed)
             if pulled:
                 self.pulled_bytes.labels(service).inc(pulled)
+
+    def leading(self, leads: bool, *, changed: bool = True) -> None:
+        self.leader.set(1 if leads else 0)
+        if changed:
+            self.leadership_changes.inc()
 
     def handshake_refused(self, reason: str) -> None:
         """On the gatekeeper's thread: prometheus_client's counters take their own lock."""

@@ -34,6 +34,7 @@ from master.metrics import MasterMetrics
 from master.refresh import RefreshRound
 from master.rollouts import RolloutDriver
 from master.scheduler import Scheduler
+from master.standing import Standing
 from master.sync_keeper import SyncKeeper
 from master.view_publisher import ViewPublisher
 
@@ -45,6 +46,8 @@ STORE = "store"
 WAITERS = "waiters"
 
 Handler = Callable[[Route, ControlRequest], None]
+# What only the leader does; a standby refuses these and names the leader.
+LEADER_OPS = frozenset({OP_SYNC, OP_SYNC_RESULT, OP_SYNC_ABORT, OP_STORE_CHANGED})
 
 
 class OperatorDesk:
@@ -67,8 +70,10 @@ class OperatorDesk:
         epoch: int,
         clock: Callable[[], float],
         monotonic: Callable[[], float],
+        standing: Standing | None = None,
     ) -> None:
         self._control = control
+        self._standing = standing or Standing()
         self._access = access
         self._downloads = downloads
         self._book = book
@@ -111,9 +116,7 @@ class OperatorDesk:
                 self._handle(route, request, peer)
             except Exception as exc:  # one bad request must not stop the master
                 log.exception("operator request %s failed", request.op)
-                self._control.reply(
-                    route, ControlReply(request.request_id, error=f"internal error: {exc}")
-                )
+                self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
 
     def _handle(self, route: Route, request: ControlRequest, peer: Peer) -> None:
         # Checked on every request: a CURVE session is authenticated once, when it starts,
@@ -121,30 +124,39 @@ class OperatorDesk:
         refusal = self._access.refusal(request, peer)
         if refusal is not None:
             self._metrics.refused_operator_requests.labels(request.op).inc()
-            self._control.reply(route, ControlReply(request.request_id, error=refusal))
+            self._reply(route, ControlReply(request.request_id, error=refusal))
             return
         if request.op == OP_DOWNLOADS:
             host = self._access.minion_host(request, peer)
             assert host is not None  # `refusal` lets no other peer through
-            self._control.reply(route, self._downloads.answer(request, host))
+            self._reply(route, self._downloads.answer(request, host))
             return
         if request.op in ACCESS_OPS:
             answer = self._access.answer(request, peer)
-            self._control.reply(route, answer.reply)
+            self._reply(route, answer.reply)
             if answer.cut_off:
                 self._desired.cut_off(answer.host)
             return
         handler = self._handlers.get(request.op)
+        if request.op in LEADER_OPS and not self._standing.leading:
+            error = self._standing.standby_error()
+            self._reply(route, ControlReply(request.request_id, error=error, standby=True))
+            return
         if handler is None:
             error = f"operation {request.op} is refused"
-            self._control.reply(route, ControlReply(request.request_id, error=error))
+            self._reply(route, ControlReply(request.request_id, error=error))
             return
         handler(route, request)
 
     def _status(self, route: Route, request: ControlRequest) -> None:
         status = self._fleet.status(self._epoch, self._clock())
-        status = replace(status, syncs=tuple(self._book), rollouts=self._rollouts.recent())
-        self._control.reply(route, ControlReply(request.request_id, status=status))
+        status = replace(
+            status,
+            syncs=tuple(self._book),
+            rollouts=self._rollouts.recent(),
+            masters=self._standing.masters(),
+        )
+        self._reply(route, ControlReply(request.request_id, status=status))
 
     def _sync(self, route: Route, request: ControlRequest) -> None:
         rollout = self._rollouts.find_request(request.request_id)
@@ -170,7 +182,7 @@ class OperatorDesk:
         sync = self._syncs.find(request.sync_id)
         if sync is None:
             error = f"unknown sync id {request.sync_id}"
-            self._control.reply(route, ControlReply(request.request_id, error=error))
+            self._reply(route, ControlReply(request.request_id, error=error))
             return
         self._book.add(sync)
         self._answer_or_wait(route, request, sync)
@@ -181,15 +193,38 @@ class OperatorDesk:
             rollout = self._rollouts.abort(request.sync_id)
         except InputError as exc:
             reply = ControlReply(request.request_id, error=str(exc), invalid=True)
-            self._control.reply(route, reply)
+            self._reply(route, reply)
             return
-        self._control.reply(route, self._rollout_reply(request.request_id, rollout))
+        self._reply(route, self._rollout_reply(request.request_id, rollout))
         self.release_waiters(self._monotonic())
 
     def _store_changed(self, route: Route, request: ControlRequest) -> None:
         # The listing that follows starts the automatic sync, if the store did change.
         self._refresh.read_again(STORE)
-        self._control.reply(route, ControlReply(request.request_id))
+        self._reply(route, ControlReply(request.request_id))
+
+    def _reply(self, route: Route, reply: ControlReply) -> None:
+        """Every reply names the leader, when this master knows it."""
+        leader = self._standing.leader
+        if reply.leader is None and leader is not None:
+            reply = replace(reply, leader=leader)
+        self._control.reply(route, reply)
+
+    def lost_leadership(self, number: int, why: str) -> None:
+        """This master's term ended: nobody waits on it for a sync it will not finish."""
+        error = (
+            f"this master lost the leadership (term {number}: {why}); the sync may go on "
+            "under the new leader: ask the leader"
+        )
+        queue, self._queue = self._queue, []
+        waiters = [(route, request.request_id) for route, request in queue]
+        waiters += [(w.route, w.request_id) for w in self._book.release_all()]
+        mono = self._monotonic()
+        waiters += [(w.route, w.request_id) for w in self._rollouts.release(mono, everyone=True)]
+        for route, request_id in waiters:
+            self._reply(route, ControlReply(request_id, error=error, standby=True))
+        self._refresh.end()
+        self._scheduler.cancel(WAITERS)
 
     # -- syncs after a refresh round ------------------------------------------------------------
 
@@ -214,7 +249,7 @@ class OperatorDesk:
                 error = (
                     "the master has not read the mappings and the store yet; try again in a moment"
                 )
-                self._control.reply(route, ControlReply(request.request_id, error=error))
+                self._reply(route, ControlReply(request.request_id, error=error))
                 continue
             self._answer_or_wait(route, request, sync)
         self._rollouts.refreshed()
@@ -222,14 +257,14 @@ class OperatorDesk:
     def _start_rollout(self, route: Route, request: ControlRequest) -> None:
         if not self._desired.has_state:
             error = "the master has not read the mappings and the store yet; try again in a moment"
-            self._control.reply(route, ControlReply(request.request_id, error=error))
+            self._reply(route, ControlReply(request.request_id, error=error))
             return
         try:
             rollout = self._rollouts.start(request)
         except DaybookError as exc:  # bad input, or the registry refused the pin
             invalid = isinstance(exc, InputError)
             reply = ControlReply(request.request_id, error=str(exc), invalid=invalid)
-            self._control.reply(route, reply)
+            self._reply(route, reply)
             return
         self._answer_rollout_or_wait(route, request, rollout)
 
@@ -238,7 +273,7 @@ class OperatorDesk:
         queue, self._queue = self._queue, []
         for route, request in queue:
             error = "the master is stopping"
-            self._control.reply(route, ControlReply(request.request_id, error=error))
+            self._reply(route, ControlReply(request.request_id, error=error))
 
     # -- operators waiting on a sync ------------------------------------------------------------
 
@@ -249,7 +284,7 @@ class OperatorDesk:
             self._book.wait(Waiter(sync.sync_id, request.request_id, route, deadline))
             self._scheduler.no_later_than(WAITERS, deadline)
             return
-        self._control.reply(route, ControlReply(request.request_id, sync=current))
+        self._reply(route, ControlReply(request.request_id, sync=current))
 
     def _answer_rollout_or_wait(
         self, route: Route, request: ControlRequest, rollout: Rollout
@@ -259,7 +294,7 @@ class OperatorDesk:
             self._rollouts.wait(Waiter(rollout.rollout_id, request.request_id, route, deadline))
             self._scheduler.no_later_than(WAITERS, deadline)
             return
-        self._control.reply(route, self._rollout_reply(request.request_id, rollout))
+        self._reply(route, self._rollout_reply(request.request_id, rollout))
 
     def _rollout_reply(self, request_id: str, rollout: Rollout) -> ControlReply:
         return ControlReply(request_id, sync=self._rollouts.summary(rollout), rollout=rollout)
@@ -294,7 +329,7 @@ class OperatorDesk:
             reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
         else:
             reply = self._rollout_reply(waiter.request_id, rollout)
-        self._control.reply(waiter.route, reply)
+        self._reply(waiter.route, reply)
 
     def _answer(self, waiter: Waiter) -> None:
         sync = self._syncs.find(waiter.sync_id)
@@ -302,4 +337,4 @@ class OperatorDesk:
             reply = ControlReply(waiter.request_id, error=f"unknown sync id {waiter.sync_id}")
         else:
             reply = ControlReply(waiter.request_id, sync=sync)
-        self._control.reply(waiter.route, reply)
+        self._reply(waiter.route, reply)

@@ -13,9 +13,10 @@ from pathlib import Path
 import zmq
 
 from daybook.config import Settings
-from daybook.errors import FleetError
+from daybook.errors import FleetError, RegistryError
 from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
+from daybook.model.leadership import Term
 from daybook.net.endpoints import (
     MasterEndpoints,
     endpoints_path,
@@ -37,10 +38,11 @@ from daybook.net.transport import (
     DOMAIN_RESULTS,
     MAX_KEY_FRAME_BYTES,
     ZAP_ENDPOINT,
+    fetch_master_key,
     local_server,
     secure_server,
 )
-from daybook.registry.base import Registry, open_registry
+from daybook.registry.base import Leadership, Registry, open_leadership, open_registry
 from daybook.registry.keystore import open_keystore
 from daybook.stopping import StopFlag
 from daybook.store.base import Presigner, Store, open_store
@@ -51,6 +53,7 @@ from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase, ResultsReader
 from master.download_desk import Signer
+from master.election import Elector, Probe, Prober
 from master.gatekeeper import Gatekeeper
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
@@ -61,6 +64,7 @@ from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.registry_watcher import RegistryWatcher
 from master.snapshot import FleetSnapshot, SnapshotBox
+from master.standing import Standing
 from master.store_watcher import StoreWatcher
 from master.tuning import MasterTuning
 
@@ -74,6 +78,8 @@ WATCHER_JOIN_TIMEOUT_S = 1.0
 # What a subscriber sends a PUB socket is its subscriptions, a few bytes each; the cap also
 # bounds the handshake's commands (a CURVE INITIATE is a few hundred bytes).
 MAX_SUBSCRIPTION_BYTES = 4096
+# A standby asks the leader's key port whether it lives; an answer takes milliseconds.
+PROBE_TIMEOUT_S = 0.8
 
 Endpoints = dict[str, str]
 # How the watcher threads hand their reads to the loop: its mailbox.
@@ -134,6 +140,8 @@ def _master_keys(life: Lifecycle, settings: Settings) -> tuple[KeyPair | None, K
     life.release(store.close)
     copy = keys_dir(settings.data_dir) / KEYRING_FILE
     keyring = KeyRing.open(store, auto_accept=settings.auto_accept, cache_path=copy)
+    life.release(keyring.save_if_dirty)
+    _start_keyring_sync(life, keyring)
     listing = keyring.listing()
     log.info(
         "the key ring is shared through %s: %d accepted, %d pending, %d rejected",
@@ -335,10 +343,6 @@ def run_master(
         life.release(lambda: local_socket_path(settings.data_dir).unlink(missing_ok=True))
         epoch = database.next_epoch()
         keypair, keyring = _master_keys(life, settings)
-        if keyring is not None:
-            life.release(keyring.save_if_dirty)
-            if keyring.store is not None:
-                _start_keyring_sync(life, keyring)
         sockets = _bind_sockets(life, settings, keypair)
         snapshots = SnapshotBox(FleetSnapshot(epoch, time.time(), settings.down_after_s, {}))
         metrics = MasterMetrics(host_counter=lambda: snapshots.current.count_up(time.time()))
@@ -346,6 +350,7 @@ def run_master(
         http = _http_server(settings, snapshots, database, metrics)
         life.worker(stop=http.close)
         refreshers = _start_watchers(life, settings, registry, store, mailbox.post)
+        standing = _start_election(life, settings, sockets.endpoints["publish"], mailbox.post)
         master = Master(
             epoch=epoch,
             publisher=Publisher(sockets.publish),
@@ -362,12 +367,83 @@ def run_master(
             signer=_signer(store),
             # Rollouts that carry a pin store it beside the mappings, as `daybook pin` does.
             pins=registry,
+            standing=standing,
         )
         master.restore()
         http.start()
         _announce(life, settings, {**sockets.endpoints, "http": http.url}, epoch, ready)
         life.run(master.run)
     return 0
+
+
+def _advertised(settings: Settings, publish_endpoint: str) -> str:
+    """This master's address in the leader lock; with an ephemeral publish port (tests),
+    the port bound."""
+    if settings.advertise or settings.port:
+        return settings.advertised_address
+    return f"{settings.hostname}:{publish_endpoint.rpartition(':')[2]}"
+
+
+def _start_election(
+    life: Lifecycle, settings: Settings, publish_endpoint: str, post: Post
+) -> Standing:
+    """Take the leader lock if it is free (a master alone leads from its first event), and
+    start the elector that keeps it, or takes it when it frees; a stop releases it at once,
+    before the loop drains and the sockets close, so a standby takes over within moments."""
+    address = _advertised(settings, publish_endpoint)
+    leadership = open_leadership(settings.registry, key_prefix=settings.consul_key_prefix)
+    life.release(leadership.close)
+    term, leader = _first_try(leadership, address)
+    elector = Elector(leadership, address, post, term=term)
+    life.stop.on_set(elector.stop)
+    life.start_thread(
+        elector.run, name="elector", stop=elector.stop, join_timeout_s=WATCHER_JOIN_TIMEOUT_S
+    )
+    probe = _key_port_probe(life, settings)
+    if probe is not None and settings.registry.startswith("consul"):  # a lease frees itself
+        # A client of its own: the elector's may be held in a blocking query.
+        deposer = open_leadership(settings.registry, key_prefix=settings.consul_key_prefix)
+        life.release(deposer.close)
+        prober = Prober(elector, deposer, probe)
+        life.start_thread(prober.run, name="prober", stop=prober.stop)
+    if term is not None:
+        log.info("leading the fleet as %s: term %d", address, term.number)
+        return Standing(address, term)
+    log.info("standing by as %s; the leader is %s", address, leader.holder if leader else "unknown")
+    return Standing.standby(address, leader)
+
+
+def _first_try(leadership: Leadership, address: str) -> tuple[Term | None, Term | None]:
+    """The term taken now, or who leads instead; the backend unreachable: neither (the
+    elector keeps trying)."""
+    try:
+        term = leadership.acquire(address)
+        return term, (term if term is not None else leadership.leader())
+    except RegistryError:
+        return None, None  # standing by meanwhile; the elector says so, and keeps trying
+
+
+def _key_port_probe(life: Lifecycle, settings: Settings) -> Probe | None:
+    """Whether a leader answers on its key port (at the same offset from its publish port
+    as this master's); None without key ports (the insecure opt-out, or port 0)."""
+    if settings.insecure_transport or not settings.key_port:
+        return None
+    offset = settings.key_port - settings.port
+
+    def probe(term: Term) -> bool:
+        host, _, port = term.holder.rpartition(":")
+        if not host or not port.isdigit():
+            return True  # not an address to probe: never depose on that
+        endpoint = f"tcp://{host}:{int(port) + offset}"
+        try:
+            fetch_master_key(life.context, endpoint, timeout_s=PROBE_TIMEOUT_S)
+        except zmq.ZMQError:
+            return True  # an address this master cannot even try: no sign of death
+        except FleetError:
+            return False  # silence, or no key: what a dead or stuck leader gives
+        return True
+
+    return probe
 
 
 def _http_server(

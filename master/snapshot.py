@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from daybook.model.fleet import HostStatus
+from daybook.model.leadership import MasterView, Term
 from daybook.model.mappings import MappingTable
 from daybook.model.patterns import Candidate, PatternTable
 from daybook.model.pins import Pin
@@ -41,6 +42,11 @@ class FleetSnapshot:
     state_sync_id: str | None = None
     # The rolling syncs the master keeps at hand, oldest first.
     rollouts: tuple[Rollout, ...] = ()
+    # Whether this master leads; who does (None: unknown, or outside leader election); and
+    # the masters it knows, itself first.
+    leading: bool = True
+    leader: Term | None = None
+    masters: tuple[MasterView, ...] = ()
 
     def is_up(self, status: HostStatus, now: float) -> bool:
         # `status.up` carries what only the loop knows, such as a key cut off just now.

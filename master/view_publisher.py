@@ -9,6 +9,7 @@ from master.ledger import Fleet
 from master.scheduler import Scheduler
 from master.served import Served
 from master.snapshot import FleetSnapshot, SnapshotBox
+from master.standing import Standing
 from master.tuning import MasterTuning
 
 # The timer that publishes the next snapshot.
@@ -30,8 +31,10 @@ class ViewPublisher:
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         snapshots: SnapshotBox | None = None,
+        standing: Standing | None = None,
     ) -> None:
         self._epoch = epoch
+        self._standing = standing or Standing()
         self._fleet = fleet
         self._served = served
         self._scheduler = scheduler
@@ -72,4 +75,7 @@ class ViewPublisher:
             state_digest=served.state.digest if served.state else None,
             state_sync_id=served.sync.sync_id if served.sync else None,
             rollouts=served.rollouts,
+            leading=self._standing.leading,
+            leader=self._standing.leader,
+            masters=self._standing.masters(),
         )

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.faults
 PREFIX = "daybook/hosts/"
 FAILED_READ = "cannot read the mappings from"
 RECOVERED_READ = "are readable again after"
+LOCK_UNREACHABLE = "cannot reach the leader lock"
 # Failed requests to see during each outage before ending it: several retries, one log line.
 RETRIES_SEEN = 4
 
@@ -104,13 +105,19 @@ def restart_the_master_while_consul_is_down(
     services: list[str],
     web_versions: list[str],
 ) -> Proc:
-    """Consul still down when the master restarts: it serves the desired state it stored."""
+    """Consul still down when the master restarts. Unable to take the leader lock, it cannot
+    know that it leads (another master might), so it stands by and publishes nothing: the
+    minions keep the last state. Once Consul answers it ends the session its killed run
+    left on the lock, leads, and serves the mappings with what the store holds now."""
     start_an_outage(consul, "no_leader", label="down")
     master.kill()
     restarted = time.monotonic()
     master = fleet.start_master(same_ports=True)
     versions = [*web_versions, str(len(web_versions) + 1)]
     fleet.push("web", versions[-1])
+    wait_for(functools.partial(_logged, master, LOCK_UNREACHABLE, 1), "the master standing by")
+    assert fleet.installed("web-1", "web") == web_versions, "a standby publishes nothing"
+    consul.clear_faults()
     fleet.wait_converged(["web-1"], {"web": versions})
     figures["master_restart_while_down_s"] = time.monotonic() - restarted
     report = fleet.last_report("web-1")
