@@ -179,7 +179,9 @@ class Settings:
     def advertised_address(self) -> str:
         """A master's own address in the leader lock, which minions and operators match
         against their `master` list."""
-        return self.advertise or f"{self.hostname}:{self.port}"
+        if self.advertise and _has_port(self.advertise):
+            return self.advertise
+        return f"{self.advertise or self.hostname}:{self.port}"
 
     def release_policy(self, service: str) -> ReleasePolicy:
         """How this host keeps `service`'s versions: its own overrides, else the globals."""
@@ -418,6 +420,12 @@ def _split_masters(values: dict[str, object]) -> None:
     if len(set(masters)) != len(masters):
         raise ConfigError(f"master {given!r} names one master twice")
     values["masters"] = masters
+
+
+def _has_port(address: str) -> bool:
+    """`host:port` or `[v6]:port`, not a bare host or IPv6 address."""
+    host, separator, port = address.rpartition(":")
+    return bool(separator) and port.isdigit() and (":" not in host or host.endswith("]"))
 
 
 def _host_and_port(entry: str) -> tuple[str, int | None]:

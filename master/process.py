@@ -379,9 +379,11 @@ def run_master(
 def _advertised(settings: Settings, publish_endpoint: str) -> str:
     """This master's address in the leader lock; with an ephemeral publish port (tests),
     the port bound."""
-    if settings.advertise or settings.port:
+    if settings.port:
         return settings.advertised_address
-    return f"{settings.hostname}:{publish_endpoint.rpartition(':')[2]}"
+    # `advertise` may name the host alone; the port is then the one bound.
+    host = settings.advertise or settings.hostname
+    return f"{host}:{publish_endpoint.rpartition(':')[2]}"
 
 
 def _start_election(
