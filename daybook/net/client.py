@@ -56,6 +56,8 @@ from daybook.wire import decode_as
 
 # How long the master may take to answer a request that does not wait for minions.
 ANSWER_TIMEOUT_S = 5.0
+# Between two asks while no master answers as the leader (an election takes about that).
+RETRY_PAUSE_S = 0.2
 # How long `daybook status` waits for each master's answer before showing it unreachable.
 STATUS_TIMEOUT_S = 2.0
 # One long poll waits at most this long, so a restarted master is noticed and asked again.
@@ -219,6 +221,8 @@ class ControlClient:
         """Send one request; wait its `wait_s` plus the answer timeout for the reply, from
         each master in turn until one answers (a standby's refusal is followed to the
         leader it names). MasterUnreachable when none answers."""
+        if len(self.endpoints) > 1:
+            return self._request_every_master(request)
         tried: list[str] = []
         refusal: ControlReply | None = None
         for endpoint in (self.endpoint, *(e for e in self.endpoints if e != self.endpoint)):
@@ -240,6 +244,71 @@ class ControlClient:
         if refusal is not None:
             return refusal  # only standbys answered: their refusal names the leader
         raise _unreachable(tried, request.wait_s + self.timeout_s)
+
+    def _request_every_master(self, request: ControlRequest) -> ControlReply:
+        """Several masters: ask them all at once and take the leader's answer, so a dead
+        master costs nothing (asked in turn, it would cost a whole answer timeout first).
+        Only the leader acts on a request; standbys refuse it at once, naming the leader,
+        which is asked too if it is not on the list. Until the leader answers, or every
+        master has, or the time is up, the others are waited for."""
+        patience_s = request.wait_s + self.timeout_s
+        sockets: dict[zmq.Socket[bytes], str] = {}
+        poller = zmq.Poller()
+        refusal: ControlReply | None = None
+        try:
+            for endpoint in self.endpoints:
+                socket = self._sent_to(endpoint, request)
+                sockets[socket] = endpoint
+                poller.register(socket, zmq.POLLIN)
+            deadline = self._monotonic() + patience_s
+            while sockets and (remaining_s := deadline - self._monotonic()) > 0:
+                for socket, _event in poller.poll(max(1, int(remaining_s * 1000))):
+                    reply = self._reply_from(socket, request)
+                    if reply is None:
+                        continue
+                    self.endpoint = sockets.pop(socket)
+                    poller.unregister(socket)
+                    socket.close()
+                    if reply.leader is not None:
+                        self.leader = reply.leader
+                    if not reply.standby:
+                        return reply
+                    refusal = reply
+        finally:
+            for socket in sockets:
+                socket.close()
+        return self._after_refusal(request, refusal, patience_s)
+
+    def _after_refusal(
+        self, request: ControlRequest, refusal: ControlReply | None, patience_s: float
+    ) -> ControlReply:
+        if refusal is None:
+            raise _unreachable(list(self.endpoints), patience_s)
+        holder = refusal.leader.holder if refusal.leader is not None else None
+        leader = self._locate(holder) if holder is not None else None
+        if leader is not None and leader not in self.endpoints:
+            reply = self._ask(leader, request, [])
+            if reply is not None and not reply.standby:
+                return reply
+        return refusal  # only standbys answered: their refusal names the leader
+
+    def _sent_to(self, endpoint: str, request: ControlRequest) -> zmq.Socket[bytes]:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        secure_client(socket, self._credentials)
+        socket.connect(endpoint)
+        socket.send_multipart(wire.encode(request))
+        return socket
+
+    def _reply_from(
+        self, socket: zmq.Socket[bytes], request: ControlRequest
+    ) -> ControlReply | None:
+        try:
+            reply = decode_as(ControlReply, socket.recv_multipart(), max_bytes=MAX_FRAME_BYTES)
+        except WireError:
+            return None  # not an answer we can read; keep waiting for one
+        return reply if reply.request_id == request.request_id else None
 
     def _ask(self, endpoint: str, request: ControlRequest, tried: list[str]) -> ControlReply | None:
         """One master's reply (noted as the one to ask first), or None if it gives none."""
@@ -354,9 +423,11 @@ class ControlClient:
                     summary.sync_id, min(remaining_s, WAIT_CHUNK_S), started_on, leader
                 )
             except MasterUnreachable:
-                # The master may be restarting; it keeps the sync. Ask again until the end.
+                # The master may be restarting, or a standby taking over; the sync is kept.
+                # Ask again until the end, not in a tight loop.
                 if self._monotonic() >= deadline:
                     raise
+                time.sleep(min(RETRY_PAUSE_S, max(0.0, deadline - self._monotonic())))
         return summary
 
     def _followed_sync(

@@ -149,12 +149,14 @@ class Fleet:
         """Start a minion with its data in `root/HOST`; `wrap` prefixes its command
         (`ip netns exec NS ...`); variables starting with any of `without` are left out of
         its environment (`AWS_`: a minion with no store credentials)."""
-        env = self.env(
-            DAYBOOK_DATA_DIR=str(self.root / host),
-            DAYBOOK_MASTER=self.master_host,
+        # `extra` may name the masters itself (DAYBOOK_MASTER="h:P1,h:P2").
+        settings = {
+            "DAYBOOK_DATA_DIR": str(self.root / host),
+            "DAYBOOK_MASTER": self.master_host,
             **self.port_env(),
             **extra,
-        )
+        }
+        env = self.env(**settings)
         if without:
             env = {
                 name: value for name, value in env.items() if not name.startswith(tuple(without))
