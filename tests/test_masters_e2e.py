@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ from process_fleet import Proc, ProcessFleet
 
 from daybook.errors import FleetError
 from daybook.net.endpoints import MasterEndpoints, read_endpoints
+from daybook.registry.consul import ConsulRegistry
 from daybook.registry.file import FileRegistry
 from daybook.store.local import LocalStore
+from daybook_testing.consul_server import ConsulServer
 from daybook_testing.fleet import MASTER_ENV
 
 pytestmark = pytest.mark.e2e
@@ -125,11 +129,18 @@ def roles(masters: Masters) -> dict[str, str]:
     return {row["address"]: row["role"] for row in status(masters)["masters"]}
 
 
-@pytest.fixture
-def two_masters(tmp_path: Path) -> Iterator[tuple[ProcessFleet, Masters]]:
-    fleet = ProcessFleet(
-        tmp_path, store=LocalStore(tmp_path / "store"), registry=FileRegistry(tmp_path / "m.json")
-    )
+@pytest.fixture(params=["lease"])
+def two_masters(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[ProcessFleet, Masters]]:
+    """Two masters and three minions; on the embedded lease, or (`consul`) on the Consul
+    double's session lock."""
+    if request.param == "consul":
+        consul: ConsulServer = request.getfixturevalue("consul_server")
+        registry: ConsulRegistry | FileRegistry = ConsulRegistry(consul.address)
+    else:
+        registry = FileRegistry(tmp_path / "m.json")
+    fleet = ProcessFleet(tmp_path, store=LocalStore(tmp_path / "store"), registry=registry)
     masters = Masters(fleet)
     try:
         fleet.push("web", "1")
@@ -172,7 +183,11 @@ def test_one_leads_the_other_stands_by_and_takes_over_when_killed(
     assert code == 0, document
     assert set(document["results"]) == set(HOSTS)
 
+    # Killed in the middle of a sync: the minions report it to every master.
     fleet.push("web", "2")
+    started = masters.operator("sync", "--json")
+    assert started.returncode == 0, started.stderr
+    interrupted = json.loads(started.stdout)["sync_id"]
     m1.proc.signal(signal.SIGKILL)
     killed = time.monotonic()
     # At once: the operator's command finds whichever master leads by the time it asks.
@@ -182,6 +197,11 @@ def test_one_leads_the_other_stands_by_and_takes_over_when_killed(
     assert roles(masters).get(m2.address) == "leader"
     for host in HOSTS:
         assert fleet.installed(host, "web") == ["1", "2"]
+    # The interrupted sync's reports are all with the new leader, each once.
+    fleet.wait_for(
+        lambda: reports_of(m2, interrupted) == dict.fromkeys(HOSTS, 1),
+        "the interrupted sync's reports with m2",
+    )
     rows = {row["address"]: row for row in status(masters)["masters"]}
     assert rows[m1.address]["role"] == "unreachable"
     assert rows[m2.address]["term"] > 1
@@ -201,3 +221,51 @@ def test_sigterm_hands_over_at_once(two_masters: tuple[ProcessFleet, Masters]) -
     code, document = sync_wait(masters)
     assert code == 0, document
     print(f"SIGTERM of the leader to the standby leading: {handover_s:.2f} s")
+
+
+@pytest.mark.parametrize("two_masters", ["consul"], indirect=True)
+def test_a_paused_leader_is_replaced_and_cannot_make_any_minion_act(
+    two_masters: tuple[ProcessFleet, Masters], consul_server: ConsulServer
+) -> None:
+    """Split brain: the leader is stopped past its session's TTL, the standby takes over and
+    syncs; the old leader, resumed, moves no minion and steps down."""
+    fleet, masters = two_masters
+    m1, m2 = masters.by_name["m1"], masters.by_name["m2"]
+    fleet.wait_for(lambda: roles(masters).get(m2.address) == "standby", "m2 standing by")
+    code, document = sync_wait(masters)
+    assert code == 0, document
+
+    m1.proc.pause()
+    # Past the session's TTL on the double's clock: Consul invalidates the session (twice
+    # the TTL after its last renew) and the lock frees after its lock-delay.
+    consul_server.advance(25.0)
+    fleet.wait_for(lambda: "took the leadership" in m2.proc.log(), "m2 leading")
+    fleet.push("web", "2")
+    code, document = sync_wait(masters)
+    assert code == 0, document
+    synced_by_m2 = document["sync_id"]
+    for host in HOSTS:
+        assert fleet.installed(host, "web") == ["1", "2"]
+
+    m1.proc.resume()
+    fleet.wait_for(lambda: "lost the leadership" in m1.proc.log(), "m1 stepping down")
+    fleet.wait_for(
+        lambda: roles(masters) == {m1.address: "standby", m2.address: "leader"},
+        "one leader: m2",
+    )
+    # Whatever m1 sent before it stepped down moved nobody; m2's sync stands as it was.
+    code, document = sync_wait(masters)
+    assert code == 0, document
+    for host in HOSTS:
+        assert fleet.installed(host, "web") == ["1", "2"]
+    assert reports_of(m2, synced_by_m2) == dict.fromkeys(HOSTS, 1), "each once, none lost"
+
+
+def reports_of(master: Master, sync_id: str) -> dict[str, int]:
+    """How many reports `master`'s database holds for `sync_id`, per host."""
+    path = master.data_dir / "master.db"
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)) as db:
+        rows = db.execute(
+            "SELECT host, count(*) FROM reports WHERE sync_id = ? GROUP BY 1", (sync_id,)
+        )
+        return dict(rows.fetchall())
