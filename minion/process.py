@@ -53,8 +53,12 @@ log = logging.getLogger(__name__)
 REPORT_QUEUE_MAX = 1000
 # How long closing the PUSH socket may take to hand over what is still queued.
 REPORT_LINGER_MS = 2000
-RECONNECT_MIN_MS = 100
-RECONNECT_MAX_MS = 2000
+# Each minion draws its reconnect interval and cap from these ranges. libzmq adds less than
+# one base interval of jitter to each retry and doubles the interval up to the cap, so with
+# one cap for all, a fleet that lost its master together keeps retrying almost in step and
+# its handshakes reach the restarted master in waves; drawn caps spread them out.
+RECONNECT_IVL_RANGE_MS = (100, 500)
+RECONNECT_CAP_RANGE_MS = (2000, 5000)
 # A link to the master silent for this many heartbeat intervals is dropped and dialled
 # again. Without it a SUB socket, which never sends, waits forever on a connection whose
 # other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
@@ -62,6 +66,11 @@ LINK_TIMEOUT_INTERVALS = 3
 MIN_LINK_HEARTBEAT_MS = 100
 # How long a stopping minion waits for its sync thread once the install child is killed.
 CHILD_REAP_TIMEOUT_S = 5.0
+
+
+def reconnect_intervals(rng: random.Random) -> tuple[int, int]:
+    """A minion's own ZMQ_RECONNECT_IVL and ZMQ_RECONNECT_IVL_MAX, in milliseconds."""
+    return rng.randint(*RECONNECT_IVL_RANGE_MS), rng.randint(*RECONNECT_CAP_RANGE_MS)
 
 
 def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> None:
@@ -89,6 +98,7 @@ def _connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
     credentials: ClientCredentials | None,
+    rng: random.Random,
 ) -> tuple[EventSubscriber, Reporter]:
     """One minion's SUB socket for the master's events and PUSH socket for its reports."""
     subscriber_socket = context.socket(zmq.SUB)
@@ -98,8 +108,9 @@ def _connect_sockets(
     push_socket.setsockopt(zmq.LINGER, REPORT_LINGER_MS)
     push_socket.setsockopt(zmq.SNDHWM, REPORT_QUEUE_MAX)
     for socket in (subscriber_socket, push_socket):
-        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+        interval_ms, cap_ms = reconnect_intervals(rng)
+        socket.setsockopt(zmq.RECONNECT_IVL, interval_ms)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, cap_ms)
         keep_link_alive(socket, settings.heartbeat_interval_s)
         secure_client(socket, credentials)
     # Nothing but the handshake comes back this way; the cap bounds what a peer could send.
@@ -146,8 +157,8 @@ def connect_minion(
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
     in-process installer for syncs that download (a child process: see run_minion)."""
-    subscriber, reporter = _connect_sockets(context, settings, credentials)
     rng = random.Random()
+    subscriber, reporter = _connect_sockets(context, settings, credentials, rng)
 
     def splay(spread_s: float | None) -> bool:
         window_s = settings.splay_s if spread_s is None else min(spread_s, settings.splay_s)
