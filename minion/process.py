@@ -63,7 +63,8 @@ RECONNECT_CAP_RANGE_MS = (2000, 5000)
 # again. Without it a SUB socket, which never sends, waits forever on a connection whose
 # other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
 LINK_TIMEOUT_INTERVALS = 3
-MIN_LINK_HEARTBEAT_MS = 100
+# TCP keep-alive counts whole seconds.
+MIN_KEEPALIVE_S = 1
 # How long a stopping minion waits for its sync thread once the install child is killed.
 CHILD_REAP_TIMEOUT_S = 5.0
 
@@ -74,13 +75,24 @@ def reconnect_intervals(rng: random.Random) -> tuple[int, int]:
 
 
 def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> None:
-    """ZMTP heartbeats on a socket to the master, and a bound on each connection attempt."""
-    interval_ms = max(MIN_LINK_HEARTBEAT_MS, int(heartbeat_interval_s * 1000))
-    timeout_ms = interval_ms * LINK_TIMEOUT_INTERVALS
-    socket.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
-    # The master drops its end of a connection that goes silent for as long.
-    socket.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+    """Drop a dead link to the master within LINK_TIMEOUT_INTERVALS heartbeats, and bound
+    each connection attempt as long.
+
+    The kernel does the watching, not ZeroMQ's own heartbeats: a ZMTP PING is a CURVE
+    message that the master's I/O thread decrypts and answers, two links a minion, which
+    made most of a large fleet's idle load on the master. A keep-alive probe is answered
+    by the master's kernel without waking the master. An idle link (SUB: events are rare)
+    is probed after one interval, then each interval, and given up after the rest of the
+    timeout; a link with data unacknowledged that long (PUSH: a heartbeat goes every
+    interval) is given up by the TCP user timeout (ZMQ_TCP_MAXRT).
+    """
+    interval_s = max(MIN_KEEPALIVE_S, round(heartbeat_interval_s))
+    timeout_ms = interval_s * LINK_TIMEOUT_INTERVALS * 1000
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval_s)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval_s)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, LINK_TIMEOUT_INTERVALS - 1)
+    socket.setsockopt(zmq.TCP_MAXRT, timeout_ms)
     # A connect stuck in SYN retries (the link is down) gives way to a fresh one.
     socket.setsockopt(zmq.CONNECT_TIMEOUT, timeout_ms)
 

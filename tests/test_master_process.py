@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
 from daybook_testing.waiting import wait_for
+from master.process import FDS_PER_MINION, OWN_FDS, raise_open_file_limit
 
 
 @pytest.fixture
@@ -305,3 +307,20 @@ def test_a_damaged_master_json_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "master.json").write_text("{not json")
     with pytest.raises(FleetError, match="cannot read the master's endpoints"):
         read_endpoints(tmp_path)
+
+
+def test_the_master_raises_its_open_file_limit_to_the_hard_one() -> None:
+    """Every minion holds two of the master's descriptors: a soft limit of 1,024 (a common
+    default) would cap a fleet at about 460 minions with connections failing past it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        room = raise_open_file_limit()
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert raised > 256
+    assert hard in (resource.RLIM_INFINITY, raised)
+    assert room == (raised - OWN_FDS) // FDS_PER_MINION

@@ -67,6 +67,11 @@ def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
         caps = [s.getsockopt(zmq.RECONNECT_IVL_MAX) for s in sockets]
         assert all(RECONNECT_CAP_RANGE_MS[0] <= cap <= RECONNECT_CAP_RANGE_MS[1] for cap in caps)
         assert len(set(caps)) > 1
+        # Dead links are the kernel's to find (keep-alive probes, a TCP user timeout), not
+        # ZMTP pings the master would have to decrypt and answer.
+        assert all(s.getsockopt(zmq.HEARTBEAT_IVL) == 0 for s in sockets)
+        assert all(s.getsockopt(zmq.TCP_KEEPALIVE) == 1 for s in sockets)
+        assert all(s.getsockopt(zmq.TCP_MAXRT) > 0 for s in sockets)
     finally:
         stop.set()
         swarm.join(DEADLINE_S)
