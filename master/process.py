@@ -93,6 +93,10 @@ FDS_PER_MINION = 2
 OWN_FDS = 100
 # Below this many minions' worth, the limit is worth a warning (LimitNOFILE in the unit).
 FEW_MINIONS = 1000
+# A tenth of the limit is left spare: in the reconnect storm after a restart a minion's
+# old connection may not be closed yet when its new one is accepted, and with no
+# descriptor left libzmq (4.3.5) aborts the process when the local operator socket accepts.
+FD_HEADROOM = 0.1
 # Where the hard limit is unlimited, the soft one cannot be: Linux's usual fs.nr_open.
 NR_OPEN = 1_048_576
 
@@ -122,11 +126,11 @@ def raise_open_file_limit() -> int:
             soft = wanted
         except (ValueError, OSError) as exc:
             log.info("cannot raise the open-file limit from %d to %d: %s", soft, wanted, exc)
-    room = max(0, (soft - OWN_FDS) // FDS_PER_MINION)
+    room = max(0, (int(soft * (1 - FD_HEADROOM)) - OWN_FDS) // FDS_PER_MINION)
     log.log(
         logging.WARNING if room < FEW_MINIONS else logging.INFO,
-        "open-file limit %d: room for about %d minions (two connections each; raise "
-        "LimitNOFILE in the master's systemd unit for more)",
+        "open-file limit %d: room for about %d minions (two connections each, a tenth "
+        "spare; raise LimitNOFILE in the master's systemd unit for more)",
         soft,
         room,
     )

@@ -27,7 +27,7 @@ from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
 from daybook_testing.waiting import wait_for
-from master.process import FDS_PER_MINION, OWN_FDS, raise_open_file_limit
+from master.process import FD_HEADROOM, FDS_PER_MINION, OWN_FDS, raise_open_file_limit
 
 
 @pytest.fixture
@@ -323,4 +323,4 @@ def test_the_master_raises_its_open_file_limit_to_the_hard_one() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert raised > 256
     assert hard in (resource.RLIM_INFINITY, raised)
-    assert room == (raised - OWN_FDS) // FDS_PER_MINION
+    assert room == (int(raised * (1 - FD_HEADROOM)) - OWN_FDS) // FDS_PER_MINION
