@@ -20,6 +20,8 @@ class Options:
     cache_dir: Path
     # The daybook console script of this environment.
     daybook: Path
+    # Minions in the swarm10k section (fewer where the open-file limit allows fewer).
+    swarm_size: int = 10_000
 
 
 def timed(action: Callable[[], object]) -> float:

@@ -13,7 +13,7 @@ from master.control_server import ControlServer
 from master.database import ResultsDatabase
 from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
 from master.download_desk import DownloadDesk, Signer
-from master.housekeeping import HOST_FLUSH, PRUNE, Housekeeper
+from master.housekeeping import HEAP_TRIM, HOST_FLUSH, PRUNE, Housekeeper
 from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
 from master.operator_desk import WAITERS, OperatorDesk
@@ -295,5 +295,6 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopP
     housekeeper = parts.housekeeper
     timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
     timers.add(PRUNE, housekeeper.prune, due=started)
+    timers.add(HEAP_TRIM, housekeeper.release_memory, due=started + tuning.heap_trim_interval_s)
     timers.add(VIEW, parts.view.publish)
     return parts

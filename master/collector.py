@@ -10,7 +10,7 @@ import zmq
 from daybook.errors import WireError
 from daybook.model.messages import Heartbeat
 from daybook.model.results import Report
-from daybook.net.transport import peer_of
+from daybook.net.transport import peer_of, user_id_of
 from daybook.wire import MAX_MESSAGE_BYTES, decode_frames
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,16 @@ class Collector:
                 self.malformed += 1
                 log.debug("dropped a malformed message from a minion: %s", exc)
                 continue
-            if self._speaks_for is not None:
-                peer = peer_of(parts[-1])
-                if not self._speaks_for(peer.user_id, message.host):
-                    self.impostors += 1
-                    log.info(
-                        "dropped a %s for %s from %s: its key is not bound to that host",
-                        frames[0].decode(errors="replace"),
-                        message.host,
-                        peer.address or "an unknown address",
-                    )
-                    continue
+            speaks_for = self._speaks_for
+            if speaks_for is not None and not speaks_for(user_id_of(parts[-1]), message.host):
+                self.impostors += 1
+                log.info(
+                    "dropped a %s for %s from %s: its key is not bound to that host",
+                    frames[0].decode(errors="replace"),
+                    message.host,
+                    peer_of(parts[-1]).address or "an unknown address",
+                )
+                continue
             messages.append((message, frames[1]))
         self.received += len(messages)
         return messages

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from master.database import ResultsDatabase
+from master.heap import find_trim
 from master.ledger import Fleet
 from master.scheduler import Scheduler
 from master.tuning import MasterTuning
 
 log = logging.getLogger(__name__)
 
-# The timers that save the hosts' changed statuses, and that prune old syncs.
+# The timers that save the hosts' changed statuses, prune old syncs, and hand freed
+# memory back to the OS.
 HOST_FLUSH = "host-flush"
 PRUNE = "prune"
+HEAP_TRIM = "heap-trim"
 
 
 class Housekeeper:
     """Hosts' statuses change with every heartbeat: they are saved in batches, every
-    `host_flush_interval_s`. Syncs beyond the newest `keep_syncs` are pruned now and then."""
+    `host_flush_interval_s`. Syncs beyond the newest `keep_syncs` are pruned now and then,
+    and every `heap_trim_interval_s` the memory bursts left free goes back to the OS
+    (`trim`: see master.heap)."""
 
     def __init__(
         self,
@@ -27,11 +33,13 @@ class Housekeeper:
         fleet: Fleet,
         scheduler: Scheduler,
         tuning: MasterTuning,
+        trim: Callable[[], None] | None = None,
     ) -> None:
         self._db = database
         self._fleet = fleet
         self._scheduler = scheduler
         self._tuning = tuning
+        self._trim = trim or find_trim()
 
     def flush_hosts(self, mono: float) -> None:
         self._scheduler.at(HOST_FLUSH, mono + self._tuning.host_flush_interval_s)
@@ -46,6 +54,10 @@ class Housekeeper:
         self._db.commit()
         if removed:
             log.info("pruned %d old sync(s) from the results database", removed)
+
+    def release_memory(self, mono: float) -> None:
+        self._scheduler.at(HEAP_TRIM, mono + self._tuning.heap_trim_interval_s)
+        self._trim()
 
     def flush_all(self) -> None:
         """The master is stopping: save every changed host now."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,33 @@ MAX_SUBSCRIPTION_BYTES = 4096
 # A standby asks the leader's key port whether it lives; an answer takes milliseconds.
 PROBE_TIMEOUT_S = 0.8
 
+# Connections waiting to be accepted, per listening socket (libzmq's default is 100). A
+# fleet reconnecting after a restart dials in by the thousand; past the backlog, the kernel
+# drops SYNs and the minion retries a second or more later. The kernel caps it at
+# net.core.somaxconn (4096 by default since Linux 5.4).
+LISTEN_BACKLOG = 4096
+# The kernel drops the master's end of a minion's link whose peer is gone: probed after a
+# minute idle (events are rare), given up after three unanswered probes, or after a minute
+# of data unacknowledged. Minions watch their own ends closer (see minion.process); this
+# only frees what a vanished minion leaves behind, and costs the master no wake-up.
+DEAD_LINK_IDLE_S = 60
+DEAD_LINK_PROBE_S = 10
+DEAD_LINK_PROBES = 3
+DEAD_LINK_UNACKED_MS = 60_000
+
+# Each minion holds two of the master's descriptors (its event and report links); the
+# master's own (database, sockets, HTTP, logs) are a few dozen.
+FDS_PER_MINION = 2
+OWN_FDS = 100
+# Below this many minions' worth, the limit is worth a warning (LimitNOFILE in the unit).
+FEW_MINIONS = 1000
+# A tenth of the limit is left spare: in the reconnect storm after a restart a minion's
+# old connection may not be closed yet when its new one is accepted, and with no
+# descriptor left libzmq (4.3.5) aborts the process when the local operator socket accepts.
+FD_HEADROOM = 0.1
+# Where the hard limit is unlimited, the soft one cannot be: Linux's usual fs.nr_open.
+NR_OPEN = 1_048_576
+
 Endpoints = dict[str, str]
 # How the watcher threads hand their reads to the loop: its mailbox.
 Post = Callable[[Change], None]
@@ -100,6 +128,39 @@ def _bind(socket: zmq.Socket[bytes], host: str, port: int) -> str:
     except zmq.ZMQError as exc:
         raise FleetError(f"cannot listen on {endpoint}: {exc}") from None
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one, as a server holding a connection
+    per peer should; how many minions the limit in force leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = NR_OPEN if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.info("cannot raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    room = max(0, (int(soft * (1 - FD_HEADROOM)) - OWN_FDS) // FDS_PER_MINION)
+    log.log(
+        logging.WARNING if room < FEW_MINIONS else logging.INFO,
+        "open-file limit %d: room for about %d minions (two connections each, a tenth "
+        "spare; raise LimitNOFILE in the master's systemd unit for more)",
+        soft,
+        room,
+    )
+    return room
+
+
+def serve_a_fleet(socket: zmq.Socket[bytes]) -> None:
+    """Tune a socket minions connect to: a deep listen backlog, and the kernel closing
+    connections to peers that are gone."""
+    socket.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, DEAD_LINK_IDLE_S)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, DEAD_LINK_PROBE_S)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, DEAD_LINK_PROBES)
+    socket.setsockopt(zmq.TCP_MAXRT, DEAD_LINK_UNACKED_MS)
 
 
 def _bind_local(socket: zmq.Socket[bytes], data_dir: Path) -> str | None:
@@ -211,6 +272,8 @@ def _bind_sockets(life: Lifecycle, settings: Settings, keypair: KeyPair | None) 
     publish.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
     results.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     control.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    for minions_link in (publish, results):
+        serve_a_fleet(minions_link)
     secure_server(publish, keypair, DOMAIN_PUBLISH)
     secure_server(results, keypair, DOMAIN_RESULTS)
     secure_server(control, keypair, DOMAIN_CONTROL)
@@ -329,6 +392,7 @@ def run_master(
     `<data_dir>/master.json`.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    raise_open_file_limit()
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
         life.release(registry.close)

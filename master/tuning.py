@@ -35,6 +35,9 @@ class MasterTuning:
     host_flush_interval_s: float = 1.0
     keep_syncs: int = 10_000
     prune_interval_s: float = 3600.0
+    # Memory a burst left free in the C heap goes back to the OS this often (a few ms of
+    # the loop's time with 10,000 minions; see master.heap).
+    heap_trim_interval_s: float = 30.0
     # An operator sync first has the polling watchers read their sources once more, so
     # `map set ...; sync` syncs the new mapping; but it waits for them no longer than this.
     refresh_timeout_s: float = 2.0

@@ -65,10 +65,11 @@ class MinionLoop:
             callback()
 
     def _tick(self, now: float) -> float:
-        """Tick every minion; the time the next one is due (heartbeats only move on ticks)."""
+        """Tick every minion; the time the next one is due (heartbeats and resends only
+        move on ticks)."""
         for minion in self._minions:
             minion.tick(now)
-        return min((m.next_heartbeat for m in self._minions), default=math.inf)
+        return min((m.next_due for m in self._minions), default=math.inf)
 
     def _timeout_ms(self, next_tick: float) -> int:
         if math.isinf(next_tick):

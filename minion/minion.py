@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,6 +32,13 @@ LoopTask = Callable[[], None]
 
 EVENT_BATCH = 64
 CLAIMED_MAX = 1024
+# A delay drawn in [0, span) seconds: when a minion resends its reports after a master
+# restart, so a large fleet does not answer the master's first event all at once.
+Jitter = Callable[[float], float]
+
+
+def uniform_jitter(span_s: float) -> float:
+    return random.uniform(0.0, span_s)
 
 
 class Minion:
@@ -51,6 +60,7 @@ class Minion:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         more_reporters: Sequence[Reporter] = (),
+        jitter: Jitter = uniform_jitter,
     ) -> None:
         self.host = host
         self.subscriber = subscriber
@@ -67,6 +77,8 @@ class Minion:
         self._heartbeat_interval_s = heartbeat_interval_s
         self.boot_id = boot_id
         self._clock = clock
+        self._monotonic = monotonic
+        self._jitter = jitter
         self.started_at = clock()
         self.worker = SyncWorker(self._work, spawn)
         self._targets: dict[str, bool] = {}
@@ -82,6 +94,8 @@ class Minion:
         self.term = 0
         self._ignored_terms: set[int] = set()
         self.next_heartbeat = monotonic()
+        # When the latest reports go to a master that restarted (inf: nothing to resend).
+        self._resend_at = math.inf
         self.gaps = 0
         self.master_restarts = 0
         self.leader_changes = 0
@@ -105,8 +119,10 @@ class Minion:
                 self.master_restarts += 1
                 log.info("the master restarted (epoch %d -> %d)", self._epoch, event.epoch)
             # The master may have died holding reports it had not recorded: send the latest
-            # again (it keeps the first copy of each). Also after our own restart.
-            self._resend_outbox()
+            # again (it keeps the first copy of each). Also after our own restart. Not at
+            # once: every minion hears the restarted master's first event at the same
+            # moment, and a fleet's resends then arrive spread over a heartbeat interval.
+            self._resend_at = self._monotonic() + self._jitter(self._heartbeat_interval_s)
         elif event.seq <= self._seq:
             return  # already seen
         elif event.seq != self._seq + 1:
@@ -187,7 +203,15 @@ class Minion:
 
     # -- heartbeats -----------------------------------------------------------------------------
 
+    @property
+    def next_due(self) -> float:
+        """When `tick` next has something to do (monotonic clock)."""
+        return min(self.next_heartbeat, self._resend_at)
+
     def tick(self, monotonic_now: float) -> None:
+        if monotonic_now >= self._resend_at:
+            self._resend_at = math.inf
+            self._resend_outbox()
         if monotonic_now >= self.next_heartbeat:
             self.next_heartbeat = monotonic_now + self._heartbeat_interval_s
             back = [reporter for reporter in self.reporters if reporter.reconnected()]

@@ -54,25 +54,46 @@ log = logging.getLogger(__name__)
 REPORT_QUEUE_MAX = 1000
 # How long closing the PUSH socket may take to hand over what is still queued.
 REPORT_LINGER_MS = 2000
-RECONNECT_MIN_MS = 100
-RECONNECT_MAX_MS = 2000
+# Each minion draws its reconnect interval and cap from these ranges. libzmq adds less than
+# one base interval of jitter to each retry and doubles the interval up to the cap, so with
+# one cap for all, a fleet that lost its master together keeps retrying almost in step and
+# its handshakes reach the restarted master in waves; drawn caps spread them out.
+RECONNECT_IVL_RANGE_MS = (100, 500)
+RECONNECT_CAP_RANGE_MS = (2000, 5000)
 # A link to the master silent for this many heartbeat intervals is dropped and dialled
 # again. Without it a SUB socket, which never sends, waits forever on a connection whose
 # other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
 LINK_TIMEOUT_INTERVALS = 3
-MIN_LINK_HEARTBEAT_MS = 100
+# TCP keep-alive counts whole seconds.
+MIN_KEEPALIVE_S = 1
 # How long a stopping minion waits for its sync thread once the install child is killed.
 CHILD_REAP_TIMEOUT_S = 5.0
 
 
+def reconnect_intervals(rng: random.Random) -> tuple[int, int]:
+    """A minion's own ZMQ_RECONNECT_IVL and ZMQ_RECONNECT_IVL_MAX, in milliseconds."""
+    return rng.randint(*RECONNECT_IVL_RANGE_MS), rng.randint(*RECONNECT_CAP_RANGE_MS)
+
+
 def keep_link_alive(socket: zmq.Socket[bytes], heartbeat_interval_s: float) -> None:
-    """ZMTP heartbeats on a socket to the master, and a bound on each connection attempt."""
-    interval_ms = max(MIN_LINK_HEARTBEAT_MS, int(heartbeat_interval_s * 1000))
-    timeout_ms = interval_ms * LINK_TIMEOUT_INTERVALS
-    socket.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
-    # The master drops its end of a connection that goes silent for as long.
-    socket.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+    """Drop a dead link to the master within LINK_TIMEOUT_INTERVALS heartbeats, and bound
+    each connection attempt as long.
+
+    The kernel does the watching, not ZeroMQ's own heartbeats: a ZMTP PING is a CURVE
+    message that the master's I/O thread decrypts and answers, two links a minion, which
+    made most of a large fleet's idle load on the master. A keep-alive probe is answered
+    by the master's kernel without waking the master. An idle link (SUB: events are rare)
+    is probed after one interval, then each interval, and given up after the rest of the
+    timeout; a link with data unacknowledged that long (PUSH: a heartbeat goes every
+    interval) is given up by the TCP user timeout (ZMQ_TCP_MAXRT).
+    """
+    interval_s = max(MIN_KEEPALIVE_S, round(heartbeat_interval_s))
+    timeout_ms = interval_s * LINK_TIMEOUT_INTERVALS * 1000
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_IDLE, interval_s)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_INTVL, interval_s)
+    socket.setsockopt(zmq.TCP_KEEPALIVE_CNT, LINK_TIMEOUT_INTERVALS - 1)
+    socket.setsockopt(zmq.TCP_MAXRT, timeout_ms)
     # A connect stuck in SYN retries (the link is down) gives way to a fresh one.
     socket.setsockopt(zmq.CONNECT_TIMEOUT, timeout_ms)
 
@@ -90,17 +111,21 @@ def connect_sockets(
     context: zmq.Context[zmq.Socket[bytes]],
     settings: Settings,
     credentials: ClientCredentials | None,
+    rng: random.Random | None = None,
 ) -> tuple[EventSubscriber, list[Reporter]]:
     """One minion's SUB socket for the events of every master, and a PUSH socket per master
     for its reports: a PUSH connected to several would deal them out round-robin, and each
-    master (the standbys too, so that a new leader has every report) needs all of them."""
+    master (the standbys too, so that a new leader has every report) needs all of them.
+    Each socket draws its own reconnect intervals from `rng`, so a fleet reconnecting
+    after a master restart spreads out."""
+    rng = rng or random.Random()
     subscriber_socket = context.socket(zmq.SUB)
     subscriber_socket.setsockopt(zmq.LINGER, 0)
     subscriber_socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES + 64 * 1024)
-    _link_options(subscriber_socket, settings, credentials)
+    _link_options(subscriber_socket, settings, credentials, rng)
     subscriber_socket.setsockopt(zmq.SUBSCRIBE, TOPIC_SYNC)
     reporters = [
-        _reporter(context, settings, credentials, endpoint)
+        _reporter(context, settings, credentials, endpoint, rng)
         for endpoint in master_endpoints(settings, settings.results_port)
     ]
     # Only the leader publishes; a deposed one is fenced off by its term (see Minion).
@@ -110,10 +135,14 @@ def connect_sockets(
 
 
 def _link_options(
-    socket: zmq.Socket[bytes], settings: Settings, credentials: ClientCredentials | None
+    socket: zmq.Socket[bytes],
+    settings: Settings,
+    credentials: ClientCredentials | None,
+    rng: random.Random,
 ) -> None:
-    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MIN_MS)
-    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    interval_ms, cap_ms = reconnect_intervals(rng)
+    socket.setsockopt(zmq.RECONNECT_IVL, interval_ms)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, cap_ms)
     keep_link_alive(socket, settings.heartbeat_interval_s)
     secure_client(socket, credentials)
 
@@ -123,12 +152,13 @@ def _reporter(
     settings: Settings,
     credentials: ClientCredentials | None,
     endpoint: str,
+    rng: random.Random,
 ) -> Reporter:
     """A PUSH socket to one master's results port, watched for reconnects."""
     push_socket = context.socket(zmq.PUSH)
     push_socket.setsockopt(zmq.LINGER, REPORT_LINGER_MS)
     push_socket.setsockopt(zmq.SNDHWM, REPORT_QUEUE_MAX)
-    _link_options(push_socket, settings, credentials)
+    _link_options(push_socket, settings, credentials, rng)
     # Nothing but the handshake comes back this way; the cap bounds what a peer could send.
     push_socket.setsockopt(zmq.MAXMSGSIZE, 4096)
     # Watched from before the first connect, so the reporter can tell a reconnect from it.
@@ -171,8 +201,8 @@ def connect_minion(
     """Build one minion with its own SUB and PUSH sockets, connected to the master (over
     CURVE with `credentials`; None is the insecure opt-out). `install` replaces the
     in-process installer for syncs that download (a child process: see run_minion)."""
-    subscriber, reporters = connect_sockets(context, settings, credentials)
     rng = random.Random()
+    subscriber, reporters = connect_sockets(context, settings, credentials, rng)
 
     def splay(spread_s: float | None) -> bool:
         window_s = settings.splay_s if spread_s is None else min(spread_s, settings.splay_s)

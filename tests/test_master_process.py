@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import resource
 import threading
 import time
 from dataclasses import replace
@@ -25,6 +26,7 @@ from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
 from daybook_testing.waiting import wait_for
+from master.process import FD_HEADROOM, FDS_PER_MINION, OWN_FDS, raise_open_file_limit
 
 
 @pytest.fixture
@@ -320,3 +322,20 @@ def test_port_zero_puts_the_ports_peers_derive_in_a_row() -> None:
         # The fallback: only when a busy machine (a 10,000-minion load test) has used up
         # nearly every ephemeral port, as the warning says.
         pytest.skip("no free row of ports on this machine right now")
+
+
+def test_the_master_raises_its_open_file_limit_to_the_hard_one() -> None:
+    """Every minion holds two of the master's descriptors: a soft limit of 1,024 (a common
+    default) would cap a fleet at about 460 minions with connections failing past it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        room = raise_open_file_limit()
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert raised > 256
+    assert hard in (resource.RLIM_INFINITY, raised)
+    assert room == (int(raised * (1 - FD_HEADROOM)) - OWN_FDS) // FDS_PER_MINION

@@ -91,6 +91,8 @@ class Harness:
             boot_id="boot",
             spawn=lambda target: target(),  # run each sync inline
             monotonic=lambda: 100.0,
+            # Half the span: a resend after a master restart is due 2.5 s after it is heard.
+            jitter=lambda span_s: span_s / 2,
         )
 
     def deliver(self, *events: SyncEvent | list[bytes]) -> None:
@@ -153,11 +155,33 @@ def test_gaps_are_counted_and_old_events_dropped(harness: Harness) -> None:
 
 def test_a_master_restart_resends_the_latest_reports(harness: Harness) -> None:
     harness.memory.record({}, [report("web-1", "old", finished_at=5.0)])
+    harness.minion.next_heartbeat = 200.0  # keep heartbeats out of the way
     harness.deliver(event(1))  # first event since our start: resend
+    harness.minion.tick(102.5)
     harness.deliver(event(2))
     harness.deliver(event(1, epoch=8))  # the master restarted: resend again
+    harness.minion.tick(102.5)
     assert harness.minion.master_restarts == 1
-    assert harness.reported() == ["old", "s1", "old"]
+    assert harness.reported() == ["s1", "old", "old"]
+
+
+def test_the_resend_after_a_master_restart_waits_for_its_jittered_moment(
+    harness: Harness,
+) -> None:
+    """A fleet hears the restarted master's first event at once: each minion resends at
+    a moment of its own within a heartbeat interval, not on the event."""
+    harness.memory.record({}, [report("web-1", "old", finished_at=5.0)])
+    harness.minion.next_heartbeat = 200.0
+    harness.deliver(event(1, sync_id="s1"))
+    assert harness.reported() == ["s1"]
+    assert harness.minion.next_due == 102.5  # 100 + jitter(5 s heartbeat interval)
+    harness.minion.tick(102.4)
+    assert harness.reported() == ["s1"]
+    harness.minion.tick(102.5)
+    assert harness.reported() == ["s1", "old"]
+    harness.minion.tick(150.0)  # once only
+    assert harness.reported() == ["s1", "old"]
+    assert harness.minion.next_due == 200.0
 
 
 def test_reported_sync_ids_survive_a_restart(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import zmq
 from archives import make_asset
 from inprocess_fleet import DEADLINE_S, RunningMaster, fleet_settings
 
@@ -19,6 +20,7 @@ from daybook.store.local import LocalStore
 from daybook_testing.swarm import run_swarm
 from daybook_testing.waiting import wait_for
 from minion.minion import Minion
+from minion.process import RECONNECT_CAP_RANGE_MS
 
 
 def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
@@ -59,6 +61,17 @@ def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
         assert all(
             (settings.data_dir / "swarm" / m.host / "install" / "web").is_dir() for m in minions
         )
+        # Each socket retries on a schedule of its own, so a fleet that lost its master
+        # together does not hammer the restarted one in step.
+        sockets = [s for m in minions for s in (m.socket, m.reporter.socket)]
+        caps = [s.getsockopt(zmq.RECONNECT_IVL_MAX) for s in sockets]
+        assert all(RECONNECT_CAP_RANGE_MS[0] <= cap <= RECONNECT_CAP_RANGE_MS[1] for cap in caps)
+        assert len(set(caps)) > 1
+        # Dead links are the kernel's to find (keep-alive probes, a TCP user timeout), not
+        # ZMTP pings the master would have to decrypt and answer.
+        assert all(s.getsockopt(zmq.HEARTBEAT_IVL) == 0 for s in sockets)
+        assert all(s.getsockopt(zmq.TCP_KEEPALIVE) == 1 for s in sockets)
+        assert all(s.getsockopt(zmq.TCP_MAXRT) > 0 for s in sockets)
     finally:
         stop.set()
         swarm.join(DEADLINE_S)

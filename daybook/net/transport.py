@@ -125,7 +125,12 @@ ANONYMOUS = Peer("", "")
 
 
 def peer_of(frame: zmq.Frame) -> Peer:
-    return Peer(_property(frame, "User-Id"), _property(frame, "Peer-Address"))
+    return Peer(user_id_of(frame), _property(frame, "Peer-Address"))
+
+
+def user_id_of(frame: zmq.Frame) -> str:
+    """The User-Id alone, for a check made on every message (the address is for logs)."""
+    return _property(frame, "User-Id")
 
 
 def _property(frame: zmq.Frame, name: str) -> str:
