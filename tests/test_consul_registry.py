@@ -370,9 +370,14 @@ def test_transient_server_errors(server: ConsulServer, registry: ConsulRegistry)
     with pytest.raises(RegistryError) as caught:
         registry.watch(5, 1)
     assert_one_line(caught.value, server.address, "429")
-    # The watch's other query (on the pins) is still held; let it end, so that the next
-    # fault meets the update and not that query.
-    wait_for(lambda: server.blocked_queries == 0, "the watch's other query to end")
+
+    # The watch's other query (on the pins) may not even be sent yet, or still be held;
+    # let it end, so that the next fault meets the update and not that query.
+    def both_queries_ended() -> bool:
+        watches = [r for r in server.request_log if "index=5" in r.target]
+        return len(watches) == 2 and server.blocked_queries == 0
+
+    wait_for(both_queries_ended, "the watch's other query to end")
     server.inject_fault("drop")
     with pytest.raises(RegistryError) as caught:
         registry.update("web-*", lambda _: ("a",))

@@ -61,8 +61,10 @@ def test_a_deposed_leaders_events_never_reach_the_worker(harness: Harness) -> No
 def test_a_higher_term_is_a_new_leader_that_gets_the_outbox_again(harness: Harness) -> None:
     harness.memory.record({}, [report("web-1", "old", finished_at=5.0)])
     harness.deliver(termed(1, 1, "s1"))  # first event since our start: resend
+    harness.minion.tick(200.0)  # past its jittered moment (the harness's clock says 100)
     harness.deliver(termed(5, 2, "s2", epoch=7))  # same epoch, a new leader: resend
-    assert harness.reported() == ["old", "s1", "old", "s2"]
+    harness.minion.tick(300.0)
+    assert harness.reported() == ["s1", "old", "s2", "old"]
     assert harness.minion.leader_changes == 1
     assert harness.minion.master_restarts == 0
     assert harness.minion.gaps == 0, "the new leader's seq starts afresh"
