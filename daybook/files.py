@@ -83,6 +83,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+# What tells a file changed without reading it: its inode (an atomic write is a rename of a
+# new file), its modification time and its size.
+FileSignature = tuple[int, int, int]
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """The file's signature, None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _create_temp(directory: Path, prefix: str, mode: int | None) -> tuple[int, Path]:
     # Not tempfile.mkstemp: it always creates 0600, and `mode=None` needs the kernel to
     # apply the umask as open() does. O_EXCL refuses an existing name, a symlink included.

@@ -14,7 +14,7 @@ from typing import Any
 
 from daybook import wire
 from daybook.errors import ConfigError, DaybookError, RegistryError
-from daybook.files import write_atomically
+from daybook.files import FileSignature, file_signature, write_atomically
 from daybook.model.mappings import MappingTable, parse_services
 from daybook.model.names import check_service
 from daybook.model.patterns import is_valid_pattern
@@ -150,12 +150,8 @@ class FileRegistry:
     def close(self) -> None:
         pass
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = self._path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _signature(self) -> FileSignature | None:
+        return file_signature(self._path)
 
     def _load(self) -> _Document:
         try:

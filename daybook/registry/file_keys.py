@@ -12,7 +12,7 @@ from typing import Any
 
 from daybook import wire
 from daybook.errors import ConfigError, RegistryError, WireError
-from daybook.files import write_atomically
+from daybook.files import FileSignature, file_signature, write_atomically
 from daybook.model.keys import Key
 from daybook.registry.keystore import KeySnapshot, StoredKey, check_name, key_name
 
@@ -131,12 +131,8 @@ class FileKeyStore:
             return None
         return StoredKey(key, version)
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = self._path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _signature(self) -> FileSignature | None:
+        return file_signature(self._path)
 
     def _load(self) -> tuple[int, _Entries]:
         try:
