@@ -417,3 +417,23 @@ def test_the_lease_is_exclusive_between_threads_too(tmp_path: Path) -> None:
 def test_open_leadership_refuses_urls_it_cannot_lock(url: str) -> None:
     with pytest.raises(ConfigError):
         open_leadership(url)
+
+
+def test_terms_go_on_growing_past_a_consul_that_lost_its_data(
+    registry: ConsulRegistry, consul_server: ConsulServer
+) -> None:
+    # A restored or rebuilt Consul counts LockIndex from 1 again; minions fence by term, so a
+    # new leader must still outrank every term they saw, or they would ignore it.
+    holder, standby = ConsulLeadership(registry), ConsulLeadership(registry)
+    for _ in range(3):
+        term = holder.acquire("m1:4505")
+        assert term is not None
+        holder.release()
+    assert standby.leader() is None
+    seen = standby.watch(0, 1.0)  # the standby has read the last term written
+    consul_server.restart()  # without its data
+    taken = standby.acquire("m2:4505")
+    assert taken is not None
+    assert taken.number > term.number
+    assert standby.leader() == taken
+    assert seen is not None

@@ -82,6 +82,9 @@ class ConsulLeadership:
         self._lock_delay = _whole_seconds(lock_delay_s, "the leader lock-delay", 0, 60)
         self._owns_registry = owns_registry
         self._term: Term | None = None
+        # The highest term number this instance has seen, so that a term never goes down,
+        # not even when Consul loses its data and the lock key's LockIndex starts over.
+        self._highest = 0
 
     @classmethod
     def from_url(
@@ -116,8 +119,9 @@ class ConsulLeadership:
         entry = self._entry()
         if entry is not None and entry.get("Session"):
             return None  # held: no session is made just to be refused
+        self._term_of_value(entry)  # its number counts, held or not
         session = self._create_session(holder)
-        predicted = int(entry["LockIndex"]) + 1 if entry is not None else 1
+        predicted = self._next_number(int(entry["LockIndex"]) + 1 if entry is not None else 1)
         wanted = Term(number=predicted, holder=holder, since=time.time(), session=session)
         try:
             term = self._take(wanted)
@@ -128,6 +132,7 @@ class ConsulLeadership:
             self._destroy(session)  # lost a race, or the lock-delay still runs
             return None
         self._term = term
+        self._highest = max(self._highest, term.number)
         log.info("took the leader lock %s: term %d", self._key, term.number)
         return term
 
@@ -139,7 +144,7 @@ class ConsulLeadership:
         entry = self._entry()
         if entry is None or entry.get("Session") != term.session:
             return None  # deleted (and so unlocked) at once; the next try starts afresh
-        number = int(entry["LockIndex"])
+        number = self._next_number(int(entry["LockIndex"]))
         if number != term.number:
             # The holder acquiring again writes the value and leaves LockIndex alone.
             term = replace(term, number=number)
@@ -237,14 +242,27 @@ class ConsulLeadership:
         self._registry.send("destroy a leader session", "PUT", path, _ANSWER)
 
     def _term_of(self, entry: dict[str, Any] | None) -> Term | None:
-        """The term the key shows: number from LockIndex (Consul's count, authoritative),
-        holder and since from the value; None when no session holds the key."""
-        if entry is None or not entry.get("Session"):
+        """The term the key shows: holder and since from the value, its number the larger
+        of the key's LockIndex (Consul's count) and the value's (which carries the count on
+        past a Consul that lost its data); None when no session holds the key."""
+        term = self._term_of_value(entry)  # a released term's number counts too
+        return term if entry is not None and entry.get("Session") else None
+
+    def _term_of_value(self, entry: dict[str, Any] | None) -> Term | None:
+        if entry is None:
             return None
-        number, session = int(entry["LockIndex"]), str(entry["Session"])
+        number, session = int(entry["LockIndex"]), str(entry.get("Session") or "")
         try:
             written = wire.from_json(Term, entry.get("Value") or b"")
         except WireError as exc:
-            log.warning("the leader key %s holds no readable term: %s", self._key, exc)
-            return Term(number=number, holder="", since=0.0, session=session)
-        return replace(written, number=number, session=session)
+            if entry.get("Value"):
+                log.warning("the leader key %s holds no readable term: %s", self._key, exc)
+            written = Term(number=number, holder="", since=0.0)
+        term = replace(written, number=max(number, written.number), session=session)
+        self._highest = max(self._highest, term.number)
+        return term
+
+    def _next_number(self, lock_index: int) -> int:
+        """A new term's number: Consul's LockIndex, unless a term as high was seen already
+        (Consul lost its data and counts from 1 again): then the one after it."""
+        return max(lock_index, self._highest + 1)
