@@ -9,14 +9,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
 from daybook.model.names import is_valid_service
 from daybook.model.patterns import check_host
-from daybook.model.releases import ReleasePolicy
 from daybook.registry.base import DEFAULT_KEY_PREFIX
+
+if TYPE_CHECKING:
+    from daybook.model.releases import ReleasePolicy
 
 SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
 DEFAULT_PORT = 4505
@@ -185,6 +187,8 @@ class Settings:
 
     def release_policy(self, service: str) -> ReleasePolicy:
         """How this host keeps `service`'s versions: its own overrides, else the globals."""
+        from daybook.model.releases import ReleasePolicy  # only where the lifecycle runs
+
         override = self.services.get(service, ServiceOverride())
         return ReleasePolicy(
             keep_versions=self.keep_versions

@@ -14,9 +14,6 @@ from daybook.config import Settings
 from daybook.errors import AssetExistsError, DaybookError, InputError
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import check_host, resolve_host
-from daybook.model.releases import pinned_versions
-from daybook.model.results import all_ok
-from daybook.views import service_results_json
 
 if TYPE_CHECKING:
     from daybook.install.releases import ReleaseKeeper
@@ -263,7 +260,11 @@ def _human_size(size: int) -> str:
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    # Pull's own machinery loads with it, not with every other command.
     from daybook.install.installer import Installer
+    from daybook.model.releases import pinned_versions
+    from daybook.model.results import all_ok
+    from daybook.views import service_results_json
 
     host = check_host(args.host) if args.host else settings.hostname
     registry = open_configured_registry(settings)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daybook import wire
 from daybook.errors import ConfigError, DaybookError, RegistryError
 from daybook.files import FileSignature, file_signature, write_atomically
 from daybook.model.mappings import MappingTable, parse_services
@@ -101,6 +100,8 @@ class FileRegistry:
                 document.pins.pop(service, None)
             else:
                 _check_pin_service(service, wanted)
+                from daybook import wire  # only with pins: see _parse_pin
+
                 document.pins[service] = wire.to_builtins(wanted)
             self._write(document)
             return wanted
@@ -115,6 +116,10 @@ class FileRegistry:
 
     def _parse_pin(self, service: str, value: Any) -> Pin | None:
         """A stored pin, or None (with a warning) when it is not one for `service`."""
+        # The codec's import (~15 ms) is paid only where pins exist, not by every `map`
+        # command and `pull` on a mappings file without them.
+        from daybook import wire
+
         try:
             pin = wire.from_builtins(Pin, value)
         except DaybookError as exc:
