@@ -146,6 +146,38 @@ class Waiter:
     deadline: float
 
 
+class Waiters:
+    """Operators waiting, each until what it waits on is done or its deadline passes:
+    the book's syncs and the rollout driver's rollouts keep one each."""
+
+    def __init__(self) -> None:
+        self._waiting: list[Waiter] = []
+
+    def add(self, waiter: Waiter) -> None:
+        self._waiting.append(waiter)
+
+    @property
+    def all(self) -> tuple[Waiter, ...]:
+        return tuple(self._waiting)
+
+    def next_deadline(self) -> float | None:
+        return min((w.deadline for w in self._waiting), default=None)
+
+    def release(self, monotonic_now: float, done: Callable[[str], bool]) -> list[Waiter]:
+        """Remove and return the waiters whose sync id is `done`, or whose deadline passed."""
+        released: list[Waiter] = []
+        keep: list[Waiter] = []
+        for waiter in self._waiting:
+            over = done(waiter.sync_id) or waiter.deadline <= monotonic_now
+            (released if over else keep).append(waiter)
+        self._waiting = keep
+        return released
+
+    def release_all(self) -> list[Waiter]:
+        released, self._waiting = self._waiting, []
+        return released
+
+
 @dataclass(frozen=True)
 class Filed:
     """A report filed under a sync the book holds: the sync, and its tally before and after."""
@@ -223,7 +255,7 @@ class SyncBook:
         # older syncs go sooner, so that memory does not grow with the fleet times 64.
         self._max_results = max_results
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._waiters: list[Waiter] = []
+        self._waiters = Waiters()
 
     def __iter__(self) -> Iterator[Sync]:
         """The syncs held, oldest first, without their answers."""
@@ -244,7 +276,7 @@ class SyncBook:
             results > self._max_results and len(self._entries) > 1
         ):
             oldest = next(iter(self._entries))
-            if any(w.sync_id == oldest for w in self._waiters):
+            if any(w.sync_id == oldest for w in self._waiters.all):
                 break  # someone still waits on it; it goes once they are answered
             results -= len(self._entries.pop(oldest).answers)
 
@@ -316,26 +348,22 @@ class SyncBook:
     # -- operators waiting ---------------------------------------------------------------------
 
     def wait(self, waiter: Waiter) -> None:
-        self._waiters.append(waiter)
+        self._waiters.add(waiter)
 
     @property
     def waiters(self) -> tuple[Waiter, ...]:
-        return tuple(self._waiters)
+        return self._waiters.all
 
     def next_deadline(self) -> float | None:
-        return min((w.deadline for w in self._waiters), default=None)
+        return self._waiters.next_deadline()
 
     def release(self, monotonic_now: float) -> list[Waiter]:
         """Remove and return the waiters whose sync is complete or whose deadline passed."""
-        done: list[Waiter] = []
-        keep: list[Waiter] = []
-        for waiter in self._waiters:
-            entry = self._entries.get(waiter.sync_id)
-            finished = entry is None or not entry.open
-            (done if finished or waiter.deadline <= monotonic_now else keep).append(waiter)
-        self._waiters = keep
-        return done
+        return self._waiters.release(monotonic_now, self._finished)
+
+    def _finished(self, sync_id: str) -> bool:
+        entry = self._entries.get(sync_id)
+        return entry is None or not entry.open
 
     def release_all(self) -> list[Waiter]:
-        done, self._waiters = self._waiters, []
-        return done
+        return self._waiters.release_all()

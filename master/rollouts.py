@@ -38,7 +38,7 @@ from daybook.model.rollout import (
 )
 from daybook.model.sync import Sync
 from master.desired_state import DesiredStateKeeper
-from master.ledger import Fleet, Waiter
+from master.ledger import Fleet, Waiter, Waiters
 from master.refresh import RefreshRound
 from master.scheduler import Scheduler
 from master.served import Served
@@ -91,7 +91,7 @@ class RolloutDriver:
         self._clock = clock
         self._monotonic = monotonic
         self._rollouts: OrderedDict[str, Rollout] = OrderedDict()
-        self._waiters: list[Waiter] = []
+        self._waiters = Waiters()
         # Pin rollouts whose pin was widened for the next batch, waiting for a refresh round
         # to bring it into the desired state; and those whose round has ended.
         self._awaiting_refresh: set[str] = set()
@@ -303,25 +303,24 @@ class RolloutDriver:
     # -- operators waiting ----------------------------------------------------------------------
 
     def wait(self, waiter: Waiter) -> None:
-        self._waiters.append(waiter)
+        self._waiters.add(waiter)
 
     @property
     def waiters(self) -> tuple[Waiter, ...]:
-        return tuple(self._waiters)
+        return self._waiters.all
 
     def next_deadline(self) -> float | None:
-        return min((w.deadline for w in self._waiters), default=None)
+        return self._waiters.next_deadline()
 
     def release(self, monotonic_now: float, *, everyone: bool = False) -> list[Waiter]:
         """Remove and return the waiters whose rollout ended or whose wait is over."""
-        done: list[Waiter] = []
-        keep: list[Waiter] = []
-        for waiter in self._waiters:
-            rollout = self._rollouts.get(waiter.sync_id)
-            over = everyone or rollout is None or rollout.ended
-            (done if over or waiter.deadline <= monotonic_now else keep).append(waiter)
-        self._waiters = keep
-        return done
+        if everyone:
+            return self._waiters.release_all()
+        return self._waiters.release(monotonic_now, self._is_over)
+
+    def _is_over(self, rollout_id: str) -> bool:
+        rollout = self._rollouts.get(rollout_id)
+        return rollout is None or rollout.ended
 
 
 def _widener(pin: Pin, hosts: tuple[str, ...] | None) -> Callable[[Pin | None], Pin | None]:
