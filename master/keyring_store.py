@@ -173,16 +173,15 @@ class KeyRingStore:
                     entry = table.get(key)
                     if entry is not None:
                         batch.append((entry, self._versions.get(key, 0)))
-                table.mark_saved()
+                # The keys stay unsaved until their write lands: a watch answer merged
+                # meanwhile must not put the entry back as it was before this change.
+                table.clear_dirty()
             lost = False
-            for number, (entry, version) in enumerate(batch):
+            for entry, version in batch:
                 try:
                     written = self.store.write(entry, version)
                 except DaybookError as exc:
                     with table.lock:
-                        for unsaved, _ in batch[number:]:
-                            if table.get(unsaved.public_key) is not None:
-                                table.unsaved.add(unsaved.public_key)
                         table.mark_dirty()
                     log.error("cannot write to the shared key ring %s: %s", self.store.url, exc)
                     return False
@@ -193,6 +192,9 @@ class KeyRingStore:
                     self._versions[entry.public_key] = max(
                         written, self._versions.get(entry.public_key, 0)
                     )
+                    # Changed again meanwhile, it stays unsaved: its next flush is due.
+                    if table.get(entry.public_key) == entry:
+                        table.unsaved.discard(entry.public_key)
         if lost:
             try:
                 self.merge(self.store.read())
@@ -266,6 +268,8 @@ class KeyRingStore:
             self._write_back_if_lost(snapshot)
             for public_key, stored in snapshot.keys.items():
                 based_on = self._versions.get(public_key, 0)
+                if stored.version < based_on:
+                    continue  # an answer from before this master's own write of the key
                 if public_key in table.unsaved:
                     if based_on == stored.version:
                         continue
@@ -274,14 +278,20 @@ class KeyRingStore:
                 if table.get(public_key) != stored.key:
                     changed += 1
                     self._take(stored.key)
-            for public_key in [k for k in self._versions if k not in snapshot.keys]:
-                # It was in the store and is gone: deleted on another master.
+            gone = [
+                public_key
+                for public_key, version in self._versions.items()
+                if public_key not in snapshot.keys and version <= snapshot.index
+            ]
+            for public_key in gone:
+                # It was in the store and is gone: deleted on another master. (An answer
+                # older than this master's write of it predates the key, not its delete.)
                 changed += 1
                 self._versions.pop(public_key)
                 table.unsaved.discard(public_key)
-                gone = table.get(public_key)
-                if gone is not None:
-                    table.remove(gone)
+                entry = table.get(public_key)
+                if entry is not None:
+                    table.remove(entry)
             if not table.unsaved:
                 table.clear_dirty()
         if changed:

@@ -23,7 +23,7 @@ from daybook.model.keys import ACCEPTED, PENDING, REJECTED, Key, KeyListing
 from daybook.net.client import ControlClient
 from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook.net.keys import KeyPair, load_keypair_file, load_or_create_keypair
-from daybook.net.transport import DOMAIN_PUBLISH, DOMAIN_RESULTS
+from daybook.net.transport import CURVE_USER_PREFIX, DOMAIN_PUBLISH, DOMAIN_RESULTS
 from daybook.registry.file import FileRegistry
 from daybook.registry.keystore import KeySnapshot, KeyStore, open_keystore
 from daybook.store.local import LocalStore
@@ -199,6 +199,58 @@ def test_last_seen_touches_cost_no_write_per_handshake(opener: Opener) -> None:
     ring.flush()
     assert store.writes == 2
     assert store.read().keys[minion.public].key.last_seen == now[0]
+
+
+def test_a_watch_answer_during_a_write_keeps_the_change_being_written(opener: Opener) -> None:
+    """The watcher may merge an answer taken before this master's write landed: the entry
+    being written must stand, or a minion's reports are dropped as an impostor's until the
+    next answer (seen with a thousand minions starting at once)."""
+    store = CountingStore(opener())
+    ring = KeyRing(None, auto_accept=True, store=store)
+    minion = KeyPair.generate()
+    user_id = CURVE_USER_PREFIX + minion.public
+    assert ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1") is Admission.ALLOW
+    assert ring.flush()
+    before_binding = store.read()
+    assert ring.speaks_for(user_id, "web-1")  # binds the key to its host: a change to write
+    store.entered.clear()
+    store.release.clear()
+    writing = threading.Thread(target=ring.flush)
+    writing.start()
+    try:
+        assert store.entered.wait(10.0), "the writer never wrote"
+        ring.merge(before_binding)
+        assert ring.speaks_for(user_id, "web-1")
+        assert not ring.speaks_for(user_id, "web-2")
+    finally:
+        store.release.set()
+        writing.join(timeout=10.0)
+    ring.merge(store.read())
+    assert store.read().keys[minion.public].key.host == "web-1"
+    assert ring.speaks_for(user_id, "web-1")
+    assert not ring.dirty
+
+
+def test_a_watch_answer_from_before_a_new_key_was_written_does_not_delete_it(
+    opener: Opener,
+) -> None:
+    """An answer the watcher got before this master wrote a new key lacks it: that is not
+    another master deleting it."""
+    store = opener()
+    ring = KeyRing(None, auto_accept=True, store=store)
+    ring.admit(DOMAIN_RESULTS, KeyPair.generate().public, "10.0.0.2")
+    assert ring.flush()
+    before_the_key = store.read()  # holds the first key: not a store that lost its data
+    minion = KeyPair.generate()
+    assert ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1") is Admission.ALLOW
+    assert ring.flush()
+    ring.merge(before_the_key)
+    assert ring.speaks_for(CURVE_USER_PREFIX + minion.public, "web-1")
+    # A later answer without it is a delete, as before.
+    ring.flush()
+    store.delete(minion.public, store.read().keys[minion.public].version)
+    ring.merge(store.read())
+    assert ring.get(minion.public) is None
 
 
 def test_a_store_failure_keeps_the_changes_for_the_next_flush(tmp_path: Path) -> None:
