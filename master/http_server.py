@@ -15,6 +15,7 @@ import os
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -274,6 +275,16 @@ class _Server(ThreadingHTTPServer):
     # be gone by then, it returns at once rather than block `close()`.
     timeout = 0.0
     app: HttpApp
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-request (a reset, a broken pipe) is routine for a dashboard's
+        browser or a scraper timing out: one debug line, not socketserver's traceback on
+        stderr. Anything else is a bug of ours, logged with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("HTTP client %s went away: %s", client_address[0], error)
+            return
+        log.exception("HTTP request from %s failed", client_address[0])
 
 
 class HttpServer:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -166,6 +169,26 @@ def test_an_unknown_method_is_a_json_error(master: RunningMaster) -> None:
         assert json.loads(response.read())["status"] == 501
     finally:
         connection.close()
+
+
+def test_a_client_that_resets_mid_request_costs_one_debug_line(
+    master: RunningMaster,
+    api: Api,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    url = urlsplit(master.endpoints["http"])
+    assert url.hostname is not None
+    assert url.port is not None
+    caplog.set_level(logging.DEBUG, logger="master.http_server")
+    client = socket.create_connection((url.hostname, url.port), timeout=5.0)
+    client.sendall(b"GET /api/v1/fle")
+    # Linger 0: close sends a reset, as a browser tab or a scraper that gave up does.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    wait_for(lambda: "went away" in caplog.text, "the reset to be noticed", timeout_s=10.0)
+    assert "Traceback" not in capfd.readouterr().err
+    assert api.get("/api/v1/fleet").status_code == 200
 
 
 def test_head_answers_headers_without_a_body(api: Api) -> None:
