@@ -396,7 +396,7 @@ def run_master(
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
         life.release(registry.close)
-        store = open_store(settings.store, signs_urls=True)
+        store = open_store(settings.store)
         life.release(store.close)
         database = ResultsDatabase(settings.data_dir / DATABASE_FILE)
         life.release(database.close)

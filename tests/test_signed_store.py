@@ -4,6 +4,7 @@ signatures and expiry), and transfers broken off by a real HTTP server on loopba
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -19,8 +20,10 @@ from daybook.errors import StoreError
 from daybook.install.installer import Installer
 from daybook.model.downloads import Download
 from daybook.model.names import AssetRef
+from daybook.store.base import Store
 from daybook.store.http_stream import HttpAssetStream
 from daybook.store.s3 import S3Store
+from daybook.store.s3_reads import S3ReadsStore, reads_config
 from daybook.store.signed import SignedStore
 from daybook_testing.waiting import wait_for
 
@@ -44,14 +47,23 @@ def answering(ref: AssetRef, data: bytes, url: str) -> SignedStore:
 # -- against SeaweedFS, which checks what it is given ---------------------------------------------
 
 
-@pytest.fixture
-def seaweed_store(seaweed_env: str, seaweed_bucket: str) -> Iterator[S3Store]:
-    store = S3Store(seaweed_bucket, "daybook")
+@pytest.fixture(params=["botocore", "obstore"])
+def seaweed_store(
+    request: pytest.FixtureRequest, seaweed_env: str, seaweed_bucket: str
+) -> Iterator[Store]:
+    """The store that signs: botocore's, and obstore's where the environment allows it."""
+    store: Store
+    if request.param == "botocore":
+        store = S3Store(seaweed_bucket, "daybook")
+    else:
+        config = reads_config(os.environ, Path("/nonexistent"))
+        assert config is not None
+        store = S3ReadsStore(seaweed_bucket, "daybook", config=config)
     yield store
     store.close()
 
 
-def pushed(store: S3Store, tmp_path: Path) -> bytes:
+def pushed(store: Store, tmp_path: Path) -> bytes:
     path = make_asset(tmp_path, REF.service, REF.version)
     data = path.read_bytes()
     store.upload(path, REF, sha256=sha256_of(data))
@@ -59,7 +71,7 @@ def pushed(store: S3Store, tmp_path: Path) -> bytes:
 
 
 def test_a_signed_url_installs_and_a_forged_one_is_refused_clearly(
-    seaweed_store: S3Store, tmp_path: Path
+    seaweed_store: Store, tmp_path: Path
 ) -> None:
     data = pushed(seaweed_store, tmp_path)
     url = seaweed_store.presign(REF, 60)
@@ -75,7 +87,7 @@ def test_a_signed_url_installs_and_a_forged_one_is_refused_clearly(
     assert "X-Amz-Signature" not in reason  # the URL's secret part never shows
 
 
-def test_an_expired_url_is_refused(seaweed_store: S3Store, tmp_path: Path) -> None:
+def test_an_expired_url_is_refused(seaweed_store: Store, tmp_path: Path) -> None:
     data = pushed(seaweed_store, tmp_path)
     url = seaweed_store.presign(REF, 1)
 

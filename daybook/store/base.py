@@ -98,12 +98,10 @@ class Presigner(Protocol):
         ...
 
 
-def open_store(url: str, *, lazy: bool = False, signs_urls: bool = False) -> Store:
+def open_store(url: str, *, lazy: bool = False) -> Store:
     """Open a store by URL: `s3://BUCKET[/PREFIX]` or `file:///DIR`.
 
     With `lazy`, an S3 store is only checked now and opened on first use (see LazyStore).
-    `signs_urls` (the master): S3 goes through botocore alone, which signing needs anyway;
-    obstore's reads beside it would only add memory.
     """
     parsed = urlparse(url)
     if parsed.scheme == "s3":
@@ -111,7 +109,7 @@ def open_store(url: str, *, lazy: bool = False, signs_urls: bool = False) -> Sto
             raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
         if lazy:
             return LazyStore(url)
-        return _open_s3(parsed.netloc, parsed.path.strip("/"), signs_urls=signs_urls)
+        return _open_s3(parsed.netloc, parsed.path.strip("/"))
     if parsed.scheme == "file":
         from daybook.store.local import LocalStore
 
@@ -123,15 +121,15 @@ def open_store(url: str, *, lazy: bool = False, signs_urls: bool = False) -> Sto
     )
 
 
-def _open_s3(bucket: str, prefix: str, *, signs_urls: bool) -> Store:
-    """Reads through obstore where the environment settles the AWS chain, else botocore
-    for everything (see daybook/store/s3_reads.py). Both import only when used."""
-    if not signs_urls:
-        from daybook.store.s3_reads import S3ReadsStore, reads_config_from_environment
+def _open_s3(bucket: str, prefix: str) -> Store:
+    """Reads and signed URLs through obstore where the environment settles the AWS chain,
+    else botocore for everything (see daybook/store/s3_reads.py). Both import only when
+    used."""
+    from daybook.store.s3_reads import S3ReadsStore, reads_config_from_environment
 
-        config = reads_config_from_environment()
-        if config is not None:
-            return S3ReadsStore(bucket, prefix, config=config)
+    config = reads_config_from_environment()
+    if config is not None:
+        return S3ReadsStore(bucket, prefix, config=config)
     from daybook.store.s3 import S3Store
 
     return S3Store(bucket=bucket, prefix=prefix)

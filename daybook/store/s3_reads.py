@@ -7,8 +7,10 @@ credential chain is botocore's to define (environment, profiles, SSO, container 
 instance roles, web identity, process credentials), and the two clients read configuration
 differently. So this store is used only where the environment settles everything botocore
 would look at, exactly as botocore would settle it (`reads_config`); anywhere else
-`open_store` keeps botocore for everything. Uploads, deletes and presigned URLs always go
-through botocore (`S3Store`), opened on their first use.
+`open_store` keeps botocore for everything. Presigned URLs are signed by obstore too (SigV4
+query signing, no request), so a master that lists and signs never loads botocore: about
+20 MB of its S3 models and code. Uploads and deletes always go through botocore
+(`S3Store`), opened on their first use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from obstore import exceptions as obstore_errors
+from obstore import sign
 from obstore.store import S3Store as ObjectStore
 
 from daybook.errors import (
@@ -251,7 +254,11 @@ class S3ReadsStore:
         self._botocore().delete(ref)
 
     def presign(self, ref: AssetRef, expiry_s: float) -> str:
-        return self._botocore().presign(ref, expiry_s)
+        """A URL that GETs `ref` without credentials for `expiry_s`, as botocore's
+        `generate_presigned_url` gives it: signed here, without a request to S3."""
+        expires_in = timedelta(seconds=max(1, int(expiry_s)))
+        with self._translate_errors():
+            return sign(self._reads, "GET", self.key_for(ref), expires_in)
 
     def close(self) -> None:
         with self._writes_lock:
