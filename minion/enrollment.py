@@ -3,7 +3,8 @@
 On its own thread, the minion says hello over the control port: its key and the host name
 it claims, which the master records (pending, unless auto-accept) for an operator to accept.
 It keeps asking until its key is accepted, and now and then after, so a deleted key is
-pending again soon. Its events and reports need no enrollment: they flow as soon as the key
+pending again soon; over one kept connection, so a fleet's hellos cost the master messages,
+not a CURVE handshake each. Its events and reports need no enrollment: they flow as soon as the key
 is accepted, because the master holds the connections of a key not accepted yet.
 
 When the master stops answering, the minion asks the key port which key the master has now.
@@ -44,6 +45,7 @@ class Enrollment:
         fetch_master_key: FetchKey | None,
         pending_interval_s: float = PENDING_INTERVAL_S,
         accepted_interval_s: float = ACCEPTED_INTERVAL_S,
+        close: Callable[[], None] = lambda: None,
     ) -> None:
         self.host = host
         self.own_fingerprint = own_fingerprint
@@ -52,21 +54,26 @@ class Enrollment:
         self._fetch_master_key = fetch_master_key
         self._pending_interval_s = pending_interval_s
         self._accepted_interval_s = accepted_interval_s
+        # Closes the hello's connection, on this thread, once `run` ends.
+        self._close = close
         # The last answer, and the fingerprint of a different key the master presented.
         self.standing: Key | None = None
         self.mismatch: str | None = None
         self._reported: tuple[str, str | None] | None = None
 
     def run(self, stop: StopFlag) -> None:
-        while not stop.is_set():
-            try:
-                pause_s = self.step()
-            except zmq.ZMQError as exc:
-                if stop.is_set() or exc.errno == zmq.ETERM:
-                    return  # the process is stopping and closed the context under us
-                log.warning("hello to the master failed: %s", exc)
-                pause_s = UNREACHABLE_INTERVAL_S
-            stop.wait(pause_s)
+        try:
+            while not stop.is_set():
+                try:
+                    pause_s = self.step()
+                except zmq.ZMQError as exc:
+                    if stop.is_set() or exc.errno == zmq.ETERM:
+                        return  # the process is stopping and closed the context under us
+                    log.warning("hello to the master failed: %s", exc)
+                    pause_s = UNREACHABLE_INTERVAL_S
+                stop.wait(pause_s)
+        finally:
+            self._close()  # the Context's term waits for this connection to close
 
     def step(self) -> float:
         """One hello; returns how long to wait before the next."""

@@ -292,6 +292,7 @@ def start_enrollment(
         credentials=credentials,
         host=settings.hostname,
         locate=lambda holder: master_endpoint_for(settings, holder, settings.control_port),
+        keep_connections=True,
     )
     key_endpoints = master_endpoints(settings, settings.key_port) if settings.key_port else ()
     enrollment = Enrollment(
@@ -304,6 +305,7 @@ def start_enrollment(
         ),
         pending_interval_s=min(2.0, max(0.2, beat_s)),
         accepted_interval_s=max(1.0, 6 * beat_s),
+        close=client.close,
     )
     # Not joined: the Context's term ends a hello in flight, and the stop flag the waits.
     threading.Thread(target=enrollment.run, args=(stop,), name="enrollment", daemon=True).start()

@@ -21,6 +21,8 @@ class FakeControl:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.requests: list[ControlRequest] = []
+        # The ROUTER's name for the connection each request came on.
+        self.connections: list[bytes] = []
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -41,6 +43,7 @@ class FakeControl:
             identity, *frames = self._socket.recv_multipart()
             request = decode_as(ControlRequest, frames, max_bytes=MAX_FRAME_BYTES)
             self.requests.append(request)
+            self.connections.append(identity)
             reply = self.script(request)
             if reply is not None:
                 self._socket.send_multipart([identity, *wire.encode(reply)])

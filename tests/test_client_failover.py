@@ -214,3 +214,54 @@ def test_the_masters_key_comes_from_the_first_key_port_that_serves_it() -> None:
         gone.close()
         serving.close()
         context.term()
+
+
+def test_kept_connections_carry_every_request_while_the_master_answers(
+    masters: list[FakeControl],
+) -> None:
+    """A minion's periodic hello: one connection (one CURVE handshake on a real master)
+    for every request, a fresh one after the master failed to answer."""
+    answering = [True]
+
+    def sometimes(request: ControlRequest) -> ControlReply | None:
+        return leader(M1)(request) if answering[0] else None
+
+    master = start(masters, sometimes)
+    with ControlClient(master.endpoint, timeout_s=TIMEOUT_S, keep_connections=True) as client:
+        for _ in range(3):
+            client.fleet_status()
+        assert len(set(master.connections)) == 1
+        answering[0] = False
+        with pytest.raises(MasterUnreachable):
+            client.fleet_status()
+        answering[0] = True
+        client.fleet_status()
+        client.fleet_status()
+    assert len(master.connections) == 6
+    assert len(set(master.connections)) == 2
+    assert master.connections[3] == master.connections[0]  # the unanswered request's
+    assert master.connections[4] != master.connections[3]
+
+
+def test_kept_connections_with_several_masters_keep_the_ones_that_answer(
+    masters: list[FakeControl],
+) -> None:
+    first, second = start(masters, leader(M1)), start(masters, silent)
+    with ControlClient(
+        [first.endpoint, second.endpoint], timeout_s=TIMEOUT_S, keep_connections=True
+    ) as client:
+        client.fleet_status()
+        client.fleet_status()
+    assert len(first.connections) == 2
+    assert len(set(first.connections)) == 1
+    # The silent one is asked on a fresh connection each time (if the ask got there before
+    # the leader's answer closed it).
+    assert len(set(second.connections)) == len(second.connections)
+
+
+def test_without_kept_connections_each_request_connects_anew(masters: list[FakeControl]) -> None:
+    master = start(masters, leader(M1))
+    with ControlClient(master.endpoint, timeout_s=TIMEOUT_S) as client:
+        client.fleet_status()
+        client.fleet_status()
+    assert len(set(master.connections)) == 2

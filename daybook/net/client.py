@@ -187,6 +187,7 @@ class ControlClient:
         credentials: ClientCredentials | None = None,
         host: str | None = None,
         locate: Callable[[str], str | None] = lambda _holder: None,
+        keep_connections: bool = False,
     ) -> None:
         self.endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint)
         if not self.endpoints:
@@ -204,8 +205,17 @@ class ControlClient:
         self._owns_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._monotonic = monotonic
+        # With `keep_connections` (a minion's periodic hello), each master's connection is
+        # kept while it answers: a request then costs a message, not a CURVE handshake,
+        # which is what a fleet's hellos would otherwise cost the master's I/O thread. One
+        # thread only may use such a client; `close` it on that thread.
+        self._kept: dict[str, zmq.Socket[bytes]] | None = {} if keep_connections else None
 
     def close(self) -> None:
+        for socket in (self._kept or {}).values():
+            socket.close()
+        if self._kept:
+            self._kept.clear()
         if self._owns_context:
             self._context.term()
 
@@ -268,15 +278,15 @@ class ControlClient:
                         continue
                     self.endpoint = sockets.pop(socket)
                     poller.unregister(socket)
-                    socket.close()
+                    self._done_with(self.endpoint, socket, answered=True)
                     if reply.leader is not None:
                         self.leader = reply.leader
                     if not reply.standby:
                         return reply
                     refusal = reply
         finally:
-            for socket in sockets:
-                socket.close()
+            for socket, endpoint in sockets.items():
+                self._done_with(endpoint, socket, answered=False)
         return self._after_refusal(request, refusal, patience_s)
 
     def _after_refusal(
@@ -293,13 +303,35 @@ class ControlClient:
         return refusal  # only standbys answered: their refusal names the leader
 
     def _sent_to(self, endpoint: str, request: ControlRequest) -> zmq.Socket[bytes]:
+        socket = self._connection(endpoint)
+        try:
+            socket.send_multipart(wire.encode(request))
+        except BaseException:
+            self._done_with(endpoint, socket, answered=False)
+            raise
+        return socket
+
+    def _connection(self, endpoint: str) -> zmq.Socket[bytes]:
+        """A kept connection to `endpoint`, else a new one."""
+        if self._kept is not None and (kept := self._kept.get(endpoint)) is not None:
+            return kept
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         secure_client(socket, self._credentials)
         socket.connect(endpoint)
-        socket.send_multipart(wire.encode(request))
+        if self._kept is not None:
+            self._kept[endpoint] = socket
         return socket
+
+    def _done_with(self, endpoint: str, socket: zmq.Socket[bytes], *, answered: bool) -> None:
+        """Close a request's connection, unless it is kept and its master answered: one
+        that did not is closed, so the next request starts on a fresh connection."""
+        if self._kept is not None and answered:
+            return
+        if self._kept is not None:
+            self._kept.pop(endpoint, None)
+        socket.close()
 
     def _reply_from(
         self, socket: zmq.Socket[bytes], request: ControlRequest
@@ -324,13 +356,9 @@ class ControlClient:
 
     def _request_at(self, endpoint: str, request: ControlRequest) -> ControlReply:
         patience_s = request.wait_s + self.timeout_s
-        socket = self._context.socket(zmq.DEALER)
+        socket = self._sent_to(endpoint, request)
+        answered = False
         try:
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-            secure_client(socket, self._credentials)
-            socket.connect(endpoint)
-            socket.send_multipart(wire.encode(request))
             deadline = self._monotonic() + patience_s
             while (remaining_s := deadline - self._monotonic()) > 0:
                 if not socket.poll(max(1, int(remaining_s * 1000)), zmq.POLLIN):
@@ -342,9 +370,10 @@ class ControlClient:
                 except WireError:
                     continue  # not an answer we can read; keep waiting for one
                 if reply.request_id == request.request_id:
+                    answered = True
                     return reply
         finally:
-            socket.close()
+            self._done_with(endpoint, socket, answered=answered)
         raise MasterUnreachable(f"no answer from {endpoint} within {patience_s:g} s")
 
     def _answer(self, request: ControlRequest) -> ControlReply:
