@@ -12,6 +12,8 @@ import pytest
 from archives import make_asset
 from cli_runner import Result, Run, cli_runner
 
+from daybook.cli.main import _group_of, build_parser
+
 
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
@@ -359,6 +361,55 @@ def test_quick_commands_do_not_import_the_heavy_packages(tmp_path: Path, argv: l
         [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False
     )
     assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "group"),
+    [
+        (["minion"], "daybook.cli.daemons"),
+        (["--data-dir", "pin", "-v", "--port=4505", "minion"], "daybook.cli.daemons"),
+        (["--config", "sync", "pin", "web", "1"], "daybook.cli.pins"),
+        (["map", "resolve", "sync"], "daybook.cli.mappings"),
+        (["--help"], None),
+        (["bogus"], None),
+        ([], None),
+    ],
+)
+def test_a_command_line_builds_only_its_commands_group(argv: list[str], group: str | None) -> None:
+    assert _group_of(argv) == group
+
+
+def test_every_command_belongs_to_the_group_that_registers_it() -> None:
+    whole = build_parser()
+    commands = next(action.choices for action in whole._actions if isinstance(action.choices, dict))
+    for name in commands:
+        group = _group_of([name])
+        assert group is not None, name
+        alone = build_parser(group)
+        assert alone.parse_args([name, *_minimal_args(name)]).handler is not None
+
+
+def _minimal_args(command: str) -> list[str]:
+    return {
+        "push": ["x-1.tar.gz"],
+        "assets": ["list"],
+        "map": ["list"],
+        "pin": ["web", "1"],
+        "unpin": ["web"],
+        "rollback": ["web"],
+        "keys": ["list"],
+    }.get(command, [])
+
+
+def test_starting_a_minion_leaves_the_other_commands_unloaded(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from daybook.cli.main import build_parser, _group_of\n"
+        "build_parser(_group_of(['minion'])).parse_args(['minion'])\n"
+        "print(*sorted(m for m in sys.modules if m.startswith('daybook.cli.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["daybook.cli.daemons", "daybook.cli.main"]
 
 
 def test_only_the_daemons_module_reaches_up_into_master_and_minion() -> None:

@@ -8,16 +8,27 @@ subcommands and handlers; this module only runs the one the arguments chose.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from daybook import __version__
-from daybook.cli import assets, daemons, fleet, mappings, pins
 from daybook.config import Settings, load_settings
 from daybook.errors import DaybookError
 from daybook.logs import configure_logging, verbosity_level
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+
+# Each group's module and the commands it adds, in the order `daybook --help` lists them. A
+# command line naming one of these imports that group alone: a minion starting does not
+# load the release lifecycle, nor `pin` the daemons. Help and mistakes get every group.
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "daybook.cli.assets": ("push", "assets", "pull"),
+    "daybook.cli.mappings": ("map",),
+    "daybook.cli.pins": ("pin", "unpin", "rollback"),
+    "daybook.cli.daemons": ("master", "minion"),
+    "daybook.cli.fleet": ("status", "sync", "keys"),
+}
 
 # Flags every subcommand accepts, mapped to the setting each overrides.
 _COMMON_FLAGS: dict[str, tuple[str, str]] = {
@@ -32,8 +43,9 @@ _COMMON_FLAGS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_group_of(arguments))
+    args = parser.parse_args(arguments)
     configure_logging(verbosity_level(getattr(args, "verbose", 0)))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
@@ -59,7 +71,23 @@ def main_entry() -> None:
     sys.exit(main())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _group_of(arguments: Sequence[str]) -> str | None:
+    """The group of the command these arguments name, or None (every group) when they name
+    none: the settings flags and their values may come first."""
+    takes_value = {"--config", *_COMMON_FLAGS}
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument in takes_value:
+            skip = True
+        elif not argument.startswith("-"):
+            return next((group for group, names in _GROUPS.items() if argument in names), None)
+    return None
+
+
+def build_parser(group: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `group` only that group's commands."""
     common = _common_flags()
     parser = argparse.ArgumentParser(
         prog="daybook",
@@ -68,12 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"daybook {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    # Each group adds its own commands, in the order `daybook --help` lists them.
-    assets.register(sub, [common])
-    mappings.register(sub, [common])
-    pins.register(sub, [common])
-    daemons.register(sub, [common])
-    fleet.register(sub, [common])
+    for name in _GROUPS if group is None else (group,):
+        importlib.import_module(name).register(sub, [common])
     return parser
 
 
