@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+from collections.abc import Callable
 
 from daybook.errors import DaybookError, InputError
 from daybook.registry.keystore import KeyStore
@@ -27,6 +29,11 @@ FLUSH_INTERVAL_S = 0.5
 WATCH_TIMEOUT_S = 30.0
 # Watch rounds at most this often in steady state (Consul's rule: rate-limit the loop).
 WATCH_INTERVAL_S = 0.1
+# And at most this share of a core: each answer holds the whole ring (about 10 ms of this
+# thread's CPU a thousand keys), and while keys are being written, as in the handshake
+# storm after a restart, every write wakes the watch. Unpaced, 9,000 keys cost the master
+# a whole core just to read back what it wrote.
+WATCH_CPU_SHARE = 0.1
 
 
 class KeyRingWriter:
@@ -63,6 +70,12 @@ class KeyRingWriter:
             self._ring.when_dirty(lambda: None)
 
 
+def watch_pause_s(bucket_delay_s: float, round_cpu_s: float) -> float:
+    """How long the watcher rests after a round: the rate limit's delay, or long enough
+    that rounds costing `round_cpu_s` take at most WATCH_CPU_SHARE of a core."""
+    return max(bucket_delay_s, round_cpu_s / WATCH_CPU_SHARE - round_cpu_s)
+
+
 class KeyRingWatcher:
     """Follows the store with blocking queries (the file store polls) and merges every
     answer into the ring, under Consul's client rules: reset the index when it goes
@@ -70,13 +83,20 @@ class KeyRingWatcher:
     keep the last known keys meanwhile."""
 
     def __init__(
-        self, ring: KeyRing, store: KeyStore, *, watch_timeout_s: float = WATCH_TIMEOUT_S
+        self,
+        ring: KeyRing,
+        store: KeyStore,
+        *,
+        watch_timeout_s: float = WATCH_TIMEOUT_S,
+        pacer: Pacer | None = None,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._ring = ring
         self._store = store
         self._watch_timeout_s = watch_timeout_s
-        self._pacer = Pacer()
+        self._pacer = pacer or Pacer()
         self._rng = random.Random()
+        self._cpu_clock = cpu_clock
         self.failures = 0
 
     def stop(self) -> None:
@@ -86,6 +106,8 @@ class KeyRingWatcher:
         index = 0
         bucket = TokenBucket(WATCH_INTERVAL_S)
         while not self._pacer.stopped:
+            # CPU time of this thread alone: the blocking query's wait costs nothing.
+            started_cpu_s = self._cpu_clock()
             try:
                 snapshot = self._store.watch(index, self._watch_timeout_s)
             except Exception as exc:  # a watcher thread must outlive any backend failure
@@ -100,7 +122,8 @@ class KeyRingWatcher:
             changed = self._ring.merge(snapshot)
             if changed:
                 log.info("%d key(s) changed in the shared key ring", changed)
-            self._pacer.pause(bucket.delay_s())
+            round_cpu_s = self._cpu_clock() - started_cpu_s
+            self._pacer.pause(watch_pause_s(bucket.delay_s(), round_cpu_s))
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1

@@ -30,7 +30,13 @@ from daybook.store.local import LocalStore
 from daybook_testing.consul_server import ConsulServer
 from daybook_testing.waiting import wait_for
 from master.keyring import TOUCH_INTERVAL_S, Admission, KeyRing, KeySelectionError
-from master.keyring_sync import KeyRingWatcher, KeyRingWriter
+from master.keyring_sync import (
+    WATCH_CPU_SHARE,
+    WATCH_INTERVAL_S,
+    KeyRingWatcher,
+    KeyRingWriter,
+)
+from master.pacing import Pacer
 
 
 class Running:
@@ -251,6 +257,41 @@ def test_a_watch_answer_from_before_a_new_key_was_written_does_not_delete_it(
     store.delete(minion.public, store.read().keys[minion.public].version)
     ring.merge(store.read())
     assert ring.get(minion.public) is None
+
+
+def test_the_watcher_rests_so_reading_a_large_ring_takes_a_tenth_of_a_core(
+    opener: Opener,
+) -> None:
+    """Each answer holds the whole ring: with thousands of keys being written (the
+    handshake storm after a restart wakes the watch on every write), rounds that cost CPU
+    are spaced out to WATCH_CPU_SHARE of a core, cheap ones only rate-limited."""
+    inner = opener()
+    cpu = [0.0]
+    costs = [0.05, 0.02, 0.0]  # this thread's CPU for each round's answer
+    pauses: list[float] = []
+
+    class Costly(CountingStore):
+        def watch(self, index: int, timeout_s: float) -> KeySnapshot:
+            cpu[0] += costs[len(pauses)]
+            return self.inner.read()
+
+    class Recording(Pacer):
+        def pause(self, seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == len(costs):
+                self.stop()
+
+    store = Costly(inner)
+    watcher = KeyRingWatcher(
+        KeyRing(None, auto_accept=False, store=store),
+        store,
+        pacer=Recording(),
+        cpu_clock=lambda: cpu[0],
+    )
+    watcher.run()
+    assert pauses[0] == pytest.approx(0.05 / WATCH_CPU_SHARE - 0.05)
+    assert pauses[1] == pytest.approx(0.02 / WATCH_CPU_SHARE - 0.02)
+    assert pauses[2] <= WATCH_INTERVAL_S
 
 
 def test_a_store_failure_keeps_the_changes_for_the_next_flush(tmp_path: Path) -> None:
