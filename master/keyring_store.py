@@ -176,15 +176,16 @@ class KeyRingStore:
                 # The keys stay unsaved until their write lands: a watch answer merged
                 # meanwhile must not put the entry back as it was before this change.
                 table.clear_dirty()
+            try:
+                versions = self.store.write_batch(batch)
+            except DaybookError as exc:
+                # What did land reads back as another master's change, which is the same.
+                with table.lock:
+                    table.mark_dirty()
+                log.error("cannot write to the shared key ring %s: %s", self.store.url, exc)
+                return False
             lost = False
-            for entry, version in batch:
-                try:
-                    written = self.store.write(entry, version)
-                except DaybookError as exc:
-                    with table.lock:
-                        table.mark_dirty()
-                    log.error("cannot write to the shared key ring %s: %s", self.store.url, exc)
-                    return False
+            for (entry, _version), written in zip(batch, versions, strict=True):
                 if written is None:
                     lost = True  # another master changed the entry first: its change stands
                     continue

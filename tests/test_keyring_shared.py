@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -153,6 +153,9 @@ class CountingStore:
         self.entered.set()
         self.release.wait(30.0)
         return self.inner.write(key, version)
+
+    def write_batch(self, items: Sequence[tuple[Key, int]]) -> list[int | None]:
+        return [self.write(key, version) for key, version in items]
 
     def delete(self, public_key: str, version: int) -> bool:
         return self.inner.delete(public_key, version)

@@ -19,7 +19,7 @@ from daybook import wire
 from daybook.errors import ConfigError
 from daybook.model.keys import ACCEPTED, MINION, PENDING, Key
 from daybook.net.keys import KeyPair
-from daybook.registry.consul_keys import ConsulKeyStore
+from daybook.registry.consul_keys import MAX_TXN_OPS, ConsulKeyStore
 from daybook.registry.file_keys import FileKeyStore
 from daybook.registry.keystore import key_name, keys_file, keys_prefix, open_keystore
 from daybook_testing.consul_server import ConsulServer
@@ -127,6 +127,43 @@ def test_the_consul_keys_go_beside_the_hosts_prefix_with_cas(consul_server: Cons
         ("DELETE", "/v1/kv/" + name),
     ]
     assert all("cas" in r.query for r in writes)
+
+
+def test_a_batch_writes_each_key_with_check_and_set(opener: Opener) -> None:
+    """More keys than one Consul transaction holds, one of them stale: it alone loses."""
+    store, other = opener(), opener()
+    keys = [minion_key(f"web-{index}") for index in range(MAX_TXN_OPS + 6)]
+    stale = MAX_TXN_OPS + 2  # in the second transaction
+    taken = other.write(keys[stale], 0)  # another master created this one first
+    assert taken is not None
+    versions = store.write_batch([(key, 0) for key in keys])
+    assert versions[stale] is None
+    assert all(version is not None for index, version in enumerate(versions) if index != stale)
+    stored = store.read().keys
+    for key, version in zip(keys, versions, strict=True):
+        assert stored[key.public_key].version == (taken if version is None else version)
+    accepted = [
+        (replace(key, state=ACCEPTED), version)
+        for key, version in zip(keys[:3], versions[:3], strict=True)
+    ]
+    again = store.write_batch([*accepted, (keys[3], 0)])  # the last is stale: it exists
+    assert again[3] is None
+    assert all(version is not None for version in again[:3])
+    assert {store.read().keys[key.public_key].key.state for key in keys[:3]} == {ACCEPTED}
+    assert store.write_batch([]) == []
+
+
+def test_a_batch_in_consul_is_one_transaction_for_each_64_keys(
+    consul_server: ConsulServer,
+) -> None:
+    store = open_keystore(f"consul://{consul_server.address}/daybook/hosts/")
+    try:
+        versions = store.write_batch([(minion_key(f"web-{index}"), 0) for index in range(100)])
+    finally:
+        store.close()
+    assert all(version is not None for version in versions)
+    writes = [(r.method, r.path) for r in consul_server.request_log if r.method == "PUT"]
+    assert writes == [("PUT", "/v1/txn"), ("PUT", "/v1/txn")]
 
 
 def test_the_keys_prefix_is_beside_the_hosts_prefix() -> None:

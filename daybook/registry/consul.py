@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -71,6 +72,16 @@ T = TypeVar("T")
 _LIST_CALLBACK = CB.json(index=True, decode="Value")
 _GET_CALLBACK = CB.json(index=True, one=True, decode="Value")
 _WRITE_CALLBACK = CB.json()
+
+
+def _txn_results(response: Any) -> list[Any] | None:
+    """A txn's `Results`, or None when it was rolled back (409); any other status raises
+    as py-consul's JSON callback would."""
+    if response.code == 409:
+        return None
+    document = _WRITE_CALLBACK(response)
+    results = document.get("Results") if isinstance(document, dict) else None
+    return list(results) if isinstance(results, list) else []
 
 
 @dataclass(frozen=True)
@@ -716,6 +727,14 @@ class ConsulRegistry:
         if data is not None:
             request = partial(request, data=data)
         answer: T = self._call(action, request)
+        return answer
+
+    def transact(self, action: str, operations: Sequence[Mapping[str, Any]]) -> list[Any] | None:
+        """One transaction (/v1/txn): its results, or None when Consul rolled it back
+        (409: one of its operations failed, a check-and-set that lost for one)."""
+        answer: list[Any] | None = self.send(
+            action, "PUT", "/v1/txn", _txn_results, data=json.dumps(list(operations))
+        )
         return answer
 
     def update(self, pattern: str, change: ServicesUpdate) -> tuple[str, ...]:

@@ -3,8 +3,9 @@ prefix (`daybook/keys/<fingerprint>`), the value the `Key` record as JSON."""
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from daybook import wire
@@ -22,6 +23,10 @@ from daybook.registry.keystore import (
 )
 
 log = logging.getLogger(__name__)
+
+# Operations in one Consul transaction: agent/txn_endpoint.go's maxTxnOps, 64 until
+# Consul 1.x raised it (a larger limit still takes 64).
+MAX_TXN_OPS = 64
 
 
 class ConsulKeyStore:
@@ -87,6 +92,41 @@ class ConsulKeyStore:
         if entry is None or _value_of(entry) != value:
             return None
         return int(entry["ModifyIndex"])
+
+    def write_batch(self, items: Sequence[tuple[Key, int]]) -> list[int | None]:
+        """Check-and-set writes in Consul transactions of up to MAX_TXN_OPS keys: a
+        restart's thousands of key touches cost a request for each 64, not two for each
+        key. A transaction is all or nothing; when one of its writes loses, that chunk is
+        written again key by key to learn which."""
+        written: list[int | None] = []
+        for start in range(0, len(items), MAX_TXN_OPS):
+            written += self._write_chunk(items[start : start + MAX_TXN_OPS])
+        return written
+
+    def _write_chunk(self, chunk: Sequence[tuple[Key, int]]) -> list[int | None]:
+        if len(chunk) == 1:
+            return [self.write(*chunk[0])]
+        names = [self._prefix + key_name(key.public_key) for key, _ in chunk]
+        operations = [
+            {
+                "KV": {
+                    "Verb": "cas",
+                    "Key": name,
+                    "Value": base64.b64encode(encode_key(key)).decode(),
+                    "Index": version,
+                }
+            }
+            for name, (key, version) in zip(names, chunk, strict=True)
+        ]
+        results = self._consul.transact(f"write {len(chunk)} keys", operations)
+        if results is None:
+            return [self.write(key, version) for key, version in chunk]
+        versions = {
+            str(result["KV"]["Key"]): int(result["KV"]["ModifyIndex"])
+            for result in results
+            if isinstance(result, dict) and isinstance(result.get("KV"), dict)
+        }
+        return [versions.get(name) for name in names]
 
     def delete(self, public_key: str, version: int) -> bool:
         return self._consul.delete_entry(self._prefix + key_name(public_key), version)

@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,25 @@ class FileKeyStore:
             entries[name] = {"version": generation, "key": wire.to_builtins(key)}
             self._write(generation, entries)
             return generation
+
+    def write_batch(self, items: Sequence[tuple[Key, int]]) -> list[int | None]:
+        """Every write under one lock and one rewrite of the file, at one new generation."""
+        if not items:
+            return []
+        with self._locked():
+            generation, entries = self._load()
+            generation += 1
+            written: list[int | None] = []
+            for key, version in items:
+                name = key_name(key.public_key)
+                if _version_of(entries.get(name)) != version:
+                    written.append(None)
+                    continue
+                entries[name] = {"version": generation, "key": wire.to_builtins(key)}
+                written.append(generation)
+            if any(version is not None for version in written):
+                self._write(generation, entries)
+            return written
 
     def delete(self, public_key: str, version: int) -> bool:
         name = key_name(public_key)

@@ -10,7 +10,7 @@ changes; `watch` lets a master see the others' changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -66,6 +66,11 @@ class KeyStore(Protocol):
         Returns the new version, or None when the check-and-set lost (another master
         changed or created the entry meanwhile: read again and decide again).
         """
+        ...
+
+    def write_batch(self, items: Sequence[tuple[Key, int]]) -> list[int | None]:
+        """`write` for each (key, version), in as few round trips as the store allows: the
+        new versions, in order, None where the check-and-set lost."""
         ...
 
     def delete(self, public_key: str, version: int) -> bool:
