@@ -56,6 +56,7 @@ from master.database import ResultsDatabase, ResultsReader
 from master.download_desk import Signer
 from master.election import Elector, Probe, Prober
 from master.gatekeeper import Gatekeeper
+from master.heap import find_mallopt, tune_allocator
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
 from master.keyring_sync import KeyRingWatcher, KeyRingWriter
@@ -393,6 +394,7 @@ def run_master(
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     raise_open_file_limit()
+    tune_allocator(os.environ, find_mallopt())
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
         life.release(registry.close)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from master.database import ResultsDatabase
-from master.heap import find_trim
+from master.heap import (
+    M_MMAP_MAX,
+    M_MMAP_THRESHOLD,
+    MMAP_MAX,
+    MMAP_THRESHOLD_BYTES,
+    find_trim,
+    tune_allocator,
+)
 from master.housekeeping import HEAP_TRIM, Housekeeper
 from master.ledger import Fleet
 from master.scheduler import Scheduler
@@ -38,3 +49,57 @@ def test_freed_memory_is_handed_back_on_the_heap_trim_timer(tmp_path: Path) -> N
 
 def test_the_trim_runs_where_the_c_library_has_one() -> None:
     find_trim()()  # glibc's malloc_trim, or nothing; never an error
+
+
+def test_blocks_of_a_connections_size_get_pages_of_their_own() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(parameter: int, value: int) -> int:
+        calls.append((parameter, value))
+        return 1
+
+    assert tune_allocator({}, mallopt)
+    assert calls == [(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_MMAP_MAX, MMAP_MAX)]
+    assert MMAP_MAX < 65_530 // 2  # half the kernel's mappings stay for everything else
+
+
+def test_an_operators_malloc_tunables_are_left_alone() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(parameter: int, value: int) -> int:
+        calls.append((parameter, value))
+        return 1
+
+    assert not tune_allocator({"MALLOC_MMAP_THRESHOLD_": "65536"}, mallopt)
+    assert not tune_allocator({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, mallopt)
+    assert not tune_allocator({}, None)  # not glibc
+    assert calls == []
+
+
+def test_the_threshold_holds_in_a_real_process() -> None:
+    """With glibc, 16 KB blocks are then mapped on their own pages (once the heap's free
+    top is used up): glibc puts a mapped block 16 bytes into its first page."""
+    code = (
+        "import ctypes, sys\n"
+        "from master.heap import find_mallopt, tune_allocator\n"
+        "mallopt = find_mallopt()\n"
+        "if mallopt is None: sys.exit(0)\n"
+        "tuned = sys.argv[1] == 'tuned' and tune_allocator({}, mallopt)\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "blocks = [libc.malloc(16 * 1024) for _ in range(2000)]\n"
+        "print(sum(block % 4096 == 16 for block in blocks))\n"
+    )
+    counts = {
+        how: int(
+            subprocess.run(
+                [sys.executable, "-c", code, how], check=True, capture_output=True, text=True
+            ).stdout
+            or 0
+        )
+        for how in ("default", "tuned")
+    }
+    if counts["tuned"] == 0:
+        pytest.skip("not glibc: no mallopt")
+    assert counts["tuned"] > 1500
+    assert counts["default"] < 500
