@@ -171,7 +171,9 @@ class KeyRingStore:
                 batch = []
                 for key in sorted(table.unsaved):
                     entry = table.get(key)
-                    if entry is not None:
+                    if entry is None:
+                        table.unsaved.discard(key)  # removed since: nothing to write
+                    else:
                         batch.append((entry, self._versions.get(key, 0)))
                 # The keys stay unsaved until their write lands: a watch answer merged
                 # meanwhile must not put the entry back as it was before this change.

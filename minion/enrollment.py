@@ -3,9 +3,10 @@
 On its own thread, the minion says hello over the control port: its key and the host name
 it claims, which the master records (pending, unless auto-accept) for an operator to accept.
 It keeps asking until its key is accepted, and now and then after, so a deleted key is
-pending again soon; over one kept connection, so a fleet's hellos cost the master messages,
-not a CURVE handshake each. Its events and reports need no enrollment: they flow as soon as the key
-is accepted, because the master holds the connections of a key not accepted yet.
+pending again soon. It asks over one kept connection, so a fleet's hellos cost the master
+messages, not a CURVE handshake each. Its events and reports need no enrollment: they flow
+as soon as the key is accepted, because the master holds the connections of a key not
+accepted yet.
 
 When the master stops answering, the minion asks the key port which key the master has now.
 A key other than the one this minion trusts is logged as an error and never followed: the

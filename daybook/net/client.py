@@ -212,9 +212,9 @@ class ControlClient:
         self._kept: dict[str, zmq.Socket[bytes]] | None = {} if keep_connections else None
 
     def close(self) -> None:
-        for socket in (self._kept or {}).values():
-            socket.close()
-        if self._kept:
+        if self._kept is not None:
+            for socket in self._kept.values():
+                socket.close()
             self._kept.clear()
         if self._owns_context:
             self._context.term()
