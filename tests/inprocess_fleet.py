@@ -4,22 +4,27 @@ speak the wire protocol from the test's own sockets."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 import time
 from pathlib import Path
 
 import requests
 import zmq
+from archives import make_asset
 from prometheus_client.parser import text_string_to_metric_families
 
 from daybook import wire
 from daybook.config import Settings
 from daybook.model.messages import Heartbeat, SyncEvent
+from daybook.model.names import AssetRef
 from daybook.model.results import Report, ServiceResult
 from daybook.net.client import ControlClient
 from daybook.net.keys import MASTER_KEY, KeyPair, keys_dir, read_public_key
 from daybook.net.transport import ClientCredentials, secure_client
+from daybook.registry.base import open_registry
 from daybook.stopping import StopFlag
+from daybook.store.local import LocalStore
 from daybook.wire import TOPIC_SYNC, decode_as
 from daybook_testing.waiting import wait_for
 from master.process import run_master
@@ -52,6 +57,16 @@ def fleet_settings(tmp_path: Path) -> Settings:
         # Tests that are not about keys let every minion in; the key tests turn this off.
         auto_accept=True,
     )
+
+
+def web_fleet_settings(tmp_path: Path) -> Settings:
+    """`fleet_settings` with service `web` version 1 in the local store and `web-*` mapped
+    to it: what a test of the master process needs to have something to sync."""
+    store = LocalStore(tmp_path / "store")
+    path = make_asset(tmp_path, "web", "1")
+    store.upload(path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
+    return fleet_settings(tmp_path)
 
 
 @functools.cache

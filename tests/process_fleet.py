@@ -20,10 +20,12 @@ from pathlib import Path
 
 from archives import make_asset
 
+from daybook.errors import DaybookError
 from daybook.install.installer import STAGING_PREFIX
 from daybook.model.names import AssetRef, is_valid_version
 from daybook.model.results import Report
 from daybook.model.sync import Sync
+from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook.registry.base import Registry
 from daybook.store.base import Store
 from daybook_testing.fleet import Fleet
@@ -253,3 +255,11 @@ class ProcessFleet(Fleet):
 
     def map(self, pattern: str, *services: str) -> None:
         self.registry.update(pattern, lambda _: services)
+
+
+def endpoints_once_written(data_dir: Path) -> MasterEndpoints | None:
+    """The endpoints a master on `data_dir` wrote, or None while it has not yet."""
+    try:
+        return read_endpoints(data_dir)
+    except DaybookError:
+        return None

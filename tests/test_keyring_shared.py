@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 from keystores import Opener
-from process_fleet import ProcessFleet
+from process_fleet import ProcessFleet, endpoints_once_written
 
 import daybook_testing.fleet
 from daybook.config import load_settings
-from daybook.errors import ConfigError, DaybookError
+from daybook.errors import ConfigError
 from daybook.model.keys import ACCEPTED, PENDING, REJECTED, Key, KeyListing
 from daybook.net.client import ControlClient
-from daybook.net.endpoints import MasterEndpoints, read_endpoints
+from daybook.net.endpoints import read_endpoints
 from daybook.net.keys import KeyPair, load_keypair_file, load_or_create_keypair
 from daybook.net.transport import CURVE_USER_PREFIX, DOMAIN_PUBLISH, DOMAIN_RESULTS
 from daybook.registry.file import FileRegistry
@@ -345,7 +345,7 @@ def test_two_master_processes_share_accepted_keys(
                 DAYBOOK_MASTER_KEY_FILE=key_file,
             ),
         )
-        second = wait_for(lambda: _endpoints(second_dir), "master two's endpoints")
+        second = wait_for(lambda: endpoints_once_written(second_dir), "master two's endpoints")
         for master in (fleet.master, two):
             assert master is not None
             assert f"using the master key {shared.fingerprint}" in master.log()
@@ -353,13 +353,6 @@ def test_two_master_processes_share_accepted_keys(
     finally:
         failures = fleet.close()
         assert not failures, "\n".join(failures)
-
-
-def _endpoints(data_dir: Path) -> MasterEndpoints | None:
-    try:
-        return read_endpoints(data_dir)
-    except DaybookError:
-        return None
 
 
 def _minion_meets_one_then_two(

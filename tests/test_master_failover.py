@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_fleet import ProcessFleet
+from process_fleet import ProcessFleet, endpoints_once_written
 
 from daybook.errors import DaybookError
 from daybook.model.leadership import LEADER, STANDBY, MasterView
 from daybook.net.client import ControlClient
-from daybook.net.endpoints import MasterEndpoints, read_endpoints
 from daybook.net.keys import load_or_create_keypair
 from daybook.registry.file import FileRegistry
 from daybook.store.local import LocalStore
@@ -36,17 +35,10 @@ def fleet(tmp_path: Path) -> Iterator[ProcessFleet]:
     assert not failures, "\n".join(failures)
 
 
-def _endpoints(data_dir: Path) -> MasterEndpoints | None:
-    try:
-        return read_endpoints(data_dir)
-    except DaybookError:
-        return None
-
-
 def _masters(data_dir: Path) -> tuple[MasterView, ...] | None:
     """What the master in `data_dir` says of the masters, over its local socket; None while
     it does not answer."""
-    endpoints = _endpoints(data_dir)
+    endpoints = endpoints_once_written(data_dir)
     if endpoints is None:
         return None
     try:
@@ -66,7 +58,7 @@ def _start_second(fleet: ProcessFleet, key_file: str) -> tuple[Proc, Path]:
         DAYBOOK_AUTO_ACCEPT="1",
     )
     process = fleet.spawn("master-2", [*fleet.command, "master"], env)
-    wait_for(lambda: _endpoints(data_dir), "master two's endpoints")
+    wait_for(lambda: endpoints_once_written(data_dir), "master two's endpoints")
     return process, data_dir
 
 

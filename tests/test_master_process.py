@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 import zmq
 from archives import make_asset
-from inprocess_fleet import DEADLINE_S, RunningMaster, ScriptedMinion, fleet_settings, live_minions
+from inprocess_fleet import (
+    DEADLINE_S,
+    RunningMaster,
+    ScriptedMinion,
+    live_minions,
+    web_fleet_settings,
+)
 
 from daybook import wire
 from daybook.config import Settings
@@ -31,11 +37,7 @@ from master.process import FD_HEADROOM, FDS_PER_MINION, OWN_FDS, raise_open_file
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    store = LocalStore(tmp_path / "store")
-    path = make_asset(tmp_path, "web", "1")
-    store.upload(path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
-    return fleet_settings(tmp_path)
+    return web_fleet_settings(tmp_path)
 
 
 def test_the_master_writes_its_endpoints_and_removes_them_on_stop(master: RunningMaster) -> None:

@@ -5,7 +5,6 @@ when the leader stops. A leader that loses its term answers every waiting operat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -16,23 +15,19 @@ from pathlib import Path
 import pytest
 import requests
 import zmq
-from archives import make_asset
 from inprocess_fleet import (
     DEADLINE_S,
     RunningMaster,
     ScriptedMinion,
-    fleet_settings,
     live_minions,
     sample,
     scrape_metrics,
+    web_fleet_settings,
 )
 
 from daybook.config import Settings
 from daybook.model.leadership import LEADER, STANDBY, MasterView
 from daybook.model.messages import OP_SYNC, ControlReply, ControlRequest
-from daybook.model.names import AssetRef
-from daybook.registry.base import open_registry
-from daybook.store.local import LocalStore
 from daybook_testing.waiting import wait_for
 
 # How long a standby is watched for events it must not send: several republish intervals.
@@ -41,11 +36,7 @@ SILENCE_S = 1.5
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    store = LocalStore(tmp_path / "store")
-    path = make_asset(tmp_path, "web", "1")
-    store.upload(path, AssetRef("web", "1"), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-    open_registry(f"file://{tmp_path / 'mappings.json'}").update("web-*", lambda _: ("web",))
-    return fleet_settings(tmp_path)
+    return web_fleet_settings(tmp_path)
 
 
 @pytest.fixture
