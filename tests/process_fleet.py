@@ -239,14 +239,7 @@ class ProcessFleet(Fleet):
         """`daybook ARGS` as an operator on the master's host would run it."""
         # DAYBOOK_PORT=0: the CLI finds the master's ports in its master.json.
         env = self.env(DAYBOOK_DATA_DIR=str(self.master_dir), DAYBOOK_PORT="0")
-        return subprocess.run(
-            [sys.executable, "-m", "daybook", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        return run_daybook(*args, env=env, timeout_s=timeout_s)
 
     def push(self, service: str, version: str, files: Mapping[str, bytes] | None = None) -> Path:
         path = make_asset(self._assets, service, version, dict(files) if files else None)
@@ -263,3 +256,17 @@ def endpoints_once_written(data_dir: Path) -> MasterEndpoints | None:
         return read_endpoints(data_dir)
     except DaybookError:
         return None
+
+
+def run_daybook(
+    *args: str, env: Mapping[str, str], timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """`daybook ARGS` in a process of its own, its output captured, whatever its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "daybook", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

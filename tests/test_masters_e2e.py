@@ -9,7 +9,6 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_fleet import Proc, ProcessFleet
+from process_fleet import Proc, ProcessFleet, run_daybook
 
 from daybook.errors import FleetError
 from daybook.net.endpoints import MasterEndpoints, read_endpoints
@@ -96,26 +95,12 @@ class Masters:
             DAYBOOK_HOSTNAME="laptop",
             DAYBOOK_MASTER=self.listed,
         )
-        return subprocess.run(
-            [sys.executable, "-m", "daybook", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        return run_daybook(*args, env=env, timeout_s=timeout_s)
 
     def local(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`daybook ARGS` on a master's own host, through its local socket."""
         env = self.fleet.env(DAYBOOK_DATA_DIR=str(self.by_name[name].data_dir), DAYBOOK_PORT="0")
-        return subprocess.run(
-            [sys.executable, "-m", "daybook", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_daybook(*args, env=env, timeout_s=60)
 
 
 def status(masters: Masters) -> dict[str, Any]:

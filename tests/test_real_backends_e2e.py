@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from archives import make_asset
+from process_fleet import run_daybook
 
 from daybook_testing.consul_server import ConsulPKI, ConsulServer
 
@@ -56,14 +56,7 @@ def test_push_map_pull_on_s3_and_consul_over_tls_with_a_token(
         }
 
         def daybook(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "daybook", *args],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+            return run_daybook(*args, env=env)
 
         asset = make_asset(tmp_path, "api", "1.4.0")
         for args in (("push", str(asset)), ("map", "set", "web-*", "api")):
