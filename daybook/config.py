@@ -147,6 +147,12 @@ class Settings:
     signed_downloads: bool = field(default=True, metadata=_rule("DAYBOOK_SIGNED_DOWNLOADS"))
     # A minion is shown down after this long without a heartbeat.
     down_after_s: float = field(default=15.0, metadata=_SECONDS)
+    # Master: at most this many heartbeats a second from the whole fleet. A larger fleet is
+    # asked (in every event) to heartbeat every known minions / this seconds, and
+    # down_after_s grows with it; 0 keeps every fleet at heartbeat_interval_s.
+    max_heartbeats_per_s: float = field(
+        default=500.0, metadata=_rule("DAYBOOK_MAX_HEARTBEATS_PER_S", low=0)
+    )
     # The release lifecycle on a host (pull and minion), off unless set: keep the newest N
     # versions of each service (0 keeps all), maintain `<install_dir>/<service>/current`,
     # run `<hooks_dir>/<service>` after `current` moved. Per-service overrides of the first

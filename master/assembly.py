@@ -13,6 +13,7 @@ from master.control_server import ControlServer
 from master.database import ResultsDatabase
 from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
 from master.download_desk import DownloadDesk, Signer
+from master.heartbeat_pace import PACE_SETTLE, HeartbeatPace
 from master.housekeeping import HEAP_TRIM, HOST_FLUSH, PRUNE, Housekeeper
 from master.ledger import Fleet, SyncBook
 from master.metrics import MasterMetrics
@@ -53,6 +54,7 @@ class LoopParts:
     recorder: ResultsRecorder
     desk: OperatorDesk
     housekeeper: Housekeeper
+    pace: HeartbeatPace
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class _Publishing:
     broadcaster: Broadcaster
     syncs: SyncKeeper
     desired: DesiredStateKeeper
+    pace: HeartbeatPace
 
     @property
     def loop_parts(self) -> tuple[ViewPublisher, Broadcaster, SyncKeeper, DesiredStateKeeper]:
@@ -119,7 +122,7 @@ def assemble(
         pins=pins,
     )
     housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
-    parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper)
+    parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper, out.pace)
     return _add_timers(parts, tuning, clocks.monotonic())
 
 
@@ -164,6 +167,15 @@ def _publishing(
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
     served = Served()
+    # Minions hear a new pace with the next event, and at the latest with the republish
+    # after it; one more republish covers an event a minion missed.
+    pace = HeartbeatPace(
+        fleet,
+        timers,
+        interval_s=tuning.heartbeat_interval_s,
+        max_per_s=tuning.max_heartbeats_per_s,
+        settle_s=2 * tuning.republish_interval_s,
+    )
     view = ViewPublisher(
         epoch=epoch,
         fleet=fleet,
@@ -182,6 +194,7 @@ def _publishing(
         monotonic=clocks.monotonic,
         download_starts_per_s=tuning.download_starts_per_s,
         standing=standing,
+        pace=pace,
     )
     syncs = SyncKeeper(
         book=book,
@@ -207,7 +220,7 @@ def _publishing(
         clock=clocks.wall,
         monotonic=clocks.monotonic,
     )
-    return _Publishing(served, view, broadcaster, syncs, desired)
+    return _Publishing(served, view, broadcaster, syncs, desired, pace)
 
 
 def _operator_desk(
@@ -296,5 +309,7 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopP
     timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
     timers.add(PRUNE, housekeeper.prune, due=started)
     timers.add(HEAP_TRIM, housekeeper.release_memory, due=started + tuning.heap_trim_interval_s)
+    # A faster heartbeat pace has every minion hearing it by now: hosts go down sooner.
+    timers.add(PACE_SETTLE, parts.pace.settle)
     timers.add(VIEW, parts.view.publish)
     return parts

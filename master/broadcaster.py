@@ -8,6 +8,7 @@ from collections.abc import Callable
 from daybook.model.messages import MAX_SPREAD_S, SyncEvent
 from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
+from master.heartbeat_pace import HeartbeatPace
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
 from master.standing import Standing
@@ -30,8 +31,11 @@ class Broadcaster:
         monotonic: Callable[[], float],
         download_starts_per_s: float = 100.0,
         standing: Standing | None = None,
+        pace: HeartbeatPace | None = None,
     ) -> None:
         self.standing = standing or Standing()
+        # Without one, events leave minions at their own heartbeat interval.
+        self._pace = pace
         self._publisher = publisher
         self._download_starts_per_s = download_starts_per_s
         self.epoch = epoch
@@ -54,6 +58,7 @@ class Broadcaster:
             spread_s=self.spread_s(sync),
             hosts=sync.hosts,
             term=self.standing.number,
+            heartbeat_s=self._pace.advertise(self._monotonic()) if self._pace is not None else None,
         )
         self._publisher.publish(event)
         self.last_sent = self._monotonic()

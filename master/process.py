@@ -549,4 +549,6 @@ def tuning_from(settings: Settings) -> MasterTuning:
         sync_deadline_s=settings.sync_deadline_s,
         download_url_expiry_s=settings.download_url_expiry_s,
         download_starts_per_s=settings.download_starts_per_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        max_heartbeats_per_s=settings.max_heartbeats_per_s,
     )

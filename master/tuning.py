@@ -10,6 +10,10 @@ class MasterTuning:
     """Timing knobs of the loop; the settings provide the first, the rest rarely change."""
 
     republish_interval_s: float = 30.0
+    # The minions' own heartbeat interval, and at most how many heartbeats a second the
+    # fleet may send in all: a larger fleet is asked to heartbeat less often (0: never).
+    heartbeat_interval_s: float = 5.0
+    max_heartbeats_per_s: float = 500.0
     # An automatic sync stops waiting for answers this long after it was issued: a little
     # over a republish, which gives every live minion a second chance to hear of it.
     sync_deadline_s: float = 40.0

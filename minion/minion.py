@@ -74,6 +74,9 @@ class Minion:
         # Runs the memory's file write: inline after each sync in a minion process, on a
         # background thread shared by the minions of one process.
         self._persist = persist
+        # Its own interval, and the one in force: the master may ask a large fleet to
+        # heartbeat less often, never more often than this minion's own.
+        self._own_heartbeat_s = heartbeat_interval_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self.boot_id = boot_id
         self._clock = clock
@@ -132,6 +135,8 @@ class Minion:
                 event.seq - self._seq - 1,
             )
         self._epoch, self._seq = event.epoch, event.seq
+        if event.heartbeat_s is not None:
+            self._pace(event.heartbeat_s)
         if not (self._targets_me(event.target) and event.addresses(self.host)):
             return
         report = event.sync_id not in self._claimed
@@ -161,6 +166,19 @@ class Minion:
             # Forget the deposed leader's epoch and seq: the next branch resends the outbox.
             self._epoch, self._seq = None, 0
         return True
+
+    def _pace(self, asked_s: float) -> None:
+        """Heartbeat every `asked_s` from now on, or every own interval if that is longer.
+        A faster pace brings the next heartbeat forward: the master shows a host down
+        sooner once it has given every minion time to hear it."""
+        interval = max(self._own_heartbeat_s, asked_s)
+        if interval < self._heartbeat_interval_s:
+            self.next_heartbeat = min(self.next_heartbeat, self._monotonic() + interval)
+        self._heartbeat_interval_s = interval
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self._heartbeat_interval_s
 
     def _targets_me(self, target: str) -> bool:
         verdict = self._targets.get(target)

@@ -106,6 +106,7 @@ def test_the_example_config_lists_valid_settings() -> None:
         ("DAYBOOK_INSECURE_TRANSPORT", "off", "insecure_transport", False),
         ("DAYBOOK_MASTER_KEY", "", "master_key", None),
         ("DAYBOOK_SYNC_DEADLINE_S", "90", "sync_deadline_s", 90.0),
+        ("DAYBOOK_MAX_HEARTBEATS_PER_S", "0", "max_heartbeats_per_s", 0.0),
     ],
 )
 def test_each_variable_sets_its_setting(
@@ -125,6 +126,7 @@ def test_each_variable_sets_its_setting(
         "http_port = 65536\n",
         "bind = 0\n",
         "sync_deadline_s = 0.5\n",
+        "max_heartbeats_per_s = -1\n",
     ],
 )
 def test_values_outside_a_settings_type_or_bounds_are_refused(tmp_path: Path, content: str) -> None:

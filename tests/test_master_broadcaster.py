@@ -1,13 +1,21 @@
-"""The broadcaster's events: downloads spread over a window sized to the hosts they reach."""
+"""The broadcaster's events: downloads spread over a window sized to the hosts they reach,
+and heartbeats paced to the fleet."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from daybook import wire
+from daybook.model.fleet import HostStatus
+from daybook.model.messages import SyncEvent
+from daybook.model.state import DesiredState
 from daybook.model.sync import Sync
 from master.broadcaster import Broadcaster
+from master.heartbeat_pace import HeartbeatPace
+from master.ledger import Fleet
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
+from master.scheduler import Scheduler
 
 
 def sync_expecting(count: int) -> Sync:
@@ -34,3 +42,39 @@ def test_a_few_hosts_start_at_once_and_a_fleet_is_spread() -> None:
     # Beyond the minions' own splay (1 s by default), each caps it at that.
     assert sender.spread_s(sync_expecting(10_000)) == 100.0
     assert broadcaster(10.0).spread_s(sync_expecting(20)) == 2.0
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list[SyncEvent] = []
+        self.published = 0
+        self.bytes_sent = 0
+
+    def publish(self, event: SyncEvent) -> None:
+        self.events.append(event)
+        self.published += 1
+
+
+def test_each_event_asks_for_the_heartbeat_pace_sized_to_the_fleet() -> None:
+    fleet = Fleet(15.0, (HostStatus(f"web-{index}", True, 1.0) for index in range(1200)))
+    timers = Scheduler()
+    pace = HeartbeatPace(fleet, timers, interval_s=5.0, max_per_s=100.0, settle_s=60.0)
+    publisher = RecordingPublisher()
+    sender = Broadcaster(
+        cast(Publisher, publisher),
+        epoch=1,
+        metrics=MasterMetrics(),
+        monotonic=lambda: 0.0,
+        pace=pace,
+    )
+    state = wire.encode_state(DesiredState({"web-*": ("web",)}, {}))
+    sender.send(sync_expecting(3), state)
+    (event,) = publisher.events
+    assert event.heartbeat_s == 12.0
+    assert fleet.down_after_s == 36.0
+    # Without a pace, minions keep their own interval.
+    unpaced = Broadcaster(
+        cast(Publisher, publisher), epoch=1, metrics=MasterMetrics(), monotonic=lambda: 0.0
+    )
+    unpaced.send(sync_expecting(3), state)
+    assert publisher.events[-1].heartbeat_s is None

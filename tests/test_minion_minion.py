@@ -80,6 +80,7 @@ class Harness:
         self.syncer = RememberingSyncer(self.memory) if remembering else FakeSyncer()
         self.mailbox: Mailbox[LoopTask] = Mailbox()
         self.state_file = tmp_path / STATE_FILE
+        self.now = 100.0
         self.minion = Minion(
             host=host,
             subscriber=EventSubscriber(self.sub),  # type: ignore[arg-type]
@@ -90,7 +91,7 @@ class Harness:
             heartbeat_interval_s=5.0,
             boot_id="boot",
             spawn=lambda target: target(),  # run each sync inline
-            monotonic=lambda: 100.0,
+            monotonic=lambda: self.now,
             # Half the span: a resend after a master restart is due 2.5 s after it is heard.
             jitter=lambda span_s: span_s / 2,
         )
@@ -110,9 +111,21 @@ class Harness:
         return [m.sync_id for m in self.sent() if isinstance(m, Report)]
 
 
-def event(seq: int, sync_id: str = "s1", target: str = "*", epoch: int = 7) -> SyncEvent:
+def event(
+    seq: int,
+    sync_id: str = "s1",
+    target: str = "*",
+    epoch: int = 7,
+    heartbeat_s: float | None = None,
+) -> SyncEvent:
     return SyncEvent.carrying(
-        STATE, epoch=epoch, seq=seq, sync_id=sync_id, target=target, issued_at=1.0
+        STATE,
+        epoch=epoch,
+        seq=seq,
+        sync_id=sync_id,
+        target=target,
+        issued_at=1.0,
+        heartbeat_s=heartbeat_s,
     )
 
 
@@ -237,6 +250,46 @@ def test_heartbeats_say_what_was_applied(harness: Harness) -> None:
     harness.minion.tick(106.0)  # not due yet
     assert isinstance(harness.sent()[-1], Heartbeat)
     assert len(harness.sent()) == 3
+
+
+def heartbeat_times(harness: Harness, times: list[float]) -> list[float]:
+    """Of `times`, those at which a tick sent a heartbeat."""
+    sent = []
+    for now in times:
+        before = len(harness.sent())
+        harness.now = now
+        harness.minion.tick(now)
+        if len(harness.sent()) > before:
+            sent.append(now)
+    return sent
+
+
+def test_the_master_slows_heartbeats_but_never_below_the_minions_own_pace(
+    harness: Harness,
+) -> None:
+    harness.deliver(event(1, target="db-*", heartbeat_s=18.0))  # not for this host: paced still
+    assert harness.minion.heartbeat_interval_s == 18.0
+    assert heartbeat_times(harness, [100.0, 105.0, 117.9, 118.0, 130.0, 136.0]) == [
+        100.0,
+        118.0,
+        136.0,
+    ]
+    harness.deliver(event(2, target="db-*", heartbeat_s=2.0))
+    assert harness.minion.heartbeat_interval_s == 5.0  # its own
+    harness.deliver(event(3, target="db-*"))  # a master that paces nothing changes nothing
+    assert harness.minion.heartbeat_interval_s == 5.0
+
+
+def test_a_faster_pace_brings_the_next_heartbeat_forward(harness: Harness) -> None:
+    harness.deliver(event(1, target="db-*", heartbeat_s=20.0))
+    assert heartbeat_times(harness, [100.0]) == [100.0]
+    assert harness.minion.next_heartbeat == 120.0
+    harness.now = 103.0
+    harness.deliver(event(2, target="db-*", heartbeat_s=8.0))
+    assert harness.minion.next_heartbeat == 111.0
+    harness.deliver(event(3, target="db-*", heartbeat_s=30.0))  # slower: as scheduled
+    assert harness.minion.next_heartbeat == 111.0
+    assert heartbeat_times(harness, [111.0, 140.0, 141.0]) == [111.0, 141.0]
 
 
 def test_the_subscriber_reads_what_waits_on_a_real_socket_up_to_its_limit() -> None:

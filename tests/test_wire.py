@@ -350,13 +350,33 @@ def test_sync_event_state_must_match_its_digest() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("target", "web-[1]"), ("target", ""), ("state", "text"), ("seq", -3), ("sync_id", None)],
+    [
+        ("target", "web-[1]"),
+        ("target", ""),
+        ("state", "text"),
+        ("seq", -3),
+        ("sync_id", None),
+        ("heartbeat_s", -1.0),
+        ("heartbeat_s", 86400.0),
+        ("heartbeat_s", math.nan),
+        ("heartbeat_s", "5"),
+    ],
 )
 def test_sync_event_fields_are_checked(key: str, value: object) -> None:
     fields = payload_of(make_event())
     fields[key] = value
     with pytest.raises(WireError):
         decode_frames(repack(TOPIC_SYNC, fields))
+
+
+def test_an_event_from_a_master_that_paces_nothing_leaves_the_pace_unset() -> None:
+    paced = make_event(heartbeat_s=18.0)
+    assert decode_frames(wire.encode(paced)) == paced
+    fields = payload_of(paced)
+    del fields["heartbeat_s"]
+    decoded = decode_frames(repack(TOPIC_SYNC, fields))
+    assert isinstance(decoded, SyncEvent)
+    assert decoded.heartbeat_s is None
 
 
 def state_event(document: object, *, raw: bytes | None = None) -> list[bytes]:

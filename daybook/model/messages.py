@@ -70,6 +70,8 @@ def is_valid_selector(text: str) -> bool:
 
 # The longest spread an event asks for: beyond an hour, downloads are throttled by the store.
 MAX_SPREAD_S = 3600.0
+# The longest heartbeat interval an event may ask for: a fleet of 100,000 at 30 a second.
+MAX_HEARTBEAT_S = 3600.0
 
 
 @record
@@ -99,6 +101,10 @@ class SyncEvent:
     # events of the highest term they have seen, so a deposed leader cannot make any minion
     # act. 0: a master that holds no term (one from before leader election).
     term: int = checked(minimum=0, default=0)
+    # How often the master wants heartbeats, sized to the fleet so that its heartbeats stay
+    # within what the master means to spend on them; a minion never goes faster than its own
+    # `heartbeat_interval_s`. None: its own interval.
+    heartbeat_s: float | None = checked(minimum=0, maximum=MAX_HEARTBEAT_S, default=None)
 
     def __post_init__(self) -> None:
         if blob_digest(self.state) != self.state_digest:
@@ -117,6 +123,7 @@ class SyncEvent:
         spread_s: float | None = None,
         hosts: tuple[str, ...] | None = None,
         term: int = 0,
+        heartbeat_s: float | None = None,
     ) -> SyncEvent:
         """The event that publishes `state`."""
         return cls(
@@ -130,6 +137,7 @@ class SyncEvent:
             spread_s,
             hosts,
             term,
+            heartbeat_s,
         )
 
     def addresses(self, host: str) -> bool:
