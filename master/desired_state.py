@@ -226,11 +226,17 @@ class DesiredStateKeeper:
             self._broadcaster.send(own, state)
 
     def heard(self, heartbeat: Heartbeat) -> None:
-        """A minion not busy with a sync and behind the current state gets it soon."""
+        """A minion not busy with a sync and behind the current state gets it soon.
+
+        Behind means another state, not another epoch: after a master restart the whole
+        fleet heartbeats the former epoch until it hears an event, and a catch-up of the
+        state it already has, sent to every subscriber every `min_republish_gap_s` for as
+        long as the reconnect storm lasts, would cost the master most of its CPU then. The
+        minions resend their reports when their links come back, and hear the new epoch
+        with the next republish.
+        """
         state = self._served.state
-        behind = state is not None and (
-            heartbeat.epoch != self._broadcaster.epoch or heartbeat.state_digest != state.digest
-        )
+        behind = state is not None and heartbeat.state_digest != state.digest
         if behind and not heartbeat.busy:
             due = max(
                 self._monotonic() + self._tuning.catch_up_delay_s,
