@@ -18,7 +18,8 @@ class Broadcaster:
     """Sends a sync with the state it carries, as the next event of this master's epoch.
 
     Minions tell a missed event by a gap in `seq` and a restarted master by a new `epoch`.
-    `last_sent` tells the loop it is busy: answers are read as they come for a while after.
+    `last_sent` (of the last new sync) tells the loop it is busy: answers are read as they
+    come for a while after.
     Only a leading master sends, each event with its term; a standby's sends go nowhere.
     """
 
@@ -44,7 +45,12 @@ class Broadcaster:
         self._monotonic = monotonic
         self.last_sent = -math.inf
 
-    def send(self, sync: Sync, state: EncodedState) -> None:
+    def send(self, sync: Sync, state: EncodedState, *, new: bool = True) -> None:
+        """Publish `sync` carrying `state`. A `new` sync makes the loop busy: its answers are
+        read as they come for a while. A republish or a catch-up is not new: most of the
+        fleet has answered it already, and with 10,000 minions, reading every heartbeat as
+        it comes for a while after each periodic republish was a sixth of the master's
+        idle time spent waking once a heartbeat."""
         if not self.standing.leading:
             return
         self.seq += 1
@@ -61,7 +67,8 @@ class Broadcaster:
             heartbeat_s=self._pace.advertise(self._monotonic()) if self._pace is not None else None,
         )
         self._publisher.publish(event)
-        self.last_sent = self._monotonic()
+        if new:
+            self.last_sent = self._monotonic()
         metrics, publisher = self._metrics, self._publisher
         metrics.add_total(metrics.published_events, "published_events", publisher.published)
         metrics.add_total(metrics.published_bytes, "published_bytes", publisher.bytes_sent)

@@ -211,8 +211,8 @@ class DesiredStateKeeper:
         )
         for sync in unfinished:
             if sync.sync_id != own.sync_id:
-                self._broadcaster.send(sync, state)
-        self._broadcaster.send(own, state)
+                self._broadcaster.send(sync, state, new=False)
+        self._broadcaster.send(own, state, new=False)
 
     def catch_up(self, mono: float) -> None:
         """Send the current state alone, for minions that just showed up behind.
@@ -223,7 +223,7 @@ class DesiredStateKeeper:
         self._last_republish = mono
         state, own = self._served.state, self._served.sync
         if state is not None and own is not None:
-            self._broadcaster.send(own, state)
+            self._broadcaster.send(own, state, new=False)
 
     def heard(self, heartbeat: Heartbeat) -> None:
         """A minion not busy with a sync and behind the current state gets it soon.

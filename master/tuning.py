@@ -55,7 +55,7 @@ class MasterTuning:
     # After subscribers are dropped (a key deleted), the state is sent again this soon,
     # once the minions still accepted have reconnected.
     resubscribe_grace_s: float = 0.5
-    # With nobody waiting on a sync and nothing published for `busy_window_s`, the results
+    # With nobody waiting on a sync and no new sync published for `busy_window_s`, the results
     # socket is read at most every `quiet_collect_interval_s`: a fleet's heartbeats, sent
     # one by one at their own times, then wake the loop a couple of times a second in
     # batches instead of once each. Answers an operator waits for are read as they come.

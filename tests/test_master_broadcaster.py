@@ -3,6 +3,7 @@ and heartbeats paced to the fleet."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 from daybook import wire
@@ -78,3 +79,21 @@ def test_each_event_asks_for_the_heartbeat_pace_sized_to_the_fleet() -> None:
     )
     unpaced.send(sync_expecting(3), state)
     assert publisher.events[-1].heartbeat_s is None
+
+
+def test_only_a_new_sync_makes_the_loop_busy() -> None:
+    """A republish or a catch-up goes to a fleet that has mostly answered it: the loop keeps
+    reading heartbeats in batches."""
+    publisher = RecordingPublisher()
+    clock = iter([10.0, 20.0, 30.0])
+    sender = Broadcaster(
+        cast(Publisher, publisher), epoch=1, metrics=MasterMetrics(), monotonic=lambda: next(clock)
+    )
+    state = wire.encode_state(DesiredState({"web-*": ("web",)}, {}))
+    sender.send(sync_expecting(3), state, new=False)
+    assert sender.last_sent == -math.inf
+    sender.send(sync_expecting(3), state)
+    assert sender.last_sent == 10.0
+    sender.send(sync_expecting(3), state, new=False)
+    assert sender.last_sent == 10.0
+    assert len(publisher.events) == 3
