@@ -45,7 +45,8 @@ class Enrollment:
         hello: Hello,
         fetch_master_key: FetchKey | None,
         pending_interval_s: float = PENDING_INTERVAL_S,
-        accepted_interval_s: float = ACCEPTED_INTERVAL_S,
+        # Asked before each wait: it follows the heartbeat pace the master asks for.
+        accepted_interval_s: Callable[[], float] = lambda: ACCEPTED_INTERVAL_S,
         close: Callable[[], None] = lambda: None,
     ) -> None:
         self.host = host
@@ -89,7 +90,7 @@ class Enrollment:
         self.standing = standing
         self._report(standing)
         if standing.state == "accepted" and standing.host == self.host:
-            return self._accepted_interval_s
+            return self._accepted_interval_s()
         return self._pending_interval_s
 
     def _report(self, standing: Key) -> None:

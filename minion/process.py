@@ -64,6 +64,9 @@ RECONNECT_CAP_RANGE_MS = (2000, 5000)
 # again. Without it a SUB socket, which never sends, waits forever on a connection whose
 # other end is gone (the master's host rebooted, a NAT or firewall forgot the flow).
 LINK_TIMEOUT_INTERVALS = 3
+# An accepted minion says hello again every this many heartbeat intervals, so that a key
+# deleted on the master is pending again soon (30 s at the default 5 s).
+HELLO_HEARTBEATS = 6
 # TCP keep-alive counts whole seconds.
 MIN_KEEPALIVE_S = 1
 # How long a stopping minion waits for its sync thread once the install child is killed.
@@ -276,13 +279,17 @@ def start_enrollment(
     settings: Settings,
     credentials: ClientCredentials,
     stop: StopFlag,
+    heartbeat_s: Callable[[], float] | None = None,
 ) -> Enrollment | None:
-    """Say hello to the master on a thread of its own (see minion.enrollment)."""
+    """Say hello to the master on a thread of its own (see minion.enrollment), once accepted
+    every HELLO_HEARTBEATS heartbeat intervals: `heartbeat_s` gives the one in force, which a
+    large fleet's master makes longer (the settings' own without it)."""
     if not settings.control_port:
         log.info("the master's control port is unknown (0): this minion does not say hello")
         return None
     # Paced by the heartbeat: a few seconds in production, moments in a test fleet.
     beat_s = settings.heartbeat_interval_s
+    pace = heartbeat_s or (lambda: beat_s)
     # The first master that answers, then the one that answered last; a standby points
     # to the leader.
     client = ControlClient(
@@ -304,7 +311,7 @@ def start_enrollment(
             (lambda: fetch_first_master_key(context, key_endpoints)[0]) if key_endpoints else None
         ),
         pending_interval_s=min(2.0, max(0.2, beat_s)),
-        accepted_interval_s=max(1.0, 6 * beat_s),
+        accepted_interval_s=lambda: max(1.0, HELLO_HEARTBEATS * pace()),
         close=client.close,
     )
     # Not joined: the Context's term ends a hello in flight, and the stop flag the waits.
@@ -361,7 +368,13 @@ def run_minion(
         )
         life.closes(lambda: close_minion(minion))
         if credentials is not None:
-            start_enrollment(life.context, settings, credentials, life.stop)
+            start_enrollment(
+                life.context,
+                settings,
+                credentials,
+                life.stop,
+                heartbeat_s=lambda: minion.heartbeat_interval_s,
+            )
         loop = MinionLoop([minion], mailbox)
         life.stop.on_set(lambda: mailbox.post(lambda: None))
         log.info(
