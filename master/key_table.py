@@ -33,6 +33,8 @@ class KeyTable:
         # Keys changed here and not written to the shared store yet.
         self.unsaved: set[str] = set()
         self._dirty = False
+        # Whether a change other than a note (a key's standing, binding or arrival) waits.
+        self._urgent = False
         # Told when the table first differs from what was saved, so a saver need not poll.
         self._on_dirty: Callable[[], None] | None = None
 
@@ -91,7 +93,7 @@ class KeyTable:
         host are the same, so the bindings stay as they are."""
         self._keys[entry.public_key] = entry
         self.unsaved.add(entry.public_key)
-        self.mark_dirty()
+        self.mark_dirty(urgent=False)
 
     def remove(self, entry: Key) -> None:
         self._keys.pop(entry.public_key, None)
@@ -108,16 +110,24 @@ class KeyTable:
     def when_dirty(self, notify: Callable[[], None]) -> None:
         self._on_dirty = notify
 
-    def mark_dirty(self) -> None:
-        if not self._dirty:
-            self._dirty = True
-            if self._on_dirty is not None:
-                self._on_dirty()
+    @property
+    def urgent(self) -> bool:
+        """Whether the changes not saved yet are more than notes (times and addresses seen)."""
+        return self._urgent
+
+    def mark_dirty(self, *, urgent: bool = True) -> None:
+        """Note that the table differs from what was saved; the saver is told the first
+        time, and again when a note is joined by an urgent change."""
+        told = self._dirty and (self._urgent or not urgent)
+        self._dirty = True
+        self._urgent = self._urgent or urgent
+        if not told and self._on_dirty is not None:
+            self._on_dirty()
 
     def clear_dirty(self) -> None:
-        self._dirty = False
+        self._dirty = self._urgent = False
 
     def mark_saved(self) -> None:
         """Everything in the table counts as saved: nothing is dirty or unsaved."""
         self.unsaved.clear()
-        self._dirty = False
+        self._dirty = self._urgent = False

@@ -368,9 +368,15 @@ class KeyRing:
         """Whether the table holds changes its file (or the store) does not have yet."""
         return self._table.dirty
 
+    @property
+    def urgent(self) -> bool:
+        """Whether the unsaved changes are more than notes of a key seen again."""
+        return self._table.urgent
+
     def when_dirty(self, notify: Callable[[], None]) -> None:
         """Call `notify` (from whichever thread made the change) each time the table goes
-        from saved to changed; it must be quick and must not call back into the ring."""
+        from saved to changed, and when its changes become urgent; it must be quick and must
+        not call back into the ring."""
         self._table.when_dirty(notify)
 
     def save_if_dirty(self) -> None:

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # A burst of handshakes is written together this soon after its first change, so a
 # restart of many minions costs one round of writes, not one per handshake.
 FLUSH_INTERVAL_S = 0.5
+# Notes alone (a key seen again: its time and address) wait this long, or until a change
+# that matters comes to go with them. Every write wakes every master's watch, which reads
+# the whole ring back: with 10,000 minions saying hello every two minutes, notes written
+# as they came would keep each master reading 10,000 keys as often as its pacing allows.
+NOTES_FLUSH_INTERVAL_S = 60.0
 # How long one blocking query on the store may wait; also bounds how late a stop is noticed.
 WATCH_TIMEOUT_S = 30.0
 # Watch rounds at most this often in steady state (Consul's rule: rate-limit the loop).
@@ -38,11 +43,19 @@ WATCH_CPU_SHARE = 0.1
 
 class KeyRingWriter:
     """Writes the ring's unsaved changes to its store, FLUSH_INTERVAL_S after the first
-    of them; after a failure, again with backoff until the store takes them."""
+    of them (NOTES_FLUSH_INTERVAL_S while they are only notes); after a failure, again with
+    backoff until the store takes them."""
 
-    def __init__(self, ring: KeyRing, *, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        ring: KeyRing,
+        *,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        notes_interval_s: float = NOTES_FLUSH_INTERVAL_S,
+    ) -> None:
         self._ring = ring
         self._flush_interval_s = flush_interval_s
+        self._notes_interval_s = notes_interval_s
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._rng = random.Random()
@@ -57,6 +70,7 @@ class KeyRingWriter:
         try:
             while not self._stopped.is_set():
                 self._wake.wait()
+                self._hold_notes()
                 if self._stopped.wait(self._flush_interval_s):
                     break
                 self._wake.clear()
@@ -68,6 +82,20 @@ class KeyRingWriter:
                 self._wake.set()
         finally:
             self._ring.when_dirty(lambda: None)
+
+    def _hold_notes(self) -> None:
+        """While only notes wait, up to `notes_interval_s`, until an urgent change or a
+        stop. Each is checked again after the wake-up is cleared: either came before the
+        clear and is seen, or after it and wakes the wait."""
+        deadline = time.monotonic() + self._notes_interval_s
+        while not (self._ring.urgent or self._stopped.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            if self._ring.urgent or self._stopped.is_set():
+                return
+            self._wake.wait(left)
 
 
 def watch_pause_s(bucket_delay_s: float, round_cpu_s: float) -> float:

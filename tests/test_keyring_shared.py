@@ -210,6 +210,51 @@ def test_last_seen_touches_cost_no_write_per_handshake(opener: Opener) -> None:
     assert store.read().keys[minion.public].key.last_seen == now[0]
 
 
+def test_notes_wait_for_a_change_that_matters_or_their_interval(opener: Opener) -> None:
+    """A key seen again is a note: written with the next change that matters, or a minute
+    later, so a fleet's hellos do not wake every master's watch all the time."""
+    now = [1000.0]
+    store = CountingStore(opener())
+    ring = KeyRing(None, auto_accept=True, store=store, clock=lambda: now[0])
+    minion = KeyPair.generate()
+    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+    assert ring.flush()
+    writer = KeyRingWriter(ring, flush_interval_s=0.0, notes_interval_s=60.0)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    try:
+        now[0] += TOUCH_INTERVAL_S
+        ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+        assert ring.dirty
+        assert not ring.urgent
+        thread.join(timeout=0.3)
+        assert store.writes == 1
+        ring.admit(DOMAIN_RESULTS, KeyPair.generate().public, "10.0.0.2")  # a new key
+        wait_for(lambda: not ring.dirty, "the new key and the note written")
+        assert store.writes == 3
+        assert store.read().keys[minion.public].key.last_seen == now[0]
+    finally:
+        writer.stop()
+        thread.join(timeout=10.0)
+    assert not thread.is_alive()
+
+
+def test_a_stop_ends_the_wait_of_notes(opener: Opener) -> None:
+    now = [1000.0]
+    ring = KeyRing(None, auto_accept=True, store=opener(), clock=lambda: now[0])
+    minion = KeyPair.generate()
+    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+    assert ring.flush()
+    writer = KeyRingWriter(ring, flush_interval_s=0.0, notes_interval_s=60.0)
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    now[0] += TOUCH_INTERVAL_S
+    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+    writer.stop()
+    thread.join(timeout=10.0)
+    assert not thread.is_alive()
+
+
 def test_a_watch_answer_during_a_write_keeps_the_change_being_written(opener: Opener) -> None:
     """The watcher may merge an answer taken before this master's write landed: the entry
     being written must stand, or a minion's reports are dropped as an impostor's until the
