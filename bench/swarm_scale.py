@@ -162,13 +162,15 @@ def measure_idle(
     for _ in range(max(2, windows)):
         shares.extend(cpu_shares([pid], IDLE_WINDOW_S, pause))
         sizes.append(rss_bytes(pid) / 1e6)
+    # The interval the master asks of a fleet this size (see Running a large fleet).
+    pace_s = fleet.metrics().get("daybook_heartbeat_interval_seconds", 0.0)
     add(
         results,
         f"master idle CPU, {size:,} minions",
         "percent",
         shares,
         target=cpu,
-        note=f"% of a core, {IDLE_WINDOW_S:g} s windows; heartbeats every 5 s",
+        note=f"% of a core, {IDLE_WINDOW_S:g} s windows; heartbeats every {pace_s:g} s",
     )
     add(results, f"master RSS, {size:,} minions", "MB", sizes, target=rss)
     swarms = sum(rss_bytes(swarm.pid) for swarm in fleet.swarms) / 1e6

@@ -64,7 +64,7 @@ class Broadcaster:
             spread_s=self.spread_s(sync),
             hosts=sync.hosts,
             term=self.standing.number,
-            heartbeat_s=self._pace.advertise(self._monotonic()) if self._pace is not None else None,
+            heartbeat_s=self._heartbeat_s(),
         )
         self._publisher.publish(event)
         if new:
@@ -72,6 +72,14 @@ class Broadcaster:
         metrics, publisher = self._metrics, self._publisher
         metrics.add_total(metrics.published_events, "published_events", publisher.published)
         metrics.add_total(metrics.published_bytes, "published_bytes", publisher.bytes_sent)
+
+    def _heartbeat_s(self) -> float | None:
+        """The heartbeat interval an event sent now asks for (None: a minion's own)."""
+        if self._pace is None:
+            return None
+        interval_s = self._pace.advertise(self._monotonic())
+        self._metrics.heartbeat_interval.set(interval_s)
+        return interval_s
 
     def spread_s(self, sync: Sync) -> float:
         """The window the hosts a sync expects should spread their download starts over:

@@ -124,6 +124,12 @@ class MasterMetrics:
             registry=self.registry,
             buckets=REPORT_LATENCY_BUCKETS_S,
         )
+        self.heartbeat_interval = Gauge(
+            "heartbeat_interval_seconds",
+            "The heartbeat interval the master's events ask of its fleet, sized to it.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self._add_leadership_metrics(counter)
         self._add_security_counters(counter)
         # Running totals of the loop's own counters, to turn them into increments.

@@ -61,18 +61,16 @@ def test_each_event_asks_for_the_heartbeat_pace_sized_to_the_fleet() -> None:
     timers = Scheduler()
     pace = HeartbeatPace(fleet, timers, interval_s=5.0, max_per_s=100.0, settle_s=60.0)
     publisher = RecordingPublisher()
+    metrics = MasterMetrics()
     sender = Broadcaster(
-        cast(Publisher, publisher),
-        epoch=1,
-        metrics=MasterMetrics(),
-        monotonic=lambda: 0.0,
-        pace=pace,
+        cast(Publisher, publisher), epoch=1, metrics=metrics, monotonic=lambda: 0.0, pace=pace
     )
     state = wire.encode_state(DesiredState({"web-*": ("web",)}, {}))
     sender.send(sync_expecting(3), state)
     (event,) = publisher.events
     assert event.heartbeat_s == 12.0
     assert fleet.down_after_s == 36.0
+    assert metrics.registry.get_sample_value("daybook_heartbeat_interval_seconds") == 12.0
     # Without a pace, minions keep their own interval.
     unpaced = Broadcaster(
         cast(Publisher, publisher), epoch=1, metrics=MasterMetrics(), monotonic=lambda: 0.0
