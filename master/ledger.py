@@ -345,6 +345,16 @@ class SyncBook:
         ]
         return recent[-limit:] if limit > 0 else []
 
+    def failing(self, now: float, window_s: float, is_up: Callable[[str], bool]) -> bool:
+        """Whether a sync issued within `window_s` holds a failed answer from a host that
+        is up: sent again, the event has it try again."""
+        return any(
+            entry.failed
+            and now - entry.sync.issued_at <= window_s
+            and any(not report.ok and is_up(host) for host, report in entry.answers.items())
+            for entry in self._entries.values()
+        )
+
     # -- operators waiting ---------------------------------------------------------------------
 
     def wait(self, waiter: Waiter) -> None:

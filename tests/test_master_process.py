@@ -170,18 +170,57 @@ def _send_if_taken(socket: zmq.Socket[bytes], frames: list[bytes]) -> None:
 
 
 def test_a_minion_that_shows_up_late_catches_up_without_help(
+    context: zmq.Context[zmq.Socket[bytes]], settings: Settings
+) -> None:
+    # Republishes due every second; with nothing to answer, the state goes every 10 s.
+    master = RunningMaster(replace(settings, republish_interval_s=1.0))
+    try:
+        with master.client() as client:
+            wait_for(lambda: _has_state(client), "the first desired state")
+        late = ScriptedMinion(context, master, "web-9")
+        # Every recent sync is answered (none expected anyone): no republish...
+        assert not late.sub.poll(3000)
+        # ...but the state at once when a heartbeat shows it behind.
+        late.heartbeat(state_digest=None)
+        first = late.next_event(timeout_s=2.0)
+        assert first.target == "*"
+        late.close()
+    finally:
+        master.shutdown()
+
+
+def test_a_sync_still_missing_live_hosts_is_republished_on_the_interval(
+    context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
+) -> None:
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        started = client.run_sync("web-*", wait=False, timeout_s=5.0)
+    sync_id = started.sync_id
+    web1.event_for(sync_id)
+    # Not answered, and web-1 is up: it goes again, a republish interval later.
+    web1.heartbeat()
+    web1.event_for(sync_id, timeout_s=4 * master.settings.republish_interval_s + 2.0)
+    web1.close()
+
+
+def test_a_sync_a_live_host_failed_is_republished_for_it_to_try_again(
     context: zmq.Context[zmq.Socket[bytes]], master: RunningMaster
 ) -> None:
     with master.client() as client:
+        # The startup sync, issued before web-1 is known, waits for nobody.
         wait_for(lambda: _has_state(client), "the first desired state")
-    late = ScriptedMinion(context, master, "web-9")
-    # Republished on the interval even before it says hello...
-    first = late.next_event()
-    assert first.target == "*"
-    # ...and at once when a heartbeat shows it behind.
-    late.heartbeat(state_digest=None)
-    assert late.next_event(timeout_s=2.0).state == first.state
-    late.close()
+    (web1,) = live_minions(context, master, "web-1")
+    with master.client() as client:
+        sync_id = client.run_sync("web-*", wait=False, timeout_s=5.0).sync_id
+    event = web1.event_for(sync_id)
+    web1.report(event, ok=False)
+    # Up, with the current state: no catch-up is due for it.
+    web1.heartbeat(epoch=event.epoch, seq=event.seq, state_digest=event.state_digest)
+    # Nothing is unanswered, and the quiet republish is 10 intervals off: the state goes
+    # again at the next interval because web-1 failed, for it to try again.
+    again = web1.next_event(timeout_s=2 * master.settings.republish_interval_s + 1.0)
+    assert again.state_digest == event.state_digest
+    web1.close()
 
 
 def _has_state(client: ControlClient) -> bool:
