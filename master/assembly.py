@@ -11,7 +11,13 @@ from master.broadcaster import Broadcaster
 from master.collector import Collector
 from master.control_server import ControlServer
 from master.database import ResultsDatabase
-from master.desired_state import CATCH_UP, REBUILD, REPUBLISH, DesiredStateKeeper
+from master.desired_state import (
+    CATCH_UP,
+    QUIET_REPUBLISH_INTERVALS,
+    REBUILD,
+    REPUBLISH,
+    DesiredStateKeeper,
+)
 from master.download_desk import DownloadDesk, Signer
 from master.heartbeat_pace import PACE_SETTLE, HeartbeatPace
 from master.housekeeping import HEAP_TRIM, HOST_FLUSH, PRUNE, Housekeeper
@@ -54,7 +60,6 @@ class LoopParts:
     recorder: ResultsRecorder
     desk: OperatorDesk
     housekeeper: Housekeeper
-    pace: HeartbeatPace
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,6 @@ class _Publishing:
     broadcaster: Broadcaster
     syncs: SyncKeeper
     desired: DesiredStateKeeper
-    pace: HeartbeatPace
 
     @property
     def loop_parts(self) -> tuple[ViewPublisher, Broadcaster, SyncKeeper, DesiredStateKeeper]:
@@ -122,7 +126,7 @@ def assemble(
         pins=pins,
     )
     housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
-    parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper, out.pace)
+    parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper)
     return _add_timers(parts, tuning, clocks.monotonic())
 
 
@@ -167,15 +171,6 @@ def _publishing(
 ) -> _Publishing:
     """The parts that decide what goes out: the snapshot, syncs, the desired state."""
     served = Served()
-    # Minions hear a new pace with the next event, and at the latest with the republish
-    # after it; one more republish covers an event a minion missed.
-    pace = HeartbeatPace(
-        fleet,
-        timers,
-        interval_s=tuning.heartbeat_interval_s,
-        max_per_s=tuning.max_heartbeats_per_s,
-        settle_s=2 * tuning.republish_interval_s,
-    )
     view = ViewPublisher(
         epoch=epoch,
         fleet=fleet,
@@ -194,8 +189,36 @@ def _publishing(
         monotonic=clocks.monotonic,
         download_starts_per_s=tuning.download_starts_per_s,
         standing=standing,
-        pace=pace,
+        pace=_heartbeat_pace(fleet, timers, tuning),
     )
+    return _keepers(
+        served=served,
+        view=view,
+        broadcaster=broadcaster,
+        book=book,
+        database=database,
+        fleet=fleet,
+        metrics=metrics,
+        timers=timers,
+        tuning=tuning,
+        clocks=clocks,
+    )
+
+
+def _keepers(
+    *,
+    served: Served,
+    view: ViewPublisher,
+    broadcaster: Broadcaster,
+    book: SyncBook,
+    database: ResultsDatabase,
+    fleet: Fleet,
+    metrics: MasterMetrics,
+    timers: Scheduler,
+    tuning: MasterTuning,
+    clocks: Clocks,
+) -> _Publishing:
+    """The keepers of syncs and of the desired state, around the publishing parts."""
     syncs = SyncKeeper(
         book=book,
         database=database,
@@ -220,7 +243,23 @@ def _publishing(
         clock=clocks.wall,
         monotonic=clocks.monotonic,
     )
-    return _Publishing(served, view, broadcaster, syncs, desired, pace)
+    return _Publishing(served, view, broadcaster, syncs, desired)
+
+
+def _heartbeat_pace(fleet: Fleet, timers: Scheduler, tuning: MasterTuning) -> HeartbeatPace:
+    """The pace the broadcaster's events ask for, and its timer: added before the rest, it
+    runs first in a pass, so the snapshot published in it has the new `down_after_s`."""
+    # Minions hear a new pace with the next event: at the latest the quiet republish, and
+    # one more republish interval covers an event a minion missed.
+    pace = HeartbeatPace(
+        fleet,
+        timers,
+        interval_s=tuning.heartbeat_interval_s,
+        max_per_s=tuning.max_heartbeats_per_s,
+        settle_s=(QUIET_REPUBLISH_INTERVALS + 1) * tuning.republish_interval_s,
+    )
+    timers.add(PACE_SETTLE, pace.settle)
+    return pace
 
 
 def _operator_desk(
@@ -309,7 +348,5 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopP
     timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
     timers.add(PRUNE, housekeeper.prune, due=started)
     timers.add(HEAP_TRIM, housekeeper.release_memory, due=started + tuning.heap_trim_interval_s)
-    # A faster heartbeat pace has every minion hearing it by now: hosts go down sooner.
-    timers.add(PACE_SETTLE, parts.pace.settle)
     timers.add(VIEW, parts.view.publish)
     return parts

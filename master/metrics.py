@@ -124,12 +124,6 @@ class MasterMetrics:
             registry=self.registry,
             buckets=REPORT_LATENCY_BUCKETS_S,
         )
-        self.heartbeat_interval = Gauge(
-            "heartbeat_interval_seconds",
-            "The heartbeat interval the master's events ask of its fleet, sized to it.",
-            namespace=NAMESPACE,
-            registry=self.registry,
-        )
         self._add_leadership_metrics(counter)
         self._add_security_counters(counter)
         # Running totals of the loop's own counters, to turn them into increments.
@@ -138,7 +132,7 @@ class MasterMetrics:
 
     def _add_leadership_metrics(self, counter: Callable[..., Counter]) -> None:
         """Whether this master leads (a master alone always does), and how often that
-        changed."""
+        changed; and the heartbeat pace its events ask for when it does."""
         self.leader = Gauge(
             "leader",
             "1 while this master leads its fleet, 0 while it stands by.",
@@ -146,6 +140,12 @@ class MasterMetrics:
             registry=self.registry,
         )
         self.leader.set(1)
+        self.heartbeat_interval = Gauge(
+            "heartbeat_interval_seconds",
+            "The heartbeat interval the master's events ask of its fleet, sized to it.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.leadership_changes = counter(
             "leadership_changes", "Times this master took or lost the leadership."
         )
