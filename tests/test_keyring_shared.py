@@ -210,11 +210,13 @@ def test_last_seen_touches_cost_no_write_per_handshake(opener: Opener) -> None:
     assert store.read().keys[minion.public].key.last_seen == now[0]
 
 
-def test_notes_wait_for_a_change_that_matters_or_their_interval(opener: Opener) -> None:
-    """A key seen again is a note: written with the next change that matters, or a minute
-    later, so a fleet's hellos do not wake every master's watch all the time."""
+def noted_again(
+    store: KeyStore,
+) -> tuple[list[float], KeyRing, KeyPair, KeyRingWriter, threading.Thread]:
+    """A ring whose one minion key is saved and then seen again a touch interval later
+    (a note, not saved yet), with its writer running: the clock, the ring, the minion's
+    keys, the writer and its thread."""
     now = [1000.0]
-    store = CountingStore(opener())
     ring = KeyRing(None, auto_accept=True, store=store, clock=lambda: now[0])
     minion = KeyPair.generate()
     ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
@@ -222,9 +224,17 @@ def test_notes_wait_for_a_change_that_matters_or_their_interval(opener: Opener) 
     writer = KeyRingWriter(ring, flush_interval_s=0.0, notes_interval_s=60.0)
     thread = threading.Thread(target=writer.run)
     thread.start()
+    now[0] += TOUCH_INTERVAL_S
+    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+    return now, ring, minion, writer, thread
+
+
+def test_notes_wait_for_a_change_that_matters_or_their_interval(opener: Opener) -> None:
+    """A key seen again is a note: written with the next change that matters, or a minute
+    later, so a fleet's hellos do not wake every master's watch all the time."""
+    store = CountingStore(opener())
+    now, ring, minion, writer, thread = noted_again(store)
     try:
-        now[0] += TOUCH_INTERVAL_S
-        ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
         assert ring.dirty
         assert not ring.urgent
         thread.join(timeout=0.3)
@@ -240,16 +250,7 @@ def test_notes_wait_for_a_change_that_matters_or_their_interval(opener: Opener) 
 
 
 def test_a_stop_ends_the_wait_of_notes(opener: Opener) -> None:
-    now = [1000.0]
-    ring = KeyRing(None, auto_accept=True, store=opener(), clock=lambda: now[0])
-    minion = KeyPair.generate()
-    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
-    assert ring.flush()
-    writer = KeyRingWriter(ring, flush_interval_s=0.0, notes_interval_s=60.0)
-    thread = threading.Thread(target=writer.run)
-    thread.start()
-    now[0] += TOUCH_INTERVAL_S
-    ring.admit(DOMAIN_RESULTS, minion.public, "10.0.0.1")
+    _now, _ring, _minion, writer, thread = noted_again(opener())
     writer.stop()
     thread.join(timeout=10.0)
     assert not thread.is_alive()
