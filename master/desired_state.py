@@ -162,8 +162,7 @@ class DesiredStateKeeper:
             sync.sync_id,
             len(sync.expected),
         )
-        self._broadcaster.send(sync, state)
-        self._last_republish = self._monotonic()  # the state went out with it
+        self._send_new(sync, state)
 
     @property
     def has_state(self) -> bool:
@@ -190,9 +189,13 @@ class DesiredStateKeeper:
             sync.target,
             len(sync.expected),
         )
-        self._broadcaster.send(sync, state)
-        self._last_republish = self._monotonic()  # the state went out with it
+        self._send_new(sync, state)
         return sync
+
+    def _send_new(self, sync: Sync, state: EncodedState) -> None:
+        """Publish a new sync; the state goes out with it, which a republish counts."""
+        self._broadcaster.send(sync, state)
+        self._last_republish = self._monotonic()
 
     # -- keeping minions up to date -------------------------------------------------------------
 
@@ -211,11 +214,12 @@ class DesiredStateKeeper:
         if state is None or own is None:
             return
         now = self._clock()
+
+        def is_up(host: str) -> bool:
+            return self._fleet.is_up(host, now)
+
         unfinished = self._book.unfinished(
-            now,
-            self._tuning.unfinished_window_s,
-            self._tuning.max_republished_syncs,
-            lambda host: self._fleet.is_up(host, now),
+            now, self._tuning.unfinished_window_s, self._tuning.max_republished_syncs, is_up
         )
         quiet_due = self._last_republish + QUIET_REPUBLISH_INTERVALS * (
             self._tuning.republish_interval_s
@@ -224,9 +228,7 @@ class DesiredStateKeeper:
             announce
             or unfinished
             or mono >= quiet_due
-            or self._book.failing(
-                now, self._tuning.unfinished_window_s, lambda host: self._fleet.is_up(host, now)
-            )
+            or self._book.failing(now, self._tuning.unfinished_window_s, is_up)
         )
         if not needed:
             return
