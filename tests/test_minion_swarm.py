@@ -4,6 +4,7 @@ through the same shutdown sequence as a minion process."""
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +21,7 @@ from daybook.store.local import LocalStore
 from daybook_testing.swarm import run_swarm
 from daybook_testing.waiting import wait_for
 from minion.minion import Minion
-from minion.process import RECONNECT_CAP_RANGE_MS
+from minion.process import LINK_TIMEOUT_INTERVALS, RECONNECT_CAP_RANGE_MS, link_keepalive
 
 
 def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
@@ -72,6 +73,7 @@ def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
         assert all(s.getsockopt(zmq.HEARTBEAT_IVL) == 0 for s in sockets)
         assert all(s.getsockopt(zmq.TCP_KEEPALIVE) == 1 for s in sockets)
         assert all(s.getsockopt(zmq.TCP_MAXRT) > 0 for s in sockets)
+        assert len({s.getsockopt(zmq.TCP_KEEPALIVE_IDLE) for s in sockets}) > 1
     finally:
         stop.set()
         swarm.join(DEADLINE_S)
@@ -79,3 +81,22 @@ def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
     assert not swarm.is_alive()
     assert outcome == [0]
     assert all(minion.socket.closed for minion in minions)
+
+
+def test_links_have_idle_times_of_their_own_and_drop_within_three_intervals() -> None:
+    # One broadcast leaves every event link idle at once: with one idle time for all, the
+    # fleet's probes reached the master in a single burst each interval, and in the swarm
+    # bench a tenth of them were dropped on the way.
+    rng = random.Random(7)
+    keepalives = [link_keepalive(5.0, rng) for _ in range(1000)]
+    assert {k.idle_s for k in keepalives} == set(range(5, 11))
+    for keepalive in keepalives:
+        # Unanswered probes go a second apart, off the beat of the others' idle times.
+        assert keepalive.probe_s == 1
+        assert keepalive.probes >= 5
+        assert keepalive.timeout_ms == 5 * LINK_TIMEOUT_INTERVALS * 1000
+    # The kernel counts whole seconds, at least one.
+    short = link_keepalive(0.2, rng)
+    assert short.idle_s in (1, 2)
+    assert short.probes >= 1
+    assert short.timeout_ms == LINK_TIMEOUT_INTERVALS * 1000
