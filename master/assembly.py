@@ -92,6 +92,7 @@ def assemble(
     signer: Signer | None = None,
     pins: PinWriter | None = None,
     standing: Standing | None = None,
+    release_memory: Callable[[], None] | None = None,
 ) -> LoopParts:
     timers, book = Scheduler(), SyncBook()
     out = _publishing(
@@ -125,7 +126,9 @@ def assemble(
         signer=signer,
         pins=pins,
     )
-    housekeeper = Housekeeper(database=database, fleet=fleet, scheduler=timers, tuning=tuning)
+    housekeeper = Housekeeper(
+        database=database, fleet=fleet, scheduler=timers, tuning=tuning, trim=release_memory
+    )
     parts = LoopParts(timers, book, *out.loop_parts, recorder, desk, housekeeper)
     return _add_timers(parts, tuning, clocks.monotonic())
 

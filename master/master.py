@@ -63,6 +63,7 @@ class Master:
         signer: Signer | None = None,
         pins: PinWriter | None = None,
         standing: Standing | None = None,
+        release_memory: Callable[[], None] | None = None,
     ) -> None:
         self.epoch = epoch
         # Without one, the master leads alone outside leader election (term 0).
@@ -91,6 +92,7 @@ class Master:
             signer=signer,
             pins=pins,
             standing=standing,
+            release_memory=release_memory,
         )
         self.snapshots = parts.view.snapshots
         # The results socket is read as messages come while the master is busy, and in

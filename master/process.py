@@ -56,7 +56,7 @@ from master.database import ResultsDatabase, ResultsReader
 from master.download_desk import Signer
 from master.election import Elector, Probe, Prober
 from master.gatekeeper import Gatekeeper
-from master.heap import find_mallopt, tune_allocator
+from master.heap import find_mallopt, find_trim, tune_allocator
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
 from master.keyring_sync import KeyRingWatcher, KeyRingWriter
@@ -380,6 +380,13 @@ def _signer(store: Store) -> Signer | None:
     return store.presign if isinstance(store, Presigner) else None
 
 
+def _tune_process() -> Callable[[], None]:
+    """Room for a fleet's connections, and the C heap tuned for them (master.heap); the
+    call that hands freed memory back on the trim timer."""
+    raise_open_file_limit()
+    return find_trim(tune_allocator(os.environ, find_mallopt()))
+
+
 def run_master(
     settings: Settings,
     *,
@@ -393,8 +400,7 @@ def run_master(
     `<data_dir>/master.json`.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    raise_open_file_limit()
-    tune_allocator(os.environ, find_mallopt())
+    release_memory = _tune_process()
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
         life.release(registry.close)
@@ -434,6 +440,7 @@ def run_master(
             # Rollouts that carry a pin store it beside the mappings, as `daybook pin` does.
             pins=registry,
             standing=standing,
+            release_memory=release_memory,
         )
         master.restore()
         http.start()

@@ -10,11 +10,15 @@ import pytest
 
 from master.database import ResultsDatabase
 from master.heap import (
+    DEFAULT_MAX_MAP_COUNT,
     M_MMAP_MAX,
     M_MMAP_THRESHOLD,
     MMAP_MAX,
     MMAP_THRESHOLD_BYTES,
+    MappedBlocks,
+    count_mappings,
     find_trim,
+    max_map_count,
     tune_allocator,
 )
 from master.housekeeping import HEAP_TRIM, Housekeeper
@@ -58,9 +62,61 @@ def test_blocks_of_a_connections_size_get_pages_of_their_own() -> None:
         calls.append((parameter, value))
         return 1
 
-    assert tune_allocator({}, mallopt)
+    assert isinstance(tune_allocator({}, mallopt), MappedBlocks)
     assert calls == [(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_MMAP_MAX, MMAP_MAX)]
-    assert MMAP_MAX < 65_530 // 2  # half the kernel's mappings stay for everything else
+
+
+def test_blocks_stop_being_mapped_at_half_the_kernels_mappings_and_resume_below_two_fifths(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[tuple[int, int]] = []
+    mappings = [1000]
+
+    def mallopt(parameter: int, value: int) -> int:
+        calls.append((parameter, value))
+        return 1
+
+    blocks = MappedBlocks(mallopt, limit=10_000, count=lambda: mappings[0])
+    blocks.check()
+    assert blocks.mapping
+    assert calls == []
+    mappings[0] = 5000
+    blocks.check()
+    assert not blocks.mapping
+    assert calls == [(M_MMAP_MAX, 0)]
+    assert "5000 memory mappings, half the kernel's limit" in caplog.text
+    mappings[0] = 4500  # between the two shares: no flapping
+    blocks.check()
+    blocks.check()
+    assert calls == [(M_MMAP_MAX, 0)]
+    mappings[0] = 4000
+    blocks.check()
+    assert blocks.mapping
+    assert calls == [(M_MMAP_MAX, 0), (M_MMAP_MAX, MMAP_MAX)]
+
+
+def test_the_trim_timer_keeps_the_blocks_within_the_kernels_mappings() -> None:
+    counted: list[None] = []
+
+    def count() -> int:
+        counted.append(None)
+        return 0
+
+    find_trim(MappedBlocks(lambda _parameter, _value: 1, limit=100, count=count))()
+    assert counted == [None]
+
+
+def test_the_mappings_are_counted_and_limited_as_the_kernel_says(tmp_path: Path) -> None:
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("no /proc")
+    assert abs(count_mappings() - len(maps.read_text().splitlines())) < 10
+    limit = tmp_path / "max_map_count"
+    limit.write_text("262144\n")
+    assert max_map_count(limit) == 262_144
+    limit.write_text("")
+    assert max_map_count(limit) == DEFAULT_MAX_MAP_COUNT
+    assert max_map_count(tmp_path / "absent") == DEFAULT_MAX_MAP_COUNT
 
 
 def test_an_operators_malloc_tunables_are_left_alone() -> None:
