@@ -11,7 +11,7 @@ from daybook.errors import WireError
 from daybook.model.messages import Heartbeat
 from daybook.model.results import Report
 from daybook.net.transport import peer_of, user_id_of
-from daybook.wire import MAX_MESSAGE_BYTES, decode_frames
+from daybook.wire import MAX_MESSAGE_BYTES, decode_frames, joined_payload
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,6 @@ class Collector:
                     peer_of(parts[-1]).address or "an unknown address",
                 )
                 continue
-            messages.append((message, frames[1]))
+            messages.append((message, joined_payload(frames)))
         self.received += len(messages)
         return messages

@@ -283,7 +283,7 @@ class ResultsDatabase:
                 int(report.ok),
                 report.finished_at,
                 received_at,
-                payload if payload is not None else wire.encode(report)[1],
+                payload if payload is not None else wire.payload(report),
             ),
         )
         return cursor.rowcount == 1

@@ -104,7 +104,7 @@ class MinionMemory:
             for report in reports:
                 if report.sync_id not in self._reported:
                     self._reported.append(report.sync_id)
-                self._outbox.append(wire.encode(report)[1])
+                self._outbox.append(wire.payload(report))
             del self._reported[: -self._keep_reported]
             del self._outbox[: -self._keep_reports]
             self._dirty = self._dirty or bool(applied or reports)
