@@ -155,7 +155,9 @@ def decode_frames(frames: Sequence[bytes], *, max_bytes: int = MAX_FRAME_BYTES) 
     kind = _BY_TOPIC.get(bytes(topic))
     if kind is None:
         raise WireError(f"unknown topic {bytes(topic)[:64]!r}")
-    return decode(kind, _joined(parts, max_bytes), max_bytes=max_bytes)
+    if len(parts) > 1:
+        _check_parts(parts, max_bytes)
+    return decode(kind, joined_payload(frames), max_bytes=max_bytes)
 
 
 def joined_payload(frames: Sequence[bytes]) -> bytes:
@@ -163,16 +165,13 @@ def joined_payload(frames: Sequence[bytes]) -> bytes:
     return bytes(frames[1]) if len(frames) == 2 else b"".join(bytes(part) for part in frames[1:])
 
 
-def _joined(parts: Sequence[bytes], max_bytes: int) -> bytes:
-    """A payload from its frames, its size checked before any copy."""
-    if len(parts) == 1:
-        return bytes(parts[0])
+def _check_parts(parts: Sequence[bytes], max_bytes: int) -> None:
+    """A payload in several frames, checked before they are joined."""
     if not all(parts):
         raise WireError("an empty payload frame")
     size = sum(len(part) for part in parts)
     if size > max_bytes:
         raise WireError(f"a payload of {size} bytes exceeds {max_bytes}")
-    return b"".join(bytes(part) for part in parts)
 
 
 def decode_as(kind: type[T], frames: Sequence[bytes], *, max_bytes: int) -> T:
