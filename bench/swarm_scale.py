@@ -24,6 +24,7 @@ from bench.procstat import cpu_shares, rss_bytes
 from bench.results import Results, Target, Unit
 from bench.timing import Options, rounds
 from daybook.model.fleet import HostStatus
+from daybook_testing.heapscan import scan
 from daybook_testing.waiting import wait_for
 
 SECTION = "swarm10k"
@@ -114,6 +115,7 @@ def scale_fleet(
     )
     measure_idle(results, fleet, counts[0], cpu=IDLE_CPU_1K, rss=RSS_1K_MB, windows=options.runs)
     started = time.monotonic()
+    events = published_events(fleet)
     for index, count in enumerate(counts[1:], start=1):
         fleet.start_swarm(count, f"{PREFIX}{index}")
     wait_all(fleet, size, ready=True, timeout_s=3600)
@@ -122,7 +124,8 @@ def scale_fleet(
         f"start-up: {size - counts[0]:,} more minions until all answer",
         "s",
         [time.monotonic() - started],
-        note=f"{len(counts) - 1} swarm processes; {limit_note}",
+        note=f"{len(counts) - 1} swarm processes, {published_events(fleet) - events:g} events "
+        f"published meanwhile; {limit_note}",
     )
     try:
         timings = rounds(
@@ -173,6 +176,7 @@ def measure_idle(
         note=f"% of a core, {IDLE_WINDOW_S:g} s windows; heartbeats every {pace_s:g} s",
     )
     add(results, f"master RSS, {size:,} minions", "MB", sizes, target=rss)
+    add_memory_by_kind(results, pid, size)
     swarms = sum(rss_bytes(swarm.pid) for swarm in fleet.swarms) / 1e6
     add(
         results,
@@ -180,6 +184,48 @@ def measure_idle(
         "MB",
         [swarms],
         note=f"{swarms * 1000 / size:.0f} kB a minion",
+    )
+
+
+def published_events(fleet: Fleet) -> float:
+    """How many sync events the master has published (catch-ups for minions that start
+    behind, among them)."""
+    return fleet.metrics().get("daybook_published_events_total", 0.0)
+
+
+def add_memory_by_kind(results: Results, pid: int, size: int) -> None:
+    """What the master's resident memory is: glibc's arenas, the blocks it mapped on pages of
+    their own, the rest (the profile a missed RSS target needs)."""
+    try:
+        heap = scan(pid)
+    except OSError as exc:
+        print(f"# {SECTION}: cannot read the master's memory map: {exc}")
+        return
+    sizes = ", ".join(
+        f"{kind.count:,} of {kind.size // 1024} KiB, {kind.resident_bytes / kind.count / 1024:.1f} "
+        "KiB resident each"
+        for kind in heap.blocks[:2]
+    )
+    add(
+        results,
+        f"master RSS in thread arenas, {size:,} minions",
+        "MB",
+        [heap.arena_bytes / 1e6],
+        note="libzmq's I/O thread: small objects, and large blocks carved from free space",
+    )
+    add(
+        results,
+        f"master RSS in mapped blocks, {size:,} minions",
+        "MB",
+        [heap.mapped_bytes / 1e6],
+        note=f"{sizes}; {heap.mappings:,} mappings in all",
+    )
+    add(
+        results,
+        f"master RSS, main heap and other anonymous, {size:,} minions",
+        "MB",
+        [(heap.main_heap_bytes + heap.other_bytes) / 1e6],
+        note="Python's objects and arenas, thread stacks",
     )
 
 
