@@ -37,6 +37,12 @@ QUIET_REPUBLISH_INTERVALS = 10
 CATCH_UP = "catch-up"
 
 
+def catch_up_gap_s(subscribers: int, state_bytes: int, tuning: MasterTuning) -> float:
+    """How far apart catch-ups go: never closer than `min_republish_gap_s`, nor than a copy
+    of the state for every subscriber takes at `catch_up_bytes_per_s`."""
+    return max(tuning.min_republish_gap_s, subscribers * state_bytes / tuning.catch_up_bytes_per_s)
+
+
 class DesiredStateKeeper:
     def __init__(
         self,
@@ -259,16 +265,17 @@ class DesiredStateKeeper:
         state it already has, sent to every subscriber every `min_republish_gap_s` for as
         long as the reconnect storm lasts, would cost the master most of its CPU then. The
         minions resend their reports when their links come back, and hear the new epoch
-        with the next republish.
+        with the next republish. A large fleet starting together shares fewer catch-ups:
+        they are paced by what they cost (`catch_up_gap_s`).
         """
         state = self._served.state
-        behind = state is not None and heartbeat.state_digest != state.digest
-        if behind and not heartbeat.busy:
-            due = max(
-                self._monotonic() + self._tuning.catch_up_delay_s,
-                self._last_republish + self._tuning.min_republish_gap_s,
-            )
-            self._scheduler.no_later_than(CATCH_UP, due)
+        if state is None or heartbeat.state_digest == state.digest or heartbeat.busy:
+            return
+        due = max(
+            self._monotonic() + self._tuning.catch_up_delay_s,
+            self._last_republish + catch_up_gap_s(len(self._fleet), len(state.blob), self._tuning),
+        )
+        self._scheduler.no_later_than(CATCH_UP, due)
 
     def cut_off(self, host: str | None) -> None:
         """A minion's key lost its standing: no event reaches it from now on, and no sync
