@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daybook_testing.heapscan import HEAP_MAX_BYTES, PAGE, HeapScan, MappedBlocks, _walk, scan
+from daybook_testing.heapscan import HEAP_MAX_BYTES, PAGE, _walk, scan
 
 # Above glibc's largest dynamic mmap threshold (32 MiB): always a block of its own.
 LARGE = 40 << 20
@@ -93,17 +93,3 @@ def test_a_heap_info_only_counts_at_the_heaps_alignment() -> None:
     arena_heap = struct.pack("=4Q", 0x7F00_0000_1000, 0, 2 * PAGE, 2 * PAGE)
     memory = _Memory(HEAP_MAX_BYTES + PAGE, {0: arena_heap.ljust(PAGE, b"\0")}, count=2)
     assert list(_kinds(memory)) == [("other", PAGE, 1)]
-
-
-def test_the_description_names_each_kind_and_the_largest_blocks() -> None:
-    heap = HeapScan(
-        arena_bytes=83_000_000,
-        main_heap_bytes=10_100_000,
-        blocks=(MappedBlocks(20480, 22_860, 117_900_000), MappedBlocks(12288, 4787, 39_200_000)),
-        other_bytes=41_800_000,
-        mappings=1240,
-    )
-    assert heap.describe() == (
-        "arenas 83.0 MB, main heap 10.1, mapped blocks 157.1 "
-        "(22,860 of 20 KiB: 117.9, 4,787 of 12 KiB: 39.2), other anonymous 41.8; 1,240 mappings"
-    )

@@ -32,7 +32,6 @@ _CHUNK_HEADER = struct.Struct("=2Q")
 _FLAG_BITS = 0x7
 _IS_MMAPPED = 0x2
 _PRESENT_BIT = 1 << 63
-MB = 1e6
 
 # Reads `size` bytes of the process's memory at an address.
 Reader = Callable[[int, int], bytes]
@@ -67,18 +66,6 @@ class HeapScan:
     @property
     def mapped_bytes(self) -> int:
         return sum(kind.resident_bytes for kind in self.blocks)
-
-    def describe(self, sizes: int = 2) -> str:
-        """One line: each kind's resident MB, with the largest sizes of mapped blocks."""
-        largest = ", ".join(
-            f"{kind.count:,} of {kind.size // 1024} KiB: {kind.resident_bytes / MB:.1f}"
-            for kind in self.blocks[:sizes]
-        )
-        return (
-            f"arenas {self.arena_bytes / MB:.1f} MB, main heap {self.main_heap_bytes / MB:.1f}, "
-            f"mapped blocks {self.mapped_bytes / MB:.1f} ({largest}), "
-            f"other anonymous {self.other_bytes / MB:.1f}; {self.mappings:,} mappings"
-        )
 
 
 def scan(pid: int) -> HeapScan:
