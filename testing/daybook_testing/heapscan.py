@@ -70,6 +70,9 @@ class HeapScan:
 
 def scan(pid: int) -> HeapScan:
     """Walk every private, writable, anonymous mapping of `pid` (OSError if /proc refuses)."""
+    # One read of the maps, for the walk and the count alike.
+    with open(f"/proc/{pid}/maps") as maps:
+        lines = maps.readlines()
     arena = main_heap = other = 0
     counts: Counter[int] = Counter()
     resident: Counter[int] = Counter()
@@ -82,7 +85,7 @@ def scan(pid: int) -> HeapScan:
             memory.seek(address)
             return memory.read(size)
 
-        for start, end, name in _anonymous_mappings(pid):
+        for start, end, name in _anonymous_mappings(lines):
             present = _present_pages(pagemap, start, end)
             if name == "[heap]":
                 main_heap += sum(present) * PAGE
@@ -101,21 +104,19 @@ def scan(pid: int) -> HeapScan:
             key=lambda kind: -kind.resident_bytes,
         )
     )
-    with open(f"/proc/{pid}/maps") as maps:
-        mappings = sum(1 for _line in maps)
-    return HeapScan(arena, main_heap, blocks, other, mappings)
+    return HeapScan(arena, main_heap, blocks, other, mappings=len(lines))
 
 
-def _anonymous_mappings(pid: int) -> Iterator[tuple[int, int, str]]:
-    """Private writable mappings with no file behind them, and the main heap."""
-    with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            name = fields[5].strip() if len(fields) > 5 else ""
-            if fields[1] != "rw-p" or (name and name != "[heap]"):
-                continue
-            start, end = (int(bound, 16) for bound in fields[0].split("-"))
-            yield start, end, name
+def _anonymous_mappings(maps: list[str]) -> Iterator[tuple[int, int, str]]:
+    """Of the lines of /proc/PID/maps, the private writable mappings with no file behind
+    them, and the main heap."""
+    for line in maps:
+        fields = line.split(maxsplit=5)
+        name = fields[5].strip() if len(fields) > 5 else ""
+        if fields[1] != "rw-p" or (name and name != "[heap]"):
+            continue
+        start, end = (int(bound, 16) for bound in fields[0].split("-"))
+        yield start, end, name
 
 
 def _present_pages(pagemap: BinaryIO, start: int, end: int) -> list[bool]:
