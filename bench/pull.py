@@ -8,6 +8,8 @@ import shlex
 import shutil
 import statistics
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.assets import AssetSpec, ensure_asset, large_asset, small_files_asset
@@ -98,19 +100,13 @@ def measure_asset(
     url = presigned_url(server, BUCKET, spec.filename)
     label = f"{spec.service} ({len(spec.file_sizes):,} files, {spec.unpacked_bytes / 1e6:.0f} MB)"
     print(f"# pull: {label}, {archive.stat().st_size / 1e6:.1f} MB gzip", flush=True)
-    installs = options.workdir / "installs"
-    # Every contender that unpacks gets its own directory, all on one file system; the
-    # daybook installer puts the tree under <service>/<version>/ beside its lock file.
-    directories = {
-        DAYBOOK: installs / "daybook",
-        CURL_TAR: installs / "curl-tar",
-        CURL_PIGZ: installs / "curl-pigz",
-        STDLIB: installs / "stdlib",
-        EXTRACTOR: installs / "extractor",
-    }
-    commands = contenders(results, options, spec, url=url, archive=archive, directories=directories)
-    timings = time_contenders(options, env, spec, commands, directories)
+    commands = contenders(results, options, spec, url=url, archive=archive)
+    timings = time_contenders(options, env, spec, commands)
     add_pull_figures(results, spec, timings)
+
+
+# A contender's command line, given the fresh directory it unpacks into this run.
+Command = Callable[[Path], list[str]]
 
 
 def contenders(
@@ -120,70 +116,91 @@ def contenders(
     *,
     url: str,
     archive: Path,
-    directories: dict[str, Path],
-) -> dict[str, list[str]]:
+) -> dict[str, Command]:
     """The command of each contender that can run here; a row says which cannot."""
     pull = [str(options.daybook), "pull", "--host", host_for(spec), "--json"]
     python = sys.executable
-    commands: dict[str, list[str]] = {
-        DAYBOOK: [*pull, "--install-dir", str(directories[DAYBOOK])],
+    commands: dict[str, Command] = {
+        DAYBOOK: lambda directory: [*pull, "--install-dir", str(directory)],
     }
     quoted = shlex.quote(url)
     if shutil.which("curl"):
-        commands[CURL_TAR] = pipeline(f"curl -sf {quoted} | tar -xzf -", directories[CURL_TAR])
+        commands[CURL_TAR] = functools.partial(pipeline, f"curl -sf {quoted} | tar -xzf -")
         if shutil.which("pigz"):
-            commands[CURL_PIGZ] = pipeline(
-                f"curl -sf {quoted} | pigz -dc | tar -xf -", directories[CURL_PIGZ]
+            commands[CURL_PIGZ] = functools.partial(
+                pipeline, f"curl -sf {quoted} | pigz -dc | tar -xf -"
             )
         else:
             results.missing(SECTION, f"{spec.service}: {CURL_PIGZ}", "pigz not installed")
     else:
         results.missing(SECTION, f"{spec.service}: curl pipelines", "curl not installed")
     if not options.quick:
-        commands[STDLIB] = [python, "-c", _STDLIB_PULL, url, str(directories[STDLIB])]
-    commands[DRY_RUN] = [*pull, "--install-dir", str(directories[DAYBOOK]), "--dry-run"]
-    commands[EXTRACTOR] = [python, "-c", _EXTRACT_FILE, str(archive), str(directories[EXTRACTOR])]
-    commands[INFLATE] = [python, "-c", _INFLATE_FILE, str(archive)]
+        commands[STDLIB] = lambda directory: [python, "-c", _STDLIB_PULL, url, str(directory)]
+    commands[DRY_RUN] = lambda directory: [*pull, "--install-dir", str(directory), "--dry-run"]
+    commands[EXTRACTOR] = lambda directory: [
+        python,
+        "-c",
+        _EXTRACT_FILE,
+        str(archive),
+        str(directory),
+    ]
+    commands[INFLATE] = lambda _directory: [python, "-c", _INFLATE_FILE, str(archive)]
     return commands
 
 
 def time_contenders(
-    options: Options,
-    env: dict[str, str],
-    spec: AssetSpec,
-    commands: dict[str, list[str]],
-    directories: dict[str, Path],
+    options: Options, env: dict[str, str], spec: AssetSpec, commands: dict[str, Command]
 ) -> dict[str, list[float]]:
-    """Round by round, each into a clean directory; each tree checked once to be whole."""
-    trees = dict(directories)
-    trees[DAYBOOK] = directories[DAYBOOK] / spec.service / spec.version
-    checked: set[str] = set()
+    """Round by round, each run into a directory of its own; each tree checked to be whole.
 
-    def clean(name: str) -> None:
-        directory = directories.get(name)
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-        # Let the file system finish with the last run's files before the next is timed.
-        os.sync()
+    No inode is freed until every run is done: a run's files are emptied once checked, and
+    deleted at the end. On ext4 without a journal (this kind of machine's disk) creating a
+    file passes over every inode freed in the last minute (`recently_deleted`, one inode
+    table lookup each); perf put 46 % of `tar -xzf`'s time there after the previous run's
+    tree was removed, which swamped the contenders' difference. Emptying the files still
+    gives their memory back: left whole, six runs' trees (gigabytes of page cache) made the
+    200 MB asset's runs take 0.55-1.0 s instead of a steady 0.55-0.6 s on this VM.
+    """
+    base = Path(tempfile.mkdtemp(prefix="installs-", dir=options.workdir))
+    runs: dict[str, int] = dict.fromkeys(commands, 0)
 
-    def verify_once(name: str) -> None:
-        if name in trees and name not in checked:
-            checked.add(name)
-            found = tree_bytes(trees[name])
-            if found != spec.unpacked_bytes:
-                raise RuntimeError(f"{name} unpacked {found} bytes, expected {spec.unpacked_bytes}")
+    def directory_for(name: str) -> Path:
+        return base / slug(name) / str(runs[name])
 
-    timings = rounds(
-        {name: functools.partial(run_checked, argv, env) for name, argv in commands.items()},
-        runs=options.runs,
-        warmup=options.warmup,
-        before=clean,
-        after=verify_once,
-    )
-    for directory in directories.values():
-        shutil.rmtree(directory, ignore_errors=True)
-    return timings
+    def timed_run(name: str) -> float:
+        directory = directory_for(name)
+        directory.mkdir(parents=True)
+        return run_checked(commands[name](directory), env)
+
+    def verify(name: str) -> None:
+        root = directory_for(name)
+        if name == DAYBOOK:
+            # The installer puts the tree under <service>/<version>/ beside its lock file.
+            root = root / spec.service / spec.version
+        if name in UNPACKS and (found := tree_bytes(root)) != spec.unpacked_bytes:
+            raise RuntimeError(f"{name} unpacked {found} bytes, expected {spec.unpacked_bytes}")
+        empty_files(root)
+        runs[name] += 1
+
+    try:
+        return rounds(
+            {name: functools.partial(timed_run, name) for name in commands},
+            runs=options.runs,
+            warmup=options.warmup,
+            # Write back the last run's files so no run pays for another's.
+            before=lambda _name: os.sync(),
+            after=verify,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# The contenders that leave a tree behind, checked byte for byte after every run.
+UNPACKS = frozenset({DAYBOOK, CURL_TAR, CURL_PIGZ, STDLIB, EXTRACTOR})
+
+
+def slug(name: str) -> str:
+    return "".join(character if character.isalnum() else "-" for character in name)
 
 
 def add_pull_figures(results: Results, spec: AssetSpec, timings: dict[str, list[float]]) -> None:
@@ -230,6 +247,13 @@ def add_pull_figures(results: Results, spec: AssetSpec, timings: dict[str, list[
 def pipeline(command: str, directory: Path) -> list[str]:
     """A shell pipeline that unpacks into `directory`, failing if any stage fails."""
     return ["bash", "-c", f'set -o pipefail; {command} -C "$0"', str(directory)]
+
+
+def empty_files(root: Path) -> None:
+    """Give back a tree's data and page cache, keeping its inodes (see time_contenders)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            os.truncate(os.path.join(directory, name), 0)
 
 
 def tree_bytes(root: Path) -> int:
