@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -472,7 +471,7 @@ def _fill_data_dir(values: dict[str, object]) -> None:
 
 
 def _checked_hostname(given: object) -> str:
-    hostname = given or socket.gethostname()
+    hostname = given or os.uname().nodename  # gethostname(2), without importing socket
     assert isinstance(hostname, str)
     try:
         return check_host(hostname)

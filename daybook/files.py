@@ -97,11 +97,16 @@ def file_signature(path: Path) -> FileSignature | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def unique_suffix() -> str:
+    """Twelve random hex characters, to make a name beside others that no one else picks."""
+    return os.urandom(6).hex()
+
+
 def _create_temp(directory: Path, prefix: str, mode: int | None) -> tuple[int, Path]:
     # Not tempfile.mkstemp: it always creates 0600, and `mode=None` needs the kernel to
     # apply the umask as open() does. O_EXCL refuses an existing name, a symlink included.
     for _ in range(_TEMP_NAME_TRIES):
-        temp = directory / f"{prefix}{os.urandom(6).hex()}"
+        temp = directory / f"{prefix}{unique_suffix()}"
         try:
             fd = os.open(
                 temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600

@@ -9,14 +9,19 @@ contract's). Times become ISO-8601 strings in UTC; derived facts (`ok`, `missing
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daybook.model.fleet import FleetStatus, HostStatus
-from daybook.model.keys import KEY_STATES, Key, KeyListing
-from daybook.model.leadership import MasterView
-from daybook.model.results import Report, ServiceResult, ServiceResults
-from daybook.model.rollout import Rollout
-from daybook.model.sync import Sync, Tally
+from daybook.model.keys import KEY_STATES
+
+if TYPE_CHECKING:
+    # Only named in annotations: `daybook pull` needs two of these views and should not
+    # load the fleet's and rollouts' types to get them.
+    from daybook.model.fleet import FleetStatus, HostStatus
+    from daybook.model.keys import Key, KeyListing
+    from daybook.model.leadership import MasterView
+    from daybook.model.results import Report, ServiceResult, ServiceResults
+    from daybook.model.rollout import Rollout
+    from daybook.model.sync import Sync, Tally
 
 
 def iso_time(timestamp: float | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -360,6 +361,42 @@ def test_quick_commands_do_not_import_the_heavy_packages(tmp_path: Path, argv: l
     done = subprocess.run(
         [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=False
     )
+    assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr
+
+
+# What `daybook pull` must not load: its fixed cost is paid on every deploy. The wire codecs
+# (msgspec and every message type) serve only a failed hook's mark; the fleet's, rollouts'
+# and keys' types only other views; socket and uuid only names.
+PULL_AVOIDS = (
+    "daybook.wire",
+    "msgspec",
+    "daybook.model.fleet",
+    "daybook.model.rollout",
+    "socket",
+    "uuid",
+)
+
+
+def test_a_pull_loads_only_what_it_needs(run: Run, build: Path, tmp_path: Path) -> None:
+    run("push", str(make_asset(build, "api", "1")))
+    run("map", "set", "web-prod-*", "api")
+    code = (
+        "import sys\n"
+        "from daybook.cli.main import main\n"
+        "code = main(sys.argv[1:])\n"
+        f"avoided = {PULL_AVOIDS!r}\n"
+        "print('loaded:', *sorted(set(sys.modules) & set(avoided)), file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "pull", "--json"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["services"]["api"]["installed"] == ["1"]
     assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr
 
 

@@ -7,7 +7,6 @@ import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from daybook.backoff import backoff_s
 from daybook.errors import DaybookError, StoreUnavailableError
+from daybook.files import unique_suffix
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
 from daybook.model.names import AssetRef, is_valid_version, sorted_versions
@@ -229,7 +229,7 @@ class Installer:
         if final.is_dir():
             return
         service_dir.mkdir(parents=True, exist_ok=True)
-        staging = service_dir / f"{STAGING_PREFIX}{ref.version}-{uuid.uuid4().hex[:12]}"
+        staging = service_dir / f"{STAGING_PREFIX}{ref.version}-{unique_suffix()}"
         staging.mkdir(mode=0o755)
         try:
             stream = self._store.open(ref)

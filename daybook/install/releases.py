@@ -13,14 +13,13 @@ import dataclasses
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from daybook import wire
 from daybook.errors import WireError
+from daybook.files import unique_suffix
 from daybook.install.hooks import HookRun, HookRunner, output_tail
 from daybook.install.installer import (
     LINK_TEMP_PREFIX,
@@ -259,6 +258,8 @@ def hook_failures(service_dir: Path) -> dict[str, HookResult]:
 
 
 def _read_failure(path: Path, version: str) -> HookResult:
+    from daybook import wire  # see mark_hook_failure
+
     try:
         earlier = wire.from_json(HookResult, path.read_bytes())
     except (OSError, WireError):  # a mark cut short by a crash still says it failed
@@ -272,6 +273,10 @@ def _read_failure(path: Path, version: str) -> HookResult:
 
 
 def mark_hook_failure(service_dir: Path, version: str, hook: HookResult) -> None:
+    # The wire codecs (msgspec and every message type, 14 ms) load only where a hook failed,
+    # not with every `daybook pull`.
+    from daybook import wire
+
     (service_dir / f"{HOOK_FAILED_PREFIX}{version}").write_bytes(wire.to_json(hook))
 
 
@@ -280,7 +285,7 @@ def switch_current(
 ) -> None:
     """Point `current` at `version` atomically: a new link, renamed over the old one. The
     target is relative, so the service dir can move (or be seen through a bind mount)."""
-    temp = service_dir / f"{LINK_TEMP_PREFIX}{uuid.uuid4().hex[:12]}"
+    temp = service_dir / f"{LINK_TEMP_PREFIX}{unique_suffix()}"
     os.symlink(version, temp)
     checkpoint("link-made")
     os.replace(temp, service_dir / CURRENT_LINK)
@@ -291,7 +296,7 @@ def remove_version(
     service_dir: Path, version: str, checkpoint: Checkpoint = _no_checkpoint
 ) -> None:
     """Take `version` out of sight at once (a rename), then delete it."""
-    hidden = service_dir / f"{REMOVING_PREFIX}{version}-{uuid.uuid4().hex[:12]}"
+    hidden = service_dir / f"{REMOVING_PREFIX}{version}-{unique_suffix()}"
     os.rename(service_dir / version, hidden)
     checkpoint("hidden")
     shutil.rmtree(hidden)
