@@ -137,13 +137,8 @@ def contenders(
     if not options.quick:
         commands[STDLIB] = lambda directory: [python, "-c", _STDLIB_PULL, url, str(directory)]
     commands[DRY_RUN] = lambda directory: [*pull, "--install-dir", str(directory), "--dry-run"]
-    commands[EXTRACTOR] = lambda directory: [
-        python,
-        "-c",
-        _EXTRACT_FILE,
-        str(archive),
-        str(directory),
-    ]
+    extract_file = [python, "-c", _EXTRACT_FILE, str(archive)]
+    commands[EXTRACTOR] = lambda directory: [*extract_file, str(directory)]
     commands[INFLATE] = lambda _directory: [python, "-c", _INFLATE_FILE, str(archive)]
     return commands
 
@@ -156,7 +151,7 @@ def time_contenders(
     No inode is freed until every run is done: a run's files are emptied once checked, and
     deleted at the end. On ext4 without a journal (this kind of machine's disk) creating a
     file passes over every inode freed in the last minute (`recently_deleted`, one inode
-    table lookup each); perf put 46 % of `tar -xzf`'s time there after the previous run's
+    table lookup each); perf put about half of `tar -xzf`'s time there after the previous run's
     tree was removed, which swamped the contenders' difference. Emptying the files still
     gives their memory back: left whole, six runs' trees (gigabytes of page cache) made the
     200 MB asset's runs take 0.55-1.0 s instead of a steady 0.55-0.6 s on this VM.
