@@ -66,6 +66,8 @@ STDLIB = "python tarfile r|gz (stdlib)"
 DRY_RUN = "daybook pull --dry-run"
 EXTRACTOR = "daybook extractor, local file"
 INFLATE = "inflate only, local file"
+# The contenders that leave a tree behind, checked byte for byte after every run.
+UNPACKS = frozenset({DAYBOOK, CURL_TAR, CURL_PIGZ, STDLIB, EXTRACTOR})
 
 _EXTRACT_FILE = (
     "import sys\n"
@@ -188,10 +190,6 @@ def time_contenders(
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
-
-
-# The contenders that leave a tree behind, checked byte for byte after every run.
-UNPACKS = frozenset({DAYBOOK, CURL_TAR, CURL_PIGZ, STDLIB, EXTRACTOR})
 
 
 def slug(name: str) -> str:

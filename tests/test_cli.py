@@ -377,7 +377,7 @@ PULL_AVOIDS = (
 )
 
 
-def test_a_pull_loads_only_what_it_needs(run: Run, build: Path, tmp_path: Path) -> None:
+def test_a_pull_loads_only_what_it_needs(run: Run, build: Path) -> None:
     run("push", str(make_asset(build, "api", "1")))
     run("map", "set", "web-prod-*", "api")
     code = (
@@ -388,12 +388,9 @@ def test_a_pull_loads_only_what_it_needs(run: Run, build: Path, tmp_path: Path) 
         "print('loaded:', *sorted(set(sys.modules) & set(avoided)), file=sys.stderr)\n"
         "sys.exit(code)\n"
     )
+    # The fixture's settings are in this process's environment, which the child inherits.
     done = subprocess.run(
-        [sys.executable, "-c", code, "pull", "--json"],
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-c", code, "pull", "--json"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["services"]["api"]["installed"] == ["1"]
