@@ -6,6 +6,7 @@ import functools
 import os
 import shlex
 import shutil
+import stat
 import statistics
 import sys
 import tempfile
@@ -174,9 +175,9 @@ def time_contenders(
         if name == DAYBOOK:
             # The installer puts the tree under <service>/<version>/ beside its lock file.
             root = root / spec.service / spec.version
-        if name in UNPACKS and (found := tree_bytes(root)) != spec.unpacked_bytes:
+        found = empty_tree(root)
+        if name in UNPACKS and found != spec.unpacked_bytes:
             raise RuntimeError(f"{name} unpacked {found} bytes, expected {spec.unpacked_bytes}")
-        empty_files(root)
         runs[name] += 1
 
     try:
@@ -242,18 +243,17 @@ def pipeline(command: str, directory: Path) -> list[str]:
     return ["bash", "-c", f'set -o pipefail; {command} -C "$0"', str(directory)]
 
 
-def empty_files(root: Path) -> None:
-    """Give back a tree's data and page cache, keeping its inodes (see time_contenders)."""
-    for directory, _, files in os.walk(root):
-        for name in files:
-            os.truncate(os.path.join(directory, name), 0)
-
-
-def tree_bytes(root: Path) -> int:
+def empty_tree(root: Path) -> int:
+    """The bytes a tree's regular files held, then give back their data and page cache,
+    keeping their inodes (see time_contenders). One walk for both: 20,000 files a run."""
     total = 0
     for directory, _, files in os.walk(root):
         for name in files:
-            total += os.lstat(os.path.join(directory, name)).st_size
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            total += info.st_size
+            if stat.S_ISREG(info.st_mode):
+                os.truncate(path, 0)
     return total
 
 
