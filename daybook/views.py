@@ -11,11 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from daybook.model.keys import KEY_STATES
-
 if TYPE_CHECKING:
     # Only named in annotations: `daybook pull` needs two of these views and should not
-    # load the fleet's and rollouts' types to get them.
+    # load the fleet's, keys' and rollouts' types to get them.
     from daybook.model.fleet import FleetStatus, HostStatus
     from daybook.model.keys import Key, KeyListing
     from daybook.model.leadership import MasterView
@@ -242,4 +240,6 @@ def key_json(key: Key) -> dict[str, Any]:
 
 def keys_json(listing: KeyListing) -> dict[str, Any]:
     """`{"accepted": [{"host", "fingerprint", ...}], "pending": [...], "rejected": [...]}`"""
+    from daybook.model.keys import KEY_STATES  # not at the top: see the imports above
+
     return {state: [key_json(key) for key in getattr(listing, state)] for state in KEY_STATES}

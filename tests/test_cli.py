@@ -365,14 +365,18 @@ def test_quick_commands_do_not_import_the_heavy_packages(tmp_path: Path, argv: l
 
 
 # What `daybook pull` must not load: its fixed cost is paid on every deploy. The wire codecs
-# (msgspec and every message type) serve only a failed hook's mark; the fleet's, rollouts'
-# and keys' types only other views; socket and uuid only names.
+# (msgspec and every message type) serve only a failed hook's mark; the fleet's, rollouts',
+# keys' and leadership types only other views and commands; subprocess only a hook; socket
+# and uuid only names.
 PULL_AVOIDS = (
     "daybook.wire",
     "msgspec",
     "daybook.model.fleet",
+    "daybook.model.keys",
+    "daybook.model.leadership",
     "daybook.model.rollout",
     "socket",
+    "subprocess",
     "uuid",
 )
 

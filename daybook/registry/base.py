@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
-from daybook.model.leadership import Term
 from daybook.model.mappings import MappingTable
 from daybook.model.pins import Pin
+
+if TYPE_CHECKING:
+    from daybook.model.leadership import Term
 
 DEFAULT_KEY_PREFIX = "daybook/hosts/"
 
