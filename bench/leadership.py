@@ -2,7 +2,7 @@
 on the tests' Consul double with the default session TTL and lock-delay (real clock), and
 on the file lease. Prints figures; asserts nothing.
 
-* kill: a child process holds the lock and renews it every TTL/3, as a leader would, and is
+* kill: a child process holds the lock and renews it every TTL/2, as a leader would, and is
   SIGKILLed; a standby in this process waits (polling `acquire` every `--poll` seconds, or
   holding `watch` and trying when the key frees) until it takes over. On Consul the
   session then dies of its TTL (Consul's timer: 2 x TTL after the last renew) and the
@@ -35,7 +35,7 @@ from daybook.registry.base import open_leadership
 lead = open_leadership(sys.argv[1])
 term = lead.acquire("holder:4505")
 print(term.number, flush=True)
-period = lead.ttl_s / 3 if lead.ttl_s != float("inf") else 1.0
+period = lead.ttl_s / 2 if lead.ttl_s != float("inf") else 1.0
 done = threading.Event()
 def keep():
     while not done.wait(period) and lead.renew():

@@ -2,10 +2,11 @@
 
 Standing by, it tries to take the lock, holding the backend's watch while another master
 holds it and retrying every `retry_s` while the lock is free but refused (Consul's
-lock-delay after an expiry or a depose). Leading, it renews the term every third of its
-TTL: a renew that says the term is gone steps down at once; a backend that cannot answer
-keeps the term only until `ttl_s` after the last renew that succeeded, for the session lives
-at least that long and no longer. The loop learns all of it through its mailbox
+lock-delay after an expiry or a depose). Leading, it renews the term every half of its TTL,
+as Consul's own client does (`RenewPeriodic`), retrying a failed renew every
+`error_pause_s`: a renew that says the term is gone steps down at once; a backend that
+cannot answer keeps the term only until `ttl_s` after the last renew that succeeded, for
+the session lives at least that long and no longer. The loop learns all of it through its mailbox
 (`LeadershipGained`, `LeadershipLost`, `LeaderSeen`), like the watchers' changes.
 
 A prober may hasten a takeover from a leader that died without releasing the lock (a
@@ -103,7 +104,7 @@ class Elector:
     def _lead(self, term: Term) -> None:
         """Renew `term` until it is lost (then post that and return) or the elector stops."""
         ttl = self._leadership.ttl_s
-        interval = ttl / 3 if math.isfinite(ttl) else self._tuning.lease_check_s
+        interval = ttl / 2 if math.isfinite(ttl) else self._tuning.lease_check_s
         last_renewed = self._monotonic()
         pause, failing = interval, False
         while not self._stopping.wait(pause):

@@ -63,7 +63,7 @@ class ConsulLeadership:
     `acquire` reads the key first and creates a session only when the key is free, so a
     standby trying every few seconds costs one read per try; better, it holds `watch` (a
     blocking query on the key) and tries when the key's `Session` clears. The leader calls
-    `renew` every `ttl_s / 3`.
+    `renew` every `ttl_s / 2`.
     """
 
     def __init__(
