@@ -348,7 +348,15 @@ def _add_timers(parts: LoopParts, tuning: MasterTuning, started: float) -> LoopP
     # A rollout's next batch, once the wait after the last one is over.
     timers.add(ROLLOUTS, desk.release_waiters)
     housekeeper = parts.housekeeper
-    timers.add(HOST_FLUSH, housekeeper.flush_hosts, due=started + tuning.host_flush_interval_s)
+    # Saving hosts wakes the loop only while a host changed: a master with nothing to do
+    # sleeps until its next periodic task instead of waking every second to save nothing
+    # (a pass after a second asleep cost the loop 5 ms of CPU here, its caches cold).
+    timers.add(
+        HOST_FLUSH,
+        housekeeper.flush_hosts,
+        due=started + tuning.host_flush_interval_s,
+        wakes=housekeeper.has_unsaved_hosts,
+    )
     timers.add(PRUNE, housekeeper.prune, due=started)
     timers.add(HEAP_TRIM, housekeeper.release_memory, due=started + tuning.heap_trim_interval_s)
     timers.add(VIEW, parts.view.publish)

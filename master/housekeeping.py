@@ -41,6 +41,9 @@ class Housekeeper:
         self._tuning = tuning
         self._trim = trim or find_trim()
 
+    def has_unsaved_hosts(self) -> bool:
+        return self._fleet.has_unsaved()
+
     def flush_hosts(self, mono: float) -> None:
         self._scheduler.at(HOST_FLUSH, mono + self._tuning.host_flush_interval_s)
         dirty = self._fleet.take_dirty()

@@ -115,6 +115,10 @@ class Fleet:
         pattern = HostPattern(target)
         return tuple(host for host in self.live_hosts(now) if pattern.matches(host))
 
+    def has_unsaved(self) -> bool:
+        """Whether a host changed since the database last saw it."""
+        return bool(self._dirty)
+
     def take_dirty(self) -> list[HostStatus]:
         dirty = [self._hosts[host] for host in sorted(self._dirty)]
         self._dirty.clear()

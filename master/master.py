@@ -124,6 +124,7 @@ class Master:
             read_due = self._results_read_due()
             poller = everything if read_due is None else between_reads
             ready = dict(poller.poll(self._timeout_ms(read_due)))
+            self._metrics.loop_wakeups.inc()
             if self._mailbox.fileno() in ready:
                 for change in self._mailbox.drain():
                     self._dispatch(change)

@@ -107,9 +107,7 @@ class MasterMetrics:
             "Frames dropped as malformed, oversized or of the wrong kind, by socket.",
             ("socket",),
         )
-        self.published_events = counter("published_events", "Sync events published.")
-        self.published_bytes = counter("published_bytes", "Bytes of sync events published.")
-        self.operator_requests = counter("operator_requests", "Operator requests received.")
+        self._add_traffic_counters(counter)
         self.last_success = Gauge(
             "host_last_successful_sync_timestamp_seconds",
             "When each host last finished a sync without failure (Unix time).",
@@ -129,6 +127,17 @@ class MasterMetrics:
         # Running totals of the loop's own counters, to turn them into increments.
         self._seen_totals: dict[str, float] = {}
         self._export_known_labels()
+
+    def _add_traffic_counters(self, counter: Callable[..., Counter]) -> None:
+        """What the master sent and was asked, and how often its loop woke for it."""
+        self.published_events = counter("published_events", "Sync events published.")
+        self.published_bytes = counter("published_bytes", "Bytes of sync events published.")
+        self.operator_requests = counter("operator_requests", "Operator requests received.")
+        self.loop_wakeups = counter(
+            "loop_wakeups",
+            "Times the master's loop woke: for a message, a request, a change or a timer. An "
+            "idle master wakes only for its periodic tasks.",
+        )
 
     def _add_leadership_metrics(self, counter: Callable[..., Counter]) -> None:
         """Whether this master leads (a master alone always does), and how often that

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import zmq
@@ -128,3 +129,34 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
         (collector,) = collectors
         assert collector.batches[0] == 1
         assert len(collector.batches[1:]) <= 2, collector.batches
+
+
+def test_an_idle_master_sleeps_until_its_periodic_tasks(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """With nothing changed to save and nothing in flight, the loop does not wake every
+    host-flush interval; once a heartbeat changed a host, the flush comes."""
+    tuning = MasterTuning(host_flush_interval_s=0.2, busy_window_s=0.0)
+    with running_master(context, tmp_path, tuning) as (metrics, minion):
+        wakeups = metrics.registry.get_sample_value
+
+        def settled() -> bool:
+            before = wakeups("daybook_loop_wakeups_total")
+            threading.Event().wait(0.3)  # longer than a flush interval
+            return wakeups("daybook_loop_wakeups_total") == before
+
+        wait_for(settled, "the loop to sleep")
+        # Three flush intervals asleep: not one wake-up.
+        before = wakeups("daybook_loop_wakeups_total")
+        threading.Event().wait(0.6)
+        assert wakeups("daybook_loop_wakeups_total") == before
+
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
+        wait_for(lambda: saved_hosts(tmp_path / "master.db") == ["web-1"], "the host saved")
+        wait_for(settled, "the loop to sleep again")
+
+
+def saved_hosts(path: Path) -> list[str]:
+    """The hosts the master's database holds, read as another process would."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+        return [host for (host,) in database.execute("SELECT host FROM hosts ORDER BY host")]
