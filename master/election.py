@@ -6,8 +6,8 @@ lock-delay after an expiry or a depose). Leading, it renews the term every half 
 as Consul's own client does (`RenewPeriodic`), retrying a failed renew every
 `error_pause_s`: a renew that says the term is gone steps down at once; a backend that
 cannot answer keeps the term only until `ttl_s` after the last renew that succeeded, for
-the session lives at least that long and no longer. The loop learns all of it through its mailbox
-(`LeadershipGained`, `LeadershipLost`, `LeaderSeen`), like the watchers' changes.
+the session lives at least that long and no longer. The loop learns all of it through its
+mailbox (`LeadershipGained`, `LeadershipLost`, `LeaderSeen`), like the watchers' changes.
 
 A prober may hasten a takeover from a leader that died without releasing the lock (a
 SIGKILLed Consul leader would otherwise hold it until its TTL runs out, ~20 s): while
