@@ -130,7 +130,10 @@ class Master:
                     self._dispatch(change)
             if self._collector.socket in ready:
                 self._next_results_read = self._monotonic() + self._quiet_read_interval_s
-                self._collect()
+                if self._collect() >= self._tuning.batch_limit:
+                    # The read stopped at the limit: a backlog is read on at once, whatever
+                    # the spell (the quiet pause is for heartbeats trickling in).
+                    self._next_results_read = -math.inf
             if self._control.socket in ready:
                 self._parts.desk.serve()
             self._parts.timers.run_due(self._monotonic())
@@ -172,9 +175,11 @@ class Master:
             standing.see(change.leader)
         parts.view.changed()
 
-    def _collect(self) -> None:
-        if self._parts.recorder.collect():
+    def _collect(self) -> int:
+        recorded = self._parts.recorder.collect()
+        if recorded:
             self._parts.desk.release_waiters(self._monotonic())
+        return recorded
 
     # -- when to wake ---------------------------------------------------------------------------
 

@@ -53,13 +53,14 @@ class ResultsRecorder:
             if status.last_report is not None and status.last_report.ok:
                 metrics.host_succeeded_before(status.host, status.last_report.finished_at)
 
-    def collect(self) -> bool:
-        """Record everything waiting on the results socket, and commit it; True if anything
-        was recorded (so operators waiting on a sync may have their answer)."""
+    def collect(self) -> int:
+        """Record what is waiting on the results socket, up to `batch_limit` messages, and
+        commit it. Returns how many were recorded: any (operators waiting on a sync may have
+        their answer), or the whole limit (more may be waiting)."""
         messages = self._collector.receive_batch(self._batch_limit)
         self._count_dropped()
         if not messages:
-            return False
+            return 0
         now = self._clock()
         news = False
         heartbeats = 0
@@ -75,7 +76,7 @@ class ResultsRecorder:
         self._view.changed(lazy=not news)
         # Commit before answering anyone: an answer never reports what a crash could lose.
         self._db.commit()
-        return True
+        return len(messages)
 
     def _count_dropped(self) -> None:
         metrics, collector = self._metrics, self._collector

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -98,11 +99,13 @@ class CountingCollector(Collector):
     def __init__(self, socket: zmq.Socket[bytes]) -> None:
         super().__init__(socket)
         self.batches: list[int] = []
+        self.read_at: list[float] = []
 
     def receive_batch(self, limit: int) -> list[tuple[Report | Heartbeat, bytes]]:
         messages = super().receive_batch(limit)
         if messages:
             self.batches.append(len(messages))
+            self.read_at.append(time.monotonic())
         return messages
 
 
@@ -129,6 +132,31 @@ def test_a_quiet_master_reads_heartbeats_in_batches(
         (collector,) = collectors
         assert collector.batches[0] == 1
         assert len(collector.batches[1:]) <= 2, collector.batches
+
+
+def test_a_quiet_master_reads_a_backlog_at_once(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """The quiet pause is for heartbeats trickling in: a read that stopped at the batch
+    limit is followed by the next at once, not a pause later."""
+    collectors: list[CountingCollector] = []
+
+    def counting(socket: zmq.Socket[bytes]) -> Collector:
+        collectors.append(CountingCollector(socket))
+        return collectors[-1]
+
+    tuning = MasterTuning(quiet_collect_interval_s=2.0, busy_window_s=0.0, batch_limit=10)
+    with running_master(context, tmp_path, tuning, collector=counting) as (metrics, minion):
+        minion.send_multipart(wire.encode(heartbeat("web-0", "boot1")))
+        wait_for(lambda: heartbeats(metrics) == 1, "the first heartbeat")
+        # 35 more while the loop pauses: read in four batches when the pause ends.
+        for number in range(1, 36):
+            minion.send_multipart(wire.encode(heartbeat(f"web-{number}", "boot1")))
+        wait_for(lambda: heartbeats(metrics) == 36, "the backlog")
+        (collector,) = collectors
+        assert collector.batches == [1, 10, 10, 10, 5]
+        # One after another: three pauses would have taken 6 s.
+        assert collector.read_at[-1] - collector.read_at[1] < 1.0, collector.read_at
 
 
 def test_an_idle_master_sleeps_until_its_periodic_tasks(
