@@ -24,6 +24,8 @@ from master.metrics import MasterMetrics
 from master.snapshot import FleetSnapshot, SnapshotBox
 from master.tuning import MasterTuning
 
+CollectorFactory = Callable[[zmq.Socket[bytes]], Collector]
+
 
 @contextmanager
 def running_master(
@@ -31,7 +33,7 @@ def running_master(
     tmp_path: Path,
     tuning: MasterTuning,
     *,
-    collector: Callable[[zmq.Socket[bytes]], Collector] = Collector,
+    collector: CollectorFactory = Collector,
     snapshots: SnapshotBox | None = None,
 ) -> Iterator[tuple[MasterMetrics, zmq.Socket[bytes]]]:
     """A master loop on its own thread, its metrics, and a minion's PUSH socket connected
@@ -109,16 +111,22 @@ class CountingCollector(Collector):
         return messages
 
 
+def counting_collectors() -> tuple[list[CountingCollector], CollectorFactory]:
+    """A collector factory for the master, and the list of the collectors it made."""
+    made: list[CountingCollector] = []
+
+    def counting(socket: zmq.Socket[bytes]) -> Collector:
+        made.append(CountingCollector(socket))
+        return made[-1]
+
+    return made, counting
+
+
 def test_a_quiet_master_reads_heartbeats_in_batches(
     context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
 ) -> None:
     """With no sync in flight, heartbeats arriving one by one wake the loop in batches."""
-    collectors: list[CountingCollector] = []
-
-    def counting(socket: zmq.Socket[bytes]) -> Collector:
-        collectors.append(CountingCollector(socket))
-        return collectors[-1]
-
+    collectors, counting = counting_collectors()
     tuning = MasterTuning(quiet_collect_interval_s=0.4, busy_window_s=0.0)
     with running_master(context, tmp_path, tuning, collector=counting) as (metrics, minion):
         minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
@@ -139,12 +147,7 @@ def test_a_quiet_master_reads_a_backlog_at_once(
 ) -> None:
     """The quiet pause is for heartbeats trickling in: a read that stopped at the batch
     limit is followed by the next at once, not a pause later."""
-    collectors: list[CountingCollector] = []
-
-    def counting(socket: zmq.Socket[bytes]) -> Collector:
-        collectors.append(CountingCollector(socket))
-        return collectors[-1]
-
+    collectors, counting = counting_collectors()
     tuning = MasterTuning(quiet_collect_interval_s=2.0, busy_window_s=0.0, batch_limit=10)
     with running_master(context, tmp_path, tuning, collector=counting) as (metrics, minion):
         minion.send_multipart(wire.encode(heartbeat("web-0", "boot1")))
