@@ -3,7 +3,8 @@ sync expects, the answers so far, and the operators waiting for them.
 
 Pure bookkeeping over the model's types and explicit clocks, with no sockets and no
 database, so every rule here (who is up, whom a sync expects, when a sync is complete,
-which operator waits are over) is tested directly.
+which operator waits are over) is tested directly. A sync's answers are kept as their
+wire payloads, a quarter of their decoded size.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from daybook import wire
 from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.messages import Heartbeat
 from daybook.model.patterns import HostPattern
@@ -196,6 +198,22 @@ class Filed:
         return self.before.state != COMPLETE and self.after.state == COMPLETE
 
 
+class _Answer:
+    """A host's answer as the book holds it: what tallies and republishes read, and the
+    report as it came on the wire. Decoded, a report is four times its payload, and a large
+    fleet's recent syncs hold thousands; it is decoded again only for whoever asks."""
+
+    __slots__ = ("finished_at", "ok", "payload")
+
+    def __init__(self, report: Report, payload: bytes) -> None:
+        self.finished_at = report.finished_at
+        self.ok = report.ok
+        self.payload = payload
+
+    def report(self) -> Report:
+        return wire.decode_again(Report, self.payload)
+
+
 class _Entry:
     """The book's working copy of one sync: the answers so far, by host, and their running
     tally, kept up to date report by report so that filing a report never recounts a
@@ -207,11 +225,11 @@ class _Entry:
         # Without answers: the entry keeps those itself.
         self.sync = replace(sync, results={}) if sync.results else sync
         self.expected = frozenset(sync.expected)
-        self.answers: dict[str, Report] = {}
+        self.answers: dict[str, _Answer] = {}
         self.answered = 0
         self.failed = 0
         for report in sync.results.values():
-            self.file(report, sync.closed_at or sync.issued_at)
+            self.file(report, wire.payload(report), sync.closed_at or sync.issued_at)
 
     @property
     def open(self) -> bool:
@@ -220,7 +238,7 @@ class _Entry:
     def tally(self) -> Tally:
         return Tally(len(self.expected), self.answered, self.failed, len(self.sync.silent))
 
-    def file(self, report: Report, now: float) -> bool:
+    def file(self, report: Report, payload: bytes, now: float) -> bool:
         """Keep the host's latest report; True if it changed the answers. The last answer
         the sync waited for closes it."""
         current = self.answers.get(report.host)
@@ -230,8 +248,9 @@ class _Entry:
             self.answered += report.host in self.expected
         else:
             self.failed -= not current.ok
-        self.failed += not report.ok
-        self.answers[report.host] = report
+        answer = _Answer(report, payload)
+        self.failed += not answer.ok
+        self.answers[report.host] = answer
         if self.open and self.answered == len(self.expected):
             self.sync = replace(self.sync, closed_at=now)
         return True
@@ -243,7 +262,9 @@ class _Entry:
         return [host for host in self.sync.expected if host not in self.answers]
 
     def snapshot(self) -> Sync:
-        return self.sync.with_results(self.answers)
+        return self.sync.with_results(
+            {host: answer.report() for host, answer in self.answers.items()}
+        )
 
 
 class SyncBook:
@@ -255,7 +276,7 @@ class SyncBook:
 
     def __init__(self, capacity: int = 64, max_results: int = 10_000) -> None:
         self._capacity = capacity
-        # Every sync holds a report per host (a kilobyte or two each): in a large fleet,
+        # Every sync holds a report per host (half a kilobyte each): in a large fleet,
         # older syncs go sooner, so that memory does not grow with the fleet times 64.
         self._max_results = max_results
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
@@ -299,13 +320,14 @@ class SyncBook:
                 return entry.snapshot()
         return None
 
-    def record(self, report: Report, now: float) -> Filed | None:
-        """File a report, received at `now`, under its sync if that sync is held here."""
+    def record(self, report: Report, now: float, payload: bytes | None = None) -> Filed | None:
+        """File a report, received at `now`, under its sync if that sync is held here.
+        `payload` is the report as it came on the wire, kept in its place."""
         entry = self._entries.get(report.sync_id)
         if entry is None:
             return None
         before = entry.tally()
-        entry.file(report, now)
+        entry.file(report, wire.payload(report) if payload is None else payload, now)
         return Filed(entry.sync, before, entry.tally())
 
     def close_due(self, now: float, down_since: Callable[[str], float | None]) -> list[Sync]:
@@ -355,7 +377,7 @@ class SyncBook:
         return any(
             entry.failed
             and now - entry.sync.issued_at <= window_s
-            and any(not report.ok and is_up(host) for host, report in entry.answers.items())
+            and any(not answer.ok and is_up(host) for host, answer in entry.answers.items())
             for entry in self._entries.values()
         )
 

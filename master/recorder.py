@@ -90,7 +90,7 @@ class ResultsRecorder:
             self._metrics.duplicate_reports.inc()
             return
         self._fleet.reported(report, now)
-        filed = self._book.record(report, now)
+        filed = self._book.record(report, now, payload)
         self._metrics.report_received(
             report,
             latency_s=None if filed is None else now - filed.sync.issued_at,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from messages import heartbeat, report
 
+from daybook import wire
 from daybook.model.sync import Sync
 from master.ledger import Fleet, SyncBook, Waiter
 
@@ -91,6 +92,19 @@ def test_the_book_tallies_what_the_sync_itself_counts() -> None:
     held = book.get("s1")
     assert held is not None
     assert book.tally("s1") == held.tally()
+
+
+def test_the_book_keeps_answers_as_they_came_on_the_wire() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a", "b")))
+    sent = report("a", ok=False)
+    book.record(sent, now=50.0, payload=wire.payload(sent))
+    book.record(report("b"), now=50.0)  # no payload at hand: the book encodes the report
+    held = book.get("s1")
+    assert held is not None
+    assert held.results == {"a": sent, "b": report("b")}
+    assert book.failing(60.0, window_s=100.0, is_up=lambda host: host == "a")
+    assert not book.failing(60.0, window_s=100.0, is_up=lambda host: host == "b")
 
 
 def test_a_later_report_replaces_an_earlier_one_for_the_same_sync() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Protocol
 
 from daybook.model.ids import is_valid_id
 from daybook.model.patterns import is_valid_host, is_valid_pattern
@@ -115,6 +116,13 @@ class Sync:
         return replace(self, results=dict(sorted(results.items())))
 
 
-def is_newer(report: Report, than: Report | None) -> bool:
+class Answer(Protocol):
+    """A report, or what a holder of many keeps of one."""
+
+    @property
+    def finished_at(self) -> float: ...
+
+
+def is_newer(report: Answer, than: Answer | None) -> bool:
     """Whether `report` should replace `than` as a host's latest: an old one resent is not."""
     return than is None or report.finished_at >= than.finished_at
