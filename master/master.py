@@ -29,6 +29,7 @@ from master.download_desk import Signer
 from master.ledger import Fleet
 from master.metrics import MasterMetrics
 from master.publisher import Publisher
+from master.recorder import Collected
 from master.rollouts import PinWriter
 from master.snapshot import SnapshotBox
 from master.standing import Standing
@@ -99,7 +100,9 @@ class Master:
         # batches in quiet spells (see MasterTuning); a heartbeat read late must never make
         # a host look down, so a quiet spell's pause is a small share of down_after_s.
         self._next_results_read = -math.inf
-        self._quiet_read_interval_s = min(tuning.quiet_collect_interval_s, fleet.down_after_s / 10)
+        most_s = fleet.down_after_s / 10
+        self._quiet_read_interval_s = min(tuning.quiet_collect_interval_s, most_s)
+        self._report_read_interval_s = min(tuning.report_collect_interval_s, most_s)
         parts.view.publish()
 
     # -- start and stop -------------------------------------------------------------------------
@@ -129,11 +132,7 @@ class Master:
                 for change in self._mailbox.drain():
                     self._dispatch(change)
             if self._collector.socket in ready:
-                self._next_results_read = self._monotonic() + self._quiet_read_interval_s
-                if self._collect() >= self._tuning.batch_limit:
-                    # The read stopped at the limit: a backlog is read on at once, whatever
-                    # the spell (the quiet pause is for heartbeats trickling in).
-                    self._next_results_read = -math.inf
+                self._next_results_read = self._next_read_after(self._collect())
             if self._control.socket in ready:
                 self._parts.desk.serve()
             self._parts.timers.run_due(self._monotonic())
@@ -175,9 +174,9 @@ class Master:
             standing.see(change.leader)
         parts.view.changed()
 
-    def _collect(self) -> int:
+    def _collect(self) -> Collected:
         recorded = self._parts.recorder.collect()
-        if recorded:
+        if recorded.messages:
             self._parts.desk.release_waiters(self._monotonic())
         return recorded
 
@@ -192,6 +191,15 @@ class Master:
         if mono - self._parts.broadcaster.last_sent < self._tuning.busy_window_s:
             return None
         return self._next_results_read
+
+    def _next_read_after(self, read: Collected) -> float:
+        """When a quiet spell's next read of the results socket may come, after `read`."""
+        if read.messages >= self._tuning.batch_limit:
+            # The read stopped at the limit: a backlog is read on at once (the quiet
+            # pause is for messages trickling in).
+            return -math.inf
+        pause_s = self._report_read_interval_s if read.reports else self._quiet_read_interval_s
+        return self._monotonic() + pause_s
 
     def _timeout_ms(self, read_due: float | None) -> int | None:
         dues = [due for due in (read_due, self._parts.timers.next_due()) if due is not None]

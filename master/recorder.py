@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 from daybook.model.messages import Heartbeat
 from daybook.model.results import Report
@@ -21,6 +22,13 @@ from master.served import Served
 from master.view_publisher import ViewPublisher
 
 log = logging.getLogger(__name__)
+
+
+class Collected(NamedTuple):
+    """What one read of the results socket recorded."""
+
+    messages: int
+    reports: int
 
 
 class ResultsRecorder:
@@ -53,14 +61,14 @@ class ResultsRecorder:
             if status.last_report is not None and status.last_report.ok:
                 metrics.host_succeeded_before(status.host, status.last_report.finished_at)
 
-    def collect(self) -> int:
+    def collect(self) -> Collected:
         """Record what is waiting on the results socket, up to `batch_limit` messages, and
-        commit it. Returns how many were recorded: any (operators waiting on a sync may have
-        their answer), or the whole limit (more may be waiting)."""
+        commit it. Says how many were recorded: any (operators waiting on a sync may have
+        their answer), or the whole limit (more may be waiting); and how many were reports."""
         messages = self._collector.receive_batch(self._batch_limit)
         self._count_dropped()
         if not messages:
-            return 0
+            return Collected(0, 0)
         now = self._clock()
         news = False
         heartbeats = 0
@@ -76,7 +84,7 @@ class ResultsRecorder:
         self._view.changed(lazy=not news)
         # Commit before answering anyone: an answer never reports what a crash could lose.
         self._db.commit()
-        return len(messages)
+        return Collected(len(messages), len(messages) - heartbeats)
 
     def _count_dropped(self) -> None:
         metrics, collector = self._metrics, self._collector

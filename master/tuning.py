@@ -60,12 +60,15 @@ class MasterTuning:
     # After subscribers are dropped (a key deleted), the state is sent again this soon,
     # once the minions still accepted have reconnected.
     resubscribe_grace_s: float = 0.5
-    # With nobody waiting on a sync and no new sync published for `busy_window_s`, the results
-    # socket is read at most every `quiet_collect_interval_s`: a fleet's heartbeats, sent
-    # one by one at their own times, then wake the loop twice a second in a batch instead
-    # of once each. Answers an operator waits for are read as they come, and a backlog
-    # (a read that stopped at `batch_limit`) is read on at once. Once a second saved the
-    # loop's thread about 0.5 % of a core with 1,000 minions, but cost ingest a third:
-    # 10,000 reports a second against 13,500-15,000 at 0.5 s. (Never over down_after_s / 10.)
-    quiet_collect_interval_s: float = 0.5
+    # With nobody waiting on a sync and no new sync published for `busy_window_s`, the
+    # results socket is read at most every `quiet_collect_interval_s` while it brings only
+    # heartbeats, and every `report_collect_interval_s` once a read found a report: a
+    # fleet's heartbeats, sent one by one at their own times, then wake the loop once a
+    # second in a batch instead of once each, and reports arriving unasked (a republish's
+    # answers, a stream of them) are still read twice a second. Answers an operator waits
+    # for are read as they come, and a backlog (a read that stopped at `batch_limit`) is
+    # read on at once. Reading reports once a second too cost ingest a third: 10,000
+    # reports a second against 13,500-15,000 at 0.5 s. (Neither over down_after_s / 10.)
+    quiet_collect_interval_s: float = 1.0
+    report_collect_interval_s: float = 0.5
     busy_window_s: float = 5.0

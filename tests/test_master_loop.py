@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 from master_thread import master_thread
-from messages import heartbeat
+from messages import heartbeat, report
 
 from daybook import wire
 from daybook.mailbox import Mailbox
@@ -160,6 +160,28 @@ def test_a_quiet_master_reads_a_backlog_at_once(
         assert collector.batches == [1, 10, 10, 10, 5]
         # One after another: three pauses would have taken 6 s.
         assert collector.read_at[-1] - collector.read_at[1] < 1.0, collector.read_at
+
+
+def test_a_quiet_master_reads_reports_sooner_than_heartbeats(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """After a read of heartbeats alone the loop pauses the longer quiet pause; after a
+    read that found a report, the shorter one: reports arriving unasked keep their pace."""
+    collectors, counting = counting_collectors()
+    tuning = MasterTuning(
+        quiet_collect_interval_s=3.0, report_collect_interval_s=0.1, busy_window_s=0.0
+    )
+    with running_master(context, tmp_path, tuning, collector=counting) as (metrics, minion):
+        minion.send_multipart(wire.encode(heartbeat("web-0", "boot1")))
+        wait_for(lambda: heartbeats(metrics) == 1, "the first heartbeat")
+        (collector,) = collectors
+        minion.send_multipart(wire.encode(report("web-0", "s1", finished_at=10.0)))
+        wait_for(lambda: len(collector.batches) == 2, "the first report", timeout_s=10.0)
+        minion.send_multipart(wire.encode(report("web-0", "s2", finished_at=11.0)))
+        wait_for(lambda: len(collector.batches) == 3, "the second report")
+        first, second, third = collector.read_at
+        assert second - first >= 2.5, collector.read_at  # the heartbeats' pause
+        assert third - second < 1.5, collector.read_at  # the reports' pause
 
 
 def test_an_idle_master_sleeps_until_its_periodic_tasks(

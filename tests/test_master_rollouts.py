@@ -160,7 +160,9 @@ def master_loop(
         tmp_path,
         sockets,
         mailbox,
-        tuning=MasterTuning(startup_grace_s=0.0, quiet_collect_interval_s=0.05),
+        tuning=MasterTuning(
+            startup_grace_s=0.0, quiet_collect_interval_s=0.05, report_collect_interval_s=0.05
+        ),
         pins=pins,
         access=EveryoneOperates(),
         # A watcher that answers a refresh at once: operator syncs, and the batches of a
