@@ -95,11 +95,12 @@ class SyncKeeper:
 
     def find_request(self, request_id: str) -> Sync | None:
         """The sync an operator request started, so that its retry starts no other."""
-        sync = self._book.by_request(request_id)
-        if sync is None:
-            sync = self._db.sync_for_request(request_id)
-            if sync is not None:
-                self._book.add(sync)
+        held = self._book.by_request(request_id)
+        if held is not None:
+            return self.find(held)
+        sync = self._db.sync_for_request(request_id)
+        if sync is not None:
+            self._book.add(sync)
         return sync
 
     def has_open_syncs(self) -> bool:

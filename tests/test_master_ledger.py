@@ -5,7 +5,7 @@ from __future__ import annotations
 from messages import heartbeat, report
 
 from daybook import wire
-from daybook.model.sync import Sync
+from daybook.model.sync import Sync, Tally
 from master.ledger import Fleet, SyncBook, Waiter
 
 
@@ -194,8 +194,39 @@ def test_unfinished_syncs_are_recent_and_incomplete_and_bounded() -> None:
 def test_a_retried_request_finds_its_sync() -> None:
     book = SyncBook()
     book.add(Sync("s1", "*", "operator", 1.0, (), request_id="q1"))
-    assert book.by_request("q1") is not None
+    assert book.by_request("q1") == "s1"
     assert book.by_request("q2") is None
+
+
+def test_the_book_lets_go_of_closed_syncs_reports_but_the_newest() -> None:
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 1.0, ("a",)))
+    book.record(report("a", "s1"), now=2.0)  # s1 complete, and the newest: its operator asks next
+    assert book.get("s1") is not None
+    book.add(Sync("s2", "*", "operator", 3.0, ("a", "b"), deadline=10.0))
+    assert book.get("s1") is None  # the database has it
+    assert book.tally("s1") == Tally(1, 1, 0, 0)
+    book.add(Sync("s3", "*", "operator", 4.0, ("a",)))
+    book.record(report("a", "s2", ok=False), now=5.0)
+    book.record(report("a", "s3"), now=5.0)
+    # s2 is still open: its reports stay however many syncs come after it.
+    assert book.get("s2").results["a"] == report("a", "s2", ok=False)  # type: ignore[union-attr]
+    (closed,) = book.close_due(10.0, {}.get)
+    assert closed.results == {"a": report("a", "s2", ok=False)}
+    assert book.get("s2") is None
+    assert book.get("s3") is not None
+    # What the republish rules read stays: s2's failed answer, and b's silence.
+    assert book.failing(11.0, window_s=100.0, is_up=lambda host: True)
+    assert book.tally("s2") == Tally(2, 1, 1, 1)
+    # A late answer is counted, and its report left to the database too.
+    filed = book.record(report("b", "s2", finished_at=20.0), now=21.0)
+    assert filed is not None
+    assert filed.after == Tally(2, 2, 1, 1)
+    assert book.get("s2") is None
+    # Adding a sync held already changes nothing (an operator asking for it again).
+    book.add(Sync("s2", "*", "operator", 3.0, ("a", "b")))
+    assert [sync.sync_id for sync in book] == ["s1", "s2", "s3"]
+    assert book.get("s3") is not None
 
 
 # -- every sync ends --------------------------------------------------------------------------
