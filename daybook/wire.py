@@ -149,15 +149,23 @@ def to_builtins(value: object) -> Any:
 def decode_frames(frames: Sequence[bytes], *, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """Decode one message, its topic then its payload in one frame or more; WireError for
     anything else."""
+    return decode_with_payload(frames, max_bytes=max_bytes)[0]
+
+
+def decode_with_payload(
+    frames: Sequence[bytes], *, max_bytes: int = MAX_FRAME_BYTES
+) -> tuple[Message, bytes]:
+    """`decode_frames`, and the payload it decoded, for whoever keeps it as it came."""
     if len(frames) < 2:
         raise WireError(f"expected 2 frames [topic, payload], got {len(frames)}")
-    topic, *parts = frames
+    topic = frames[0]
     kind = _BY_TOPIC.get(bytes(topic))
     if kind is None:
         raise WireError(f"unknown topic {bytes(topic)[:64]!r}")
-    if len(parts) > 1:
-        _check_parts(parts, max_bytes)
-    return decode(kind, joined_payload(frames), max_bytes=max_bytes)
+    if len(frames) > 2:
+        _check_parts(frames[1:], max_bytes)
+    data = joined_payload(frames)
+    return decode(kind, data, max_bytes=max_bytes), data
 
 
 def joined_payload(frames: Sequence[bytes]) -> bytes:

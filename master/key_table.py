@@ -29,6 +29,9 @@ class KeyTable:
         self._keys: dict[str, Key] = {}
         # (role, host) -> key, for accepted keys bound to a host: one key per host and role.
         self._bound: dict[tuple[str, str], str] = {}
+        # Key -> the host it was found to speak for (the key ring's `speaks_for`), until the
+        # key changes. Read without the lock, on every message a minion sends.
+        self.speaking: dict[str, str] = {}
         self._full_warned = False
         # Keys changed here and not written to the shared store yet.
         self.unsaved: set[str] = set()
@@ -78,6 +81,7 @@ class KeyTable:
         old = self._keys.get(entry.public_key)
         if old is not None:
             self.remove(old)
+        self.speaking.pop(entry.public_key, None)
         self._keys[entry.public_key] = entry
         if entry.state == ACCEPTED and entry.host is not None:
             self._bound[(entry.role, entry.host)] = entry.public_key
@@ -97,6 +101,7 @@ class KeyTable:
 
     def remove(self, entry: Key) -> None:
         self._keys.pop(entry.public_key, None)
+        self.speaking.pop(entry.public_key, None)
         if entry.host is not None and self._bound.get((entry.role, entry.host)) == entry.public_key:
             del self._bound[(entry.role, entry.host)]
 

@@ -82,6 +82,21 @@ def test_accept_by_host_then_the_key_speaks_only_for_its_host(ring: KeyRing) -> 
     assert not ring.speaks_for("", "web-1")
 
 
+def test_a_key_stops_speaking_for_its_host_once_rejected_or_deleted(ring: KeyRing) -> None:
+    # speaks_for remembers its answers; a change to the key must end them at once.
+    pair = KeyPair.generate()
+    user = CURVE_USER_PREFIX + pair.public
+    ring.hello(pair.public, "web-1", "minion", "10.0.0.9")
+    ring.accept("web-1")
+    assert ring.speaks_for(user, "web-1")
+    ring.reject("web-1")
+    assert not ring.speaks_for(user, "web-1")
+    ring.accept(ring.listing().rejected[0].fingerprint)
+    assert ring.speaks_for(user, "web-1")
+    ring.delete("web-1")
+    assert not ring.speaks_for(user, "web-1")
+
+
 def test_a_key_accepted_unnamed_is_bound_to_its_first_host(ring: KeyRing) -> None:
     pair, other = KeyPair.generate(), KeyPair.generate()
     ring.admit(DOMAIN_RESULTS, pair.public, "10.0.0.9")

@@ -213,3 +213,31 @@ def saved_hosts(path: Path) -> list[str]:
     """The hosts the master's database holds, read as another process would."""
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
         return [host for (host,) in database.execute("SELECT host FROM hosts ORDER BY host")]
+
+
+def test_the_collector_refuses_malformed_messages_whole_and_reads_on() -> None:
+    # Frame by frame, a message's frames must stay together: one with too many, or with
+    # its topic alone, is refused whole, and the next message is read from its first frame.
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        sent = heartbeat("web-1")
+        big = report("web-2")
+        push.send_multipart([wire.TOPIC_HEARTBEAT])
+        push.send_multipart([wire.TOPIC_HEARTBEAT, *[b"\x80"] * 1000])
+        push.send_multipart(wire.encode(sent))
+        # A payload split over frames, as a large report is sent, is joined again.
+        payload = wire.payload(big)
+        push.send_multipart([wire.TOPIC_REPORT, payload[:7], payload[7:]])
+        collector = Collector(pull)
+        received: list[tuple[Report | Heartbeat, bytes]] = []
+        wait_for(
+            lambda: bool(received.extend(collector.receive_batch(10)) or len(received) == 2),
+            "the two good messages",
+        )
+        assert received == [(sent, wire.payload(sent)), (big, payload)]
+        assert (collector.malformed, collector.received) == (2, 2)
+    finally:
+        context.destroy(linger=0)
