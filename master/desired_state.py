@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 from daybook import wire
 from daybook.model.messages import Heartbeat
@@ -86,13 +87,15 @@ class DesiredStateKeeper:
         served.mappings, served.digests = decoded.mappings, decoded.digests
         served.pins = decoded.pins
         served.state = state
-        found = self._syncs.find(sync_id)
+        # Held without its answers, or loaded from the database with them: the events name
+        # it, and its answers are the book's (10,000 decoded reports in a large fleet).
+        found = self._book.held(sync_id) or self._syncs.find(sync_id)
         if found is None:  # pruned away; keep its id so minions do not report it again
             found = Sync(sync_id, ALL_HOSTS, "auto", self._clock(), ())
             self._db.add_sync(found)
             self._db.commit()
         self._book.add(found)
-        served.sync = found
+        served.sync = replace(found, results={}) if found.results else found
         log.info("serving the stored desired state (sync %s) until the watchers answer", sync_id)
         self.republish(self._monotonic(), announce=True)
 

@@ -11,7 +11,7 @@ soon: the open syncs and the newest. The database has every one.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from daybook import wire
@@ -19,7 +19,7 @@ from daybook.model.fleet import FleetStatus, HostStatus
 from daybook.model.messages import Heartbeat
 from daybook.model.patterns import HostPattern
 from daybook.model.results import Report
-from daybook.model.sync import COMPLETE, Sync, Tally, is_newer
+from daybook.model.sync import COMPLETE, Answered, Sync, Tally, is_newer
 
 
 class Fleet:
@@ -207,9 +207,9 @@ class _Answer:
 
     __slots__ = ("finished_at", "ok", "payload")
 
-    def __init__(self, report: Report, payload: bytes | None) -> None:
-        self.finished_at = report.finished_at
-        self.ok = report.ok
+    def __init__(self, finished_at: float, ok: bool, payload: bytes | None) -> None:
+        self.finished_at = finished_at
+        self.ok = ok
         self.payload = payload
 
     def report(self) -> Report:
@@ -229,16 +229,20 @@ class _Entry:
 
     __slots__ = ("answered", "answers", "at_hand", "expected", "failed", "sync")
 
-    def __init__(self, sync: Sync) -> None:
+    def __init__(self, sync: Sync, answered: Mapping[str, Answered] | None = None) -> None:
         # Without answers: the entry keeps those itself.
         self.sync = replace(sync, results={}) if sync.results else sync
         self.expected = frozenset(sync.expected)
         self.answers: dict[str, _Answer] = {}
         self.answered = 0
         self.failed = 0
-        self.at_hand = True
+        # Answers from the database come without their reports.
+        self.at_hand = answered is None
+        closed_at = sync.closed_at or sync.issued_at
+        for host, (ok, finished_at) in (answered or {}).items():
+            self._keep(host, _Answer(finished_at, ok, None), closed_at)
         for report in sync.results.values():
-            self.file(report, wire.payload(report), sync.closed_at or sync.issued_at)
+            self.file(report, wire.payload(report), closed_at)
 
     @property
     def open(self) -> bool:
@@ -250,19 +254,22 @@ class _Entry:
     def file(self, report: Report, payload: bytes | None, now: float) -> bool:
         """Keep the host's latest answer, and its report while the reports are at hand;
         True if it changed the answers. The last answer the sync waited for closes it."""
-        current = self.answers.get(report.host)
-        if not is_newer(report, current):
+        if not is_newer(report, self.answers.get(report.host)):
             return False
+        answer = _Answer(report.finished_at, report.ok, payload if self.at_hand else None)
+        self._keep(report.host, answer, now)
+        return True
+
+    def _keep(self, host: str, answer: _Answer, now: float) -> None:
+        current = self.answers.get(host)
         if current is None:
-            self.answered += report.host in self.expected
+            self.answered += host in self.expected
         else:
             self.failed -= not current.ok
-        answer = _Answer(report, payload if self.at_hand else None)
         self.failed += not answer.ok
-        self.answers[report.host] = answer
+        self.answers[host] = answer
         if self.open and self.answered == len(self.expected):
             self.sync = replace(self.sync, closed_at=now)
-        return True
 
     def let_go(self) -> None:
         """Keep the answers' times and outcomes, not their reports."""
@@ -309,9 +316,10 @@ class SyncBook:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, sync: Sync) -> None:
+    def add(self, sync: Sync, answered: Mapping[str, Answered] | None = None) -> None:
         """Hold `sync` as the newest, unless it is held already; one that expects nobody is
-        closed, complete, at once."""
+        closed, complete, at once. With `answered` (a restarted master's, from the
+        database), it holds those answers, and leaves their reports to the database."""
         if sync.sync_id in self._entries:
             return
         if sync.closed_at is None and not sync.expected:
@@ -319,7 +327,7 @@ class SyncBook:
         for held in self._entries.values():
             if not held.open:
                 held.let_go()
-        self._entries[sync.sync_id] = _Entry(sync)
+        self._entries[sync.sync_id] = _Entry(sync, answered)
         results = sum(len(held.answers) for held in self._entries.values())
         # The newest sync always stays, however many results it holds.
         while len(self._entries) > self._capacity or (
@@ -329,6 +337,11 @@ class SyncBook:
             if any(w.sync_id == oldest for w in self._waiters.all):
                 break  # someone still waits on it; it goes once they are answered
             results -= len(self._entries.pop(oldest).answers)
+
+    def held(self, sync_id: str) -> Sync | None:
+        """The sync, if held, without its answers."""
+        entry = self._entries.get(sync_id)
+        return entry.sync if entry else None
 
     def get(self, sync_id: str) -> Sync | None:
         """The sync with its answers so far, if held with its reports at hand; else None,

@@ -53,8 +53,8 @@ class SyncKeeper:
 
     def restore(self) -> None:
         """Hold the latest syncs again, as a restarted master: reports may still come."""
-        for sync in self._db.latest_syncs(limit=64):
-            self._book.add(sync)
+        for sync, answered in self._db.recent_answers(limit=64):
+            self._book.add(sync, answered)
 
     def start(
         self,

@@ -14,7 +14,7 @@ from daybook.errors import FleetError
 from daybook.model.fleet import HostStatus
 from daybook.model.ids import versions_digest
 from daybook.model.state import DesiredState
-from daybook.model.sync import Sync
+from daybook.model.sync import Answered, Sync
 from master.database import ResultsDatabase, ResultsReader
 
 
@@ -101,7 +101,27 @@ def test_recent_syncs_come_oldest_first(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
     for index in range(5):
         db.add_sync(Sync(f"s{index}", "*", "auto", float(index), ()))
-    assert [r.sync_id for r in db.latest_syncs(3)] == ["s2", "s3", "s4"]
+    assert [sync.sync_id for sync, _ in db.recent_answers(3)] == ["s2", "s3", "s4"]
+    db.close()
+
+
+def test_recent_syncs_come_with_each_hosts_latest_answer_and_no_reports(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    db.add_sync(Sync("s1", "*", "auto", 1.0, ("a", "b", "c"), closed_at=9.0))
+    db.close_sync(Sync("s1", "*", "auto", 1.0, ("a", "b", "c"), closed_at=9.0, silent={"c": 4.0}))
+    db.add_report(report("a", "s1", finished_at=2.0, ok=False), received_at=2.0)
+    db.add_report(report("a", "s1", finished_at=3.0), received_at=3.0)
+    db.add_report(report("b", "s1", finished_at=5.0, ok=False), received_at=5.0)
+    ((sync, answered),) = db.recent_answers(64)
+    assert (sync.expected, sync.results, dict(sync.silent)) == (("a", "b", "c"), {}, {"c": 4.0})
+    assert answered == {"a": Answered(True, 3.0), "b": Answered(False, 5.0)}
+    # The reports are there for whoever asks for the sync.
+    loaded = db.load_sync("s1")
+    assert loaded is not None
+    assert loaded.results == {
+        "a": report("a", "s1", finished_at=3.0),
+        "b": report("b", "s1", finished_at=5.0, ok=False),
+    }
     db.close()
 
 
@@ -113,7 +133,7 @@ def test_prune_keeps_the_latest_syncs_and_every_hosts_last_report(db_path: Path)
     db.add_report(report("b", "s0", finished_at=1.5), received_at=1.0)
     db.save_hosts([HostStatus("b", True, 1.0, last_report=report("b", "s0", finished_at=1.5))])
     assert db.prune(keep_syncs=2) == 3
-    assert [r.sync_id for r in db.latest_syncs(10)] == ["s3", "s4"]
+    assert [sync.sync_id for sync, _ in db.recent_answers(10)] == ["s3", "s4"]
     (host,) = db.load_hosts()
     assert host.last_report is not None
     assert db.counts() == {"syncs": 2, "reports": 3, "hosts": 1}

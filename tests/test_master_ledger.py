@@ -5,7 +5,7 @@ from __future__ import annotations
 from messages import heartbeat, report
 
 from daybook import wire
-from daybook.model.sync import Sync, Tally
+from daybook.model.sync import Answered, Sync, Tally
 from master.ledger import Fleet, SyncBook, Waiter
 
 
@@ -196,6 +196,24 @@ def test_a_retried_request_finds_its_sync() -> None:
     book.add(Sync("s1", "*", "operator", 1.0, (), request_id="q1"))
     assert book.by_request("q1") == "s1"
     assert book.by_request("q2") is None
+
+
+def test_a_restarted_master_holds_the_answers_and_leaves_the_reports_to_the_database() -> None:
+    book = SyncBook()
+    before = Sync("s1", "*", "operator", 1.0, ("a", "b", "c"), deadline=10.0)
+    book.add(before, {"a": Answered(False, 2.0), "x": Answered(True, 3.0)})
+    assert book.get("s1") is None  # its reports are the database's to give
+    assert book.tally("s1") == Tally(3, 1, 1, 0)
+    assert book.failing(5.0, window_s=100.0, is_up=lambda host: True)
+    up = book.unfinished(5.0, window_s=100.0, limit=5, is_up=lambda host: True)
+    assert [sync.sync_id for sync in up] == ["s1"]
+    # Answers still come, and the last one it waited for closes it.
+    book.record(report("b", "s1", finished_at=6.0), now=6.0)
+    filed = book.record(report("c", "s1", finished_at=7.0), now=7.0)
+    assert filed is not None
+    assert filed.completed
+    assert filed.after == Tally(3, 3, 1, 0)
+    assert book.get("s1") is None
 
 
 def test_the_book_lets_go_of_closed_syncs_reports_but_the_newest() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from daybook.model.ids import is_valid_id
 from daybook.model.patterns import is_valid_host, is_valid_pattern
@@ -121,6 +121,13 @@ class Answer(Protocol):
 
     @property
     def finished_at(self) -> float: ...
+
+
+class Answered(NamedTuple):
+    """A host's latest answer to a sync without its report: what the tallies count."""
+
+    ok: bool
+    finished_at: float
 
 
 def is_newer(report: Answer, than: Answer | None) -> bool:
