@@ -297,8 +297,8 @@ class SyncBook:
     The database holds every sync; this keeps the most recent `capacity`, because those are
     the ones reports arrive for, operators wait on, and republishes repeat. Their reports it
     keeps only for the open syncs and the newest, the ones an operator is waiting on or
-    about to ask for: a closed sync's answers are an eighth of its reports (at 1,000 hosts,
-    about 100 KB against 550 KB for each sync held).
+    about to ask for: a closed sync's answers are a seventh of its reports (at 1,000 hosts,
+    about 80 KB against 550 KB for each sync held).
     """
 
     def __init__(self, capacity: int = 64, max_results: int = 10_000) -> None:
