@@ -303,9 +303,13 @@ class ResultsDatabase:
         ).fetchone()
         return None if row is None else self._sync_from_row(row)
 
-    def recent_answers(self, limit: int) -> list[tuple[Sync, dict[str, Answered]]]:
+    def recent_answers(
+        self, limit: int, max_answers: int | None = None
+    ) -> list[tuple[Sync, dict[str, Answered]]]:
         """The latest `limit` syncs, oldest first, without their reports, each with every
-        host's latest answer: read from the reports' columns, without decoding one.
+        host's latest answer: read from the reports' columns, without decoding one. With
+        `max_answers`, older syncs are left out once the newer ones hold that many answers
+        (the newest always comes), as the sync book would drop them.
 
         A restarted master holds these again. Decoding them took 1.2 s for 64 syncs of
         1,000 hosts (13 us a report, checked), and ten times that at 10,000 hosts, before
@@ -315,6 +319,21 @@ class ResultsDatabase:
             f"SELECT {_SYNC_COLUMNS} FROM syncs ORDER BY issued_at DESC LIMIT ?",  # noqa: S608
             (limit,),
         ).fetchall()
+        if max_answers is not None and rows:
+            ids = [row[0] for row in rows]
+            sizes = dict(
+                self._db.execute(
+                    "SELECT sync_id, count(DISTINCT host) FROM reports "  # noqa: S608
+                    f"WHERE sync_id IN ({','.join('?' * len(ids))}) GROUP BY sync_id",
+                    ids,
+                )
+            )
+            held = 0
+            for kept, row in enumerate(rows):
+                held += sizes.get(row[0], 0)
+                if kept and held > max_answers:
+                    del rows[kept:]
+                    break
         rows.reverse()
         answers = _latest_answers(self._db, [row[0] for row in rows])
         return [

@@ -309,6 +309,14 @@ class SyncBook:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._waiters = Waiters()
 
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def max_results(self) -> int:
+        return self._max_results
+
     def __iter__(self) -> Iterator[Sync]:
         """The syncs held, oldest first, without their answers."""
         return (entry.sync for entry in self._entries.values())

@@ -53,8 +53,9 @@ class SyncKeeper:
 
     def restore(self) -> None:
         """Hold the latest syncs again, as a restarted master: reports may still come."""
-        for sync, answered in self._db.recent_answers(limit=64):
-            self._book.add(sync, answered)
+        book = self._book
+        for sync, answered in self._db.recent_answers(book.capacity, book.max_results):
+            book.add(sync, answered)
 
     def start(
         self,

@@ -105,6 +105,24 @@ def test_recent_syncs_come_oldest_first(db_path: Path) -> None:
     db.close()
 
 
+def test_recent_syncs_stop_at_the_answers_the_book_would_hold(db_path: Path) -> None:
+    db = ResultsDatabase(db_path)
+    for index in range(4):
+        db.add_sync(Sync(f"s{index}", "*", "auto", float(index), ("a", "b")))
+        for host in ("a", "b"):
+            db.add_report(report(host, f"s{index}", finished_at=float(index)), received_at=1.0)
+    db.add_sync(Sync("s4", "*", "auto", 4.0, ("a", "b")))  # no answers yet
+
+    def held(max_answers: int) -> list[str]:
+        return [sync.sync_id for sync, _ in db.recent_answers(64, max_answers)]
+
+    assert held(4) == ["s2", "s3", "s4"]
+    assert held(5) == ["s2", "s3", "s4"]
+    assert held(6) == ["s1", "s2", "s3", "s4"]
+    assert held(0) == ["s4"]  # the newest always comes
+    db.close()
+
+
 def test_recent_syncs_come_with_each_hosts_latest_answer_and_no_reports(db_path: Path) -> None:
     db = ResultsDatabase(db_path)
     db.add_sync(Sync("s1", "*", "auto", 1.0, ("a", "b", "c"), closed_at=9.0))
