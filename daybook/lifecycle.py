@@ -6,8 +6,7 @@ on its own; after that a second signal ends the process at once. Then, always in
 
 1. workers stop (newest first), then their threads are joined;
 2. sockets close, each with the linger it was made with, and those marked `last` after
-   the rest (the master's ZAP socket: libzmq lets every handshake through while no ZAP
-   handler is bound);
+   the rest (the master's ZAP socket, which answers their handshakes to the end);
 3. the Context terms, which waits for the lingering sockets to hand over what they hold;
 4. everything else is released, newest first: files, databases, mailboxes, clients.
 
@@ -74,9 +73,10 @@ class Lifecycle:
         (self._last_closers if last else self._closers).append(socket.close)
         return socket
 
-    def closes(self, close: Step) -> None:
-        """`close` closes sockets made elsewhere on the Context; it runs with the others."""
-        self._closers.append(close)
+    def closes(self, close: Step, *, last: bool = False) -> None:
+        """`close` closes sockets made elsewhere on the Context; it runs with the others
+        (with `last`, after them)."""
+        (self._last_closers if last else self._closers).append(close)
 
     def worker(self, *, stop: Step, join: Step = _nothing) -> None:
         """Something running beside the loop: told to `stop`, then waited for with `join`."""

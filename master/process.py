@@ -38,7 +38,6 @@ from daybook.net.transport import (
     DOMAIN_PUBLISH,
     DOMAIN_RESULTS,
     MAX_KEY_FRAME_BYTES,
-    ZAP_ENDPOINT,
     fetch_master_key,
     local_server,
     secure_server,
@@ -55,7 +54,7 @@ from master.control_server import ControlServer
 from master.database import ResultsDatabase, ResultsReader
 from master.download_desk import Signer
 from master.election import Elector, Probe, Prober
-from master.gatekeeper import Gatekeeper
+from master.gatekeeper import Gatekeeper, ZapPort
 from master.heap import find_mallopt, find_trim, tune_allocator
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
@@ -254,7 +253,7 @@ def _start_keyring_sync(life: Lifecycle, keyring: KeyRing) -> None:
 class MasterSockets:
     """The master's sockets, bound; `key` only with CURVE (it hands out the public key)."""
 
-    zap: zmq.Socket[bytes]
+    zap: ZapPort
     publish: zmq.Socket[bytes]
     results: zmq.Socket[bytes]
     control: zmq.Socket[bytes]
@@ -263,9 +262,10 @@ class MasterSockets:
 
 
 def _bind_sockets(life: Lifecycle, settings: Settings, keypair: KeyPair | None) -> MasterSockets:
-    # Closed last: libzmq lets every handshake through while no ZAP handler is bound.
-    zap = life.socket(zmq.ROUTER, linger_ms=0, last=True)
-    zap.bind(ZAP_ENDPOINT)  # before any socket that needs it is bound
+    # Bound first and closed last, so that every handshake gets an answer (its sockets
+    # refuse any while no ZAP handler is bound).
+    zap = ZapPort(life.context)
+    life.closes(zap.close, last=True)
     publish = life.socket(zmq.PUB, linger_ms=0)
     results = life.socket(zmq.PULL, linger_ms=0)
     control = life.socket(zmq.ROUTER, linger_ms=REPLY_LINGER_MS)

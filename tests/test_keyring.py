@@ -12,6 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from daybook import wire
 from daybook.errors import WireError
@@ -35,10 +36,14 @@ from daybook.net.transport import (
     DOMAIN_PUBLISH,
     DOMAIN_RESULTS,
     LOCAL_USER,
+    ClientCredentials,
     Peer,
+    secure_client,
+    secure_server,
 )
+from master import gatekeeper
 from master.access import Access
-from master.gatekeeper import Gatekeeper
+from master.gatekeeper import Gatekeeper, ZapPort
 from master.keyring import Admission, KeyRing, KeySelectionError
 
 LOCAL = Peer(LOCAL_USER, "")
@@ -228,7 +233,7 @@ def test_the_idle_gatekeeper_wakes_to_save_changes_made_on_other_threads(
     makes (a hello) still reaches the file, and a stop still ends the thread."""
     ring = KeyRing(tmp_path / "keyring.json", auto_accept=False)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    zap = context.socket(zmq.ROUTER)
+    zap = ZapPort(context)
     gate = Gatekeeper(zap, None, ring, None)
     thread = threading.Thread(target=gate.run)
     thread.start()
@@ -246,7 +251,86 @@ def test_the_idle_gatekeeper_wakes_to_save_changes_made_on_other_threads(
     finally:
         gate.stop()
         thread.join(timeout=10.0)
-        zap.close(linger=0)
+        zap.close()
+        context.term()
+    assert not thread.is_alive()
+
+
+def test_a_handshake_is_refused_while_no_zap_handler_is_bound() -> None:
+    """Never let through: what makes it safe for the gatekeeper to open its socket anew."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server, client = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+    monitor = server.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
+    try:
+        master = KeyPair.generate()
+        secure_server(server, master, DOMAIN_RESULTS)
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        secure_client(client, ClientCredentials(KeyPair.generate(), master.public))
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"let me in", zmq.NOBLOCK)
+        assert monitor.poll(10_000), "the handshake was neither refused nor let through"
+        event = recv_monitor_message(monitor)
+        assert event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        assert not server.poll(0)
+    finally:
+        server.disable_monitor()
+        for socket in (monitor, client, server):
+            socket.close(linger=0)
+        context.term()
+
+
+def test_the_gatekeeper_renews_its_socket_once_handshakes_are_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal ends the ZAP pipes of the connections let in, not the connections: they
+    go on with their User-Id, and the next handshake is answered by the new socket."""
+    monkeypatch.setattr(gatekeeper, "RENEW_WHEN_QUIET_S", 0.05)
+    ring = KeyRing(tmp_path / "keyring.json", auto_accept=True)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    zap = ZapPort(context)
+    master = KeyPair.generate()
+    server = context.socket(zmq.PULL)
+    secure_server(server, master, DOMAIN_RESULTS)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    gate = Gatekeeper(zap, None, ring, None)
+    thread = threading.Thread(target=gate.run)
+    thread.start()
+    clients: list[zmq.Socket[bytes]] = []
+
+    def connect(pair: KeyPair) -> zmq.Socket[bytes]:
+        client = context.socket(zmq.PUSH)
+        secure_client(client, ClientCredentials(pair, master.public))
+        client.connect(f"tcp://127.0.0.1:{port}")
+        clients.append(client)
+        return client
+
+    def received() -> tuple[bytes, str]:
+        assert server.poll(10_000), "nothing arrived"
+        frame = server.recv(copy=False)
+        return frame.bytes, frame.get("User-Id")
+
+    try:
+        first, second = KeyPair.generate(), KeyPair.generate()
+        early = connect(first)
+        early.send(b"one")
+        assert received() == (b"one", CURVE_USER_PREFIX + first.public)
+        deadline = time.monotonic() + 10.0
+        while gate.counters["renewals"] < 1:
+            assert time.monotonic() < deadline, "the ZAP socket was never renewed"
+            threading.Event().wait(0.01)
+        early.send(b"two")
+        assert received() == (b"two", CURVE_USER_PREFIX + first.public)
+        connect(second).send(b"three")
+        assert received() == (b"three", CURVE_USER_PREFIX + second.public)
+        assert gate.counters["allowed"] == 2
+    finally:
+        gate.stop()
+        thread.join(timeout=10.0)
+        for socket in (*clients, server):
+            socket.close(linger=0)
+        zap.close()
         context.term()
     assert not thread.is_alive()
 

@@ -37,7 +37,9 @@ from daybook.net.keys import (
 
 log = logging.getLogger(__name__)
 
-# libzmq asks the ZAP handler bound here about every handshake on a socket with a domain.
+# libzmq asks the ZAP handler bound here about every handshake on a socket with a domain;
+# with ZAP_ENFORCE_DOMAIN (set on every such socket), while none is bound it refuses them.
+# Left unset, libzmq would let every handshake through instead.
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN_PUBLISH = "daybook.publish"
 DOMAIN_RESULTS = "daybook.results"
@@ -90,6 +92,7 @@ def secure_server(socket: zmq.Socket[bytes], keypair: KeyPair | None, domain: st
     socket.setsockopt(zmq.CURVE_PUBLICKEY, keypair.public.encode())
     socket.setsockopt(zmq.CURVE_SECRETKEY, keypair.secret.encode())
     socket.setsockopt_string(zmq.ZAP_DOMAIN, domain)
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 def local_server(socket: zmq.Socket[bytes]) -> None:
@@ -100,6 +103,7 @@ def local_server(socket: zmq.Socket[bytes]) -> None:
     """
     socket.setsockopt(zmq.CURVE_SERVER, 0)
     socket.setsockopt_string(zmq.ZAP_DOMAIN, DOMAIN_LOCAL)
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 @dataclass(frozen=True)
