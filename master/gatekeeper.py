@@ -14,8 +14,9 @@ connection's whole life, though only the handshake uses it: two message queues o
 (256 messages of 64 bytes, a compile-time constant) and their pipes, for each of a
 minion's two connections. Once the handshakes it answered are over, the gatekeeper opens
 its socket anew (ZapPort.renew), which ends every such pair and leaves the connections be:
-with 1,000 swarm minions, 8 MB less; a handshake caught in that instant is refused or
-times out, and its peer connects again.
+with 1,000 swarm minions 133-139 MB instead of 152-156, with 8,900 0.91 GB instead of
+1.07. A handshake caught in that instant is refused or times out, and its peer connects
+again.
 """
 
 from __future__ import annotations
