@@ -15,8 +15,13 @@ connection's whole life, though only the handshake uses it: two message queues o
 minion's two connections. Once the handshakes it answered are over, the gatekeeper opens
 its socket anew (ZapPort.renew), which ends every such pair and leaves the connections be:
 with 1,000 swarm minions 133-139 MB instead of 152-156, with 8,900 0.91 GB instead of
-1.07. A handshake caught in that instant is refused or times out, and its peer connects
-again.
+1.07. A handshake caught in that instant is refused or times out (SERVER_HANDSHAKE_MS),
+and its peer connects again.
+
+That a renewal leaves a handshaken connection be rests on libzmq (4.3.5) marking the
+session's end of its ZAP pipe "no delay" (session_base.cpp, zap_connect): the session
+drops the pipe as soon as the handler's end closes, and never asks its finished
+handshake for another ZAP reply.
 """
 
 from __future__ import annotations
@@ -104,12 +109,17 @@ class ZapPort:
     def _open(self) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
-        socket.bind(ZAP_ENDPOINT)
+        try:
+            socket.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError:
+            socket.close()
+            raise
         return socket
 
     def renew(self) -> zmq.Socket[bytes]:
         """Close the socket, which ends the pipes of every connection it answered, and bind
-        a new one; unbinding an inproc endpoint frees its name at once."""
+        a new one. Unbinding frees the endpoint's name at once; closing alone would free
+        it later, on libzmq's reaper thread."""
         self.socket.unbind(ZAP_ENDPOINT)
         self.socket.close()
         self.socket = self._open()
@@ -199,7 +209,7 @@ class Gatekeeper:
                     self._keyring.save_if_dirty()
                 self._renew_if_due(poller)
         except Exception:
-            log.critical("the gatekeeper failed: every handshake is refused from now on")
+            log.critical("the gatekeeper failed: no handshake is answered from now on")
             raise
         finally:
             if self._keyring is not None and self._saves_keyring:
@@ -216,7 +226,7 @@ class Gatekeeper:
 
     def _renew_if_due(self, poller: zmq.Poller) -> None:
         """Open the ZAP socket anew once due, unless a request is waiting on it (its
-        handshake would have to start over)."""
+        handshake would stall until SERVER_HANDSHAKE_MS, and its peer connect again)."""
         due = renewal_due(self._let_in_since, self._last_let_in)
         if due is None or self._monotonic() < due or self._zap.socket.poll(0):
             return

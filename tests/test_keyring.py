@@ -38,12 +38,19 @@ from daybook.net.transport import (
     LOCAL_USER,
     ClientCredentials,
     Peer,
+    local_server,
     secure_client,
     secure_server,
 )
 from master import gatekeeper
 from master.access import Access
-from master.gatekeeper import Gatekeeper, ZapPort
+from master.gatekeeper import (
+    RENEW_AT_LEAST_EVERY_S,
+    RENEW_WHEN_QUIET_S,
+    Gatekeeper,
+    ZapPort,
+    renewal_due,
+)
 from master.keyring import Admission, KeyRing, KeySelectionError
 
 LOCAL = Peer(LOCAL_USER, "")
@@ -256,29 +263,47 @@ def test_the_idle_gatekeeper_wakes_to_save_changes_made_on_other_threads(
     assert not thread.is_alive()
 
 
-def test_a_handshake_is_refused_while_no_zap_handler_is_bound() -> None:
-    """Never let through: what makes it safe for the gatekeeper to open its socket anew."""
+@pytest.mark.parametrize("link", ["curve", "local"])
+def test_no_handshake_gets_through_while_no_zap_handler_is_bound(link: str, tmp_path: Path) -> None:
+    """Never let through (CURVE refused at once, the local socket's NULL dropped once its
+    handshake times out): what makes it safe for the gatekeeper to open its socket anew."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     server, client = context.socket(zmq.PULL), context.socket(zmq.PUSH)
     monitor = server.get_monitor_socket(
-        zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        zmq.EVENT_HANDSHAKE_SUCCEEDED
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_DISCONNECTED
     )
     try:
-        master = KeyPair.generate()
-        secure_server(server, master, DOMAIN_RESULTS)
-        port = server.bind_to_random_port("tcp://127.0.0.1")
-        secure_client(client, ClientCredentials(KeyPair.generate(), master.public))
-        client.connect(f"tcp://127.0.0.1:{port}")
+        if link == "curve":
+            master = KeyPair.generate()
+            secure_server(server, master, DOMAIN_RESULTS)
+            endpoint = f"tcp://127.0.0.1:{server.bind_to_random_port('tcp://127.0.0.1')}"
+            secure_client(client, ClientCredentials(KeyPair.generate(), master.public))
+        else:
+            server.setsockopt(zmq.HANDSHAKE_IVL, 200)
+            local_server(server)
+            endpoint = f"ipc://{tmp_path}/control.sock"
+            server.bind(endpoint)
+        client.connect(endpoint)
         client.send(b"let me in", zmq.NOBLOCK)
         assert monitor.poll(10_000), "the handshake was neither refused nor let through"
         event = recv_monitor_message(monitor)
-        assert event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        assert event["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED
         assert not server.poll(0)
     finally:
         server.disable_monitor()
         for socket in (monitor, client, server):
             socket.close(linger=0)
         context.term()
+
+
+def test_the_zap_socket_is_renewed_after_a_quiet_second_or_thirty_busy_ones() -> None:
+    assert renewal_due(None, 5.0) is None  # nobody let in since the last renewal
+    assert renewal_due(100.0, 100.0) == 100.0 + RENEW_WHEN_QUIET_S
+    assert renewal_due(100.0, 110.0) == 110.0 + RENEW_WHEN_QUIET_S
+    # Handshakes that keep coming do not put it off for ever.
+    assert renewal_due(100.0, 129.9) == 100.0 + RENEW_AT_LEAST_EVERY_S
 
 
 def test_the_gatekeeper_renews_its_socket_once_handshakes_are_over(

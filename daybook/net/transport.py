@@ -37,9 +37,10 @@ from daybook.net.keys import (
 
 log = logging.getLogger(__name__)
 
-# libzmq asks the ZAP handler bound here about every handshake on a socket with a domain;
-# with ZAP_ENFORCE_DOMAIN (set on every such socket), while none is bound it refuses them.
-# Left unset, libzmq would let every handshake through instead.
+# libzmq asks the ZAP handler bound here about every handshake on a socket with a domain.
+# While none is bound, with ZAP_ENFORCE_DOMAIN (set on every such socket) it lets none
+# through: CURVE is refused at once, NULL dropped after the handshake timeout. Left unset,
+# libzmq would let every handshake through instead.
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN_PUBLISH = "daybook.publish"
 DOMAIN_RESULTS = "daybook.results"
