@@ -16,7 +16,8 @@ dynamic 128 KB-32 MB to 8 KB; glibc maps a block where its arena would otherwise
 grow), a block counts only for the pages written, and goes back to the OS the moment it
 is freed: 8 MB less with 1,000 minions; with 8,900, 1.05 GB in all instead of 1.50 (six
 such blocks a connection, 100,000 in all, most only a page or two written; measured
-before events went in frames of 7 KB, see daybook.wire).
+before events went in frames of 7 KB, see daybook.wire, and before the ZAP handler's
+socket was renewed, which ends two of the six: see master.gatekeeper).
 
 Each mapped block is a mapping of the process, and the kernel allows a process only so
 many (vm.max_map_count, 65,530 by default); past that, every mmap fails, libsodium's
