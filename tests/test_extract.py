@@ -338,6 +338,44 @@ def test_negative_mtime_in_base_256_is_read(sandbox: Sandbox) -> None:
     assert (sandbox.dest / "old").stat().st_mtime == -86_400
 
 
+def header_with_mode_field(field: bytes) -> bytes:
+    """`header("f", b"0")` with its mode field replaced and its checksum made right again."""
+    block = bytearray(header("f", b"0"))
+    block[100:108] = field
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    return bytes(block)
+
+
+@pytest.mark.parametrize(
+    ("field", "mode"),
+    [
+        (b"0000644\0", 0o644),  # GNU tar, Python's tarfile
+        (b"000644 \0", 0o644),  # bsdtar
+        (b"   644\0\0", 0o644),  # blanks before the digits
+        (b"644\0\0\0\0\0", 0o644),
+        (b"00000644", 0o644),  # no terminator at all
+        (b"0000755\0", 0o755),
+    ],
+)
+def test_numeric_fields_in_each_writers_form(sandbox: Sandbox, field: bytes, mode: int) -> None:
+    extract(gzip.compress(header_with_mode_field(field) + END), sandbox.dest)
+    assert stat.S_IMODE((sandbox.dest / "f").stat().st_mode) == mode
+
+
+def test_a_blank_numeric_field_reads_as_zero(sandbox: Sandbox) -> None:
+    extract(gzip.compress(header_with_mode_field(b"  \0\0\0\0\0\0") + END), sandbox.dest)
+    assert stat.S_IMODE((sandbox.dest / "f").stat().st_mode) == 0
+
+
+@pytest.mark.parametrize(
+    "field", [b"6 44\0\0\0\0", b"0000648\0", b"0\x80\0\0\0\0\0\0", b"xyz\0\0\0\0\0"]
+)
+def test_a_numeric_field_that_is_not_a_number_is_refused(sandbox: Sandbox, field: bytes) -> None:
+    with pytest.raises(ExtractError, match="invalid number"):
+        extract(gzip.compress(header_with_mode_field(field) + END), sandbox.dest)
+
+
 def test_symlinks_inside_the_tree_work(sandbox: Sandbox) -> None:
     members = [
         file("lib/tool.py", b"print()"),
@@ -819,6 +857,21 @@ def test_a_wrong_gzip_trailer_is_refused(sandbox: Sandbox, inflater: str, offset
 )
 def test_normalise_drops_dots_and_empty_components(path: str, expected: str) -> None:
     assert safety.normalise("member", path) == expected
+
+
+@given(
+    st.lists(st.sampled_from(["", ".", "..", "a", ".a", "a.", "..a", "b c", "é"]), max_size=6),
+    st.booleans(),
+)
+def test_normalise_agrees_with_its_definition(parts: list[str], absolute: bool) -> None:
+    # Normal paths take a short cut; whichever way, the answer is the same.
+    path = ("/" if absolute else "") + "/".join(parts)
+    kept = [part for part in path.split("/") if part and part != "."]
+    if path.startswith("/") or ".." in kept:
+        with pytest.raises(ExtractError):
+            safety.normalise("member", path)
+    else:
+        assert safety.normalise("member", path) == "/".join(kept)
 
 
 @pytest.mark.parametrize(
