@@ -70,10 +70,13 @@ INFLATE = "inflate only, local file"
 # The contenders that leave a tree behind, checked byte for byte after every run.
 UNPACKS = frozenset({DAYBOOK, CURL_TAR, CURL_PIGZ, STDLIB, EXTRACTOR})
 
+# The extraction as `daybook pull` runs it, its heap tuned as the command's is.
 _EXTRACT_FILE = (
-    "import sys\n"
+    "import os, sys\n"
     "from pathlib import Path\n"
+    "from daybook.cmalloc import find_mallopt, keep_freed_blocks\n"
     "from daybook.install.extract import safe_extract\n"
+    "keep_freed_blocks(os.environ, find_mallopt())\n"
     "with open(sys.argv[1], 'rb') as archive:\n"
     "    safe_extract(archive, Path(sys.argv[2]))\n"
 )

@@ -31,17 +31,20 @@ Where the C library is not glibc (musl, macOS) this does nothing.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from daybook.cmalloc import (
+    M_MMAP_MAX,
+    M_MMAP_THRESHOLD,
+    Mallopt,
+    find_malloc_trim,
+    operator_tuned,
+)
+
 log = logging.getLogger(__name__)
 
-# glibc's mallopt parameters (malloc.h).
-M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4
 # Blocks from this size up get pages of their own...
 MMAP_THRESHOLD_BYTES = 8 * 1024
 # ...with no limit on their number from glibc (its default is 65,536 blocks)...
@@ -53,37 +56,13 @@ MAPPINGS_LOW_SHARE = 0.4
 MAX_MAP_COUNT_PATH = Path("/proc/sys/vm/max_map_count")
 DEFAULT_MAX_MAP_COUNT = 65_530
 OWN_MAPPINGS_PATH = Path("/proc/self/maps")
-# Set by an operator, glibc's own tunables win over this module's choice.
-_OPERATOR_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
-
-Mallopt = Callable[[int, int], int]
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"))
-    except (OSError, TypeError):
-        return None
-
-
-def find_mallopt() -> Mallopt | None:
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is None:
-        return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt  # type: ignore[no-any-return]
 
 
 def tune_allocator(environ: Mapping[str, str], mallopt: Mallopt | None) -> MappedBlocks | None:
     """Lower glibc's mmap threshold for the rest of the process, every thread's arena
     included (see the module's docstring); what keeps it within the kernel's mappings, or
     None when nothing was changed."""
-    if mallopt is None:
-        return None
-    if any(name in environ for name in _OPERATOR_TUNABLES):
-        log.info("glibc's malloc tunables are set in the environment: leaving them be")
+    if mallopt is None or operator_tuned(environ):
         return None
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_MMAP_MAX, MMAP_MAX)):
         return None
@@ -139,13 +118,9 @@ class MappedBlocks:
 def find_trim(blocks: MappedBlocks | None = None) -> Callable[[], None]:
     """A call that returns free heap pages to the OS (malloc_trim(0), or nothing), and
     keeps `blocks` within the kernel's mappings."""
-    libc = _libc()
-    try:
-        trim = libc.malloc_trim  # type: ignore[union-attr]
-    except AttributeError:
+    trim = find_malloc_trim()
+    if trim is None:
         return blocks.check if blocks is not None else lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
 
     def release() -> None:
         trim(0)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import zmq
 
+from daybook.cmalloc import find_mallopt
 from daybook.config import Settings
 from daybook.errors import FleetError, RegistryError
 from daybook.lifecycle import Lifecycle
@@ -55,7 +56,7 @@ from master.database import ResultsDatabase, ResultsReader
 from master.download_desk import Signer
 from master.election import Elector, Probe, Prober
 from master.gatekeeper import Gatekeeper, ZapPort
-from master.heap import find_mallopt, find_trim, tune_allocator
+from master.heap import find_trim, tune_allocator
 from master.http_server import HttpApp, HttpServer, is_loopback_name
 from master.keyring import KeyRing
 from master.keyring_sync import KeyRingWatcher, KeyRingWriter

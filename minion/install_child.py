@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from daybook import wire
+from daybook.cmalloc import find_mallopt, keep_freed_blocks
 from daybook.errors import DaybookError, WireError
 from daybook.install.installer import Installer, Selections
 from daybook.logs import configure_logging
@@ -247,6 +248,8 @@ def main() -> int:
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     configure_logging(job.log_level)
+    # This process ends with the job: its heap may keep the extractor's freed buffers.
+    keep_freed_blocks(os.environ, find_mallopt())
     stop = StopFlag()
     # SIGTERM to the whole service (systemd) or Ctrl-C stops retries, like the minion's stop;
     # the minion decides when to give up on the extraction in progress.

@@ -33,6 +33,7 @@ RANKS = {
     "daybook.backoff": 1,
     "daybook.logs": 1,
     "daybook.lifecycle": 1,
+    "daybook.cmalloc": 1,
     "daybook.config": 2,
     "daybook.store": 2,
     "daybook.registry": 2,

@@ -137,7 +137,8 @@ def test_the_threshold_holds_in_a_real_process() -> None:
     top is used up): glibc puts a mapped block 16 bytes into its first page."""
     code = (
         "import ctypes, sys\n"
-        "from master.heap import find_mallopt, tune_allocator\n"
+        "from daybook.cmalloc import find_mallopt\n"
+        "from master.heap import tune_allocator\n"
         "mallopt = find_mallopt()\n"
         "if mallopt is None: sys.exit(0)\n"
         "tuned = sys.argv[1] == 'tuned' and tune_allocator({}, mallopt)\n"

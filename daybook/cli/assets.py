@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +143,7 @@ def _checked_uploads(
 
     if (name or version) and len(files) != 1:
         raise InputError("--name and --version apply to a single file")
+    _keep_freed_blocks()
     uploads: list[tuple[Path, AssetRef, str]] = []
     for path in files:
         if not path.is_file():
@@ -277,6 +279,8 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     keeper = release_keeper(settings)
     selections = keeper.selections(resolution.services, pinned)
     store = open_configured_store(settings)
+    if not args.dry_run:
+        _keep_freed_blocks()
     try:
         installer = Installer(
             store,
@@ -304,6 +308,14 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_pull(document, settings.install_dir)
     return 0 if all_ok(outcome) else 1
+
+
+def _keep_freed_blocks() -> None:
+    """The command reads archives through the extractor and then ends: its heap may keep
+    the buffers it frees (daybook.cmalloc)."""
+    from daybook.cmalloc import find_mallopt, keep_freed_blocks
+
+    keep_freed_blocks(os.environ, find_mallopt())
 
 
 def release_keeper(settings: Settings) -> ReleaseKeeper:
