@@ -406,8 +406,9 @@ class _TarReader:
         padding = -size % _BLOCK
         pos = self._pos
         end = pos + size
-        if end + padding <= len(self._buffer):
-            # The usual case in an asset of small files: the member lies whole in this chunk.
+        if size and end + padding <= len(self._buffer):
+            # The usual case in an asset of small files: the member lies whole in this chunk
+            # (an empty one needs no write at all).
             _write_all(fd, self._view[pos:end])
             self._pos = end + padding
             return
