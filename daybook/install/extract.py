@@ -66,11 +66,10 @@ except ImportError:  # pragma: no cover - platforms without isal wheels
 
 __all__ = ["ArchiveSummary", "ExtractStats", "Readable", "check_archive", "safe_extract"]
 
-# A whole chunk of the S3 stream (`STREAM_CHUNK_BYTES`), so no slice of it is copied out.
-# Each chunk is also a turn of the read and inflate threads holding the GIL, which the
-# writing thread then waits for: the bench's 20,000-file asset took 437 ms to extract with
-# 1 MiB reads against 462 ms with 256 KiB (medians of six fresh processes, ext4).
-DEFAULT_CHUNK_SIZE = 1024 * 1024
+# Measured against 1 MiB, whole chunks of the S3 stream: with the heap kept as a pull keeps
+# it (daybook.cmalloc), extracting the bench's 20,000-file asset took 426 against 427 ms
+# (fresh processes, ext4), and a pull of its 200 MB asset 613 against 631 ms.
+DEFAULT_CHUNK_SIZE = 256 * 1024
 # Inflated bytes handed over per step. Bounding it bounds memory however well the data
 # compresses (a gzip bomb inflates 1000:1).
 _INFLATE_STEP = 1024 * 1024
