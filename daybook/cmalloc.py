@@ -80,7 +80,7 @@ def keep_freed_blocks(environ: Mapping[str, str], mallopt: Mallopt | None) -> bo
     again, or comes from a heap trimmed again as soon as it is freed; kept, the same pages
     serve every step. Measured on the bench's assets, each run a fresh process extracting
     to ext4 (medians of six): 200 MB in 4 files, 0.53 s with glibc's defaults and 0.40 s
-    with these; 92 MB in 20,000 files, 437 and 427 ms.
+    with these; 92 MB in 20,000 files, 464 and 426 ms.
     A process that lives on (the minion) must not call this: it would keep its peak for
     good. True if glibc took both settings.
     """
