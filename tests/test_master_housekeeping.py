@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from malloc_probe import RecordingMallopt, mapped_blocks
 
 from master.database import ResultsDatabase
 from master.heap import (
@@ -120,43 +119,22 @@ def test_the_mappings_are_counted_and_limited_as_the_kernel_says(tmp_path: Path)
 
 
 def test_an_operators_malloc_tunables_are_left_alone() -> None:
-    calls: list[tuple[int, int]] = []
-
-    def mallopt(parameter: int, value: int) -> int:
-        calls.append((parameter, value))
-        return 1
-
+    mallopt = RecordingMallopt()
     assert not tune_allocator({"MALLOC_MMAP_THRESHOLD_": "65536"}, mallopt)
     assert not tune_allocator({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, mallopt)
     assert not tune_allocator({}, None)  # not glibc
-    assert calls == []
+    assert mallopt.calls == []
 
 
 def test_the_threshold_holds_in_a_real_process() -> None:
     """With glibc, 16 KB blocks are then mapped on their own pages (once the heap's free
-    top is used up): glibc puts a mapped block 16 bytes into its first page."""
-    code = (
-        "import ctypes, sys\n"
-        "from daybook.cmalloc import find_mallopt\n"
-        "from master.heap import tune_allocator\n"
-        "mallopt = find_mallopt()\n"
-        "if mallopt is None: sys.exit(0)\n"
-        "tuned = sys.argv[1] == 'tuned' and tune_allocator({}, mallopt)\n"
-        "libc = ctypes.CDLL(None)\n"
-        "libc.malloc.restype = ctypes.c_void_p\n"
-        "blocks = [libc.malloc(16 * 1024) for _ in range(2000)]\n"
-        "print(sum(block % 4096 == 16 for block in blocks))\n"
+    top is used up)."""
+    counts = mapped_blocks(
+        "from master.heap import tune_allocator\nassert tune_allocator({}, mallopt)",
+        size=16 * 1024,
+        count=2000,
     )
-    counts = {
-        how: int(
-            subprocess.run(
-                [sys.executable, "-c", code, how], check=True, capture_output=True, text=True
-            ).stdout
-            or 0
-        )
-        for how in ("default", "tuned")
-    }
-    if counts["tuned"] == 0:
+    if counts is None:
         pytest.skip("not glibc: no mallopt")
     assert counts["tuned"] > 1500
     assert counts["default"] < 500
