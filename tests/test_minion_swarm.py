@@ -73,7 +73,10 @@ def test_a_swarm_syncs_and_stops_cleanly(tmp_path: Path) -> None:
         assert all(s.getsockopt(zmq.HEARTBEAT_IVL) == 0 for s in sockets)
         assert all(s.getsockopt(zmq.TCP_KEEPALIVE) == 1 for s in sockets)
         assert all(s.getsockopt(zmq.TCP_MAXRT) > 0 for s in sockets)
-        assert len({s.getsockopt(zmq.TCP_KEEPALIVE_IDLE) for s in sockets}) > 1
+        # Each link's idle time is drawn on its own (the test below shows the spread). With
+        # this fleet's 0.2 s heartbeat there are two whole seconds to draw from, so six
+        # links all drew alike once in 32 runs: what holds every time is the range.
+        assert {s.getsockopt(zmq.TCP_KEEPALIVE_IDLE) for s in sockets} <= {1, 2}
     finally:
         stop.set()
         swarm.join(DEADLINE_S)
