@@ -8,6 +8,7 @@ subcommands and handlers; this module only runs the one the arguments chose.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -68,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_entry() -> None:
-    sys.exit(main())
+    status = main()
+    # Nothing the command made is needed any more, and the interpreter's exit would still
+    # trace every object it tracks in several full collections: about 9 ms of a `pull`
+    # that takes 0.1 s when nothing is new. Frozen objects are left to the process's end.
+    gc.freeze()
+    sys.exit(status)
 
 
 def _group_of(arguments: Sequence[str]) -> str | None:
