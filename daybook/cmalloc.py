@@ -20,8 +20,15 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-# Set by an operator, glibc's own tunables win over any choice made here.
-OPERATOR_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+# Set by an operator, glibc's own tunables win over any choice made here: each of the
+# environment variables for the thresholds set here and the heap's size, or any tunable.
+OPERATOR_TUNABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "GLIBC_TUNABLES",
+)
 
 # For `keep_freed_blocks`: blocks below this come from the heap (glibc's dynamic threshold
 # never goes higher by itself)...

@@ -27,6 +27,9 @@ def test_an_operators_tunables_or_another_c_library_change_nothing() -> None:
     mallopt = RecordingMallopt()
     assert not keep_freed_blocks({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, mallopt)
     assert not keep_freed_blocks({"MALLOC_MMAP_THRESHOLD_": "65536"}, mallopt)
+    # The trim threshold is one of the two set here; an operator's must stand.
+    assert not keep_freed_blocks({"MALLOC_TRIM_THRESHOLD_": "131072"}, mallopt)
+    assert not keep_freed_blocks({"MALLOC_TOP_PAD_": "0"}, mallopt)
     assert not keep_freed_blocks({}, None)  # not glibc
     assert mallopt.calls == []
 
