@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.assets import AssetSpec, ensure_asset, large_asset, small_files_asset
+from bench.disk import QUIET_US_PER_FILE, wait_until_quiet
 from bench.results import Results, Target
 from bench.s3 import S3Server, create_bucket, moto_server, presigned_url
 from bench.timing import Options, rounds, run_checked
@@ -38,6 +39,7 @@ _STDLIB_PULL = (
 def run(results: Results, options: Options) -> None:
     specs = [large_asset(), small_files_asset()]
     archives = {spec.service: ensure_asset(spec, options.cache_dir) for spec in specs}
+    settle_disk(results, options)
     with moto_server(options.workdir) as server:
         env = dict(server.env)
         env.update(
@@ -51,6 +53,23 @@ def run(results: Results, options: Options) -> None:
             run_checked([str(options.daybook), "map", "set", host_for(spec), spec.service], env)
         for spec in specs:
             measure_asset(results, options, server, env, spec=spec, archive=archives[spec.service])
+
+
+def settle_disk(results: Results, options: Options) -> None:
+    """Wait for a disk still passing over freshly deleted inodes (bench.disk); say so."""
+    state = wait_until_quiet(options.workdir)
+    results.add(
+        SECTION,
+        "disk: creating an empty file, before timing",
+        "s",
+        [state.us_per_file / 1e6],
+        note=f"quiet under {QUIET_US_PER_FILE:.0f} us; waited {state.waited_s:.0f} s",
+    )
+    if not state.quiet:
+        results.notes.append(
+            f"{SECTION}: the disk did not settle in {state.waited_s:.0f} s: "
+            "every contender's writes of the small asset are slowed (see bench/disk.py)"
+        )
 
 
 def host_for(spec: AssetSpec) -> str:
