@@ -13,6 +13,12 @@ asset; daybook's extractor, which inflates it in 0.17 s, hides nothing.
 So before timing, the pull section creates a few thousand empty files beside its runs and
 waits until that costs what it does on a quiet disk. The files stay until the section
 ends: deleting them would free inodes of its own.
+
+Waiting cures only that. On this kind of VM creating a file is also dear when the kernel
+must take memory it has not written since the host took it back (free page reporting):
+after the `swarm` section had come and gone, an empty file took 26-44 us for the whole
+seven minutes, and the small asset's pull read 1.10x tar instead of 1.31x. The probe's
+figure, in the table, says which kind of machine a run had.
 """
 
 from __future__ import annotations
@@ -75,9 +81,9 @@ def wait_until_quiet(
             return state
         report(
             f"# disk: creating a file takes {cost:.0f} us here (quiet: under "
-            f"{QUIET_US_PER_FILE:.0f}); files deleted in the last minutes slow every "
-            f"contender's writes: waiting {step_s:.0f} s ({waited_s:.0f} of at most "
-            f"{max_wait_s:.0f} s waited)"
+            f"{QUIET_US_PER_FILE:.0f}), which slows every contender's writes; files deleted "
+            f"in the last six minutes would: waiting {step_s:.0f} s ({waited_s:.0f} of at "
+            f"most {max_wait_s:.0f} s waited)"
         )
         sleep(step_s)
         waited_s += step_s
