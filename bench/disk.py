@@ -81,9 +81,9 @@ def wait_until_quiet(
             return state
         report(
             f"# disk: creating a file takes {cost:.0f} us here (quiet: under "
-            f"{QUIET_US_PER_FILE:.0f}), which slows every contender's writes; files deleted "
-            f"in the last six minutes would: waiting {step_s:.0f} s ({waited_s:.0f} of at "
-            f"most {max_wait_s:.0f} s waited)"
+            f"{QUIET_US_PER_FILE:.0f}), slowing every contender's writes; if files were "
+            f"deleted in the last six minutes, that passes: waiting {step_s:.0f} s "
+            f"({waited_s:.0f} of at most {max_wait_s:.0f} s waited)"
         )
         sleep(step_s)
         waited_s += step_s
