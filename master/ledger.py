@@ -389,7 +389,8 @@ class SyncBook:
     def close_due(self, now: float, down_since: Callable[[str], float | None]) -> list[Sync]:
         """Close the open syncs that wait in vain: their deadline passed, or every host they
         still wait for is shown down. Each silent host is noted with since when it is down
-        (None: it was up). Returns the syncs closed, with their answers."""
+        (None: it was up). Returns the syncs closed, with their answers where the book has
+        their reports at hand; a restarted master's, held from the database, come without."""
         closed = []
         for entry in self._entries.values():
             if not entry.open:
@@ -401,7 +402,7 @@ class SyncBook:
                 since is not None for since in down.values()
             ):
                 entry.close(now, down)
-                closed.append(entry.snapshot())
+                closed.append(entry.snapshot() if entry.at_hand else entry.sync)
                 self._let_go_if_done(entry)
         return closed
 

@@ -295,6 +295,21 @@ def test_a_sync_closes_early_when_every_host_it_waits_for_is_down() -> None:
     assert dict(closed.silent) == {"b": 2.5}
 
 
+def test_a_sync_held_from_the_database_closes_at_its_deadline_without_its_reports() -> None:
+    """A restarted master holds an interrupted sync's answers, not their reports: closing it
+    must not need them (it once raised, and the master's loop died with it)."""
+    book = SyncBook()
+    sync = Sync("s1", "*", "operator", 1.0, ("a", "b"), deadline=10.0)
+    book.add(sync, answered={"a": (True, 2.0)})
+    assert book.close_due(9.9, {}.get) == []
+    (closed,) = book.close_due(10.0, {}.get)
+    assert (closed.sync_id, closed.state, closed.closed_at) == ("s1", "incomplete", 10.0)
+    assert dict(closed.silent) == {"b": None}
+    assert closed.results == {}  # the database has a's report
+    assert book.tally("s1") == Tally(2, 1, 0, 1)
+    assert book.get("s1") is None
+
+
 def test_a_late_answer_is_recorded_and_shown_late_without_reopening_the_sync() -> None:
     book = SyncBook()
     book.add(Sync("s1", "*", "operator", 1.0, ("a", "b"), deadline=5.0))
