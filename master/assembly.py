@@ -94,7 +94,7 @@ def assemble(
     standing: Standing | None = None,
     release_memory: Callable[[], None] | None = None,
 ) -> LoopParts:
-    timers, book = Scheduler(), SyncBook()
+    timers, book = Scheduler(failed=metrics.task_failed), SyncBook()
     out = _publishing(
         epoch=epoch,
         publisher=publisher,

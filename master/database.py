@@ -161,9 +161,18 @@ class ResultsDatabase:
             )
 
     def commit(self) -> None:
-        """End the current batch and start the next one."""
-        self._db.execute("COMMIT")
-        self._db.execute("BEGIN")
+        """End the current batch and start the next one.
+
+        A statement that fails with SQLITE_FULL or an I/O error rolls its whole batch back
+        (SQLite does that by itself), and the failure reached whoever ran it; the next
+        batch still starts here, so that one full disk does not fail every commit after it.
+        """
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        finally:
+            if not self._db.in_transaction:
+                self._db.execute("BEGIN")
 
     def close(self) -> None:
         try:

@@ -129,7 +129,8 @@ class MasterMetrics:
         self._export_known_labels()
 
     def _add_traffic_counters(self, counter: Callable[..., Counter]) -> None:
-        """What the master sent and was asked, and how often its loop woke for it."""
+        """What the master sent and was asked, how often its loop woke for it, and which
+        of the loop's periodic tasks failed."""
         self.published_events = counter("published_events", "Sync events published.")
         self.published_bytes = counter("published_bytes", "Bytes of sync events published.")
         self.operator_requests = counter("operator_requests", "Operator requests received.")
@@ -137,6 +138,12 @@ class MasterMetrics:
             "loop_wakeups",
             "Times the master's loop woke: for a message, a request, a change or a timer. An "
             "idle master wakes only for its periodic tasks.",
+        )
+        self.task_failures = counter(
+            "task_failures",
+            "Runs of the master loop's periodic tasks that raised, by task (each is logged "
+            "with its traceback and tried again after a backoff).",
+            ("task",),
         )
 
     def _add_leadership_metrics(self, counter: Callable[..., Counter]) -> None:
@@ -236,6 +243,9 @@ class MasterMetrics:
         self.leader.set(1 if leads else 0)
         if changed:
             self.leadership_changes.inc()
+
+    def task_failed(self, task: str) -> None:
+        self.task_failures.labels(task).inc()
 
     def handshake_refused(self, reason: str) -> None:
         """On the gatekeeper's thread: prometheus_client's counters take their own lock."""

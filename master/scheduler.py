@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from daybook.backoff import backoff_s
+
+log = logging.getLogger(__name__)
+
 # What a timer runs, given the monotonic time of the pass that found it due.
 Action = Callable[[float], None]
+
+# A timer that failed runs again after this, doubling per failure in a row up to the cap:
+# soon enough that a passing fault (a full disk, a locked database) costs seconds, sparse
+# enough that a lasting one logs a traceback a minute rather than one a pass.
+RETRY_START_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(slots=True)
@@ -14,6 +25,8 @@ class _Timer:
     action: Action
     due: float | None
     wakes: Callable[[], bool] | None
+    # Failures in a row, for the retry's backoff.
+    failures: int = 0
 
 
 class Scheduler:
@@ -25,10 +38,16 @@ class Scheduler:
 
     A timer added with `wakes` counts for `next_due` only while `wakes()` holds; otherwise
     it waits for a pass the loop makes for something else, and costs an idle loop nothing.
+
+    A timer whose action raises is logged and tried again after a backoff, unless the
+    action set its next due time before it raised; the other timers of the pass still run.
+    The master outlives a fault in one periodic task (a full disk failing the results
+    database's commit) instead of leaving every minion without it; `failed` hears of each.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, failed: Callable[[str], None] | None = None) -> None:
         self._timers: dict[str, _Timer] = {}
+        self._failed = failed
 
     def add(
         self,
@@ -72,7 +91,25 @@ class Scheduler:
     def run_due(self, now: float) -> None:
         """Run every timer due at `now`, in the order they were added; each runs once and
         is not due again unless it (or anyone) sets it again."""
-        for timer in self._timers.values():
+        for name, timer in self._timers.items():
             if timer.due is not None and now >= timer.due:
                 timer.due = None
-                timer.action(now)
+                try:
+                    timer.action(now)
+                except Exception:  # one failing task must not stop the master's loop
+                    self._retry(name, timer, now)
+                else:
+                    timer.failures = 0
+
+    def _retry(self, name: str, timer: _Timer, now: float) -> None:
+        timer.failures += 1
+        if timer.due is None:
+            timer.due = now + backoff_s(timer.failures, start_s=RETRY_START_S, max_s=RETRY_MAX_S)
+        log.exception(
+            "the master's %s task failed (%d in a row); it runs again in %.1f s",
+            name,
+            timer.failures,
+            max(0.0, timer.due - now),
+        )
+        if self._failed is not None:
+            self._failed(name)

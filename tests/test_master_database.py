@@ -228,3 +228,25 @@ def test_a_version_1_database_is_upgraded_in_place(db_path: Path) -> None:
     assert (loaded.deadline, loaded.closed_at) == (None, None)
     assert db.close_forgotten(5.0, held=[]) == 1
     db.close()
+
+
+def test_a_batch_a_full_disk_rolled_back_does_not_break_the_batches_after_it(
+    db_path: Path,
+) -> None:
+    """SQLITE_FULL, here from a page limit, rolls the batch back; once there is room again,
+    the next batch commits and survives a restart."""
+    db = ResultsDatabase(db_path)
+    db.save_hosts([HostStatus("web-1", True, 100.0, "boot-1", 90.0)])
+    db.commit()
+    pages = db._db.execute("PRAGMA page_count").fetchone()[0]
+    db._db.execute(f"PRAGMA max_page_count = {pages}")
+    many = [HostStatus(f"db-{n:05d}", True, 101.0, "boot-1", 90.0) for n in range(2000)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        db.save_hosts(many)
+    db.commit()  # nothing left to commit: the failure rolled the batch back
+    db._db.execute("PRAGMA max_page_count = 1000000")
+    db.save_hosts([HostStatus("web-2", True, 102.0, "boot-2", 95.0)])
+    db.commit()
+    db.close()
+    hosts = {status.host for status in ResultsDatabase(db_path).load_hosts()}
+    assert hosts == {"web-1", "web-2"}

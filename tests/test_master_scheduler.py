@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from master.scheduler import Scheduler
+from master.scheduler import RETRY_MAX_S, RETRY_START_S, Scheduler
 
 
 def test_a_timer_runs_once_when_due_and_not_before() -> None:
@@ -84,3 +84,69 @@ def test_names_are_unique_and_known() -> None:
         timers.add("prune", lambda _now: None)
     with pytest.raises(KeyError):
         timers.at("prnue", 1.0)
+
+
+def test_a_failing_timer_is_logged_and_tried_again_after_a_growing_pause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other timers of the pass still run; one success resets the pause."""
+    failed: list[str] = []
+    timers = Scheduler(failed=failed.append)
+    outcomes = [False, False, True, False]
+    ran: list[str] = []
+
+    def flaky(_now: float) -> None:
+        if not outcomes.pop(0):
+            raise OSError("database or disk is full")
+
+    timers.add("flush", flaky, due=0.0)
+    timers.add("view", lambda _now: ran.append("view"), due=0.0)
+    timers.run_due(0.0)
+    assert ran == ["view"]
+    assert failed == ["flush"]
+    assert "the master's flush task failed (1 in a row)" in caplog.text
+    assert "database or disk is full" in caplog.text  # the traceback is logged
+    first = timers.due("flush")
+    assert first is not None
+    assert RETRY_START_S / 2 <= first <= RETRY_START_S
+    timers.run_due(first)
+    second = timers.due("flush")
+    assert second is not None
+    assert first + RETRY_START_S <= second <= first + 2 * RETRY_START_S
+    timers.run_due(second)  # succeeds, and (as a one-shot timer) is not due again
+    assert timers.due("flush") is None
+    timers.at("flush", 100.0)
+    timers.run_due(100.0)
+    third = timers.due("flush")
+    assert third is not None
+    assert third <= 100.0 + RETRY_START_S
+    assert failed == ["flush"] * 3
+
+
+def test_a_failing_timer_that_set_its_next_due_time_keeps_it() -> None:
+    timers = Scheduler()
+
+    def beat(now: float) -> None:
+        timers.at("beat", now + 30.0)
+        raise RuntimeError("a bug")
+
+    timers.add("beat", beat, due=0.0)
+    timers.run_due(0.0)
+    assert timers.due("beat") == 30.0
+
+
+def test_the_retry_pause_stops_growing_at_its_cap() -> None:
+    timers = Scheduler()
+
+    def broken(_now: float) -> None:
+        raise RuntimeError("a bug")
+
+    timers.add("broken", broken, due=0.0)
+    now = 0.0
+    for _ in range(20):
+        timers.run_due(now)
+        due = timers.due("broken")
+        assert due is not None
+        assert due - now <= RETRY_MAX_S
+        now = due
+    assert now - 0.0 > RETRY_MAX_S  # it did grow to the cap
