@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from daybook.errors import ConfigError
+from daybook.errors import ConfigError, RegistryError
 from daybook.registry.file import FileRegistry
 
 
@@ -61,3 +65,37 @@ def test_a_hand_edit_wakes_a_watcher(tmp_path: Path) -> None:
     watcher.join(timeout=20)
     assert results
     assert results[0].mappings == {"web-*": ("b",)}
+
+
+def test_a_mappings_path_under_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    """Not a traceback: a data dir mistyped onto a file reads and writes as RegistryError."""
+    (tmp_path / "data").write_text("a file, not a directory")
+    registry = FileRegistry(tmp_path / "data" / "mappings.json")
+    with pytest.raises(RegistryError, match=r"cannot read mappings file .*: Not a directory"):
+        registry.read()
+    with pytest.raises(RegistryError, match=r"cannot lock .*/data is not a directory"):
+        registry.update("web-*", lambda _: ("a",))
+
+
+def test_a_write_the_disk_refuses_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    """`map add` with a file-size limit of 0 (what a full disk looks like to the writer):
+    exit 1, one line naming the file, the mappings as they were, no temporary file left."""
+    path = tmp_path / "mappings.json"
+    FileRegistry(path).update("db-*", lambda _: ("b",))
+    before = path.read_bytes()
+    env = {**os.environ, "DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_REGISTRY": f"file://{path}"}
+    env.pop("DAYBOOK_CONFIG", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "daybook", "map", "add", "web-*", "a"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"daybook: cannot write mappings file {path}: File too large"
+    ]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mappings.json", "mappings.json.lock"]

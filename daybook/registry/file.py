@@ -109,8 +109,16 @@ class FileRegistry:
     @contextmanager
     def _locked(self) -> Iterator[_Document]:
         """The file's content under the writers' lock, for one read-modify-write."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a") as lock:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self._lock_path.open("a")
+        except FileExistsError:  # what mkdir says of a file where the directory should be
+            raise RegistryError(
+                f"cannot lock mappings file {self._path}: {self._path.parent} is not a directory"
+            ) from None
+        except OSError as exc:
+            raise RegistryError(f"cannot lock mappings file {self._path}: {_why(exc)}") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield self._load()
 
@@ -156,7 +164,10 @@ class FileRegistry:
         pass
 
     def _signature(self) -> FileSignature | None:
-        return file_signature(self._path)
+        try:
+            return file_signature(self._path)
+        except OSError as exc:  # a parent that is a file, or that this user cannot search
+            raise RegistryError(f"cannot read mappings file {self._path}: {_why(exc)}") from None
 
     def _load(self) -> _Document:
         try:
@@ -164,7 +175,7 @@ class FileRegistry:
         except FileNotFoundError:
             return _Document(1, {})
         except OSError as exc:
-            raise RegistryError(f"cannot read mappings file {self._path}: {exc.strerror}") from None
+            raise RegistryError(f"cannot read mappings file {self._path}: {_why(exc)}") from None
         try:
             data: Any = json.loads(raw)
         except ValueError as exc:
@@ -198,10 +209,17 @@ class FileRegistry:
         if document.pins:  # a file that never had a pin keeps its old shape
             content["pins"] = dict(sorted(document.pins.items()))
         payload = json.dumps(content, indent=2) + "\n"
-        # Mappings are not secret: readable by minions running as other users.
-        write_atomically(self._path, payload.encode(), mode=0o644)
+        try:
+            # Mappings are not secret: readable by minions running as other users.
+            write_atomically(self._path, payload.encode(), mode=0o644)
+        except OSError as exc:
+            raise RegistryError(f"cannot write mappings file {self._path}: {_why(exc)}") from None
 
 
 def _check_pin_service(service: str, pin: Pin) -> None:
     if pin.service != service:
         raise ValueError(f"a pin of {pin.service!r} cannot be stored as the pin of {service!r}")
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
