@@ -184,6 +184,40 @@ def test_push_missing_file(run: Run) -> None:
     assert_one_line_error(run("push", "/nonexistent/a-1.tar.gz"), 2, "no such file")
 
 
+def test_push_of_a_file_that_fails_to_read_is_one_line(run: Run, build: Path) -> None:
+    """An I/O error part-way (here /proc/self/mem, which refuses reads at offset 0) is bad
+    input like any other: exit 2, one line, nothing uploaded."""
+    unreadable = build / "mem-1.tar.gz"
+    unreadable.symlink_to("/proc/self/mem")
+    assert_one_line_error(run("push", str(unreadable)), 2, f"cannot read {unreadable}")
+    assert run("assets", "--json").json() == []
+
+
+def test_a_push_that_fails_for_one_file_still_reports_the_others(
+    run: Run, build: Path, tmp_path: Path
+) -> None:
+    """The store cannot take `zzz` (a directory is in its place): `aaa` is uploaded all the
+    same, the JSON says so, the failure is one line naming the file, and no checksum file is
+    left for an asset that was never stored."""
+    first, second = make_asset(build, "aaa", "1"), make_asset(build, "zzz", "1")
+    store = tmp_path / "data" / "store"
+    (store / "zzz-1.tar.gz").mkdir(parents=True)
+    result = run("push", "--force", "--json", str(first), str(second))
+    assert result.code == 1
+    rows = {row["name"]: row for row in result.json()}
+    assert rows["aaa"]["status"] == "uploaded"
+    assert rows["zzz"]["status"] == "failed"
+    assert "Is a directory" in rows["zzz"]["error"]
+    errors = [line for line in result.err.splitlines() if "note:" not in line]
+    assert len(errors) == 1
+    assert errors[0].startswith("daybook: zzz-1.tar.gz: cannot store zzz")
+    assert sorted(path.name for path in store.iterdir()) == [
+        "aaa-1.tar.gz",
+        "aaa-1.tar.gz.meta.json",
+        "zzz-1.tar.gz",
+    ]
+
+
 # -- pull --------------------------------------------------------------------------------------
 
 

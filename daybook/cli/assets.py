@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from daybook.cli.backends import open_configured_registry, open_configured_store
 from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
-from daybook.errors import AssetExistsError, DaybookError, InputError
+from daybook.errors import AssetExistsError, DaybookError, InputError, StoreError
 from daybook.model.names import AssetRef, check_asset_filename, check_service
 from daybook.model.patterns import check_host, resolve_host
 
@@ -111,8 +111,10 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
         for path, ref, sha256 in uploads:
             row = _push_one(store, path, ref, sha256, force=args.force)
             rows.append(row)
-            if not args.json:
-                print(f"{ref.filename}: {row.get('error') or row['status']}")
+            if "error" in row:
+                print(f"daybook: {ref.filename}: {row['error']}", file=sys.stderr)
+            elif not args.json:
+                print(f"{ref.filename}: {row['status']}")
     finally:
         store.close()
     if args.json:
@@ -153,6 +155,8 @@ def _checked_uploads(
             summary = check_archive(path)
         except DaybookError as exc:
             raise InputError(f"{path}: {exc}") from None
+        except OSError as exc:  # unreadable, or an I/O error part-way
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
         uploads.append((path, ref, summary.sha256))
     return uploads
 
@@ -174,15 +178,17 @@ def _push_one(
         "size": path.stat().st_size,
         "sha256": sha256,
     }
-    existing = store.stat(ref)
-    if existing is not None and existing.sha256 == sha256 and not force:
-        row["status"] = "unchanged"
-        return row
     try:
+        existing = store.stat(ref)
+        if existing is not None and existing.sha256 == sha256 and not force:
+            row["status"] = "unchanged"
+            return row
         _upload(store, path, ref, sha256, overwrite=force)
         row["status"] = "uploaded"
     except AssetExistsError as exc:
         row.update(status="failed", error=f"{exc}; use --force to overwrite")
+    except StoreError as exc:  # this file failed; the report still tells what the others did
+        row.update(status="failed", error=str(exc))
     return row
 
 

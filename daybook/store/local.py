@@ -170,21 +170,26 @@ class LocalStore:
     ) -> None:
         """Copy `source` into the store as `ref`, with its sidecar, durably."""
         target = self._path(ref)
-        with open_atomically(
-            target, mode=ASSET_MODE, overwrite=overwrite, prefix=TEMP_PREFIX
-        ) as temp:
-            try:
-                while chunk := source.read(COPY_CHUNK_BYTES):
-                    temp.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            except OSError as exc:
-                raise StoreError(f"cannot write {ref} to {self._root}: {exc.strerror}") from exc
-            inode = os.fstat(temp.fileno()).st_ino
-            if overwrite:
-                # Sidecar first: until the rename it names an inode that is not yet the
-                # asset, so readers in between get no checksum, never a stale one.
-                self._write_sidecar(target, sha256, inode)
+        try:
+            with open_atomically(
+                target, mode=ASSET_MODE, overwrite=overwrite, prefix=TEMP_PREFIX
+            ) as temp:
+                try:
+                    while chunk := source.read(COPY_CHUNK_BYTES):
+                        temp.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                except OSError as exc:
+                    raise StoreError(f"cannot write {ref} to {self._root}: {exc.strerror}") from exc
+                inode = os.fstat(temp.fileno()).st_ino
+                if overwrite:
+                    # Sidecar first: until the rename it names an inode that is not yet the
+                    # asset, so readers in between get no checksum, never a stale one.
+                    self._write_sidecar(target, sha256, inode)
+        except OSError:
+            if overwrite:  # the rename failed: the sidecar would name no asset
+                _sidecar_path(target).unlink(missing_ok=True)
+            raise
         if not overwrite:
             self._write_sidecar(target, sha256, inode)
         fsync_directory(self._root)
