@@ -79,6 +79,21 @@ def test_bad_input_exits_2_with_one_line(run: Run, argv: list[str], fragment: st
     assert run("map", "list", "--json").json() == {}
 
 
+def test_a_system_error_no_command_expected_is_still_one_line(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last line of defence: an OSError that escaped a command's own handling."""
+    from daybook.registry.file import FileRegistry
+
+    def refuse(_registry: FileRegistry) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/daybook/mappings.json")
+
+    monkeypatch.setattr(FileRegistry, "read", refuse)
+    result = run("map", "list")
+    assert_one_line_error(result, 1, "daybook: Permission denied: /srv/daybook/mappings.json")
+    assert "Traceback" not in result.err
+
+
 def test_map_resolve_and_explain(run: Run) -> None:
     run("map", "set", "*", "base")
     run("map", "set", "web-*", "web")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -63,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaybookError as exc:
         print(f"daybook: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The commands turn the failures they expect into DaybookError; one that slipped
+        # past them (a disk, a permission) is still one line, its traceback kept for -vv.
+        logging.getLogger(__name__).debug("unexpected system error", exc_info=True)
+        print(f"daybook: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("daybook: interrupted", file=sys.stderr)
         return 130
@@ -75,6 +82,13 @@ def main_entry() -> None:
     # that takes 0.1 s when nothing is new. Frozen objects are left to the process's end.
     gc.freeze()
     sys.exit(status)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`Permission denied: /srv/x`, or `/srv/x -> /srv/y` for a rename's two paths."""
+    paths = " -> ".join(str(path) for path in (exc.filename, exc.filename2) if path is not None)
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {paths}" if paths else reason
 
 
 def _group_of(arguments: Sequence[str]) -> str | None:
