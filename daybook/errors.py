@@ -58,6 +58,10 @@ class IntegrityError(ExtractError):
     """An archive's SHA-256 does not match the one the store recorded."""
 
 
+class InstallDirError(DaybookError):
+    """A service's place under the install dir cannot hold versions (a file is there)."""
+
+
 class LockError(DaybookError):
     """Another process holds the install lock."""
 

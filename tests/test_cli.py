@@ -294,6 +294,27 @@ def test_pull_reports_a_tampered_version_and_installs_the_rest(
     assert not (tmp_path / "data" / "install" / "api" / "1").exists()
 
 
+def test_a_file_where_a_service_dir_belongs_fails_that_service_only(
+    run: Run, build: Path, tmp_path: Path
+) -> None:
+    run("push", *[str(make_asset(build, s, "1")) for s in ("api", "other")])
+    run("map", "set", "web-*", "api", "other")
+    install = tmp_path / "data" / "install"
+    install.mkdir(parents=True)
+    (install / "other").write_text("x\n")
+    for dry_run in (["--dry-run"], []):
+        result = run("pull", "--json", *dry_run)
+        assert result.code == 1, result.err
+        assert "Traceback" not in result.err
+        services = result.json()["services"]
+        assert services["api"]["installed"] == ["1"]
+        assert "is not a directory" in services["other"]["error"]
+    assert (install / "api" / "1").is_dir()
+    human = run("pull")
+    assert human.code == 1
+    assert f"other: FAILED: {install / 'other'} is not a directory" in human.out
+
+
 # -- unreachable backends and bad configuration ------------------------------------------------
 
 

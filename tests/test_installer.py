@@ -80,6 +80,23 @@ def test_one_bad_version_does_not_stop_the_others(store: LocalStore, tmp_path: P
     assert [p.name for p in (install_dir / "api").iterdir()] == ["1.1"]
 
 
+def test_a_file_in_place_of_a_service_dir_fails_that_service_only(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    install_dir = tmp_path / "install"
+    install_dir.mkdir()
+    (install_dir / "api").write_text("not a directory\n")
+    installer = Installer(store, install_dir)
+    for dry_run in (True, False):
+        outcome = installer.sync(["api", "web"], dry_run=dry_run)
+        assert outcome["api"].error is not None
+        assert f"{install_dir / 'api'} is not a directory" in outcome["api"].error
+        assert outcome["web"].installed == ("3",)
+    assert (install_dir / "web" / "3").is_dir()
+    # What a minion reports as installed: nothing there, rather than a crash.
+    assert installer.installed(["api", "web"]) == {"api": [], "web": ["3"]}
+
+
 class _FailingStream:
     """A stream that dies half-way, as a killed connection would."""
 

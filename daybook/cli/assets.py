@@ -352,7 +352,8 @@ def _print_pull(document: dict[str, Any], install_dir: Path) -> None:
             parts.append(f"present {', '.join(result['present'])}")
         if not result["installed"] and not result["present"] and "error" not in result:
             parts.append("no versions in the store")
-        print(f"  {name}: {'; '.join(parts)}" if parts else f"  {name}:")
+        if parts:  # else the service failed as a whole, on the line below
+            print(f"  {name}: {'; '.join(parts)}")
         for version, reason in result["failed"].items():
             print(f"  {name}: FAILED {version}: {reason}")
         if "error" in result:

@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from daybook.backoff import backoff_s
-from daybook.errors import DaybookError, StoreUnavailableError
+from daybook.errors import DaybookError, InstallDirError, StoreUnavailableError
 from daybook.files import unique_suffix
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
@@ -86,8 +86,12 @@ class Installer:
         self._rng = random.Random()
 
     def installed_versions(self, service: str) -> list[str]:
-        """Versions fully installed for `service`."""
-        return installed_versions(self.install_dir / service)
+        """Versions fully installed for `service`; none where its directory cannot be read
+        (`sync` fails that service and says why)."""
+        try:
+            return installed_versions(self.install_dir / service)
+        except InstallDirError:
+            return []
 
     def installed(self, services: Sequence[str]) -> dict[str, list[str]]:
         return {service: self.installed_versions(service) for service in services}
@@ -113,23 +117,24 @@ class Installer:
         available: dict[str, list[AssetInfo] | DaybookError] = {}
         for service in services:
             try:
-                assets = self._store.list_assets(service)
+                available[service] = self._wanted_assets(service, (selections or {}).get(service))
             except DaybookError as exc:
                 available[service] = exc
-                continue
-            selection = (selections or {}).get(service)
-            if selection is not None:
-                wanted = set(
-                    wanted_versions(
-                        [a.version for a in assets], self.installed_versions(service), selection
-                    )
-                )
-                assets = [a for a in assets if a.version in wanted]
-            available[service] = assets
         if dry_run:
             return self._plan_only(available)
         with self.locked():
             return self._install_all(available, _refused(available, selections or {}))
+
+    def _wanted_assets(self, service: str, selection: Selection | None) -> list[AssetInfo]:
+        """The store's versions of `service` to have on this host. Raises when the store
+        cannot list them, or when the service's directory cannot hold versions: a file
+        there fails this service, not the whole run."""
+        installed = installed_versions(self.install_dir / service)
+        assets = self._store.list_assets(service)
+        if selection is None:
+            return assets
+        wanted = set(wanted_versions([a.version for a in assets], installed, selection))
+        return [a for a in assets if a.version in wanted]
 
     def _plan_only(self, available: Mapping[str, list[AssetInfo] | DaybookError]) -> ServiceResults:
         results: dict[str, ServiceResult] = {}
@@ -283,11 +288,20 @@ def _refused(
 
 def installed_versions(service_dir: Path) -> list[str]:
     """The versions completely installed in `service_dir`: staging and other hidden trees
-    never count, nor does the `current` link (a link is never a version)."""
+    never count, nor does the `current` link (a link is never a version).
+
+    Raises InstallDirError when `service_dir` is there but cannot be read as a directory.
+    """
     try:
         entries = list(os.scandir(service_dir))
     except FileNotFoundError:
         return []
+    except NotADirectoryError as exc:
+        raise InstallDirError(
+            f"{service_dir} is not a directory: move it away so the service can be installed"
+        ) from exc
+    except OSError as exc:
+        raise InstallDirError(f"cannot read {service_dir}: {exc.strerror or exc}") from exc
     return sorted_versions(
         [e.name for e in entries if is_valid_version(e.name) and e.is_dir(follow_symlinks=False)]
     )

@@ -18,7 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from daybook.errors import WireError
+from daybook.errors import InstallDirError, WireError
 from daybook.files import unique_suffix
 from daybook.install.hooks import HookRun, HookRunner, output_tail
 from daybook.install.installer import (
@@ -139,8 +139,12 @@ class ReleaseKeeper:
             current = read_current(service_dir)
             if policy.keep_versions:
                 result = self._retain(service_dir, result, policy, current, pinned)
-        except OSError as exc:
-            reason = describe_os_error(exc, self.install_dir)
+        except (OSError, InstallDirError) as exc:
+            reason = (
+                str(exc)
+                if isinstance(exc, InstallDirError)
+                else describe_os_error(exc, self.install_dir)
+            )
             log.warning("keeping the versions of %s failed: %s", service, reason)
             return dataclasses.replace(result, error=f"release lifecycle: {reason}")
         return result

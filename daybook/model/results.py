@@ -28,7 +28,8 @@ class HookResult:
 @record
 class ServiceResult:
     """What one run did for one service: versions installed by it, already present, and
-    failed (with why). `error` is set when the service's versions could not be listed.
+    failed (with why). `error` is set when the service's versions could not be listed, or
+    its directory cannot hold them.
 
     With the release lifecycle switched on it also says which versions retention removed
     (and kept, with why), where `current` points (and `previous`, when this run moved it),
