@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from archives import make_asset
+from archives import make_asset, make_locked_asset
+from unprivileged import run_unprivileged
 
 from daybook.errors import LockError, StoreUnavailableError
 from daybook.install.installer import (
@@ -95,6 +96,31 @@ def test_a_file_in_place_of_a_service_dir_fails_that_service_only(
     assert (install_dir / "web" / "3").is_dir()
     # What a minion reports as installed: nothing there, rather than a crash.
     assert installer.installed(["api", "web"]) == {"api": [], "web": ["3"]}
+
+
+def test_a_rejected_archive_with_read_only_directories_leaves_nothing_without_root(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    build = tmp_path / "build"
+    build.mkdir()
+    # Recorded with another SHA-256: the archive is extracted whole, modes applied, then
+    # rejected, and its staging tree must go although only root could empty it as it is.
+    store.upload(make_locked_asset(build, "api", "1"), AssetRef("api", "1"), sha256="0" * 64)
+    child = run_unprivileged(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from daybook.install.installer import Installer\n"
+        "from daybook.store.local import LocalStore\n"
+        "installer = Installer(LocalStore(Path(sys.argv[1])), Path(sys.argv[2]))\n"
+        "for _ in range(2):\n"
+        "    print(installer.sync(['api'])['api'].failed['1'])\n",
+        str(tmp_path / "store"),
+        str(tmp_path / "install"),
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.count("SHA-256 mismatch") == 2
+    assert os.listdir(tmp_path / "install" / "api") == []  # no .partial-* tree, per try
 
 
 class _FailingStream:

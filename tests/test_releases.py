@@ -5,6 +5,7 @@ the minion's and the install child's lifecycle step."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from archives import make_asset
+from unprivileged import run_unprivileged
 
 from daybook.install.hooks import HookRunner
 from daybook.install.installer import (
@@ -338,6 +340,44 @@ def test_a_crash_at_any_step_is_healed_by_the_next_run(tmp_path: Path, step: str
     assert sorted(os.listdir(host.web)) == ["2", "current"]  # no leftovers
 
 
+# Pulls keeping one version, in a child process bound by file permissions: each pull's
+# `removed` and what the service dir then holds.
+KEEP_ONE_PULL = """
+import hashlib, json, sys
+from pathlib import Path
+from archives import make_locked_asset
+from daybook.install.hooks import HookRunner
+from daybook.install.installer import Installer
+from daybook.install.releases import ReleaseKeeper
+from daybook.model.names import AssetRef
+from daybook.model.releases import ReleasePolicy
+from daybook.store.local import LocalStore
+
+root = Path(sys.argv[1])
+store, install = LocalStore(root / "store"), root / "install"
+installer = Installer(store, install)
+policy = ReleasePolicy(keep_versions=1)
+keeper = ReleaseKeeper(install, lambda _s: policy, HookRunner(root / "hooks", timeout_s=10))
+for version in ("1", "2"):
+    path = make_locked_asset(root / "build", "web", version)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    store.upload(path, AssetRef("web", version), sha256=digest)
+    outcome = installer.sync(["web"], keeper.selections(["web"], {}))
+    result = keeper.settle_all(installer, outcome, {}).results["web"]
+    left = sorted(p.name for p in (install / "web").iterdir())
+    print(json.dumps([result.ok, list(result.removed), left]))
+"""
+
+
+def test_retention_removes_read_only_directories_without_root(tmp_path: Path) -> None:
+    (tmp_path / "build").mkdir()
+    child = run_unprivileged(KEEP_ONE_PULL, str(tmp_path))
+    assert child.returncode == 0, child.stderr
+    first, second = (json.loads(line) for line in child.stdout.splitlines())
+    assert first == [True, [], ["1"]]
+    assert second == [True, ["1"], ["2"]]  # no .removing-1-* tree left behind
+
+
 def test_a_crash_in_the_middle_of_a_delete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host = Host(tmp_path, ReleasePolicy(keep_versions=1, activate=True))
     host.push("1")
@@ -349,7 +389,7 @@ def test_a_crash_in_the_middle_of_a_delete(tmp_path: Path, monkeypatch: pytest.M
         raise Crash("rmtree")
 
     with monkeypatch.context() as patched:
-        patched.setattr("daybook.install.releases.shutil.rmtree", half_delete)
+        patched.setattr("daybook.install.releases.remove_tree", half_delete)
         with pytest.raises(Crash):
             host.pull()
     check_sound(host.web)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from daybook.errors import DaybookError, InstallDirError, StoreUnavailableError
 from daybook.files import unique_suffix
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
+from daybook.install.removal import remove_tree
 from daybook.model.names import AssetRef, is_valid_version, sorted_versions
 from daybook.model.releases import CURRENT_LINK, Selection, wanted_versions
 from daybook.model.results import ServiceResult, ServiceResults
@@ -245,7 +245,7 @@ class Installer:
                 stream.close()
             os.rename(staging, final)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_leftover(staging)
             raise
         log.info("installed %s into %s", ref, final)
 
@@ -265,7 +265,16 @@ class Installer:
                     with suppress(FileNotFoundError):
                         os.unlink(entry.path)
                 else:
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    _remove_leftover(Path(entry.path))
+
+
+def _remove_leftover(path: Path) -> None:
+    """Delete a hidden tree no version depends on. One that will not go is logged, not
+    raised: it hides no failure (the run reports its own), and the next run tries again."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
 
 
 def _refused(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from daybook.install.installer import (
     installed_versions,
 )
 from daybook.install.os_errors import describe_os_error
+from daybook.install.removal import remove_tree
 from daybook.install.usage import paths_in_use
 from daybook.model.releases import (
     CURRENT_LINK,
@@ -303,7 +303,7 @@ def remove_version(
     hidden = service_dir / f"{REMOVING_PREFIX}{version}-{unique_suffix()}"
     os.rename(service_dir / version, hidden)
     checkpoint("hidden")
-    shutil.rmtree(hidden)
+    remove_tree(hidden)
     checkpoint("deleted")
     with suppress(FileNotFoundError):
         os.unlink(service_dir / f"{HOOK_FAILED_PREFIX}{version}")
