@@ -4,6 +4,7 @@ the minion's and the install child's lifecycle step."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from daybook.install.installer import (
     installed_versions,
 )
 from daybook.install.releases import ReleaseKeeper, read_current, remove_version, switch_current
+from daybook.install.removal import remove_tree
 from daybook.install.usage import paths_in_use
 from daybook.model.names import AssetRef
 from daybook.model.pins import Pin
@@ -38,6 +40,7 @@ from daybook.model.releases import (
 )
 from daybook.model.results import ServiceResult
 from daybook.store.local import LocalStore
+from daybook.views import service_result_json
 
 # -- the pure rules -------------------------------------------------------------------------
 
@@ -209,6 +212,30 @@ def test_the_current_version_is_never_removed(tmp_path: Path) -> None:
     assert result.removed == ("2",)
     assert result.kept == {"1": "current"}
     assert installed_versions(host.web) == ["1", "3"]
+
+
+def test_a_version_that_will_not_go_is_named_beside_those_that_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = Host(tmp_path, ReleasePolicy(keep_versions=1, activate=True))
+    host.push("1", "2", "3")
+    host.installer.sync(["web"])
+    delete = remove_tree
+
+    def stuck_on_1(path: Path) -> None:  # as a file made immutable (chattr +i) would be
+        if path.name.startswith(f"{REMOVING_PREFIX}1-"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path / "bin"))
+        delete(path)
+
+    monkeypatch.setattr("daybook.install.releases.remove_tree", stuck_on_1)
+    result = host.pull()
+    assert result.current == "3"
+    assert result.removed == ("2",)
+    assert result.error is not None
+    assert "could not remove version 1: Operation not permitted" in result.error
+    assert f"{REMOVING_PREFIX}1-" in result.error  # where its files are still
+    assert service_result_json(result)["removed"] == ["2"]
+    assert installed_versions(host.web) == ["3"]
 
 
 # -- in use ---------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
+import pytest
 from unprivileged import run_unprivileged
 
 from daybook.install.removal import open_up_tree, remove_tree
@@ -93,3 +95,22 @@ def test_an_ordinary_tree_is_removed(tmp_path: Path) -> None:
     (tree / "a" / "b" / "f").write_text("x\n")
     remove_tree(tree)
     assert not tree.exists()
+
+
+def test_a_file_that_will_not_go_is_named_by_its_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "stuck").write_text("x\n")
+    unlink = os.unlink
+
+    def immutable(path: str, *, dir_fd: int | None = None) -> None:
+        if path == "stuck":  # as `chattr +i` would make it
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", immutable)
+    with pytest.raises(PermissionError) as raised:
+        remove_tree(tree)
+    assert raised.value.filename == str(tree / "a" / "stuck")

@@ -228,14 +228,26 @@ class ReleaseKeeper:
             busy = self._in_use([service_dir / v for v in plan.remove])
             kept.update({path.name: IN_USE for path in busy})
         removed: list[str] = []
+        # One version that will not go does not keep the others, nor hide their removal.
+        failures: list[str] = []
         for version in plan.remove:
             if version in kept:
                 continue
-            remove_version(service_dir, version, self._checkpoint)
+            try:
+                remove_version(service_dir, version, self._checkpoint)
+            except OSError as exc:
+                where = exc.filename or service_dir / version
+                failures.append(f"version {version}: {exc.strerror or exc} ({where})")
+                continue
             removed.append(version)
         if removed or kept:
             log.info("%s: removed %s, kept %s", service_dir.name, removed, kept)
-        return dataclasses.replace(result, removed=tuple(removed), kept=kept)
+        result = dataclasses.replace(result, removed=tuple(removed), kept=kept)
+        if not failures:
+            return result
+        reason = f"could not remove {'; '.join(failures)}"
+        log.warning("%s: %s", service_dir.name, reason)
+        return dataclasses.replace(result, error=f"release lifecycle: {reason}")
 
 
 def read_current(service_dir: Path) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 # What the owner needs on a directory to empty it: list it, reach into it, unlink from it.
 _OWNER_RWX = stat.S_IRWXU
@@ -20,10 +22,23 @@ def remove_tree(path: Path) -> None:
     Symlinks are never followed, so nothing outside the tree changes mode.
     """
     try:
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_raise_with_full_path)
     except PermissionError:
         open_up_tree(path)
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_raise_with_full_path)
+
+
+def _raise_with_full_path(
+    _function: Callable[..., object],
+    path: str,
+    exc_info: tuple[type[BaseException], BaseException, TracebackType],
+) -> None:
+    # rmtree works relative to open directories: its own errors name a file by its last
+    # component alone, which tells no one which tree it was in.
+    exc = exc_info[1]
+    if isinstance(exc, OSError) and exc.errno is not None:
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    raise exc
 
 
 def open_up_tree(path: Path) -> None:
