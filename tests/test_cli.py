@@ -72,6 +72,7 @@ def test_map_patterns_are_stored_lower_case(run: Run) -> None:
         (["map", "resolve", "bad host"], "invalid host name"),
         (["assets", "bad.name"], "invalid service name"),
         (["pull", "--host", "../etc"], "invalid host name"),
+        (["pin", "web", "current"], "version 'current' is reserved"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(run: Run, argv: list[str], fragment: str) -> None:
@@ -168,6 +169,8 @@ def test_push_with_explicit_name_and_version(run: Run, build: Path) -> None:
         ("api.tar.gz", None, "not an asset name"),
         ("api-..tar.gz", None, "not an asset name"),
         ("api-1.tar.gz", b"not gzip at all", "api-1.tar.gz"),
+        # The name of the link to the running version: such a version could never run.
+        ("api-current.tar.gz", None, "version 'current' is reserved"),
     ],
 )
 def test_push_refuses_bad_files_and_uploads_nothing(
@@ -193,6 +196,13 @@ def test_push_refuses_an_unsafe_archive(run: Run, build: Path) -> None:
         info.size = 1
         archive.addfile(info, io.BytesIO(b"x"))
     assert_one_line_error(run("push", str(path)), 2, "evil-1.tar.gz")
+
+
+def test_push_refuses_the_link_name_as_an_explicit_version(run: Run, build: Path) -> None:
+    path = make_asset(build, "api", "1")
+    argv = ["push", str(path), "--name", "api", "--version", "current"]
+    assert_one_line_error(run(*argv), 2, "version 'current' is reserved")
+    assert run("assets", "--json").json() == []
 
 
 def test_push_missing_file(run: Run) -> None:

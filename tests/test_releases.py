@@ -201,6 +201,31 @@ def test_a_version_named_current_is_refused_while_the_link_is_kept(tmp_path: Pat
     assert installed_versions(host.web) == ["1"]  # the link is never listed as a version
 
 
+def test_a_version_named_current_installed_before_activation_blocks_only_it(
+    tmp_path: Path,
+) -> None:
+    Host(tmp_path, ReleasePolicy()).push("1", "current")
+    Host(tmp_path, ReleasePolicy()).pull()  # activate off: both install
+    host = Host(tmp_path, ReleasePolicy(keep_versions=1, activate=True))
+    for _ in range(2):
+        result = host.pull()
+        assert result.error is not None
+        assert "a version named 'current' is installed" in result.error
+        assert str(host.web / "current") in result.error
+        assert result.removed == ()  # not knowing what runs, retention removes nothing
+        assert sorted(os.listdir(host.web)) == ["1", "current"]  # and no temp link
+    assert (host.web / "current").is_dir()
+
+
+def test_a_failed_link_switch_leaves_no_temp_link(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    (web / "1").mkdir(parents=True)
+    (web / "current").mkdir()  # a directory in the link's place: the rename fails
+    with pytest.raises(IsADirectoryError):
+        switch_current(web, "1")
+    assert sorted(os.listdir(web)) == ["1", "current"]
+
+
 def test_the_current_version_is_never_removed(tmp_path: Path) -> None:
     host = Host(tmp_path, ReleasePolicy(keep_versions=1, activate=False))
     host.push("1", "2", "3")

@@ -13,7 +13,12 @@ from daybook.cli.backends import open_configured_registry, open_configured_store
 from daybook.cli.output import describe_lifecycle, emit_json
 from daybook.config import Settings
 from daybook.errors import AssetExistsError, DaybookError, InputError, StoreError
-from daybook.model.names import AssetRef, check_asset_filename, check_service
+from daybook.model.names import (
+    AssetRef,
+    check_asset_filename,
+    check_release_version,
+    check_service,
+)
 from daybook.model.patterns import check_host, resolve_host
 
 if TYPE_CHECKING:
@@ -163,9 +168,9 @@ def _checked_uploads(
 
 def _asset_ref_for(path: Path, name: str | None, version: str | None) -> AssetRef:
     if name and version:
-        return AssetRef(name, version)
+        return AssetRef(name, check_release_version(version))
     parsed = check_asset_filename(path.name)
-    return AssetRef(name or parsed.service, version or parsed.version)
+    return AssetRef(name or parsed.service, check_release_version(version or parsed.version))
 
 
 def _push_one(

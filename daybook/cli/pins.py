@@ -19,7 +19,7 @@ from daybook.cli.fleet import add_rolling_options, refuse_rolling_options, rolli
 from daybook.cli.output import emit_json
 from daybook.config import Settings
 from daybook.errors import InputError
-from daybook.model.names import check_service, check_version, sorted_versions
+from daybook.model.names import check_release_version, check_service, sorted_versions
 from daybook.model.pins import Pin, repinned, rollback_target
 from daybook.model.rollout import parse_batch_size
 
@@ -57,7 +57,7 @@ def register(
 
 
 def cmd_pin(args: argparse.Namespace, settings: Settings) -> int:
-    service, version = check_service(args.service), check_version(args.version)
+    service, version = check_service(args.service), check_release_version(args.version)
     _check_batch(args)
     held = _store_versions(settings, service)
     if version not in held:

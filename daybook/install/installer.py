@@ -17,8 +17,8 @@ from daybook.files import unique_suffix
 from daybook.install.lock import InstallLock
 from daybook.install.os_errors import describe_os_error
 from daybook.install.removal import remove_tree
-from daybook.model.names import AssetRef, is_valid_version, sorted_versions
-from daybook.model.releases import CURRENT_LINK, Selection, wanted_versions
+from daybook.model.names import CURRENT_LINK, AssetRef, is_valid_version, sorted_versions
+from daybook.model.releases import Selection, wanted_versions
 from daybook.model.results import ServiceResult, ServiceResults
 from daybook.store.base import AssetInfo, AssetStream, Store
 

@@ -30,8 +30,8 @@ from daybook.install.installer import (
 from daybook.install.os_errors import describe_os_error
 from daybook.install.removal import remove_tree
 from daybook.install.usage import paths_in_use
+from daybook.model.names import CURRENT_LINK
 from daybook.model.releases import (
-    CURRENT_LINK,
     IN_USE,
     ReleasePolicy,
     Selection,
@@ -136,6 +136,8 @@ class ReleaseKeeper:
         try:
             if policy.activate:
                 result = self._activate(service_dir, result, pinned)
+                if result.error is not None:
+                    return result  # not knowing what should run, retention could remove it
             current = read_current(service_dir)
             if policy.keep_versions:
                 result = self._retain(service_dir, result, policy, current, pinned)
@@ -152,6 +154,14 @@ class ReleaseKeeper:
     def _activate(
         self, service_dir: Path, result: ServiceResult, pinned: str | None
     ) -> ServiceResult:
+        link = service_dir / CURRENT_LINK
+        if link.is_dir() and not link.is_symlink():
+            # Installed before activate was on: the link cannot take its place.
+            return dataclasses.replace(
+                result,
+                error=f"release lifecycle: a version named {CURRENT_LINK!r} is installed at "
+                f"{link}, where the link to the version that should run belongs: remove it",
+            )
         installed = installed_versions(service_dir)
         failures = hook_failures(service_dir)
         wanted = choose_current(installed, pinned)
@@ -304,7 +314,13 @@ def switch_current(
     temp = service_dir / f"{LINK_TEMP_PREFIX}{unique_suffix()}"
     os.symlink(version, temp)
     checkpoint("link-made")
-    os.replace(temp, service_dir / CURRENT_LINK)
+    try:
+        os.replace(temp, service_dir / CURRENT_LINK)
+    except OSError:
+        # A failed switch leaves `current` as it was, and nothing else behind.
+        with suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
     checkpoint("link-moved")
 
 

@@ -19,6 +19,12 @@ _ASSET_RE = re.compile(r"(?P<name>[A-Za-z0-9_]+)-(?P<version>[A-Za-z0-9_][A-Za-z
 # Long enough for any real name, short enough that a path built from them stays sane.
 MAX_NAME_LEN = 128
 
+# The name of the link each host keeps to the version that should run (the release
+# lifecycle's, see model/releases.py). It stays a valid version, so a store holding one
+# pushed before the rule still lists it, but nothing is pushed or pinned under it any more:
+# such a version could never be activated.
+CURRENT_LINK = "current"
+
 
 def is_valid_service(name: str) -> bool:
     return len(name) <= MAX_NAME_LEN and _SERVICE_RE.fullmatch(name) is not None
@@ -43,6 +49,17 @@ def check_version(version: str) -> str:
         raise InputError(
             f"invalid version {version!r}: use letters, digits, underscores and dots, "
             f"not starting with a dot (at most {MAX_NAME_LEN})"
+        )
+    return version
+
+
+def check_release_version(version: str) -> str:
+    """Return `version` if a version may be pushed or pinned under it, else raise."""
+    check_version(version)
+    if version == CURRENT_LINK:
+        raise InputError(
+            f"version {CURRENT_LINK!r} is reserved: it is the name of the link to the version "
+            "that should run; use another version"
         )
     return version
 

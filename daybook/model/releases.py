@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from daybook.model.names import is_valid_version, version_sort_key
+# CURRENT_LINK (names.py) is a valid version name too, as a store may hold one pushed
+# before it was reserved: with the link kept, no version is installed under it.
+from daybook.model.names import CURRENT_LINK, is_valid_version, version_sort_key
 from daybook.model.pins import Pin
 from daybook.model.rules import checked, record
-
-# The name of the link to the version that should run, in each service's install dir. It is
-# a valid version name too: with the link kept, no version may be installed under it.
-CURRENT_LINK = "current"
 
 # Why a version retention would remove stays: a process runs from it or holds a file in it.
 IN_USE = "in use"
