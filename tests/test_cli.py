@@ -352,6 +352,20 @@ def test_config_flag_after_the_subcommand(run: Run, tmp_path: Path) -> None:
     assert (tmp_path / "other.json").exists()
 
 
+def test_a_store_that_cannot_list_is_a_line_on_stderr(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_the_way = tmp_path / "store-file"
+    in_the_way.write_text("not a directory")
+    monkeypatch.setenv("DAYBOOK_STORE", f"file://{in_the_way}")
+    run("map", "set", "*", "web")
+    result = run("pull", "--json")
+    assert result.code == 1
+    assert "cannot list" in result.json()["services"]["web"]["error"]
+    (line,) = result.err.splitlines()
+    assert line.startswith("daybook: WARNING: cannot install web: cannot list")
+
+
 # -- every backend pairing ---------------------------------------------------------------------
 
 

@@ -115,6 +115,21 @@ def test_a_failing_hook_fails_the_pull(
     assert os.readlink(tmp_path / "data" / "install" / "web" / "current") == "1"
 
 
+def test_a_failing_hook_without_the_revert_is_a_line_on_stderr(
+    run: Run, push: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --json, stdout is the document only: the failure still reaches stderr."""
+    monkeypatch.setenv("DAYBOOK_ACTIVATE", "1")
+    monkeypatch.setenv("DAYBOOK_HOOKS_DIR", str(tmp_path / "hooks"))
+    write_hook(tmp_path / "hooks", "web", "exit 4\n")
+    run("map", "set", "web-*", "web")
+    push("1")
+    failed = run("pull", "--json")
+    assert failed.code == 1
+    assert failed.json()["services"]["web"]["hook"]["exit"] == 4
+    assert failed.err.splitlines() == ["daybook: WARNING: web: hook failed for 1 (exit 4)"]
+
+
 def test_a_pin_in_the_registry_installs_and_activates_an_older_version(
     run: Run, push: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,6 +140,7 @@ class Installer:
         results: dict[str, ServiceResult] = {}
         for service, assets in available.items():
             if isinstance(assets, DaybookError):
+                log.warning("cannot install %s: %s", service, assets)
                 results[service] = ServiceResult(error=str(assets))
                 continue
             present = set(self.installed_versions(service))
@@ -175,6 +176,7 @@ class Installer:
         results: dict[str, ServiceResult] = {}
         for service, assets in available.items():
             if isinstance(assets, DaybookError):
+                log.warning("cannot install %s: %s", service, assets)
                 results[service] = ServiceResult(error=str(assets))
                 continue
             refs = [ref for ref in missing if ref.service == service]

@@ -157,11 +157,12 @@ class ReleaseKeeper:
         link = service_dir / CURRENT_LINK
         if link.is_dir() and not link.is_symlink():
             # Installed before activate was on: the link cannot take its place.
-            return dataclasses.replace(
-                result,
-                error=f"release lifecycle: a version named {CURRENT_LINK!r} is installed at "
-                f"{link}, where the link to the version that should run belongs: remove it",
+            reason = (
+                f"a version named {CURRENT_LINK!r} is installed at {link}, where the link to "
+                "the version that should run belongs: remove it"
             )
+            log.warning("%s: %s", service_dir.name, reason)
+            return dataclasses.replace(result, error=f"release lifecycle: {reason}")
         installed = installed_versions(service_dir)
         failures = hook_failures(service_dir)
         wanted = choose_current(installed, pinned)
@@ -180,6 +181,7 @@ class ReleaseKeeper:
         if hook is None or hook.ok:
             return dataclasses.replace(result, current=target, previous=before, hook=hook)
         if not self._revert or before is None or before not in installed:
+            log.warning("%s: hook failed for %s (exit %s)", service_dir.name, target, hook.exit)
             mark_hook_failure(service_dir, target, hook)
             return dataclasses.replace(result, current=target, previous=before, hook=hook)
         return self._revert_to(service_dir, result, target, before, hook)
