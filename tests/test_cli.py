@@ -345,6 +345,12 @@ def test_unreadable_config(run: Run, tmp_path: Path) -> None:
     assert_one_line_error(run("--config", str(config), "map", "list"), 2, "not valid TOML")
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line(run: Run, tmp_path: Path) -> None:
+    config = tmp_path / "latin.toml"
+    config.write_bytes(b"\xff\xfe\n")
+    assert_one_line_error(run("--config", str(config), "assets"), 2, f"{config} is not UTF-8")
+
+
 def test_config_flag_after_the_subcommand(run: Run, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'registry = "file://{tmp_path}/other.json"\n')

@@ -75,6 +75,14 @@ def test_bad_config_files_give_one_clear_error(tmp_path: Path, content: str, mes
         load_settings(config_path=str(config), env={"DAYBOOK_DATA_DIR": str(tmp_path)})
 
 
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "latin.toml"
+    config.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ConfigError, match=f"config file {config} is not UTF-8") as caught:
+        load_settings(config_path=str(config), env={"DAYBOOK_DATA_DIR": str(tmp_path)})
+    assert "\n" not in str(caught.value)
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_path=str(tmp_path / "nope.toml"), env={})
