@@ -9,14 +9,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import urlsplit
 
 from daybook.errors import ConfigError
 from daybook.model.names import is_valid_service
 from daybook.model.patterns import check_host
 from daybook.registry.base import DEFAULT_KEY_PREFIX
+from daybook.urls import file_url_path, s3_bucket_and_prefix, split_url
 
 if TYPE_CHECKING:
+    from urllib.parse import SplitResult
+
     from daybook.model.releases import ReleasePolicy
 
 SYSTEM_CONFIG = Path("/etc/daybook/daybook.toml")
@@ -281,9 +283,20 @@ def _check_config_permissions(path: Path) -> None:
         )
 
 
-def _check_no_credentials(name: str, url: str) -> None:
+def _check_backend_url(name: str, url: str) -> None:
+    """The store's or registry's URL, checked as far as it can be without reaching it:
+    a malformed URL is refused here rather than when a command first opens it."""
+    parts = split_url(url, name)
+    _check_no_credentials(name, parts)
+    if parts.scheme == "file":
+        file_url_path(url, name)
+    elif parts.scheme == "s3" and name == "store":
+        s3_bucket_and_prefix(url)
+
+
+def _check_no_credentials(name: str, parts: SplitResult) -> None:
     """Credentials never go in URLs: they would be logged with them and sit in config files."""
-    if urlsplit(url).password is not None:
+    if parts.password is not None:
         hint = "CONSUL_HTTP_TOKEN" if name == "registry" else "the AWS credential chain"
         raise ConfigError(
             f"{name}: the URL carries a password; put credentials in {hint} instead, "
@@ -366,7 +379,7 @@ def load_settings(
     for name in ("store", "registry"):
         url = values[name]
         assert isinstance(url, str)
-        _check_no_credentials(name, url)
+        _check_backend_url(name, url)
     if "master_key" in values:
         values["master_key"] = _checked_master_key(values["master_key"])
     return Settings(**values)  # type: ignore[arg-type]

@@ -339,6 +339,20 @@ def test_unknown_store_scheme(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
     assert_one_line_error(run("assets"), 2, "unsupported store URL")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("DAYBOOK_REGISTRY", "consul://[::1", "registry URL 'consul://[::1' is malformed"),
+        ("DAYBOOK_STORE", "s3://[x", "store URL 's3://[x' is malformed"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(
+    run: Run, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert_one_line_error(run("assets"), 2, fragment)
+
+
 def test_unreadable_config(run: Run, tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[[[")

@@ -145,6 +145,24 @@ def test_values_outside_a_settings_type_or_bounds_are_refused(tmp_path: Path, co
         load_settings(config_path=str(config), env={"DAYBOOK_DATA_DIR": str(tmp_path)})
 
 
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("DAYBOOK_REGISTRY", "consul://[::1"),
+        ("DAYBOOK_REGISTRY", "consul://c:99999"),
+        ("DAYBOOK_REGISTRY", "file://[x"),
+        ("DAYBOOK_STORE", "s3://[x"),
+        ("DAYBOOK_STORE", "file://[x"),
+    ],
+)
+def test_a_malformed_store_or_registry_url_is_one_clear_line(
+    tmp_path: Path, variable: str, url: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"URL .* is malformed") as caught:
+        load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path), variable: url})
+    assert "\n" not in str(caught.value)
+
+
 def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> None:
     config = tmp_path / "daybook.toml"
     config.write_text("splay_s = 0.25\nmax_parallel_downloads = 4\n")

@@ -34,6 +34,7 @@ RANKS = {
     "daybook.logs": 1,
     "daybook.lifecycle": 1,
     "daybook.cmalloc": 1,
+    "daybook.urls": 1,
     "daybook.config": 2,
     "daybook.store": 2,
     "daybook.registry": 2,

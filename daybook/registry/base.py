@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
 from daybook.model.mappings import MappingTable
 from daybook.model.pins import Pin
+from daybook.urls import file_url_path, split_url
 
 if TYPE_CHECKING:
     from daybook.model.leadership import Term
@@ -138,25 +137,18 @@ def open_leadership(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Leader
     """The leader lock that goes with the registry at `url`: for `consul://` a lock key
     beside the key prefix (`daybook/hosts/` -> `daybook/leader`) on the same agent, with
     the same token, TLS and scope; for `file:///PATH` a lease beside the mappings file."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("consul", "consul+https"):
+    scheme = split_url(url, "registry").scheme
+    if scheme in ("consul", "consul+https"):
         from daybook.registry.consul_leadership import ConsulLeadership
 
         return ConsulLeadership.from_url(url, key_prefix=key_prefix)
-    if parsed.scheme == "file":
+    if scheme == "file":
         from daybook.registry.lease import FileLeadership
 
-        return FileLeadership(_file_path(url))
+        return FileLeadership(file_url_path(url, "registry"))
     raise ConfigError(
         f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
     )
-
-
-def _file_path(url: str) -> Path:
-    parsed = urlparse(url)
-    if parsed.netloc not in ("", "localhost") or not parsed.path:
-        raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")
-    return Path(parsed.path)
 
 
 def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry:
@@ -165,15 +157,15 @@ def open_registry(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> Registry
     `consul://` with no host uses CONSUL_HTTP_ADDR (then 127.0.0.1:8500), as Consul's own
     tools do. A key prefix in the URL wins over `key_prefix`.
     """
-    parsed = urlparse(url)
-    if parsed.scheme in ("consul", "consul+https"):
+    scheme = split_url(url, "registry").scheme
+    if scheme in ("consul", "consul+https"):
         from daybook.registry.consul import ConsulRegistry
 
         return ConsulRegistry.from_url(url, key_prefix=key_prefix)
-    if parsed.scheme == "file":
+    if scheme == "file":
         from daybook.registry.file import FileRegistry
 
-        return FileRegistry(_file_path(url))
+        return FileRegistry(file_url_path(url, "registry"))
     raise ConfigError(
         f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
     )

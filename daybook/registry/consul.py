@@ -32,6 +32,7 @@ from daybook.model.names import check_service
 from daybook.model.patterns import check_pattern, is_valid_pattern
 from daybook.model.pins import Pin
 from daybook.registry.base import DEFAULT_KEY_PREFIX, PinUpdate, ServicesUpdate, Snapshot
+from daybook.urls import split_url
 
 if TYPE_CHECKING:
     from requests.adapters import _HostParams, _PoolKwargs
@@ -495,7 +496,7 @@ class ConsulRegistry:
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> ConsulRegistry:
         """`consul[+https]://[HOST:PORT][/KEY_PREFIX][?dc=&ns=&partition=&wait=]`."""
-        parsed = urlsplit(url)
+        parsed = split_url(url, "registry")
         prefix = parsed.path.lstrip("/") or key_prefix
         return cls(
             address=parsed.netloc or None,

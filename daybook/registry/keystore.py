@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 from daybook import wire
 from daybook.errors import ConfigError
 from daybook.model.keys import Key, fingerprint
 from daybook.registry.base import DEFAULT_KEY_PREFIX
+from daybook.urls import file_url_path, split_url
 
 KEYS_SEGMENT = "keys"
 # Beside the embedded mappings file: `<mappings file>.keys.json`.
@@ -107,17 +107,15 @@ def keys_file(mappings_file: Path) -> Path:
 def open_keystore(url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX) -> KeyStore:
     """The key ring beside the registry `url` names (`consul://…` or `file:///PATH`), for
     the mappings under `key_prefix` (a prefix in the URL wins, as for the registry)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("consul", "consul+https"):
+    scheme = split_url(url, "registry").scheme
+    if scheme in ("consul", "consul+https"):
         from daybook.registry.consul_keys import ConsulKeyStore
 
         return ConsulKeyStore.from_url(url, key_prefix=key_prefix)
-    if parsed.scheme == "file":
+    if scheme == "file":
         from daybook.registry.file_keys import FileKeyStore
 
-        if parsed.netloc not in ("", "localhost") or not parsed.path:
-            raise ConfigError(f"registry URL {url!r} is not file:///ABSOLUTE/PATH")
-        return FileKeyStore(keys_file(Path(parsed.path)))
+        return FileKeyStore(keys_file(file_url_path(url, "registry")))
     raise ConfigError(
         f"unsupported registry URL {url!r}: expected consul://HOST:PORT[/KEY_PREFIX] or file:///PATH"
     )

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 from daybook.errors import ConfigError
 from daybook.model.names import AssetRef
+from daybook.urls import file_url_path, s3_bucket_and_prefix, split_url
 
 # Called with the number of bytes moved since the last call.
 ProgressCallback = Callable[[int], None]
@@ -103,19 +103,16 @@ def open_store(url: str, *, lazy: bool = False) -> Store:
 
     With `lazy`, an S3 store is only checked now and opened on first use (see LazyStore).
     """
-    parsed = urlparse(url)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
+    scheme = split_url(url, "store").scheme
+    if scheme == "s3":
+        bucket, prefix = s3_bucket_and_prefix(url)
         if lazy:
             return LazyStore(url)
-        return _open_s3(parsed.netloc, parsed.path.strip("/"))
-    if parsed.scheme == "file":
+        return _open_s3(bucket, prefix)
+    if scheme == "file":
         from daybook.store.local import LocalStore
 
-        if parsed.netloc not in ("", "localhost") or not parsed.path:
-            raise ConfigError(f"store URL {url!r} is not file:///ABSOLUTE/DIR")
-        return LocalStore(Path(parsed.path))
+        return LocalStore(file_url_path(url, "store"))
     raise ConfigError(
         f"unsupported store URL {url!r}: expected s3://BUCKET[/PREFIX] or file:///DIR"
     )

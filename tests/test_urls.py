@@ -1,0 +1,34 @@
+"""Store and registry URLs: malformed ones are one clear ConfigError wherever they are opened."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from daybook.errors import ConfigError
+from daybook.registry.base import open_leadership, open_registry
+from daybook.registry.keystore import open_keystore
+from daybook.store.base import open_store
+from daybook.urls import file_url_path
+
+
+@pytest.mark.parametrize(
+    "opener", [open_store, open_registry, open_keystore, open_leadership], ids=lambda f: f.__name__
+)
+@pytest.mark.parametrize("url", ["consul://[::1", "s3://[x", "file://[x", "consul://c:http"])
+def test_every_opener_refuses_a_malformed_url(opener: Callable[[str], object], url: str) -> None:
+    with pytest.raises(ConfigError, match="is malformed"):
+        opener(url)
+
+
+@pytest.mark.parametrize("url", ["file://host/x", "file:relative", "file://"])
+def test_a_file_url_names_an_absolute_local_path(url: str) -> None:
+    with pytest.raises(ConfigError, match="is not file:///ABSOLUTE/PATH"):
+        file_url_path(url, "store")
+
+
+def test_a_file_url_path(tmp_path: Path) -> None:
+    assert file_url_path(f"file://{tmp_path}/store", "store") == tmp_path / "store"
+    assert file_url_path(f"file://localhost{tmp_path}", "store") == tmp_path
