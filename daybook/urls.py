@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from daybook.errors import ConfigError
+
+# AWS names new general purpose buckets with 3-63 lowercase letters, digits, dots and
+# hyphens, beginning and ending with a letter or digit. botocore, which sends our requests,
+# also accepts up to 255 characters, upper case and underscores: the legacy names older
+# us-east-1 buckets still carry and some S3-compatible servers allow. So those pass, and
+# the server judges them; anything else (a space, `[`, `%`) no request can carry, and
+# obstore panics on it rather than failing.
+_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+_BUCKET_RULE = (
+    "3-255 letters, digits, dots, hyphens or underscores, beginning and ending with a "
+    "letter or digit"
+)
 
 
 def split_url(url: str, what: str) -> SplitResult:
@@ -32,4 +45,8 @@ def s3_bucket_and_prefix(url: str) -> tuple[str, str]:
     parts = split_url(url, "store")
     if not parts.netloc:
         raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
+    if _BUCKET_RE.fullmatch(parts.netloc) is None:
+        raise ConfigError(
+            f"store URL {url!r}: {parts.netloc!r} is not an S3 bucket name ({_BUCKET_RULE})"
+        )
     return parts.netloc, parts.path.strip("/")

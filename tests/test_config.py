@@ -163,6 +163,13 @@ def test_a_malformed_store_or_registry_url_is_one_clear_line(
     assert "\n" not in str(caught.value)
 
 
+def test_an_s3_bucket_name_is_checked_when_the_settings_load(tmp_path: Path) -> None:
+    # Before any S3 client sees it: obstore panicked on the space, botocore refused it late.
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_STORE": "s3://bu cket"}
+    with pytest.raises(ConfigError, match="'bu cket' is not an S3 bucket name"):
+        load_settings(env=env)
+
+
 def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> None:
     config = tmp_path / "daybook.toml"
     config.write_text("splay_s = 0.25\nmax_parallel_downloads = 4\n")

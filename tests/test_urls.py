@@ -11,7 +11,7 @@ from daybook.errors import ConfigError
 from daybook.registry.base import open_leadership, open_registry
 from daybook.registry.keystore import open_keystore
 from daybook.store.base import open_store
-from daybook.urls import file_url_path
+from daybook.urls import file_url_path, s3_bucket_and_prefix
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,26 @@ def test_a_file_url_names_an_absolute_local_path(url: str) -> None:
 def test_a_file_url_path(tmp_path: Path) -> None:
     assert file_url_path(f"file://{tmp_path}/store", "store") == tmp_path / "store"
     assert file_url_path(f"file://localhost{tmp_path}", "store") == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("url", "bucket", "prefix"),
+    [
+        ("s3://my-assets.example/daybook/", "my-assets.example", "daybook"),
+        ("s3://abc", "abc", ""),
+        ("s3://" + "a" * 63, "a" * 63, ""),
+        # Legacy names botocore still sends: upper case, underscores, past 63 characters.
+        ("s3://Legacy_Bucket/p", "Legacy_Bucket", "p"),
+        ("s3://" + "b" * 255, "b" * 255, ""),
+    ],
+)
+def test_s3_bucket_names_botocore_accepts_pass(url: str, bucket: str, prefix: str) -> None:
+    assert s3_bucket_and_prefix(url) == (bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    "bucket", ["bu cket", "ab", "-bucket", "bucket-", "b" * 256, "user@bucket", "b%41c", "bück"]
+)
+def test_s3_bucket_names_no_request_can_carry_are_refused(bucket: str) -> None:
+    with pytest.raises(ConfigError, match="is not an S3 bucket name"):
+        s3_bucket_and_prefix(f"s3://{bucket}/prefix")
