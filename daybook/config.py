@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -324,7 +325,12 @@ def _parse_int(value: object) -> int:
 def _parse_float(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
-    return float(str(value))
+    parsed = float(str(value))
+    # NaN passes every bounds check (each comparison is false), and no duration, rate or
+    # limit means anything at infinity: a NaN timeout crashed the hook's wait.
+    if not math.isfinite(parsed):
+        raise ValueError(value)
+    return parsed
 
 
 def _parse_path(value: object) -> Path:

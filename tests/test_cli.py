@@ -345,6 +345,7 @@ def test_unknown_store_scheme(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
         ("DAYBOOK_REGISTRY", "consul://[::1", "registry URL 'consul://[::1' is malformed"),
         ("DAYBOOK_STORE", "s3://[x", "store URL 's3://[x' is malformed"),
         ("DAYBOOK_STORE", "s3://bu cket", "'bu cket' is not an S3 bucket name"),
+        ("DAYBOOK_HOOK_TIMEOUT_S", "nan", "invalid value 'nan' for hook_timeout_s"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(

@@ -135,6 +135,9 @@ def test_each_variable_sets_its_setting(
         "bind = 0\n",
         "sync_deadline_s = 0.5\n",
         "max_heartbeats_per_s = -1\n",
+        "hook_timeout_s = nan\n",
+        "sync_deadline_s = inf\n",
+        "splay_s = -inf\n",
     ],
 )
 def test_values_outside_a_settings_type_or_bounds_are_refused(tmp_path: Path, content: str) -> None:
@@ -168,6 +171,13 @@ def test_an_s3_bucket_name_is_checked_when_the_settings_load(tmp_path: Path) -> 
     env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_STORE": "s3://bu cket"}
     with pytest.raises(ConfigError, match="'bu cket' is not an S3 bucket name"):
         load_settings(env=env)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize("variable", ["DAYBOOK_HOOK_TIMEOUT_S", "DAYBOOK_SYNC_DEADLINE_S"])
+def test_float_settings_refuse_nan_and_infinity(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}: invalid value"):
+        load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path), variable: value})
 
 
 def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> None:
