@@ -481,6 +481,27 @@ def _fill_ports(values: dict[str, object]) -> None:
     for name, offset in _DERIVED_PORTS.items():
         # Port 0 asks the OS for free ports, for every socket alike.
         values.setdefault(name, port + offset if port else 0)
+    if port:
+        _check_derived_ports(values, port)
+
+
+def _check_derived_ports(values: dict[str, object], port: int) -> None:
+    """Each master's other ports sit at the same offsets from its publish port as ours do
+    from `port`: a publish port near 65535 would put them past the last port."""
+    masters = values["masters"]
+    assert isinstance(masters, tuple)
+    for master in masters:
+        where = f"port {port}" if master == masters[0] else f"master {master.address}"
+        for name in _DERIVED_PORTS:
+            own = values[name]
+            assert isinstance(own, int)
+            derived = master.port + own - port
+            # A role's port 0 asks the OS for a free port: no offset to keep.
+            if own and not 0 < derived <= 65535:
+                raise ConfigError(
+                    f"{where}: the {name} that follows from it, {derived}, "
+                    "is not a port (1-65535); choose another publish port"
+                )
 
 
 def _fill_data_dir(values: dict[str, object]) -> None:

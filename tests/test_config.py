@@ -221,6 +221,28 @@ def test_a_bad_or_several_masters_is_one_clear_line(given: str, fragment: str) -
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"DAYBOOK_PORT": "65535"}, "port 65535: the results_port that follows from it, 65536"),
+        ({"DAYBOOK_PORT": "65532"}, "port 65532: the key_port that follows from it, 65536"),
+        ({"DAYBOOK_MASTER": "m1:65535"}, "port 65535: the results_port"),
+        ({"DAYBOOK_MASTER": "m1,m2:65534"}, "master m2:65534: the control_port"),
+    ],
+)
+def test_ports_that_follow_the_publish_port_must_be_ports(
+    env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env={**env, "DAYBOOK_DATA_DIR": "/tmp/d"})
+
+
+def test_a_publish_port_near_the_end_with_its_other_ports_set() -> None:
+    env = {"DAYBOOK_PORT": "65535", "DAYBOOK_DATA_DIR": "/tmp/d"}
+    env |= {f"DAYBOOK_{role}_PORT": "0" for role in ("RESULTS", "CONTROL", "HTTP", "KEY")}
+    assert load_settings(env=env).port == 65535
+
+
 def test_several_masters_each_with_its_own_publish_port() -> None:
     settings = load_settings(
         env={"DAYBOOK_MASTER": "m1:5505, m2, [fd00::2]:6505", "DAYBOOK_DATA_DIR": "/tmp/d"}
