@@ -334,7 +334,10 @@ def _parse_float(value: object) -> float:
 
 
 def _parse_path(value: object) -> Path:
-    return Path(str(value)).expanduser()
+    # Absolute from the start, against the directory the command was started in: a
+    # relative data dir made the embedded file:// URLs nonsense, and a relative hooks dir
+    # was found, then run from the install path, where it is not.
+    return Path(str(value)).expanduser().absolute()
 
 
 def _parse_str(value: object) -> str:
@@ -510,8 +513,9 @@ def _fill_data_dir(values: dict[str, object]) -> None:
     if not isinstance(data_dir, Path):
         data_dir = default_data_dir()
     values["data_dir"] = data_dir
-    values.setdefault("store", f"file://{data_dir / 'store'}")
-    values.setdefault("registry", f"file://{data_dir / 'mappings.json'}")
+    # as_uri() escapes what a URL would misread: a `#` or `?` in the data dir.
+    values.setdefault("store", (data_dir / "store").as_uri())
+    values.setdefault("registry", (data_dir / "mappings.json").as_uri())
     values.setdefault("install_dir", data_dir / "install")
 
 

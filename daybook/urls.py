@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from daybook.errors import ConfigError
 
@@ -33,11 +33,15 @@ def split_url(url: str, what: str) -> SplitResult:
 
 
 def file_url_path(url: str, what: str) -> Path:
-    """The absolute path `file:///PATH` names."""
+    """The absolute path `file:///PATH` names, its percent-escapes decoded (`%23` is `#`),
+    as `Path.as_uri()` writes them."""
     parts = split_url(url, what)
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise ConfigError(f"{what} URL {url!r} is not file:///ABSOLUTE/PATH")
-    return Path(parts.path)
+    # Unescaped, they start a query or a fragment, and the path would silently end there.
+    if "?" in url or "#" in url:
+        raise ConfigError(f"{what} URL {url!r}: write a `?` or `#` in the path as %3F or %23")
+    return Path(unquote(parts.path))
 
 
 def s3_bucket_and_prefix(url: str) -> tuple[str, str]:
@@ -45,6 +49,8 @@ def s3_bucket_and_prefix(url: str) -> tuple[str, str]:
     parts = split_url(url, "store")
     if not parts.netloc:
         raise ConfigError(f"store URL {url!r} names no bucket: expected s3://BUCKET[/PREFIX]")
+    if "?" in url or "#" in url:
+        raise ConfigError(f"store URL {url!r}: a `?` or `#` has no place in s3://BUCKET/PREFIX")
     if _BUCKET_RE.fullmatch(parts.netloc) is None:
         raise ConfigError(
             f"store URL {url!r}: {parts.netloc!r} is not an S3 bucket name ({_BUCKET_RULE})"

@@ -8,6 +8,7 @@ import pytest
 
 from daybook.config import load_settings
 from daybook.errors import ConfigError
+from daybook.urls import file_url_path
 
 
 def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -21,6 +22,31 @@ def test_embedded_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
         4507,
         4508,
     )
+
+
+@pytest.mark.parametrize("name", ["h#sh", "q?x", "sp ace", "pct%41"])
+def test_embedded_urls_name_exactly_the_data_dir(tmp_path: Path, name: str) -> None:
+    # Joined as text, `file://.../h#sh/store` read back as `.../h`: state went elsewhere.
+    data_dir = tmp_path / name
+    settings = load_settings(env={"DAYBOOK_DATA_DIR": str(data_dir)})
+    assert file_url_path(settings.store, "store") == data_dir / "store"
+    assert file_url_path(settings.registry, "registry") == data_dir / "mappings.json"
+
+
+def test_relative_paths_are_made_absolute_when_the_settings_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "DAYBOOK_DATA_DIR": "reldata",
+        "DAYBOOK_INSTALL_DIR": "apps",
+        "DAYBOOK_HOOKS_DIR": "relhooks",
+    }
+    settings = load_settings(env=env)
+    assert settings.data_dir == tmp_path / "reldata"
+    assert settings.store == (tmp_path / "reldata" / "store").as_uri()
+    assert settings.install_dir == tmp_path / "apps"
+    assert settings.hooks_path == tmp_path / "relhooks"
 
 
 def test_file_then_env_then_flags(tmp_path: Path) -> None:

@@ -94,6 +94,21 @@ def test_keep_two_across_four_pushes_with_current_and_a_hook(
     assert again == {"installed": [], "present": ["4", "5"], "failed": {}, "current": "5"}
 
 
+def test_a_relative_hooks_dir_runs_its_hook(
+    run: Run, push: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hook was found against the current directory, then run from the install path.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAYBOOK_ACTIVATE", "1")
+    monkeypatch.setenv("DAYBOOK_HOOKS_DIR", "relhooks")
+    write_hook(tmp_path / "relhooks", "web", 'echo "ran $DAYBOOK_VERSION"\n')
+    run("map", "set", "web-*", "web")
+    push("1")
+    result = run("pull", "--json")
+    assert result.code == 0, result.out
+    assert result.json()["services"]["web"]["hook"] == {"ok": True, "exit": 0, "output": "ran 1\n"}
+
+
 def test_a_failing_hook_fails_the_pull(
     run: Run, push: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

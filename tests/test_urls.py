@@ -34,6 +34,19 @@ def test_a_file_url_path(tmp_path: Path) -> None:
     assert file_url_path(f"file://localhost{tmp_path}", "store") == tmp_path
 
 
+def test_a_file_url_path_is_percent_decoded_as_as_uri_encodes_it(tmp_path: Path) -> None:
+    odd = tmp_path / "h#sh?q x%41"
+    assert file_url_path(odd.as_uri(), "store") == odd
+    assert file_url_path("file:///srv/h%23sh", "registry") == Path("/srv/h#sh")
+
+
+@pytest.mark.parametrize("url", ["file:///srv/h#sh", "file:///srv/q?x", "s3://bucket/p#x"])
+def test_a_raw_hash_or_question_mark_would_cut_the_path_short(url: str) -> None:
+    opener = open_store if url.startswith("s3") else open_registry
+    with pytest.raises(ConfigError, match="`\\?` or `#`"):
+        opener(url)
+
+
 @pytest.mark.parametrize(
     ("url", "bucket", "prefix"),
     [

@@ -52,7 +52,7 @@ class FileRegistry:
 
     @property
     def url(self) -> str:
-        return f"file://{self._path}"
+        return self._path.absolute().as_uri()
 
     def read(self) -> Snapshot:
         signature = self._signature()

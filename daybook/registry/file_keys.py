@@ -48,7 +48,7 @@ class FileKeyStore:
 
     @property
     def url(self) -> str:
-        return f"file://{self._path}"
+        return self._path.absolute().as_uri()
 
     @property
     def path(self) -> Path:
