@@ -237,7 +237,9 @@ def default_data_dir() -> Path:
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
-    if explicit:
+    if explicit == "":
+        raise ConfigError("--config: an empty path")
+    if explicit is not None:
         return Path(explicit)
     if env.get("DAYBOOK_CONFIG"):
         return Path(env["DAYBOOK_CONFIG"])
@@ -334,6 +336,8 @@ def _parse_float(value: object) -> float:
 
 
 def _parse_path(value: object) -> Path:
+    if value == "":  # else Path("") is the current directory
+        raise ValueError(value)
     # Absolute from the start, against the directory the command was started in: a
     # relative data dir made the embedded file:// URLs nonsense, and a relative hooks dir
     # was found, then run from the install path, where it is not.
@@ -409,11 +413,15 @@ def _given_values(
         # Hooks live beside the config file that names the node's store and master.
         values.setdefault("hooks_dir", config_file.absolute().parent / "hooks")
     for name, rule in _RULES.items():
-        if rule.env is not None and rule.env in env:
+        # An empty variable counts as unset, as shells and most tools treat it.
+        if rule.env is not None and env.get(rule.env):
             values[name] = _coerce(name, env[rule.env], rule.env)
     for name, value in overrides.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value == "":  # typed on purpose, so not a setting left unset
+            raise ConfigError(f"{flag}: an empty value")
         if value is not None:
-            values[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+            values[name] = _coerce(name, value, flag)
     return values
 
 
@@ -520,7 +528,8 @@ def _fill_data_dir(values: dict[str, object]) -> None:
 
 
 def _checked_hostname(given: object) -> str:
-    hostname = given or os.uname().nodename  # gethostname(2), without importing socket
+    # os.uname() is gethostname(2) without importing socket; an empty name is checked.
+    hostname = os.uname().nodename if given is None else given
     assert isinstance(hostname, str)
     try:
         return check_host(hostname)

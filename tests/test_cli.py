@@ -73,6 +73,11 @@ def test_map_patterns_are_stored_lower_case(run: Run) -> None:
         (["assets", "bad.name"], "invalid service name"),
         (["pull", "--host", "../etc"], "invalid host name"),
         (["pin", "web", "current"], "version 'current' is reserved"),
+        # Empty on the command line is bad input, not "not given".
+        (["pull", "--host", ""], "invalid host name ''"),
+        (["sync", "--target", ""], "invalid host pattern ''"),
+        (["--hostname", "", "pull"], "--hostname: an empty value"),
+        (["pull", "--install-dir", ""], "--install-dir: an empty value"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(run: Run, argv: list[str], fragment: str) -> None:
@@ -161,6 +166,22 @@ def test_push_with_explicit_name_and_version(run: Run, build: Path) -> None:
     renamed = path.rename(build / "whatever.tgz")
     assert run("push", str(renamed), "--name", "svc", "--version", "2.0").code == 0
     assert [(a["name"], a["version"]) for a in run("assets", "--json").json()] == [("svc", "2.0")]
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--name", ""], "invalid service name ''"),
+        (["--version", ""], "invalid version ''"),
+        (["--name", "", "--version", "2"], "invalid service name ''"),
+    ],
+)
+def test_push_refuses_an_empty_name_or_version(
+    run: Run, build: Path, flags: list[str], fragment: str
+) -> None:
+    path = make_asset(build, "api", "1")
+    assert_one_line_error(run("push", str(path), *flags), 2, fragment)
+    assert run("assets", "--json").json() == []
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,8 @@ def test_config_found_through_daybook_config(tmp_path: Path) -> None:
         ("port = 70000\n", "invalid value 70000 for port"),
         ('hostname = "bad_host!"\n', "invalid host name"),
         ("auto_accept = 3\n", "invalid value 3 for auto_accept"),
+        ('hostname = ""\n', "invalid host name ''"),
+        ('install_dir = ""\n', "invalid value '' for install_dir"),
     ],
 )
 def test_bad_config_files_give_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
@@ -112,6 +114,26 @@ def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_path=str(tmp_path / "nope.toml"), env={})
+
+
+def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
+    config = tmp_path / "daybook.toml"
+    config.write_text('hostname = "web-1"\nmaster = "m1"\n')
+    env = {"DAYBOOK_DATA_DIR": str(tmp_path), "DAYBOOK_CONFIG": str(config)}
+    env |= {"DAYBOOK_INSTALL_DIR": "", "DAYBOOK_HOSTNAME": "", "DAYBOOK_MASTER": ""}
+    settings = load_settings(env=env)
+    # DAYBOOK_INSTALL_DIR= installed into the current directory.
+    assert settings.install_dir == tmp_path / "install"
+    assert (settings.hostname, settings.master) == ("web-1", "m1")
+
+
+@pytest.mark.parametrize("setting", ["hostname", "install_dir", "store", "master"])
+def test_an_empty_flag_value_is_refused(tmp_path: Path, setting: str) -> None:
+    flag = "--" + setting.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{flag}: an empty value"):
+        load_settings(env={"DAYBOOK_DATA_DIR": str(tmp_path)}, overrides={setting: ""})
+    with pytest.raises(ConfigError, match="--config: an empty path"):
+        load_settings(config_path="", env={"DAYBOOK_DATA_DIR": str(tmp_path)})
 
 
 def test_auto_accept_from_env(tmp_path: Path) -> None:

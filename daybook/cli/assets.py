@@ -148,7 +148,7 @@ def _checked_uploads(
     so bad input changes nothing."""
     from daybook.install.extract import check_archive
 
-    if (name or version) and len(files) != 1:
+    if (name is not None or version is not None) and len(files) != 1:
         raise InputError("--name and --version apply to a single file")
     _keep_freed_blocks()
     uploads: list[tuple[Path, AssetRef, str]] = []
@@ -167,10 +167,14 @@ def _checked_uploads(
 
 
 def _asset_ref_for(path: Path, name: str | None, version: str | None) -> AssetRef:
-    if name and version:
+    # An empty --name or --version is checked (and refused), not taken for "not given".
+    if name is not None and version is not None:
         return AssetRef(name, check_release_version(version))
     parsed = check_asset_filename(path.name)
-    return AssetRef(name or parsed.service, check_release_version(version or parsed.version))
+    return AssetRef(
+        parsed.service if name is None else name,
+        check_release_version(parsed.version if version is None else version),
+    )
 
 
 def _push_one(
@@ -279,7 +283,7 @@ def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from daybook.model.results import all_ok
     from daybook.views import service_results_json
 
-    host = check_host(args.host) if args.host else settings.hostname
+    host = settings.hostname if args.host is None else check_host(args.host)
     registry = open_configured_registry(settings)
     try:
         snapshot = registry.read()

@@ -167,7 +167,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _checked_target_and_timeout(args: argparse.Namespace) -> tuple[str | None, float]:
-    target = check_pattern(args.target) if args.target else None
+    # An empty --target is refused, never read as "every host".
+    target = None if args.target is None else check_pattern(args.target)
     timeout_s: float = args.timeout
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
