@@ -295,6 +295,8 @@ def _check_backend_url(name: str, url: str) -> None:
         file_url_path(url, name)
     elif parts.scheme == "s3" and name == "store":
         s3_bucket_and_prefix(url)
+    elif parts.port == 0:  # a Consul agent: it listens on no port 0
+        raise ConfigError(f"{name} URL {url!r}: 0 is not a port (1-65535)")
 
 
 def _check_no_credentials(name: str, parts: SplitResult) -> None:
@@ -395,6 +397,11 @@ def load_settings(
         _check_backend_url(name, url)
     if "master_key" in values:
         values["master_key"] = _checked_master_key(values["master_key"])
+    if "advertise" in values:
+        # Minions match it against their `master` list: it must read as one of them would.
+        advertise = values["advertise"]
+        assert isinstance(advertise, str)
+        _host_and_port(advertise, "advertise")
     return Settings(**values)  # type: ignore[arg-type]
 
 
@@ -472,17 +479,17 @@ def _has_port(address: str) -> bool:
     return bool(separator) and port.isdigit() and (":" not in host or host.endswith("]"))
 
 
-def _host_and_port(entry: str) -> tuple[str, int | None]:
+def _host_and_port(entry: str, setting: str = "master") -> tuple[str, int | None]:
     """`host`, `host:port`, `[v6]`, `[v6]:port`; a bare IPv6 address has no port."""
     if not entry:
-        raise ConfigError("master: an empty entry in the list of masters")
+        raise ConfigError(f"{setting}: an empty entry where a host belongs")
     host, separator, port_text = entry.rpartition(":")
     if not separator or (host.count(":") and not host.endswith("]")):
         return entry, None
     if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        raise ConfigError(f"master {entry!r}: {port_text!r} is not a port (1-65535)")
+        raise ConfigError(f"{setting} {entry!r}: {port_text!r} is not a port (1-65535)")
     if not host:
-        raise ConfigError(f"master {entry!r} names no host")
+        raise ConfigError(f"{setting} {entry!r} names no host")
     return host, int(port_text)
 
 

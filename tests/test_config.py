@@ -291,6 +291,22 @@ def test_a_publish_port_near_the_end_with_its_other_ports_set() -> None:
     assert load_settings(env=env).port == 65535
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("DAYBOOK_REGISTRY", "consul://h:0", "registry URL 'consul://h:0': 0 is not a port"),
+        ("DAYBOOK_REGISTRY", "consul+https://h:0/x", "0 is not a port"),
+        ("DAYBOOK_ADVERTISE", "m1:0", "advertise 'm1:0': '0' is not a port"),
+        ("DAYBOOK_ADVERTISE", "m1:http", "advertise 'm1:http': 'http' is not a port"),
+    ],
+)
+def test_port_0_is_refused_where_it_cannot_mean_any_port(
+    variable: str, value: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env={variable: value, "DAYBOOK_DATA_DIR": "/tmp/d"})
+
+
 def test_several_masters_each_with_its_own_publish_port() -> None:
     settings = load_settings(
         env={"DAYBOOK_MASTER": "m1:5505, m2, [fd00::2]:6505", "DAYBOOK_DATA_DIR": "/tmp/d"}

@@ -582,6 +582,8 @@ def test_endpoint_tls_settings() -> None:
         ("unix:///var/run/consul.sock", {}),
         ("ftp://h:1", {}),
         ("h:notaport", {}),
+        ("h:0", {}),  # was quietly read as h:8500
+        ("http://h:0", {}),
         ("h:1/path", {}),
         ("h", {"CONSUL_HTTP_SSL": "maybe"}),
         ("h", {"CONSUL_CLIENT_CERT": "/c.pem"}),

@@ -230,11 +230,14 @@ def _split_address(raw: str) -> tuple[str | None, str, int]:
         raw = rest
     try:
         parts = urlsplit("//" + raw.rstrip("/"))
-        port = parts.port or DEFAULT_PORT
+        # Only a missing port takes the default: `:0` was quietly read as 8500.
+        port = DEFAULT_PORT if parts.port is None else parts.port
     except ValueError:
         parts, port = None, 0
     if parts is None or not parts.hostname or parts.path or parts.query or parts.username:
         raise ConfigError(f"Consul address {raw!r} is not HOST[:PORT]")
+    if port == 0:
+        raise ConfigError(f"Consul address {raw!r}: 0 is not a port (1-65535)")
     return explicit, parts.hostname, port
 
 
