@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from daybook.errors import ConfigError
 from daybook.model.names import is_valid_service
-from daybook.model.patterns import check_host
+from daybook.model.patterns import check_host, is_valid_host
 from daybook.registry.base import DEFAULT_KEY_PREFIX
 from daybook.urls import file_url_path, s3_bucket_and_prefix, split_url
 
@@ -223,6 +223,8 @@ class Settings:
 # Each setting's type (as annotated: a string) and rule, by name.
 _TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
 _RULES: dict[str, _Rule] = {f.name: f.metadata.get(_RULE, _Rule()) for f in fields(Settings)}
+# Filled in by load_settings, never given: the file names them only by mistake.
+_DERIVED_SETTINGS = {"masters": "several masters go in `master`, comma-separated"}
 # Ports the publish port shifts when only it is set (by env or flag).
 _DERIVED_PORTS = {"results_port": 1, "control_port": 2, "http_port": 3, "key_port": 4}
 
@@ -265,9 +267,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
         ) from None
-    unknown = sorted(set(data) - set(_TYPES))
+    unknown = sorted((set(data) - set(_TYPES)) | (set(data) & set(_DERIVED_SETTINGS)))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        hints = "".join(f" ({_DERIVED_SETTINGS[n]})" for n in unknown if n in _DERIVED_SETTINGS)
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}{hints}")
     _check_config_permissions(path)
     return data
 
@@ -485,12 +488,30 @@ def _host_and_port(entry: str, setting: str = "master") -> tuple[str, int | None
         raise ConfigError(f"{setting}: an empty entry where a host belongs")
     host, separator, port_text = entry.rpartition(":")
     if not separator or (host.count(":") and not host.endswith("]")):
+        _check_address_host(entry, entry, setting)
         return entry, None
     if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise ConfigError(f"{setting} {entry!r}: {port_text!r} is not a port (1-65535)")
     if not host:
         raise ConfigError(f"{setting} {entry!r} names no host")
+    _check_address_host(host, entry, setting)
     return host, int(port_text)
+
+
+def _check_address_host(host: str, entry: str, setting: str) -> None:
+    """A host name, an IPv4 address, or an IPv6 address (bracketed when a port follows):
+    anything else (`a b`, `m1/x`) would only fail later, as an unreachable endpoint."""
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not bracketed and is_valid_host(host):
+        return
+    import ipaddress  # only for IPv6: host names and IPv4 addresses pass above
+
+    try:
+        if ipaddress.ip_address(host[1:-1] if bracketed else host).version == 6:
+            return
+    except ValueError:
+        pass
+    raise ConfigError(f"{setting} {entry!r}: {host!r} is not a host name or an IP address")
 
 
 def _fill_ports(values: dict[str, object]) -> None:

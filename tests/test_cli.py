@@ -369,6 +369,7 @@ def test_unknown_store_scheme(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
         ("DAYBOOK_HOOK_TIMEOUT_S", "nan", "invalid value 'nan' for hook_timeout_s"),
         ("DAYBOOK_PORT", "65535", "port 65535: the results_port that follows from it"),
         ("DAYBOOK_REGISTRY", "consul://h:0", "registry URL 'consul://h:0': 0 is not a port"),
+        ("DAYBOOK_MASTER", "a b", "master 'a b': 'a b' is not a host name or an IP address"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(

@@ -94,6 +94,8 @@ def test_config_found_through_daybook_config(tmp_path: Path) -> None:
         ("auto_accept = 3\n", "invalid value 3 for auto_accept"),
         ('hostname = ""\n', "invalid host name ''"),
         ('install_dir = ""\n', "invalid value '' for install_dir"),
+        ('masters = "x"\n', "unknown setting.* masters .several masters go in `master`"),
+        ('master = ["m1", "m2"]\n', "invalid value .* for master"),
     ],
 )
 def test_bad_config_files_give_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
@@ -244,6 +246,7 @@ def test_settings_without_a_variable_come_from_the_file_only(tmp_path: Path) -> 
         ("10.0.0.7:6000", "10.0.0.7", 6000, 6002),
         ("[::1]:5505", "[::1]", 5505, 5507),
         ("::1", "::1", 4505, 4507),
+        ("m1.example.com.:5505", "m1.example.com.", 5505, 5507),
     ],
 )
 def test_a_port_given_with_the_master_overrides_port(
@@ -261,6 +264,11 @@ def test_a_port_given_with_the_master_overrides_port(
         ("m1:http", "is not a port"),
         ("m1:70000", "is not a port"),
         (":4505", "names no host"),
+        ("a b", "'a b' is not a host name or an IP address"),
+        ("m1, a b:4505", "'a b' is not a host name"),
+        ("m1/x", "'m1/x' is not a host name"),
+        ("[10.0.0.1]:4505", "'.10.0.0.1.' is not a host name"),
+        ("x:y:z", "is not a host name"),
     ],
 )
 def test_a_bad_or_several_masters_is_one_clear_line(given: str, fragment: str) -> None:
