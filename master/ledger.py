@@ -10,6 +10,7 @@ soon: the open syncs and the newest. The database has every one.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -30,9 +31,19 @@ class Fleet:
     asks (`is_up`, `status`). Times are wall-clock seconds, as they are persisted.
     """
 
-    def __init__(self, down_after_s: float, hosts: Iterable[HostStatus] = ()) -> None:
+    def __init__(
+        self,
+        down_after_s: float,
+        hosts: Iterable[HostStatus] = (),
+        *,
+        listening_since: float = -math.inf,
+    ) -> None:
         self.down_after_s = down_after_s
         self._hosts: dict[str, HostStatus] = {status.host: status for status in hosts}
+        # Silence says a host is down only once the master has listened for a whole
+        # down_after_s: a restarted one, whose hosts come from the database, would otherwise
+        # find every minion overdue before any could reconnect and re-send its report.
+        self._silence_counts_from = listening_since + down_after_s
         # Hosts changed since the database last saw them.
         self._dirty: set[str] = set()
 
@@ -101,12 +112,13 @@ class Fleet:
 
     def down_since(self, host: str, now: float) -> float | None:
         """Since when `host` is shown down (None while it is up): when its heartbeats became
-        overdue, or its last sign of life if its key was cut off before that."""
+        overdue, or its last sign of life if its key was cut off before that. Until the
+        master has listened for `down_after_s`, no host is down for its silence alone."""
         status = self._hosts.get(host)
         if status is None:
-            return now
+            return now if now > self._silence_counts_from else None
         overdue_at = status.last_seen + self.down_after_s
-        if now > overdue_at:
+        if now > overdue_at and now > self._silence_counts_from:
             return overdue_at
         return None if status.up else status.last_seen
 

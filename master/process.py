@@ -430,7 +430,7 @@ def run_master(
             collector=Collector(sockets.results, keyring.speaks_for if keyring else None),
             control=ControlServer(sockets.control),
             database=database,
-            fleet=Fleet(settings.down_after_s, database.load_hosts()),
+            fleet=Fleet(settings.down_after_s, database.load_hosts(), listening_since=time.time()),
             mailbox=mailbox,
             tuning=tuning_from(settings),
             refreshers=refreshers,

@@ -334,3 +334,24 @@ def test_a_host_is_down_since_its_heartbeats_became_overdue() -> None:
     fleet.cut_off("web-1")
     assert fleet.down_since("web-1", 101.0) == 100.0
     assert fleet.down_since("never-seen", 50.0) == 50.0
+
+
+def test_a_restarted_master_judges_no_host_down_before_it_has_listened_long_enough() -> None:
+    """Hosts from the database were last seen before the master stopped; a sync they had
+    answered meanwhile must not close as 'hosts down' before they could reconnect and
+    re-send. Once it has listened for down_after_s, a silent host is down since it really
+    became overdue."""
+    kept = Fleet(down_after_s=10)
+    kept.heard(heartbeat("web-1"), now=100.0)
+    restarted = Fleet(down_after_s=10, hosts=kept.take_dirty(), listening_since=200.0)
+    assert restarted.down_since("web-1", 205.0) is None
+    assert restarted.down_since("never-seen", 205.0) is None
+    assert restarted.down_since("web-1", 210.5) == 110.0
+    assert restarted.down_since("never-seen", 210.5) == 210.5
+    book = SyncBook()
+    book.add(Sync("s1", "*", "operator", 95.0, ("web-1",), deadline=1000.0))
+    assert book.close_due(201.0, lambda host: restarted.down_since(host, 201.0)) == []
+    restarted.reported(report("web-1"), now=203.0)
+    filed = book.record(report("web-1"), now=203.0)
+    assert filed is not None
+    assert filed.completed  # completed by the re-sent report, not closed as incomplete
