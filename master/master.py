@@ -3,6 +3,7 @@ hands what arrives to the part of the master whose job it is, and runs the timer
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,8 @@ from master.rollouts import PinWriter
 from master.snapshot import SnapshotBox
 from master.standing import Standing
 from master.tuning import MasterTuning
+
+log = logging.getLogger(__name__)
 
 
 class Master:
@@ -130,9 +133,9 @@ class Master:
             self._metrics.loop_wakeups.inc()
             if self._mailbox.fileno() in ready:
                 for change in self._mailbox.drain():
-                    self._dispatch(change)
+                    self._dispatch_guarded(change)
             if self._collector.socket in ready:
-                self._next_results_read = self._next_read_after(self._collect())
+                self._next_results_read = self._next_read_after(self._collect_guarded())
             if self._control.socket in ready:
                 self._parts.desk.serve()
             self._parts.timers.run_due(self._monotonic())
@@ -146,6 +149,27 @@ class Master:
         self._parts.desk.answer_all()
 
     # -- dispatching ----------------------------------------------------------------------------
+
+    # A fault in one step (the results database locked past its busy timeout by a backup
+    # or an sqlite3 shell, a bug) is logged, counted and left behind: the master serves on,
+    # as it does when a periodic task fails (master.scheduler).
+
+    def _dispatch_guarded(self, change: Change) -> None:
+        try:
+            self._dispatch(change)
+        except Exception:
+            log.exception("the master failed to act on %s; it carries on", type(change).__name__)
+            self._metrics.task_failed("changes")
+
+    def _collect_guarded(self) -> Collected:
+        try:
+            return self._collect()
+        except Exception:
+            # What the batch held beyond the failure is lost: minions' next heartbeats
+            # restore liveness, and a sync that lost a report ends incomplete, saying who.
+            log.exception("the master failed to record what minions sent; it carries on")
+            self._metrics.task_failed("results")
+            return Collected(0, 0)
 
     def _dispatch(self, change: Change) -> None:
         if isinstance(change, MappingsChanged | DigestsChanged):

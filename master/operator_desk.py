@@ -241,18 +241,23 @@ class OperatorDesk:
         self._desired.rebuild_pending()  # what the refresh found goes out first
         queue, self._queue = self._queue, []
         for route, request in queue:
-            if request.batch is not None:
-                self._start_rollout(route, request)
-                continue
-            sync = self._desired.sync_now(request.target, request.request_id, request.deadline_s)
-            if sync is None:
-                error = (
-                    "the master has not read the mappings and the store yet; try again in a moment"
-                )
-                self._reply(route, ControlReply(request.request_id, error=error))
-                continue
-            self._answer_or_wait(route, request, sync)
+            try:
+                self._start_one(route, request)
+            except Exception as exc:  # a locked database: this operator hears why, the rest go on
+                log.exception("starting the sync of request %s failed", request.request_id)
+                self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
         self._rollouts.refreshed()
+
+    def _start_one(self, route: Route, request: ControlRequest) -> None:
+        if request.batch is not None:
+            self._start_rollout(route, request)
+            return
+        sync = self._desired.sync_now(request.target, request.request_id, request.deadline_s)
+        if sync is None:
+            error = "the master has not read the mappings and the store yet; try again in a moment"
+            self._reply(route, ControlReply(request.request_id, error=error))
+            return
+        self._answer_or_wait(route, request, sync)
 
     def _start_rollout(self, route: Route, request: ControlRequest) -> None:
         if not self._desired.has_state:

@@ -241,3 +241,35 @@ def test_the_collector_refuses_malformed_messages_whole_and_reads_on() -> None:
         assert (collector.malformed, collector.received) == (2, 2)
     finally:
         context.destroy(linger=0)
+
+
+def test_a_results_database_locked_past_its_timeout_does_not_stop_the_master(
+    context: zmq.Context[zmq.Socket[bytes]], tmp_path: Path
+) -> None:
+    """Another process holds the database's write lock beyond the busy timeout (5 s): the
+    report read meanwhile cannot be recorded, which is logged and counted, and the master
+    reads and records on once the lock is gone."""
+    tuning = MasterTuning(busy_window_s=0.0)
+    with running_master(context, tmp_path, tuning) as (metrics, minion):
+        minion.send_multipart(wire.encode(heartbeat("web-1", "boot1")))
+        wait_for(lambda: heartbeats(metrics) == 1, "the first heartbeat")
+        with closing(sqlite3.connect(tmp_path / "master.db", isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            minion.send_multipart(wire.encode(report("web-1", "s1", finished_at=10.0)))
+            wait_for(
+                lambda: task_failures(metrics, "results") == 1,
+                "the locked database to fail a read",
+                timeout_s=15.0,
+            )
+            other.execute("ROLLBACK")
+        minion.send_multipart(wire.encode(report("web-1", "s2", finished_at=11.0)))
+        wait_for(
+            lambda: (
+                metrics.registry.get_sample_value("daybook_reports_total", {"result": "ok"}) == 1
+            ),
+            "the next report to be recorded",
+        )
+
+
+def task_failures(metrics: MasterMetrics, task: str) -> float | None:
+    return metrics.registry.get_sample_value("daybook_task_failures_total", {"task": task})
