@@ -24,6 +24,7 @@ from daybook.install.installer import (
     InstallLock,
     retry_delay_s,
 )
+from daybook.install.lock import LOCK_NAME
 from daybook.model.names import AssetRef
 from daybook.model.results import all_ok
 from daybook.store.base import AssetStream
@@ -341,8 +342,21 @@ def test_a_lock_whose_pid_cannot_be_written_still_locks_and_is_released(
         pass
 
 
-def test_a_lock_that_cannot_be_created_is_a_lock_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["file", "dangling symlink"])
+def test_an_install_dir_that_is_not_a_directory_is_named_so(tmp_path: Path, kind: str) -> None:
     blocker = tmp_path / "not-a-dir"
-    blocker.write_bytes(b"")
-    with pytest.raises(LockError, match="cannot create the lock"), InstallLock(blocker):
+    if kind == "file":
+        blocker.write_bytes(b"")
+    else:
+        blocker.symlink_to(tmp_path / "gone")
+    with (
+        pytest.raises(LockError, match=f"the install dir {blocker} is not a directory"),
+        InstallLock(blocker),
+    ):
+        pass
+
+
+def test_a_lock_that_cannot_be_created_is_a_lock_error(tmp_path: Path) -> None:
+    (tmp_path / LOCK_NAME).mkdir()  # a directory where the lock file goes
+    with pytest.raises(LockError, match="cannot create the lock"), InstallLock(tmp_path):
         pass

@@ -28,6 +28,8 @@ class InstallLock:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileExistsError:  # what mkdir says of a file, or a dangling link, in its place
+            raise LockError(f"the install dir {self._path.parent} is not a directory") from None
         except OSError as exc:
             raise LockError(
                 f"cannot create the lock {self._path}: {describe_os_error(exc, self._path.parent)}"
