@@ -204,11 +204,12 @@ class OperatorDesk:
         self._reply(route, ControlReply(request.request_id))
 
     def _reply(self, route: Route, reply: ControlReply) -> None:
-        """Every reply names the leader, when this master knows it."""
+        """Every reply names the leader, when this master knows it, and says whether this
+        master leads."""
         leader = self._standing.leader
         if reply.leader is None and leader is not None:
             reply = replace(reply, leader=leader)
-        self._control.reply(route, reply)
+        self._control.reply(route, replace(reply, leading=self._standing.leading))
 
     def lost_leadership(self, number: int, why: str) -> None:
         """This master's term ended: nobody waits on it for a sync it will not finish."""

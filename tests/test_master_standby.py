@@ -27,7 +27,7 @@ from inprocess_fleet import (
 
 from daybook.config import Settings
 from daybook.model.leadership import LEADER, STANDBY, MasterView
-from daybook.model.messages import OP_SYNC, ControlReply, ControlRequest
+from daybook.model.messages import OP_STATUS, OP_SYNC, ControlReply, ControlRequest
 from daybook_testing.waiting import wait_for
 
 # How long a standby is watched for events it must not send: several republish intervals.
@@ -79,6 +79,12 @@ def ask_sync(master: RunningMaster, wait_s: float = 0.0) -> ControlReply:
         return client.request(request)
 
 
+def says_it_leads(master: RunningMaster) -> bool | None:
+    """What the master's answer to `status` says of itself, however it was reached."""
+    with master.client() as client:
+        return client.request(ControlRequest(os.urandom(16).hex(), OP_STATUS)).leading
+
+
 def fleet_document(master: RunningMaster) -> dict[str, object]:
     with requests.Session() as session:
         session.trust_env = False
@@ -102,6 +108,9 @@ def test_one_master_leads_and_the_other_stands_by(
     own, theirs = masters(standby)
     assert (own.address, own.role, own.term) == (address(standby), STANDBY, view.term)
     assert (theirs.address, theirs.role, theirs.term) == (address(leader), LEADER, view.term)
+    # Each says so in every reply, though asked on its local socket, not at the address it
+    # holds the term at: `daybook status` takes each master's role from this.
+    assert (says_it_leads(leader), says_it_leads(standby)) == (True, False)
     # The leader's events carry its term.
     (web1,) = live_minions(context, leader, "web-1")
     close_later.append(web1)

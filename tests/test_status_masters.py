@@ -12,7 +12,7 @@ from fake_control import FakeControl, Script, silent
 
 from daybook.cli.main import main
 from daybook.model.fleet import FleetStatus, HostStatus
-from daybook.model.leadership import Term
+from daybook.model.leadership import LEADER, STANDBY, Term, answered_view
 from daybook.model.messages import ControlReply, ControlRequest
 
 
@@ -22,16 +22,47 @@ def publish_address(control: FakeControl) -> str:
     return f"{host}:{int(port) - 2}"
 
 
-def answering(term: Term, hosts: tuple[str, ...], *, standby: bool = False) -> Script:
+def answering(
+    term: Term, hosts: tuple[str, ...], *, standby: bool = False, leading: bool | None = True
+) -> Script:
     def answer(request: ControlRequest) -> ControlReply:
         status = FleetStatus(
             epoch=1,
             now=10.0,
             hosts={host: HostStatus(host=host, up=True, last_seen=9.0) for host in hosts},
         )
-        return ControlReply(request.request_id, status=status, leader=term, standby=standby)
+        return ControlReply(
+            request.request_id, status=status, leader=term, standby=standby, leading=leading
+        )
 
     return answer
+
+
+# The address an operator asks at, and the one the master advertises as the term's holder.
+ASKED, ADVERTISED = "127.0.0.1:4505", "master1:4505"
+
+
+@pytest.mark.parametrize(
+    ("standby", "leading", "role"),
+    [
+        (False, True, LEADER),
+        (False, False, STANDBY),
+        (True, False, STANDBY),
+        (True, None, STANDBY),
+        (False, None, LEADER),  # a master from before replies said: it leads alone
+    ],
+)
+def test_a_masters_role_is_what_its_answer_says_not_whom_the_term_names(
+    standby: bool, leading: bool | None, role: str
+) -> None:
+    term = Term(number=7, holder=ADVERTISED, since=5.0)
+    view = answered_view(ASKED, term, standby=standby, leading=leading)
+    assert (view.address, view.role, view.term, view.since) == (ASKED, role, 7, 5.0)
+
+
+def test_a_master_outside_leader_election_leads_with_no_term() -> None:
+    view = answered_view(ASKED, None, standby=False, leading=True)
+    assert (view.role, view.term, view.since) == (LEADER, None, None)
 
 
 @pytest.fixture
@@ -72,8 +103,8 @@ def test_every_master_has_a_row_and_the_fleet_is_the_leaders(
     masters.append(leader)
     term = Term(number=6, holder=publish_address(leader), since=1_700_000_000.0)
     leader.script = answering(term, ("web-1", "web-2"))
-    # A standby that still answers as a master without a term would: it names the leader.
-    masters.append(FakeControl(answering(term, ("stale-1",))))
+    # A standby answers status too, with its own (stale) view of the fleet.
+    masters.append(FakeControl(answering(term, ("stale-1",), leading=False)))
     code, out, _ = status(monkeypatch, capsys, tmp_path, masters, "--json")
     assert code == 0
     document = json.loads(out)
@@ -94,7 +125,7 @@ def test_the_human_table_names_each_masters_role(
     masters: list[FakeControl],
 ) -> None:
     term = Term(number=2, holder="elsewhere:4505", since=1.0)
-    masters.append(FakeControl(answering(term, ("web-1",), standby=True)))
+    masters.append(FakeControl(answering(term, ("web-1",), standby=True, leading=False)))
     masters.append(FakeControl(silent))
     code, out, _ = status(monkeypatch, capsys, tmp_path, masters)
     assert code == 0
@@ -102,6 +133,21 @@ def test_the_human_table_names_each_masters_role(
     roles = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
     assert roles[publish_address(masters[0])] == "standby"
     assert roles[publish_address(masters[1])] == "unreachable"
+
+
+def test_the_only_master_leads_though_it_advertises_another_name(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    masters: list[FakeControl],
+) -> None:
+    # Asked at 127.0.0.1, it holds the term as its host name: a leader all the same.
+    term = Term(number=1, holder="master1:4505", since=1.0)
+    masters.append(FakeControl(answering(term, ("web-1",))))
+    code, out, _ = status(monkeypatch, capsys, tmp_path, masters, "--json")
+    assert code == 0
+    (row,) = json.loads(out)["masters"]
+    assert (row["address"], row["role"], row["term"]) == (publish_address(masters[0]), LEADER, 1)
 
 
 def test_no_master_answering_is_one_line_naming_each(

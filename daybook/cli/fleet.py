@@ -292,7 +292,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def _master_view(address: str, reply: ControlReply | None) -> MasterView:
     if reply is None:
         return unreachable_view(address)
-    return answered_view(address, reply.leader, standby=reply.standby)
+    return answered_view(address, reply.leader, standby=reply.standby, leading=reply.leading)
 
 
 def _print_masters(masters: list[dict[str, Any]]) -> None:

@@ -47,14 +47,20 @@ class MasterView:
     since: float | None = None
 
 
-def answered_view(address: str, leader: Term | None, *, standby: bool) -> MasterView:
-    """The master at `address` as its own answer shows it: a standby when it says so or
-    names another master as the leader, else the leader; the term it leads or knows to be
-    led, and since when. A master without election (no leader named) leads alone."""
-    named_other = leader is not None and leader.holder != address
+def answered_view(
+    address: str, leader: Term | None, *, standby: bool, leading: bool | None
+) -> MasterView:
+    """The master at `address` as its own answer shows it: a standby when it says it does
+    not lead (`leading`) or refused as a standby, else the leader; the term it leads or
+    knows to be led, and since when. A master that does not say (one from before replies
+    carried `leading`) leads unless it refused as a standby.
+
+    Never judged by comparing `address` with `leader.holder`: the address an operator
+    reaches a master at (127.0.0.1, a load balancer's name) need not be the one it
+    advertises, so a master leading alone would look like a standby."""
     return MasterView(
         address=address,
-        role=STANDBY if standby or named_other else LEADER,
+        role=STANDBY if standby or leading is False else LEADER,
         term=leader.number if leader is not None else None,
         since=leader.since if leader is not None else None,
     )

@@ -243,6 +243,10 @@ class ControlReply:
     # standby that refused an operation only the leader does: ask `leader.holder` instead.
     leader: Term | None = None
     standby: bool = False
+    # Whether the answering master leads, as it says of every reply (None: a master from
+    # before replies said). Who reached it at which address cannot tell: a master leading
+    # alone advertises its host name, not the 127.0.0.1 an operator may ask it at.
+    leading: bool | None = None
 
 
 Message = SyncEvent | Report | Heartbeat | ControlRequest | ControlReply
