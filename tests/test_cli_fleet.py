@@ -42,6 +42,23 @@ def test_a_bad_timeout_is_bad_input(run: Run, timeout: str) -> None:
     assert "--timeout" in result.err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("sync", "--timeout", "90000"),
+        ("sync", "--wait", "--timeout", "100000"),
+        ("sync", "--batch", "2", "--timeout", "90000"),
+    ],
+)
+def test_a_timeout_over_a_day_is_bad_input_not_an_unreachable_master(
+    run: Run, argv: tuple[str, ...]
+) -> None:
+    # Refused before any master is asked (the fixture's control port is 0: none would be).
+    result = run(*argv)
+    assert result.code == 2
+    assert result.err == f"daybook: --timeout must be at most 86400 s (a day), not {argv[-1]}\n"
+
+
 @pytest.mark.parametrize("command", ["sync", "status"])
 def test_no_running_master_is_one_clear_line(run: Run, command: str) -> None:
     result = run(command)

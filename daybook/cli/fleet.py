@@ -167,11 +167,16 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _checked_target_and_timeout(args: argparse.Namespace) -> tuple[str | None, float]:
+    from daybook.model.messages import MAX_WAIT_S
+
     # An empty --target is refused, never read as "every host".
     target = None if args.target is None else check_pattern(args.target)
     timeout_s: float = args.timeout
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise InputError(f"--timeout must be a positive number of seconds, not {timeout_s:g}")
+    # The master refuses a longer deadline: say so here, before anything is sent.
+    if timeout_s > MAX_WAIT_S:
+        raise InputError(f"--timeout must be at most {MAX_WAIT_S:g} s (a day), not {timeout_s:g}")
     return target, timeout_s
 
 
