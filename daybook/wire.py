@@ -30,7 +30,7 @@ from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hin
 import msgspec
 
 from daybook.errors import WireError
-from daybook.model.ids import blob_digest
+from daybook.model.ids import blob_digest, is_valid_id
 from daybook.model.messages import (
     MAX_FRAME_BYTES,
     ControlReply,
@@ -199,6 +199,31 @@ def decode(kind: type[T], data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> T
         raise WireError(f"{codec.what}: payload of {len(data)} bytes exceeds {max_bytes}")
     _check_version(data, codec.what)
     return cast(T, codec.checked(codec.from_msgpack, data))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Identified:
+    """What every control request carries first of all; msgspec skips the other fields."""
+
+    request_id: str
+
+
+_IDENTIFIED = msgspec.msgpack.Decoder(_Identified)
+
+
+def request_id_of(frames: Sequence[bytes], *, max_bytes: int) -> str | None:
+    """The id of a control request that failed to decode, read as leniently as can be, so
+    the master can answer why instead of leaving its sender to take the silence for a
+    master gone away. None when the frames are no request, or hold no valid id."""
+    if len(frames) < 2 or bytes(frames[0]) != TOPIC_REQUEST:
+        return None
+    if sum(len(part) for part in frames[1:]) > max_bytes:
+        return None
+    try:
+        request_id = _IDENTIFIED.decode(joined_payload(frames)).request_id
+    except (msgspec.DecodeError, UnicodeDecodeError):  # a ValidationError is a DecodeError
+        return None
+    return request_id if is_valid_id(request_id) else None
 
 
 def decode_again(kind: type[T], data: bytes) -> T:

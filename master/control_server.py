@@ -9,6 +9,7 @@ import zmq
 from daybook import wire
 from daybook.errors import WireError
 from daybook.model.messages import ControlReply, ControlRequest
+from daybook.model.rules import clip_text
 from daybook.net.transport import Peer, peer_of
 from daybook.wire import MAX_MESSAGE_BYTES, decode_as
 
@@ -41,10 +42,19 @@ class ControlServer:
                 request = decode_as(ControlRequest, body, max_bytes=MAX_MESSAGE_BYTES)
             except WireError as exc:
                 self.malformed += 1
-                log.info("dropped a malformed operator request: %s", exc)
+                log.info("refused a malformed operator request: %s", exc)
+                self._refuse(route, body, exc)
                 continue
             requests.append((route, request, peer_of(parts[-1])))
         return requests
+
+    def _refuse(self, route: Route, body: list[bytes], problem: WireError) -> None:
+        """Answer a request that failed to decode, if its id can still be read: its sender
+        learns why at once (a field out of range, say) rather than waiting out its timeout
+        and reporting the master unreachable. Nothing is acted on, so it is bad input."""
+        request_id = wire.request_id_of(body, max_bytes=MAX_MESSAGE_BYTES)
+        if request_id is not None:
+            self.reply(route, ControlReply(request_id, error=clip_text(str(problem)), invalid=True))
 
     def reply(self, route: Route, reply: ControlReply) -> None:
         try:

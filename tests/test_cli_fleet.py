@@ -14,6 +14,7 @@ from archives import make_asset
 from cli_runner import Run, cli_runner
 from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 
+from daybook.errors import InputError
 from daybook.model.names import AssetRef
 from daybook.model.patterns import HostPattern
 from daybook.registry.base import open_registry
@@ -190,6 +191,17 @@ def test_a_failed_or_missing_minion_makes_sync_exit_1(run: Run, fleet: RunningMa
         silent.close()
         context.term()
         responder.close()
+
+
+def test_a_request_the_master_cannot_decode_is_refused_as_bad_input(fleet: RunningMaster) -> None:
+    # What a client without the CLI's bound, or of another version, may send: the master
+    # says why at once, rather than leaving it to time out as if the master were gone.
+    with fleet.client() as client, pytest.raises(InputError) as refused:
+        client.start_sync(None, deadline_s=90_000.0)
+    assert str(refused.value) == (
+        "the master refused the request: control request: "
+        "field 'deadline_s' is out of range (90000.0)"
+    )
 
 
 def test_a_minion_without_the_masters_ports_is_a_config_error(run: Run) -> None:

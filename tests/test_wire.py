@@ -483,6 +483,34 @@ def test_control_requests_are_allow_listed_and_checked(
         decode_frames(repack(TOPIC_REQUEST, fields))
 
 
+def test_a_request_that_fails_to_decode_still_gives_its_id() -> None:
+    fields = payload_of(ControlRequest("q1", "sync", deadline_s=90_000.0))
+    with pytest.raises(WireError, match="deadline_s"):
+        decode_frames(repack(TOPIC_REQUEST, fields))
+    assert wire.request_id_of(repack(TOPIC_REQUEST, fields), max_bytes=1024) == "q1"
+    # Split over frames, as a long request is sent.
+    topic, payload = repack(TOPIC_REQUEST, fields)
+    assert wire.request_id_of([topic, payload[:5], payload[5:]], max_bytes=1024) == "q1"
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [TOPIC_REQUEST],
+        [TOPIC_REPORT, msgpack.packb({"v": 1, "request_id": "q1"})],
+        [TOPIC_REQUEST, b"\xc1"],
+        [TOPIC_REQUEST, msgpack.packb(["q1"])],
+        [TOPIC_REQUEST, msgpack.packb({"v": 1, "op": "sync"})],
+        [TOPIC_REQUEST, msgpack.packb({"v": 1, "request_id": 7})],
+        [TOPIC_REQUEST, msgpack.packb({"v": 1, "request_id": "../etc"})],
+        [TOPIC_REQUEST, msgpack.packb({"v": 1, "request_id": "q1", "pad": "x" * 2000})],
+    ],
+    ids=["no payload", "a report", "no msgpack", "no map", "no id", "an int", "bad id", "long"],
+)
+def test_a_request_with_no_readable_id_gives_none(frames: list[bytes]) -> None:
+    assert wire.request_id_of(frames, max_bytes=1024) is None
+
+
 def test_control_reply_nested_reports_are_validated() -> None:
     summary = Sync("a" * 32, "*", "operator", 1.0, ("web-1",), {})
     fields = payload_of(ControlReply("q", sync=summary))
