@@ -63,7 +63,16 @@ class InstallDirError(DaybookError):
 
 
 class LockError(DaybookError):
-    """Another process holds the install lock."""
+    """A lock (the install lock, a master's data dir) is held by another process, or
+    cannot be made."""
+
+
+class LockHeldError(LockError):
+    """Another live process holds the lock; `holder_pid` is the pid it wrote, if readable."""
+
+    def __init__(self, message: str, *, holder_pid: int | None) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
 
 
 class WireError(DaybookError):

@@ -3,11 +3,12 @@ owns the zmq Context and runs the loop until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import zmq
 
 from daybook.cmalloc import find_mallopt
 from daybook.config import Settings
-from daybook.errors import FleetError, RegistryError
+from daybook.errors import FleetError, LockError, LockHeldError, RegistryError
+from daybook.install.lock import PidLock
 from daybook.lifecycle import Lifecycle
 from daybook.mailbox import Mailbox
 from daybook.model.leadership import Term
@@ -73,6 +75,8 @@ from master.tuning import MasterTuning
 log = logging.getLogger(__name__)
 
 DATABASE_FILE = "master.db"
+# Held (flock) by the master running on the data dir, for its whole run; names its pid.
+LOCK_FILE = "master.lock"
 # Answers to operators still queued when the master stops get this long to leave.
 REPLY_LINGER_MS = 1000
 # How long a stopping master waits for each watcher's thread (it is a daemon).
@@ -164,7 +168,7 @@ def serve_a_fleet(socket: zmq.Socket[bytes]) -> None:
     socket.setsockopt(zmq.TCP_MAXRT, DEAD_LINK_UNACKED_MS)
 
 
-def _bind_local(socket: zmq.Socket[bytes], data_dir: Path) -> str | None:
+def _bind_local(life: Lifecycle, socket: zmq.Socket[bytes], data_dir: Path) -> str | None:
     """Bind the operators' local socket, in a directory only the master's user can enter;
     None (with a warning) where the path is too long for a Unix socket."""
     path = local_socket_path(data_dir)
@@ -176,6 +180,9 @@ def _bind_local(socket: zmq.Socket[bytes], data_dir: Path) -> str | None:
     except zmq.ZMQError as exc:
         log.warning("no local operator socket (%s); operators need an accepted operator key", exc)
         return None
+    # libzmq leaves the file behind; operators would wait on it for nothing. Only once bound
+    # is it this master's to remove: before, it may be another's.
+    life.release(lambda: path.unlink(missing_ok=True))
     os.chmod(path, 0o600)
     return endpoint
 
@@ -297,7 +304,7 @@ def _bind_sockets(life: Lifecycle, settings: Settings, keypair: KeyPair | None) 
     else:
         endpoints = _bind_in_a_row(settings.bind, ports)
     # The same ROUTER, plaintext on ipc:// (security options apply per bind).
-    local = _bind_local(control, settings.data_dir)
+    local = _bind_local(life, control, settings.data_dir)
     if local is not None:
         endpoints["local"] = local
     return MasterSockets(zap, publish, results, control, key, endpoints)
@@ -401,6 +408,34 @@ def run_master(
     `<data_dir>/master.json`.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # First of all: a second master on this data dir must touch nothing of the first's.
+    with _data_dir_lock(settings.data_dir):
+        return _serve(settings, ready, stop)
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold the data dir for this master's run. A second master started on it by mistake
+    would bump the epoch in the results database the first one writes, and take over (then
+    remove) its local operator socket, locking operators out; it is refused at once instead."""
+    lock = PidLock(data_dir / LOCK_FILE, timeout_s=0)
+    try:
+        lock.acquire()
+    except LockHeldError as held:
+        holder = f"pid {held.holder_pid}" if held.holder_pid is not None else "pid unknown"
+        raise LockError(f"another master ({holder}) is running with data dir {data_dir}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _serve(
+    settings: Settings,
+    ready: Callable[[Endpoints], None] | None,
+    stop: StopFlag | None,
+) -> int:
+    """The master's run, once it holds its data dir (see `run_master`)."""
     release_memory = _tune_process()
     with Lifecycle(stop) as life:
         registry = open_registry(settings.registry, key_prefix=settings.consul_key_prefix)
@@ -412,8 +447,6 @@ def run_master(
         mailbox: Mailbox[Change] = Mailbox()
         life.release(mailbox.close)
         life.stop.on_set(lambda: mailbox.post(Wake()))
-        # libzmq leaves the local socket's file behind; operators would wait on it for nothing.
-        life.release(lambda: local_socket_path(settings.data_dir).unlink(missing_ok=True))
         epoch = database.next_epoch()
         keypair, keyring = _master_keys(life, settings)
         sockets = _bind_sockets(life, settings, keypair)

@@ -8,13 +8,14 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from archives import make_asset, make_locked_asset
 from unprivileged import run_unprivileged
 
-from daybook.errors import LockError, StoreUnavailableError
+from daybook.errors import LockError, LockHeldError, StoreUnavailableError
 from daybook.install.installer import (
     DOWNLOAD_ATTEMPTS,
     RETRY_FIRST_DELAY_S,
@@ -24,7 +25,7 @@ from daybook.install.installer import (
     InstallLock,
     retry_delay_s,
 )
-from daybook.install.lock import LOCK_NAME
+from daybook.install.lock import LOCK_NAME, PidLock
 from daybook.model.names import AssetRef
 from daybook.model.results import all_ok
 from daybook.store.base import AssetStream
@@ -228,6 +229,19 @@ def test_a_killed_holder_does_not_leave_a_stale_lock(tmp_path: Path) -> None:
         pass
 
 
+def test_a_held_lock_is_refused_at_once_naming_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "master.lock"
+    with PidLock(path, timeout_s=0):
+        started = time.monotonic()
+        with pytest.raises(LockHeldError) as held, PidLock(path, timeout_s=0):
+            pass
+        assert time.monotonic() - started < 1.0  # no wait with a timeout of 0
+        assert held.value.holder_pid == os.getpid()
+        assert path.read_text() == f"{os.getpid()}\n"
+    with PidLock(path, timeout_s=0):  # released with its holder
+        pass
+
+
 class _BrokenOffStream:
     """A store stream that breaks off at its first read, as S3 going away mid-download."""
 
@@ -350,7 +364,7 @@ def test_an_install_dir_that_is_not_a_directory_is_named_so(tmp_path: Path, kind
     else:
         blocker.symlink_to(tmp_path / "gone")
     with (
-        pytest.raises(LockError, match=f"the install dir {blocker} is not a directory"),
+        pytest.raises(LockError, match=f"{blocker} is not a directory"),
         InstallLock(blocker),
     ):
         pass

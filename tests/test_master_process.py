@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
 import resource
+import socket
+import sqlite3
 import threading
 import time
 from dataclasses import replace
@@ -21,18 +25,25 @@ from inprocess_fleet import (
     live_minions,
     web_fleet_settings,
 )
+from process_fleet import run_daybook
 
 from daybook import wire
 from daybook.config import Settings
 from daybook.errors import FleetError
 from daybook.model.names import AssetRef
 from daybook.net.client import ControlClient, MasterUnreachable, control_endpoint
-from daybook.net.endpoints import read_endpoints
+from daybook.net.endpoints import local_socket_path, read_endpoints
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 from daybook.views import status_json, sync_json
 from daybook_testing.waiting import wait_for
-from master.process import FD_HEADROOM, FDS_PER_MINION, OWN_FDS, raise_open_file_limit
+from master.process import (
+    FD_HEADROOM,
+    FDS_PER_MINION,
+    OWN_FDS,
+    raise_open_file_limit,
+    run_master,
+)
 
 
 @pytest.fixture
@@ -380,3 +391,64 @@ def test_the_master_raises_its_open_file_limit_to_the_hard_one() -> None:
     assert raised > 256
     assert hard in (resource.RLIM_INFINITY, raised)
     assert room == (int(raised * (1 - FD_HEADROOM)) - OWN_FDS) // FDS_PER_MINION
+
+
+def _epoch_in(data_dir: Path) -> bytes:
+    """The epoch the results database on `data_dir` holds, read without writing."""
+    path = data_dir / "master.db"
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        (epoch,) = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+    return bytes(epoch)
+
+
+def _env_of(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `daybook` process on the data dir, store and registry given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAYBOOK_")}
+    return {
+        **env,
+        "DAYBOOK_DATA_DIR": str(settings.data_dir),
+        "DAYBOOK_STORE": settings.store,
+        "DAYBOOK_REGISTRY": settings.registry,
+        "DAYBOOK_PORT": "0",
+        **extra,
+    }
+
+
+def test_a_second_master_on_the_data_dir_is_refused_and_leaves_the_first_alone(
+    master: RunningMaster,
+) -> None:
+    data_dir = master.settings.data_dir
+    epoch = _epoch_in(data_dir)
+    second = run_daybook(
+        "master", env=_env_of(master.settings, DAYBOOK_HOSTNAME="second"), timeout_s=DEADLINE_S
+    )
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"daybook: another master (pid {os.getpid()}) is running with data dir {data_dir}"
+    ]
+    # Refused before it touched anything of the first's: its epoch, its files, its socket.
+    assert _epoch_in(data_dir) == epoch
+    assert read_endpoints(data_dir).pid == os.getpid()
+    assert local_socket_path(data_dir).is_socket()
+    listed = run_daybook("keys", "list", "--json", env=_env_of(master.settings))
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout).keys() >= {"accepted", "pending", "rejected"}
+
+
+def test_a_master_that_cannot_listen_leaves_a_socket_file_it_did_not_bind(
+    settings: Settings,
+) -> None:
+    run_dir = local_socket_path(settings.data_dir).parent
+    run_dir.mkdir(mode=0o700, parents=True)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as someone_elses,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken,
+    ):
+        someone_elses.bind(str(local_socket_path(settings.data_dir)))
+        someone_elses.listen()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(FleetError, match=f"cannot listen on tcp://127.0.0.1:{port}"):
+            run_master(replace(settings, port=port))
+        assert local_socket_path(settings.data_dir).is_socket()
