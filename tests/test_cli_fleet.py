@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from socket import AF_UNIX, SOCK_STREAM
+from socket import socket as stream_socket
 
 import pytest
 import zmq
@@ -17,6 +20,8 @@ from inprocess_fleet import RunningMaster, fleet_settings, live_minions
 from daybook.errors import InputError
 from daybook.model.names import AssetRef
 from daybook.model.patterns import HostPattern
+from daybook.net.client import someone_listens
+from daybook.net.endpoints import local_socket_path
 from daybook.registry.base import open_registry
 from daybook.store.local import LocalStore
 
@@ -67,6 +72,42 @@ def test_no_running_master_is_one_clear_line(run: Run, command: str) -> None:
     assert result.err.startswith("daybook: the control port is 0")
     assert "master.json" in result.err
     assert len(result.err.splitlines()) == 1
+
+
+def _leave_a_stale_local_socket(data_dir: Path) -> Path:
+    """What a master killed with SIGKILL leaves: its socket file, with nobody listening."""
+    path = local_socket_path(data_dir)
+    path.parent.mkdir(mode=0o700, parents=True)
+    with stream_socket(AF_UNIX, SOCK_STREAM) as dead:
+        dead.bind(str(path))
+        dead.listen()
+    return path
+
+
+def test_a_unix_socket_nobody_listens_on_is_told_from_a_live_one(tmp_path: Path) -> None:
+    with stream_socket(AF_UNIX, SOCK_STREAM) as live:
+        live.bind(str(tmp_path / "live.sock"))
+        live.listen()
+        assert someone_listens(tmp_path / "live.sock")
+    assert not someone_listens(tmp_path / "live.sock")  # closed, its file left behind
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("keys", "list"), ("sync", "--abort", "X"), ("sync", "--wait", "--timeout", "2")],
+)
+def test_a_stale_local_socket_says_at_once_that_the_master_is_not_running(
+    run: Run, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    path = _leave_a_stale_local_socket(tmp_path / "master")
+    started = time.monotonic()
+    result = run(*command)
+    assert time.monotonic() - started < 2.0  # no wait for an answer that cannot come
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        f"daybook: the master is not running: nobody listens on its local socket {path} "
+        "(it was left by a master that did not stop cleanly)"
+    ]
 
 
 class Responder:

@@ -14,9 +14,13 @@ CURVE with this node's operator key, which the master must have accepted.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from socket import AF_UNIX, SOCK_STREAM
+from socket import socket as stream_socket
 
 import zmq
 
@@ -70,20 +74,51 @@ class MasterUnreachable(FleetError):
     """No answer from the master within the time allowed."""
 
 
-def local_endpoint(settings: Settings) -> str | None:
-    """The master's local socket, if a master runs on this data dir and we may enter it."""
+class MasterNotRunning(FleetError):
+    """The master of this data dir left its local socket behind: it is not running."""
+
+
+def local_endpoint(settings: Settings, *, others_may_answer: bool = False) -> str | None:
+    """The master's local socket, if a master runs on this data dir and we may enter it.
+
+    A socket file nobody listens on is a master killed (SIGKILL) on this data dir:
+    MasterNotRunning at once, rather than a wait for an answer that cannot come; or None
+    with `others_may_answer` (other masters are configured: they are asked instead).
+    """
     path = local_socket_path(settings.data_dir)
     try:
-        return f"ipc://{path}" if path.is_socket() else None
+        if not path.is_socket():
+            return None
+        listening = someone_listens(path)
     except OSError:  # the run dir belongs to another user: not our master
         return None
+    if listening:
+        return f"ipc://{path}"
+    if others_may_answer:
+        return None
+    raise MasterNotRunning(
+        f"the master is not running: nobody listens on its local socket {path} "
+        "(it was left by a master that did not stop cleanly)"
+    )
+
+
+def someone_listens(path: Path) -> bool:
+    """Whether a process we may talk to listens on the Unix socket at `path`. A master
+    killed (SIGKILL) leaves its socket file behind, and ZeroMQ would wait on it for an
+    answer that never comes; the kernel refuses a connection to it at once (ECONNREFUSED).
+    ZeroMQ's ipc:// is a stream socket: the probe connects without blocking and closes at
+    once; a busy master's full backlog (EAGAIN) still counts as listening."""
+    with stream_socket(AF_UNIX, SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        error = probe.connect_ex(str(path))
+    return error in (0, errno.EAGAIN, errno.EINPROGRESS)
 
 
 def operator_client(settings: Settings, timeout_s: float = ANSWER_TIMEOUT_S) -> ControlClient:
     """A client for operator commands: the local socket when there is one, else CURVE with
     this node's operator key (created on first use) to the control port of each master in
     turn (the first that answers, and the leader a standby names)."""
-    local = local_endpoint(settings)
+    local = local_endpoint(settings, others_may_answer=len(settings.masters) > 1)
     if local is not None:
         return ControlClient(local, timeout_s)
 
@@ -121,7 +156,7 @@ def every_master_status(settings: Settings) -> list[tuple[str, ControlReply | No
     addresses = [master.address for master in settings.masters] or [
         f"{settings.master}:{settings.port}"
     ]
-    local = local_endpoint(settings)
+    local = local_endpoint(settings, others_may_answer=len(addresses) > 1)
     if local is not None and len(addresses) == 1:
         endpoints: tuple[str, ...] = (local,)
         credentials = None
