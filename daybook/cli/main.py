@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The commands turn the failures they expect into DaybookError; one that slipped
         # past them (a disk, a permission) is still one line, its traceback kept for -vv.
         logging.getLogger(__name__).debug("unexpected system error", exc_info=True)
-        print(f"daybook: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"daybook: {_system_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("daybook: interrupted", file=sys.stderr)
@@ -84,7 +84,7 @@ def main_entry() -> None:
     sys.exit(status)
 
 
-def describe_os_error(exc: OSError) -> str:
+def _system_error_line(exc: OSError) -> str:
     """`Permission denied: /srv/x`, or `/srv/x -> /srv/y` for a rename's two paths."""
     paths = " -> ".join(str(path) for path in (exc.filename, exc.filename2) if path is not None)
     reason = exc.strerror or str(exc)
