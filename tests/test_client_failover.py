@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import zmq
+from closed_port import refused_url
 from fake_control import FakeControl, Script, silent
 
 from daybook.config import load_settings
@@ -115,6 +116,34 @@ def test_one_silent_master_reads_as_it_always_did(masters: list[FakeControl]) ->
         pytest.raises(MasterUnreachable, match=f"cannot reach the master at {gone.endpoint}"),
     ):
         client.fleet_status()
+
+
+def test_a_master_that_refuses_the_connection_is_told_at_once() -> None:
+    """Nothing listens on the port (a master stopped): the kernel refuses the connection,
+    and the client says so instead of waiting out its answer timeout (here 600 s, which
+    the test would otherwise hang on), with --wait's patience on top."""
+    with refused_url() as url:
+        endpoint = "tcp://" + url.removeprefix("http://")
+        client = ControlClient(endpoint, 600.0)
+        with (
+            client,
+            pytest.raises(
+                MasterUnreachable,
+                match=f"cannot reach the master at {endpoint}: connection refused",
+            ),
+        ):
+            client.sync_result("0" * 32, wait_s=60.0)
+
+
+def test_a_master_that_answers_is_unaffected_by_the_connection_watch(
+    masters: list[FakeControl],
+) -> None:
+    """The watch stops at the connection: requests after it, on the same client, are
+    answered as ever (each connects anew)."""
+    master = start(masters, leader(M1))
+    with ControlClient(master.endpoint, TIMEOUT_S) as client:
+        for _ in range(3):
+            assert client.fleet_status().epoch == M1.number
 
 
 def running_sync(sync_id: str) -> Sync:

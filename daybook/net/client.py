@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from socket import AF_UNIX, SOCK_STREAM
 from socket import socket as stream_socket
@@ -166,13 +166,15 @@ def every_master_status(settings: Settings) -> list[tuple[str, ControlReply | No
     # Several masters: a short wait each, so that one gone away costs `status` little.
     timeout_s = ANSWER_TIMEOUT_S if len(endpoints) == 1 else STATUS_TIMEOUT_S
     answers: list[tuple[str, ControlReply | None]] = []
+    refused: set[str] = set()
     for address, endpoint in zip(addresses, endpoints, strict=True):
         with ControlClient(
             endpoint, timeout_s, credentials=credentials, host=settings.hostname
         ) as client:
             answers.append((address, _status(client)))
+            refused |= client.refused
     if all(reply is None for _, reply in answers):
-        raise _unreachable(list(endpoints), timeout_s)
+        raise _unreachable(list(endpoints), timeout_s, refused=refused)
     return answers
 
 
@@ -245,6 +247,13 @@ class ControlClient:
         # which is what a fleet's hellos would otherwise cost the master's I/O thread. One
         # thread only may use such a client; `close` it on that thread.
         self._kept: dict[str, zmq.Socket[bytes]] | None = {} if keep_connections else None
+        # The masters that refused the last request's connection (see _ConnectWatch).
+        self._refused: set[str] = set()
+
+    @property
+    def refused(self) -> frozenset[str]:
+        """The masters that refused the last request's connection: nothing listens there."""
+        return frozenset(self._refused)
 
     def close(self) -> None:
         if self._kept is not None:
@@ -268,6 +277,7 @@ class ControlClient:
         leader it names). MasterUnreachable when none answers."""
         if len(self.endpoints) > 1:
             return self._request_every_master(request)
+        self._refused.clear()
         tried: list[str] = []
         refusal: ControlReply | None = None
         for endpoint in (self.endpoint, *(e for e in self.endpoints if e != self.endpoint)):
@@ -288,7 +298,7 @@ class ControlClient:
             return reply
         if refusal is not None:
             return refusal  # only standbys answered: their refusal names the leader
-        raise _unreachable(tried, request.wait_s + self.timeout_s)
+        raise _unreachable(tried, request.wait_s + self.timeout_s, refused=self._refused)
 
     def _request_every_master(self, request: ControlRequest) -> ControlReply:
         """Several masters: ask them all at once and take the leader's answer, so a dead
@@ -392,11 +402,21 @@ class ControlClient:
     def _request_at(self, endpoint: str, request: ControlRequest) -> ControlReply:
         patience_s = request.wait_s + self.timeout_s
         socket = self._sent_to(endpoint, request)
+        refusals = _ConnectWatch(socket) if self._kept is None else None
         answered = False
         try:
             deadline = self._monotonic() + patience_s
             while (remaining_s := deadline - self._monotonic()) > 0:
-                if not socket.poll(max(1, int(remaining_s * 1000)), zmq.POLLIN):
+                timeout_ms = max(1, int(remaining_s * 1000))
+                if refusals is not None:
+                    if not refusals.wait(timeout_ms):
+                        break
+                    if refusals.refused:
+                        self._refused.add(endpoint)
+                        raise MasterUnreachable(f"{endpoint} refused the connection")
+                    if not socket.poll(0, zmq.POLLIN):
+                        continue
+                elif not socket.poll(timeout_ms, zmq.POLLIN):
                     break
                 try:
                     reply = decode_as(
@@ -408,6 +428,8 @@ class ControlClient:
                     answered = True
                     return reply
         finally:
+            if refusals is not None:
+                refusals.close()
             self._done_with(endpoint, socket, answered=answered)
         raise MasterUnreachable(f"no answer from {endpoint} within {patience_s:g} s")
 
@@ -606,11 +628,59 @@ class ControlClient:
         return reply.status
 
 
-def _unreachable(tried: list[str], patience_s: float) -> MasterUnreachable:
+class _ConnectWatch:
+    """Whether a request's connection was refused before it was ever made: the master's
+    host answered that nothing listens on the port (a master stopped, or not started).
+    libzmq would retry in silence, and the operator wait out the whole answer timeout,
+    more with `--wait`, for an answer that cannot come. A host that does not answer at all
+    gives no such sign: that costs the timeout, as before."""
+
+    _EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+        self._socket = socket
+        self._monitor: zmq.Socket[bytes] | None = socket.get_monitor_socket(self._EVENTS)
+        self._poller = zmq.Poller()
+        self._poller.register(socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self.refused = False
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait for a reply or a connection event; False when the time ran out."""
+        ready = dict(self._poller.poll(timeout_ms))
+        if not ready:
+            return False
+        if self._monitor is not None and self._monitor in ready:
+            from zmq.utils.monitor import recv_monitor_message
+
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._stop_watching()  # connected: only the answer counts from now on
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                self.refused = True
+        return True
+
+    def _stop_watching(self) -> None:
+        if self._monitor is not None:
+            self._poller.unregister(self._monitor)
+            self._socket.disable_monitor()
+            self._monitor.close()
+            self._monitor = None
+
+    def close(self) -> None:
+        self._stop_watching()
+
+
+def _unreachable(
+    tried: list[str], patience_s: float, *, refused: Collection[str] = ()
+) -> MasterUnreachable:
     if len(tried) == 1:
-        return MasterUnreachable(
-            f"cannot reach the master at {tried[0]}: no answer within {patience_s:g} s"
+        why = (
+            "connection refused (is it running?)"
+            if tried[0] in refused
+            else f"no answer within {patience_s:g} s"
         )
+        return MasterUnreachable(f"cannot reach the master at {tried[0]}: {why}")
     return MasterUnreachable(
         f"cannot reach any master: no answer from {', '.join(tried)} within {patience_s:g} s each"
     )
