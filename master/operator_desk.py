@@ -240,6 +240,9 @@ class OperatorDesk:
     def _start_queued(self) -> None:
         self._refresh.end()
         self._desired.rebuild_pending()  # what the refresh found goes out first
+        # The rollouts that waited on this round, before a rollout started below widens
+        # its pin and starts the next round: its first batch waits for that one.
+        self._rollouts.refreshed()
         queue, self._queue = self._queue, []
         for route, request in queue:
             try:
@@ -247,7 +250,6 @@ class OperatorDesk:
             except Exception as exc:  # a locked database: this operator hears why, the rest go on
                 log.exception("starting the sync of request %s failed", request.request_id)
                 self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
-        self._rollouts.refreshed()
 
     def _start_one(self, route: Route, request: ControlRequest) -> None:
         if request.batch is not None:

@@ -31,6 +31,7 @@ from daybook.model.rollout import (
     RUNNING,
     Rollout,
 )
+from daybook.model.state import EncodedState
 from daybook.model.sync import Sync
 from daybook.net.client import ControlClient
 from daybook.net.transport import Peer
@@ -88,6 +89,8 @@ class Minions:
     silent: set[str] = field(default_factory=set)
     # Per host, the sync ids of the events addressed to it, in order.
     addressed: dict[str, list[str]] = field(default_factory=dict)
+    # Per host, the pin of `web` the first event addressed to it carried (None: no pin).
+    pinned_when_addressed: dict[str, Pin | None] = field(default_factory=dict)
 
     def heartbeat(self) -> None:
         for host in HOSTS:
@@ -102,11 +105,13 @@ class Minions:
     def _answer(self, event: SyncEvent) -> None:
         if event.hosts is None:
             return  # an automatic sync: not what these tests look at
+        state = wire.decode_state(EncodedState(event.state, event.state_digest))
         for host in event.hosts:
             seen = self.addressed.setdefault(host, [])
             if event.sync_id in seen:
                 continue  # a republished event: answered already
             seen.append(event.sync_id)
+            self.pinned_when_addressed.setdefault(host, state.pins.get("web"))
             if host not in self.silent:
                 self.push.send_multipart(wire.encode(report(host, event, host not in self.failing)))
 
@@ -153,7 +158,9 @@ def master_loop(
     """The master loop on its own thread, as long as the block runs."""
 
     def refresh() -> None:
+        # As the registry watcher does: a fresh read, with the pins as the registry has them.
         refreshes.append(time.monotonic())
+        mailbox.post(MappingsChanged({"*": ("web",)}, dict(pins.pins)))
         mailbox.post(Fresh("mappings"))
 
     with master_thread(
@@ -315,8 +322,12 @@ def test_a_pin_widens_batch_by_batch_and_reaches_every_host_at_the_end(
         Pin("web", "2.0", previous="1.0", hosts=None),
     ]
     # One refresh round for the operator's request, and one after each widening, so that
-    # each batch goes out with the pin that reaches it.
+    # each batch goes out with the pin that reaches it: the first batch too.
     assert len(harness.refreshes) == 1 + len(rollout.batches)
+    for host in HOSTS:
+        pin = harness.minions.pinned_when_addressed[host]
+        assert pin is not None
+        assert pin.version_for(host) == "2.0", (host, pin)
 
 
 def test_a_halted_pin_rollout_leaves_unreached_hosts_on_the_previous_version(
