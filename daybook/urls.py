@@ -56,3 +56,18 @@ def s3_bucket_and_prefix(url: str) -> tuple[str, str]:
             f"store URL {url!r}: {parts.netloc!r} is not an S3 bucket name ({_BUCKET_RULE})"
         )
     return parts.netloc, parts.path.strip("/")
+
+
+def check_endpoint_url(url: str, variable: str) -> str:
+    """`url` if it is an http(s) endpoint with a host (and a port that is one): what an S3
+    client can be pointed at. obstore panics on anything else, mid-request."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{variable}={url!r} is malformed: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{variable}={url!r} is not an http:// or https:// URL with a host")
+    if port == 0:
+        raise ConfigError(f"{variable}={url!r}: 0 is not a port (1-65535)")
+    return url

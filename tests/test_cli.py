@@ -475,6 +475,16 @@ def test_unreachable_s3_is_one_line_exit_1(
     assert_one_line_error(run("assets"), 1, "cannot reach S3")
 
 
+def test_a_malformed_s3_endpoint_is_one_line_exit_2(
+    run: Run, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No scheme: obstore panicked (a Rust backtrace and a PanicException traceback)."""
+    request.getfixturevalue("s3_env")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:8333")
+    monkeypatch.setenv("DAYBOOK_STORE", "s3://some-bucket")
+    assert_one_line_error(run("assets"), 2, "AWS_ENDPOINT_URL='127.0.0.1:8333' is not an http")
+
+
 # -- start-up ----------------------------------------------------------------------------------
 
 # What an operator's quick command must not load: only the fleet commands that talk to a

@@ -11,7 +11,7 @@ from daybook.errors import ConfigError
 from daybook.registry.base import open_leadership, open_registry
 from daybook.registry.keystore import open_keystore
 from daybook.store.base import open_store
-from daybook.urls import file_url_path, s3_bucket_and_prefix
+from daybook.urls import check_endpoint_url, file_url_path, s3_bucket_and_prefix
 
 
 @pytest.mark.parametrize(
@@ -68,3 +68,25 @@ def test_s3_bucket_names_botocore_accepts_pass(url: str, bucket: str, prefix: st
 def test_s3_bucket_names_no_request_can_carry_are_refused(bucket: str) -> None:
     with pytest.raises(ConfigError, match="is not an S3 bucket name"):
         s3_bucket_and_prefix(f"s3://{bucket}/prefix")
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("not-a-url", "is not an http:// or https:// URL with a host"),
+        ("127.0.0.1:8333", "is not an http:// or https:// URL with a host"),
+        ("ftp://127.0.0.1", "is not an http:// or https:// URL with a host"),
+        ("http://127.0.0.1:99999", "is malformed: Port out of range"),
+        ("http://[::1", "is malformed"),
+        ("http://127.0.0.1:0", "0 is not a port"),
+    ],
+)
+def test_an_s3_endpoint_no_client_can_use_is_refused(url: str, fragment: str) -> None:
+    """obstore panicked on these, mid-request, with a Rust backtrace."""
+    with pytest.raises(ConfigError, match=fragment):
+        check_endpoint_url(url, "AWS_ENDPOINT_URL")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8333", "https://s3.eu-west-1.amazonaws.com"])
+def test_an_http_endpoint_passes(url: str) -> None:
+    assert check_endpoint_url(url, "AWS_ENDPOINT_URL") == url

@@ -47,6 +47,7 @@ from daybook.store.s3_shared import (
     error_for_code,
     one_line,
 )
+from daybook.urls import check_endpoint_url
 
 if TYPE_CHECKING:
     from obstore import BytesStream, ObjectMeta
@@ -118,6 +119,9 @@ def reads_config(environ: Mapping[str, str], home: Path) -> ReadsConfig | None:
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     # botocore's service-specific variable wins over the global one.
     endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint is not None:
+        name = "AWS_ENDPOINT_URL_S3" if environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+        check_endpoint_url(endpoint, name)
     # botocore trusts only the CA bundle given; obstore could only add it to its own roots.
     # Over plain HTTP no certificate is checked, so the bundle changes nothing there.
     plain_http = endpoint is not None and endpoint.startswith("http://")
