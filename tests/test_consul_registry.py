@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -977,3 +979,53 @@ def test_no_token_against_acls_is_not_served_as_the_whole_table(
     finally:
         reg.close()
     assert_one_line(caught.value, "enforces ACLs", "no ACL token is set", "CONSUL_HTTP_TOKEN")
+
+
+def test_a_token_without_rights_on_pins_is_told_the_pins_prefix(
+    acl_server: ConsulServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hint names the prefix the missing rule must cover: a pin's, not the mappings'."""
+    acl_server.add_acl_token("hosts-only", key_prefix={P: "write"})
+    monkeypatch.setenv("CONSUL_HTTP_TOKEN", "hosts-only")
+    reg = ConsulRegistry(address=acl_server.address, key_prefix=P)
+    try:
+        reg.update("web-*", lambda _: ("a",))
+        with pytest.raises(RegistryError) as caught:
+            reg.update_pin("svc", lambda _: Pin("svc", "1"))
+    finally:
+        reg.close()
+    assert_one_line(caught.value, "lacks key:read on 'daybook/pins/'")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"Key": 5}', b'[{"Key": 5}]', b'[{"Key": "daybook/hosts/a", "Value": "abc"}]', b"[1, 2]"],
+)
+def test_json_that_is_no_kv_listing_is_one_line(body: bytes) -> None:
+    """A server that answers JSON of another shape (a proxy, something that is not Consul):
+    one RegistryError, not an AttributeError or binascii.Error traceback."""
+
+    class NotConsul(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Consul-Index", "7")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), NotConsul) as not_consul:
+        serving = threading.Thread(target=not_consul.serve_forever, daemon=True)
+        serving.start()
+        address = f"127.0.0.1:{not_consul.server_address[1]}"
+        reg = ConsulRegistry(address=address, key_prefix=P)
+        try:
+            with pytest.raises(RegistryError) as caught:
+                reg.read()
+        finally:
+            reg.close()
+            not_consul.shutdown()
+    assert_one_line(caught.value, f"Consul at {address} gave an unusable answer", "KV listing")

@@ -922,7 +922,7 @@ class ConsulRegistry:
         elif self._token is None:
             hint = f"no ACL token is set; set CONSUL_HTTP_TOKEN to one with key:{access}"
         else:
-            hint = f"the ACL token lacks key:{access} on {self._prefix!r}"
+            hint = f"the ACL token lacks key:{access} on {self._acl_prefix(action)!r}"
         return f"Consul at {self.address} refused to {action}: {hint} ({detail})"
 
     def _bad_request_message(self, action: str, message: str) -> str:
@@ -938,6 +938,15 @@ class ConsulRegistry:
             f"Consul at {self.address} refused the request to {action} as invalid "
             f"(HTTP 400: {detail}); retrying will not help: {hint}"
         )
+
+    def _acl_prefix(self, action: str) -> str:
+        """The prefix an action's ACL rule must cover: the pins' for a pin, the mappings'
+        for a pattern, the key itself for anything else (`read KEY`, `write KEY`...)."""
+        subject = action.partition(" ")[2]
+        for prefix in (self._pins_prefix, self._prefix):
+            if subject.startswith(prefix):
+                return prefix
+        return subject
 
     def _status_message(self, action: str, message: str) -> str:
         match = _STATUS_RE.fullmatch(message)
@@ -993,8 +1002,19 @@ def _first_answer(
 
 
 def _keep_headers(response: Any) -> tuple[Mapping[str, str], tuple[str, Any]]:
-    """py-consul's own KV list callback (status errors, base64), keeping the headers too."""
-    return response.headers, _LIST_CALLBACK(response)
+    """py-consul's own KV list callback (status errors, base64), keeping the headers too.
+    JSON of another shape than a KV listing (a proxy's, a server's that is not Consul) is
+    an answer Consul would not give: ConsulException, told as an unusable answer."""
+    try:
+        index, entries = _LIST_CALLBACK(response)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # binascii.Error too
+        raise consul.ConsulException(f"not a KV listing ({type(exc).__name__}: {exc})") from None
+    if entries is not None and not (
+        isinstance(entries, list)
+        and all(isinstance(e, dict) and isinstance(e.get("Key"), str) for e in entries)
+    ):
+        raise consul.ConsulException("not a KV listing (entries without a key)")
+    return response.headers, (index, entries)
 
 
 def _services_of(entry: Mapping[str, Any], key: str) -> tuple[str, ...]:
