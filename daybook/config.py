@@ -300,6 +300,8 @@ def _check_backend_url(name: str, url: str) -> None:
         s3_bucket_and_prefix(url)
     elif parts.port == 0:  # a Consul agent: it listens on no port 0
         raise ConfigError(f"{name} URL {url!r}: 0 is not a port (1-65535)")
+    elif "#" in url:  # the key prefix would silently end there
+        raise ConfigError(f"{name} URL {url!r}: a `#` would cut the key prefix short there")
 
 
 def _check_no_credentials(name: str, parts: SplitResult) -> None:

@@ -55,7 +55,12 @@ def s3_bucket_and_prefix(url: str) -> tuple[str, str]:
         raise ConfigError(
             f"store URL {url!r}: {parts.netloc!r} is not an S3 bucket name ({_BUCKET_RULE})"
         )
-    return parts.netloc, parts.path.strip("/")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ConfigError(
+            f"store URL {url!r}: the key prefix {prefix!r} has an empty, `.` or `..` segment"
+        )
+    return parts.netloc, prefix
 
 
 def check_endpoint_url(url: str, variable: str) -> str:

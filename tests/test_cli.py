@@ -370,6 +370,8 @@ def test_unknown_store_scheme(run: Run, monkeypatch: pytest.MonkeyPatch) -> None
         ("DAYBOOK_PORT", "65535", "port 65535: the results_port that follows from it"),
         ("DAYBOOK_REGISTRY", "consul://h:0", "registry URL 'consul://h:0': 0 is not a port"),
         ("DAYBOOK_MASTER", "a b", "master 'a b': 'a b' is not a host name or an IP address"),
+        ("DAYBOOK_REGISTRY", "consul://h/team#1/", "a `#` would cut the key prefix short"),
+        ("DAYBOOK_STORE", "s3://bucket1/a//b", "has an empty, `.` or `..` segment"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(

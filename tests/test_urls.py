@@ -90,3 +90,10 @@ def test_an_s3_endpoint_no_client_can_use_is_refused(url: str, fragment: str) ->
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8333", "https://s3.eu-west-1.amazonaws.com"])
 def test_an_http_endpoint_passes(url: str) -> None:
     assert check_endpoint_url(url, "AWS_ENDPOINT_URL") == url
+
+
+@pytest.mark.parametrize("url", ["s3://bucket1/a//b", "s3://bucket1/../x", "s3://bucket1/a/./b"])
+def test_an_s3_prefix_with_an_empty_dot_or_dot_dot_segment_is_refused(url: str) -> None:
+    """S3 would take them as keys of their own; obstore refused them mid-command (exit 1)."""
+    with pytest.raises(ConfigError, match=r"empty, `\.` or `\.\.` segment"):
+        s3_bucket_and_prefix(url)
