@@ -115,8 +115,7 @@ class OperatorDesk:
             try:
                 self._handle(route, request, peer)
             except Exception as exc:  # one bad request must not stop the master
-                log.exception("operator request %s failed", request.op)
-                self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
+                self._failed(route, request, exc, f"operator request {request.op}")
 
     def _handle(self, route: Route, request: ControlRequest, peer: Peer) -> None:
         # Checked on every request: a CURVE session is authenticated once, when it starts,
@@ -248,8 +247,13 @@ class OperatorDesk:
             try:
                 self._start_one(route, request)
             except Exception as exc:  # a locked database: this operator hears why, the rest go on
-                log.exception("starting the sync of request %s failed", request.request_id)
-                self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
+                self._failed(route, request, exc, f"starting the sync of {request.request_id}")
+
+    def _failed(self, route: Route, request: ControlRequest, exc: Exception, what: str) -> None:
+        """A fault while serving `request` (a bug, a locked database): logged with its
+        traceback, and told to the operator who asked, who would otherwise wait it out."""
+        log.exception("%s failed", what)
+        self._reply(route, ControlReply(request.request_id, error=f"internal error: {exc}"))
 
     def _start_one(self, route: Route, request: ControlRequest) -> None:
         if request.batch is not None:
